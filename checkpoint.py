@@ -1,0 +1,56 @@
+"""Checkpoint I/O shared by train.py, sample.py and bench.py.
+
+A checkpoint is plain data (tensors, numbers, strings, lists, dicts), loadable with torch.load(weights_only=True),
+saved from the unwrapped, uncompiled model so its keys carry no `_orig_mod.` / `module.` prefixes. Writes go to a
+temporary file that is renamed over the old one, so a crash mid-save leaves the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from configurator import UserError
+from model import GPT, GPTConfig
+
+CKPT_FILE = "ckpt.pt"
+
+
+def save(ckpt: dict[str, Any], out_dir: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, CKPT_FILE)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load(out_dir: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = os.path.join(out_dir, CKPT_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train one first (init_from=scratch) or set out_dir")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a damaged zip or pickle)
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {reason})") from None
+    missing = [k for k in ("model", "model_args", "iter_num") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {path} is not one of ours: missing {', '.join(missing)}")
+    return ckpt
+
+
+def model_from(ckpt: dict[str, Any]) -> GPT:
+    """Rebuild the model a checkpoint describes and load its weights (strictly: every key must match)."""
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model
