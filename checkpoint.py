@@ -49,6 +49,19 @@ def load(out_dir: str, map_location: str | torch.device = "cpu") -> dict[str, An
     return ckpt
 
 
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def pretrained(name: str, dropout: float = 0.0) -> GPT:
+    """OpenAI's GPT-2 weights by name (downloaded by transformers on first use, then cached)."""
+    if name not in GPT2_NAMES:
+        raise UserError(f"unknown pretrained model '{name}' (one of {', '.join(GPT2_NAMES)})")
+    try:
+        return GPT.from_pretrained(name, dropout)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load {name} weights (they download on first use): {e}".splitlines()[0]) from None
+
+
 def model_from(ckpt: dict[str, Any]) -> GPT:
     """Rebuild the model a checkpoint describes and load its weights (strictly: every key must match)."""
     model = GPT(GPTConfig(**ckpt["model_args"]))

@@ -126,6 +126,28 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module, dropout: float = 0.0) -> GPT:
+        """Convert a transformers GPT2LMHeadModel. Its Conv1D layers store weights as (in, out), so the four
+        linear maps per block are transposed; every other tensor maps by name unchanged."""
+        c = hf_model.config
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                              n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True))
+        hf_sd = hf_model.state_dict()
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                source = hf_sd[name]
+                tensor.copy_(source.t() if name.endswith(transposed) else source)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, name: str, dropout: float = 0.0) -> GPT:
+        """OpenAI's GPT-2 weights (gpt2, gpt2-medium, gpt2-large, gpt2-xl) through transformers' download cache."""
+        from transformers import GPT2LMHeadModel
+
+        return cls.from_hf(GPT2LMHeadModel.from_pretrained(name), dropout)
+
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameters, each shared tensor counted once. non_embedding drops the position embedding, and the
         token embedding unless it is tied to lm_head (then it does the output matmul's work)."""

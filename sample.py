@@ -17,7 +17,7 @@ import torch
 import checkpoint
 import configurator
 from configurator import UserError
-from tokenizer import Tokenizer
+from tokenizer import GPT2_META, Tokenizer
 from train import autocast, resolve_device, resolve_dtype
 
 
@@ -25,7 +25,7 @@ from train import autocast, resolve_device, resolve_dtype
 class SampleConfig:
     """Sample from a trained model."""
 
-    init_from: str = "resume"  # resume (from out_dir)
+    init_from: str = "resume"  # resume (from out_dir) | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     out_dir: str = "out"
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 10
@@ -50,8 +50,6 @@ def read_prompt(start: str) -> str:
 
 def main(argv: list[str]) -> list[str]:
     cfg = configurator.load(SampleConfig, argv)
-    if cfg.init_from != "resume":
-        raise UserError(f"init_from must be resume, got '{cfg.init_from}'")
     if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
         raise UserError("num_samples and max_new_tokens must be at least 1")
     if cfg.temperature < 0:
@@ -62,12 +60,15 @@ def main(argv: list[str]) -> list[str]:
     ctx = autocast(device, resolve_dtype(cfg.dtype, device))
     torch.manual_seed(cfg.seed)
 
-    ckpt = checkpoint.load(cfg.out_dir, map_location="cpu")
-    if "meta" not in ckpt:
-        raise UserError(f"checkpoint in {cfg.out_dir} does not record its tokenizer; refusing to guess one")
-    tok = Tokenizer(ckpt["meta"])
-    model = checkpoint.model_from(ckpt)
-    model.crop_vocab(tok.vocab_size)  # never sample the padding rows train.py added
+    if cfg.init_from == "resume":
+        ckpt = checkpoint.load(cfg.out_dir, map_location="cpu")
+        if "meta" not in ckpt:
+            raise UserError(f"checkpoint in {cfg.out_dir} does not record its tokenizer; refusing to guess one")
+        tok = Tokenizer(ckpt["meta"])
+        model = checkpoint.model_from(ckpt)
+        model.crop_vocab(tok.vocab_size)  # never sample the padding rows train.py added
+    else:
+        tok, model = Tokenizer(GPT2_META), checkpoint.pretrained(cfg.init_from)
     model.eval().to(device)
     if cfg.compile:
         model.forward = torch.compile(model.forward, dynamic=True)  # generate calls self(), so compile forward

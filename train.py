@@ -43,7 +43,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # else only when val loss improves
-    init_from: str = "scratch"  # scratch | resume
+    init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     seed: int = 1337
     # wandb logging
     wandb_log: bool = False
@@ -236,8 +236,8 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Batches], cfg: TrainC
 
 def main(argv: list[str]) -> dict[str, Any]:
     cfg = configurator.load(TrainConfig, argv)
-    if cfg.init_from not in ("scratch", "resume"):
-        raise UserError(f"init_from must be scratch or resume, got '{cfg.init_from}'")
+    if cfg.init_from not in ("scratch", "resume", *checkpoint.GPT2_NAMES):
+        raise UserError(f"init_from must be scratch, resume or one of {checkpoint.GPT2_NAMES}, got '{cfg.init_from}'")
     for name in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
                  "log_interval", "vocab_multiple"):
         if getattr(cfg, name) < 1:
@@ -269,22 +269,26 @@ def main(argv: list[str]) -> dict[str, Any]:
     data_dir = os.path.join(cfg.data_root, cfg.dataset)
     meta = read_meta(data_dir)
 
-    # model: from scratch, or rebuilt from the checkpoint (whose shape wins over the settings)
-    ckpt = checkpoint.load(cfg.out_dir, map_location=device) if cfg.init_from == "resume" else None
-    if ckpt is None:
+    # model: from scratch, from the checkpoint (whose shape wins over the settings), or OpenAI's GPT-2
+    ckpt = None
+    if cfg.init_from == "scratch":
         vocab = -(-meta["vocab_size"] // cfg.vocab_multiple) * cfg.vocab_multiple
-        model_args = {k: getattr(cfg, k) for k in MODEL_KEYS} | {"vocab_size": vocab}
+        try:
+            model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, vocab_size=vocab))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    elif cfg.init_from == "resume":
+        ckpt = checkpoint.load(cfg.out_dir, map_location=device)
+        if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
+            raise UserError(f"the checkpoint was trained on {ckpt['meta']['tokenizer']} tokens, {data_dir} has "
+                            f"{meta['tokenizer']} tokens")
+        model = checkpoint.model_from(ckpt)
     else:
-        model_args = ckpt["model_args"]
-        if ckpt.get("meta", {}).get("tokenizer") not in (None, meta["tokenizer"]):
-            raise UserError(f"checkpoint was trained on {ckpt['meta']['tokenizer']} tokens, {data_dir} is "
-                            f"{meta['tokenizer']}")
-    try:
-        model = GPT(GPTConfig(**model_args))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        if meta["tokenizer"] != "gpt2":
+            raise UserError(f"{cfg.init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
+        model = checkpoint.pretrained(cfg.init_from, cfg.dropout)
+        if cfg.block_size < model.config.block_size:
+            model.crop_block_size(cfg.block_size)
     model.to(device)
     vocab_size, block_size = model.config.vocab_size, model.config.block_size
 
