@@ -128,7 +128,7 @@ def load(cls: type[T], argv: list[str]) -> T:
                 raise UserError(f"config file not found: {arg}")
             namespace = runpy.run_path(arg, run_name="__config__")
             for key, value in namespace.items():
-                if key.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                if key.startswith("_") or isinstance(value, types.ModuleType) or callable(value):
                     continue  # imports and helpers in a config file are not settings
                 put(key, value, arg)
     return cls(**values)

@@ -170,6 +170,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtypes[name]
 
 
+def enable_tf32(device: torch.device) -> None:
+    if device.type == "cuda":  # tf32 tensor cores for any float32 matmuls that remain under autocast
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     if dtype == torch.float32:
         return contextlib.nullcontext()
@@ -183,6 +188,8 @@ def maybe_compile(model: GPT, x: torch.Tensor, y: torch.Tensor, ctx: Any) -> tor
         compiled = torch.compile(model)
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), ctx:
             compiled(x, y)[1].backward()
+    except torch.OutOfMemoryError:
+        raise  # the batch does not fit: not a compiler problem, and eager would not fit either
     except Exception as e:  # noqa: BLE001 (any compiler failure: no C compiler, unsupported op, ...)
         reason = str(e).splitlines()[0][:200] if str(e) else ""
         warnings.warn(f"torch.compile failed, running eager: {type(e).__name__}: {reason}", stacklevel=2)
@@ -262,9 +269,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     dtype = resolve_dtype(cfg.dtype, device)
     ctx = autocast(device, dtype)
     torch.manual_seed(cfg.seed + rank)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # tf32 for any float32 matmuls that remain
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(device)
 
     data_dir = os.path.join(cfg.data_root, cfg.dataset)
     meta = read_meta(data_dir)
@@ -290,7 +295,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         if cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
     model.to(device)
-    vocab_size, block_size = model.config.vocab_size, model.config.block_size
+    block_size = model.config.block_size
+    if meta["vocab_size"] > model.config.vocab_size:
+        raise UserError(f"{data_dir} has {meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
 
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
@@ -306,7 +313,7 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     def batches(split: str, seed: int) -> Batches:
         return Batches(os.path.join(data_dir, f"{split}.bin"), meta["dtype"], block_size, cfg.batch_size,
-                       vocab_size, seed)
+                       meta["vocab_size"], seed)  # ids in the padding rows mean nothing to the tokenizer
 
     train_data = batches("train", cfg.seed)
     evals = {"train": batches("train", cfg.seed + 1), "val": batches("val", cfg.seed + 1)}  # fixed eval batches

