@@ -53,39 +53,24 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 def coerce(name: str, value: Any, tp: Any) -> Any:
     """Convert a flag string or a config-file value to the field type `tp`, or raise UserError."""
     base, optional = _strip_optional(tp)
-    if value is None or (isinstance(value, str) and value == "None"):
+    if value is None or value == "None":
         if optional:
             return None
         raise UserError(f"setting '{name}' cannot be None (expected {base.__name__})")
-    if base is Any:
-        return value
-    if isinstance(value, str) and base is not str:
-        text = value.strip()
-        try:
-            if base is bool:
-                if text.lower() not in ("true", "false"):
-                    raise ValueError
-                return text.lower() == "true"
-            if base is int:
-                number = float(text)  # accepts 5000, 5e3 and 5000.0 alike
-                if not number.is_integer() or "nan" in text.lower():
-                    raise ValueError
-                return int(number)
-            if base is float:
-                return float(text)
-        except ValueError:
+    if isinstance(value, str) and base in (bool, int, float):  # a flag's text: parse it
+        text = value.strip().lower()
+        try:  # an int may be written 5000, 5e3 or 5000.0
+            value = {"true": True, "false": False}[text] if base is bool else float(text)
+        except (KeyError, ValueError):
             raise UserError(f"setting '{name}' expects {base.__name__}, got '{value}'") from None
-    if base is str:
-        if isinstance(value, str):
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]  # --start='"hello"' and --start=hello mean the same
-            return value
-        raise UserError(f"setting '{name}' expects str, got {value!r}")
+    if base is str and isinstance(value, str):
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        return value[1:-1] if quoted else value  # --start='"hi"' and --start=hi mean the same
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+    if base is Any or (isinstance(value, base) and not (base is int and isinstance(value, bool))):
         return value
     raise UserError(f"setting '{name}' expects {base.__name__}, got {value!r}")
 

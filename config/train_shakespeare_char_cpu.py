@@ -13,8 +13,8 @@ batch_size = 12
 block_size = 64
 
 n_layer = 4
-n_head = 4
-n_embd = 128
+n_head = 6
+n_embd = 192
 dropout = 0.0
 
 learning_rate = 1e-3
