@@ -388,6 +388,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
                       f"{tokens_per_iter / dt:,.0f} tok/s{mfu_text}")
 
+    if cfg.wandb_log and master:
+        wandb.finish()
     if ddp:
         dist.destroy_process_group()
     return history

@@ -208,3 +208,15 @@ def test_compiled_run(char_data: CharData, tmp_path: Path, recwarn: pytest.Warni
     assert all(math.isfinite(loss) for _, loss in history["train_loss"])
     ckpt = torch.load(tmp_path / "out" / "ckpt.pt", map_location="cpu", weights_only=True)
     assert not [k for k in ckpt["model"] if k.startswith("_orig_mod.")]
+
+
+def test_wandb_logs_offline(char_data: CharData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """wandb_log=True with WANDB_MODE=offline writes a local run holding the eval metrics."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=2, eval_interval=1, wandb_log=True,
+                          wandb_project="test", wandb_run_name="tiny"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "the run holds no logged data"
