@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,9 +49,28 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class KVCache(nn.Module):
+    """Keys and values of one attention layer for every position of the window, preallocated so that shapes stay
+    static (torch.compile, CUDA graphs) and filled in place as tokens are processed."""
+
+    def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        super().__init__()
+        shape = (batch_size, n_head, max_len, head_size)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hs) at positions input_pos (T,); return the whole cache (B, nh, max_len, hs)."""
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
+        self.kv_cache: KVCache | None = None  # set by GPT.setup_cache for generation
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
@@ -57,17 +78,20 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        # flash / memory-efficient kernels where the device has them; the math fallback on CPU
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, nh, T, hs)
+        if input_pos is not None:  # generation: attend over the cached window, mask (T, max_len) hides the future
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, max_len, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:  # flash / memory-efficient kernels where the device has them; the math fallback on CPU
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -92,8 +116,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), input_pos, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -159,17 +184,22 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets (B, T) are given
-        (targets of -1 are ignored)."""
+        (targets of -1 are ignored). With input_pos (T,), the positions of idx in the window, attention reads
+        and extends the KV cache that setup_cache made."""
         T = idx.size(1)
-        if self.config.block_size < T:
+        if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        mask = None
+        if input_pos is None:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        else:
+            pos, mask = input_pos, self.causal_mask[input_pos]  # mask (T, max_len): key j visible to query i
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, input_pos, mask)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
@@ -215,25 +245,103 @@ class GPT(nn.Module):
             return None
         return self.flops_per_token() * tokens_per_iter / dt / peak
 
+    def setup_cache(self, batch_size: int) -> None:
+        """Give every attention layer a KV cache for batch_size rows and the whole window."""
+        cfg, p = self.config, self.lm_head.weight
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
+                                          p.dtype, p.device)
+        mask = torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool, device=p.device).tril()
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def clear_cache(self) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    def decode_one(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """One token per row (B, 1) at window position input_pos (1,) -> next-token logits (B, vocab). Static
+        shapes: compile_decode() turns this into one compiled graph (CUDA graphs on a GPU)."""
+        return self(token, input_pos=input_pos)[0][:, -1]
+
+    def compile_decode(self, mode: str | None = "reduce-overhead") -> None:
+        self.decode_one = torch.compile(self.decode_one, mode=mode, fullgraph=True)
+
     @torch.no_grad()
-    def generate(
-        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
-    ) -> torch.Tensor:
-        """Extend idx (B, T) by max_new_tokens sampled tokens. temperature 0 picks the argmax. The context
-        fed to the model is the last block_size tokens."""
-        for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]
-            logits = self(context)[0][:, -1, :]  # (B, vocab)
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)
-            idx = torch.cat((idx, next_id), dim=1)
-        return idx
+    def generate_tokens(
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        top_p: float = 1.0, repetition_penalty: float = 1.0, stop_ids: tuple[int, ...] = (), use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the next token of every row of idx (B, T), (B,) at a time, up to max_new_tokens. A row that
+        produced one of stop_ids repeats it from then on; generation ends once every row has.
+
+        The model sees a window of the sequence, at most block_size tokens. Learned positions tie every cached
+        key to its place in the window, so the window cannot slide one token at a time without recomputing all
+        of it; instead, when it is full it jumps: it restarts from the last 3/4 block_size tokens, which are
+        prefilled in one pass. use_cache=False runs the same windows through the full model every step (the
+        reference path: same tokens, many times slower)."""
+        B, T = idx.shape
+        block, device = self.config.block_size, idx.device
+        tokens, start, fresh = idx, max(0, T - block), True  # window = tokens[:, start:]; fresh: prefill it
+        seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=device).scatter_(1, idx, True)
+        stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        if use_cache:
+            self.setup_cache(B)
+        try:
+            for _ in range(max_new_tokens):
+                length = tokens.size(1)
+                if length - start > block:
+                    start, fresh = length - block * 3 // 4, True
+                if not use_cache:
+                    logits = self(tokens[:, start:])[0][:, -1]
+                elif fresh:
+                    window = tokens[:, start:]
+                    logits = self(window, input_pos=torch.arange(window.size(1), device=device))[0][:, -1]
+                    fresh = False
+                else:
+                    logits = self.decode_one(tokens[:, -1:], torch.tensor([length - 1 - start], device=device))
+                next_id = sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
+                if stop_ids:
+                    next_id = torch.where(finished, stops[0], next_id)
+                    finished |= torch.isin(next_id, stops)
+                seen.scatter_(1, next_id[:, None], True)
+                tokens = torch.cat((tokens, next_id[:, None]), dim=1)
+                yield next_id
+                if stop_ids and bool(finished.all()):
+                    break
+        finally:
+            if use_cache:
+                self.clear_cache()
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """idx (B, T) extended by up to max_new_tokens sampled tokens -> (B, T + n); see generate_tokens."""
+        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, **kwargs))
+        return torch.cat([idx, *(t[:, None] for t in new)], dim=1)
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
+                  repetition_penalty: float = 1.0, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, vocab). temperature 0 is greedy (argmax). repetition_penalty > 1
+    discourages the tokens marked in seen (B, vocab), as CTRL does (Keskar et al. 2019): positive logits are
+    divided by it, negative ones multiplied. top_k keeps the k likeliest tokens; top_p the smallest set whose
+    probability reaches top_p (nucleus sampling, Holtzman et al. 2019)."""
+    if repetition_penalty != 1.0 and seen is not None:
+        penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        outside = probs.cumsum(dim=-1) - probs > top_p  # mass before a token already reaches top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(-1)
 
 
 # Dense bf16 tensor-core peak (FLOP/s, no sparsity) by device-name fragment, from the vendors' data sheets.
