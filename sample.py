@@ -1,7 +1,8 @@
-"""Generate text from a trained checkpoint.
+"""Generate text from a trained checkpoint or OpenAI's GPT-2, or score a text under the model.
 
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=300
-    python sample.py --start=FILE:prompt.txt
+    python sample.py --init_from=gpt2 --start=FILE:prompt.txt --top_p=0.9 --stop="\n\n"
+    python sample.py --out_dir=out-shakespeare-char --score=FILE:data/shakespeare_char/input.txt
 
 The text is encoded and decoded with the tokenizer recorded in the checkpoint (from its dataset's meta.json);
 a checkpoint that does not say which tokenizer made it is refused rather than decoded with a guess.
@@ -9,57 +10,71 @@ a checkpoint that does not say which tokenizer made it is refused rather than de
 
 from __future__ import annotations
 
+import codecs
+import math
 import os
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 import checkpoint
 import configurator
 from configurator import UserError
+from model import GPT
 from tokenizer import GPT2_META, Tokenizer
-from train import autocast, resolve_device, resolve_dtype
+from train import resolve_device, resolve_dtype
 
 
 @dataclass
 class SampleConfig:
-    """Sample from a trained model."""
+    """Sample from a trained model (or score a text with it)."""
 
     init_from: str = "resume"  # resume (from out_dir) | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     out_dir: str = "out"
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
-    num_samples: int = 10
+    num_samples: int = 10  # generated together, as one batch
     max_new_tokens: int = 500
     temperature: float = 0.8  # 1.0 = the model's distribution, lower = more conservative, 0 = greedy
-    top_k: int | None = 200  # keep only the k most likely tokens (None = all)
+    top_k: int | None = None  # keep only the k most likely tokens (None = all)
+    top_p: float = 1.0  # nucleus: keep the most likely tokens up to this probability mass (1.0 = all)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text (1.0 = off)
+    stop: str = ""  # stop strings, separated by '|'; escapes such as \n work; the stop string is not printed
+    stop_at_eot: bool = True  # end a sample at the end-of-text token (tokenizers that have one)
+    stream: bool = True  # print tokens as they come (with num_samples=1; otherwise whole samples)
+    kv_cache: bool = True  # False: recompute the whole window every token (the slow reference path)
+    score: str = ""  # a text or FILE:path: print per-token losses, total loss and perplexity instead of sampling
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"
-    compile: bool = False  # torch.compile the forward pass (pays off for long generations on a GPU)
+    compile: bool = False  # compile the one-token decode step (CUDA graphs on a GPU); pays off for long outputs
 
 
-def read_prompt(start: str) -> str:
-    if start.startswith("FILE:"):
-        path = start[len("FILE:"):]
+def read_text(arg: str) -> str:
+    """The argument itself, or the contents of the file a FILE:path argument names."""
+    if arg.startswith("FILE:"):
+        path = arg[len("FILE:"):]
         if not os.path.isfile(path):
-            raise UserError(f"prompt file not found: {path}")
+            raise UserError(f"file not found: {path}")
         with open(path, encoding="utf-8") as f:
             return f.read()
-    return start
+    return arg
 
 
-def main(argv: list[str]) -> list[str]:
-    cfg = configurator.load(SampleConfig, argv)
+def check(cfg: SampleConfig, vocab_size: int) -> None:
     if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
         raise UserError("num_samples and max_new_tokens must be at least 1")
     if cfg.temperature < 0:
         raise UserError(f"temperature must be >= 0, got {cfg.temperature}")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise UserError(f"top_k must be at least 1 (or None), got {cfg.top_k}")
-    device = resolve_device(cfg.device)
-    ctx = autocast(device, resolve_dtype(cfg.dtype, device))
-    torch.manual_seed(cfg.seed)
+    if cfg.top_k is not None and not 1 <= cfg.top_k <= vocab_size:
+        raise UserError(f"top_k must be between 1 and the vocabulary size {vocab_size} (or None), got {cfg.top_k}")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.repetition_penalty <= 0:
+        raise UserError(f"repetition_penalty must be > 0, got {cfg.repetition_penalty}")
 
+
+def load(cfg: SampleConfig, device: torch.device, dtype: torch.dtype) -> tuple[GPT, Tokenizer]:
     if cfg.init_from == "resume":
         ckpt = checkpoint.load(cfg.out_dir, map_location="cpu")
         if "meta" not in ckpt:
@@ -69,23 +84,96 @@ def main(argv: list[str]) -> list[str]:
         model.crop_vocab(tok.vocab_size)  # never sample the padding rows train.py added
     else:
         tok, model = Tokenizer(GPT2_META), checkpoint.pretrained(cfg.init_from)
-    model.eval().to(device)
-    if cfg.compile:
-        model.forward = torch.compile(model.forward, dynamic=True)  # generate calls self(), so compile forward
+    # weights in the working dtype (no autocast): decoding reads every weight per token, half the bytes in bf16
+    return model.eval().to(device=device, dtype=dtype), tok
 
-    prompt = read_prompt(cfg.start)
+
+@torch.no_grad()
+def token_losses(model: GPT, ids: list[int], device: torch.device) -> torch.Tensor:
+    """Loss of every token after the first, given the ones before it (N-1,). A text longer than block_size is
+    read in windows of block_size that advance by half of it; each window scores only the tokens no earlier
+    window scored, so every token but the first block_size has at least half a block of context."""
+    block, n = model.config.block_size, len(ids)
+    data = torch.tensor(ids, dtype=torch.long, device=device)
+    losses = torch.empty(n - 1, device=device)
+    begin, scored = 0, 0  # targets data[1 : scored + 1] are done
+    while scored < n - 1:
+        end = min(begin + block, n - 1)  # inputs data[begin:end], targets data[begin + 1 : end + 1]
+        logits = model(data[None, begin:end])[0][0]  # (end - begin, vocab)
+        losses[scored:end] = F.cross_entropy(logits.float(), data[begin + 1 : end + 1], reduction="none")[
+            scored - begin :
+        ]
+        scored, begin = end, begin + block // 2
+    return losses
+
+
+def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], device: torch.device) -> list[str]:
+    """Sample cfg.num_samples continuations of ids as one batch; returns their texts (without the prompt).
+    With stream, the single sample is printed as it grows, held back by the longest stop string's length."""
+    stops = [codecs.decode(s, "unicode_escape") for s in cfg.stop.split("|") if s]
+    stop_ids = (tok.eot_id,) if cfg.stop_at_eot and tok.eot_id is not None else ()
+    n = cfg.num_samples
+    decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(n)]
+    texts, done, shown = [""] * n, [False] * n, 0
+    stream, hold = cfg.stream and n == 1, max(map(len, stops), default=1) - 1
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(n, 1)
+    for next_ids in model.generate_tokens(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                                          cfg.repetition_penalty, stop_ids, use_cache=cfg.kv_cache):
+        for i, token in enumerate(next_ids.tolist()):
+            if done[i] or token in stop_ids:
+                done[i] = True
+                continue
+            texts[i] += decoders[i].decode(tok.token_bytes(token))
+            cuts = [texts[i].find(s) for s in stops if s in texts[i]]
+            if cuts:
+                texts[i], done[i] = texts[i][: min(cuts)], True
+        if stream:
+            visible = len(texts[0]) if done[0] else len(texts[0]) - hold
+            print(texts[0][shown:visible], end="", flush=True)
+            shown = max(shown, visible)
+        if all(done):
+            break
+    texts = [t if d else t + dec.decode(b"", final=True) for t, d, dec in zip(texts, done, decoders)]
+    if stream:
+        print(texts[0][shown:])
+    return texts
+
+
+def main(argv: list[str]) -> list[str]:
+    cfg = configurator.load(SampleConfig, argv)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    torch.manual_seed(cfg.seed)
+    model, tok = load(cfg, device, dtype)
+    check(cfg, tok.vocab_size)
+
+    if cfg.score:
+        ids = tok.encode(read_text(cfg.score))
+        if len(ids) < 2:
+            raise UserError("--score needs a text of at least two tokens: the first one has nothing to predict it")
+        losses = token_losses(model, ids, device).tolist()
+        for token, loss in zip(ids[1:], losses):
+            print(f"{tok.decode([token])!r}\t{loss:.4f}")
+        mean = sum(losses) / len(losses)
+        print(f"{len(losses)} tokens scored: total loss {sum(losses):.4f} nats, mean loss {mean:.4f}, "
+              f"perplexity {math.exp(mean):.4f}")
+        return [f"{mean:.6f}"]
+
+    if cfg.compile:
+        model.compile_decode("reduce-overhead" if device.type == "cuda" else None)
+    prompt = read_text(cfg.start)
     ids = tok.encode(prompt)
     if not ids:
         if tok.eot_id is None:
             raise UserError("empty prompt and this tokenizer has no end-of-text token to start from")
         ids = [tok.eot_id]
-    x = torch.tensor(ids, dtype=torch.long, device=device)[None].expand(cfg.num_samples, -1)
-    with ctx:
-        y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k)
-    samples = [tok.decode(row.tolist()) for row in y]
-    for text in samples:
-        print(text)
-        print("---------------")
+    if cfg.stream and cfg.num_samples == 1:
+        print(prompt, end="", flush=True)
+    samples = [prompt + text for text in generate(model, tok, cfg, ids, device)]
+    if not (cfg.stream and cfg.num_samples == 1):
+        for text in samples:
+            print(text)
+            print("---------------")
     return samples
 
 

