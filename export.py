@@ -20,10 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import checkpoint
 import configurator
 from configurator import UserError
-from model import GPT
-
-# HF's Conv1D stores these as (in, out), our nn.Linear as (out, in)
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+from model import GPT, HF_TRANSPOSED
 
 # What GPT-2 needs of each architecture switch: a value, or a function of the config for derived ones. Only
 # settings the config actually has are checked, so a switch added to GPTConfig is covered once it is listed here.
@@ -74,7 +71,7 @@ def to_hf(model: GPT, eot_id: int | None = None) -> GPT2LMHeadModel:
     with torch.no_grad():
         for name, p in hf.named_parameters():  # the tied lm_head.weight comes with transformer.wte.weight
             if name in ours:
-                p.copy_(ours[name].t() if name.endswith(TRANSPOSED) else ours[name])
+                p.copy_(ours[name].t() if name.endswith(HF_TRANSPOSED) else ours[name])
             elif name.endswith(".bias") and not c.bias:
                 p.zero_()
             else:

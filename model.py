@@ -159,11 +159,10 @@ class GPT(nn.Module):
         model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
                               n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True))
         hf_sd = hf_model.state_dict()
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         with torch.no_grad():
             for name, tensor in model.state_dict().items():
                 source = hf_sd[name]
-                tensor.copy_(source.t() if name.endswith(transposed) else source)
+                tensor.copy_(source.t() if name.endswith(HF_TRANSPOSED) else source)
         return model
 
     @classmethod
@@ -343,6 +342,9 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(-1)
 
+
+# HF's GPT-2 uses Conv1D layers, which store these weights as (in, out); nn.Linear stores (out, in)
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 # Dense bf16 tensor-core peak (FLOP/s, no sparsity) by device-name fragment, from the vendors' data sheets.
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12, "A800": 312e12,
