@@ -245,8 +245,12 @@ class GPT(nn.Module):
         return self.flops_per_token() * tokens_per_iter / dt / peak
 
     def setup_cache(self, batch_size: int) -> None:
-        """Give every attention layer a KV cache for batch_size rows and the whole window."""
+        """Give every attention layer a KV cache for batch_size rows and the whole window. A cache that fits is
+        kept: the same buffers let a compiled decode step (and its CUDA graph) serve every generation."""
         cfg, p = self.config, self.lm_head.weight
+        cache = self.transformer.h[0].attn.kv_cache
+        if cache is not None and (cache.k.size(0), cache.k.dtype, cache.k.device) == (batch_size, p.dtype, p.device):
+            return
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
                                           p.dtype, p.device)
@@ -254,6 +258,7 @@ class GPT(nn.Module):
         self.register_buffer("causal_mask", mask, persistent=False)
 
     def clear_cache(self) -> None:
+        """Free the KV cache (generation keeps it for the next call)."""
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
@@ -284,33 +289,30 @@ class GPT(nn.Module):
         seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=device).scatter_(1, idx, True)
         stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
+        positions = torch.arange(block, device=device)  # input_pos as slices of this: no host-to-device copies
         if use_cache:
             self.setup_cache(B)
-        try:
-            for _ in range(max_new_tokens):
-                length = tokens.size(1)
-                if length - start > block:
-                    start, fresh = length - block * 3 // 4, True
-                if not use_cache:
-                    logits = self(tokens[:, start:])[0][:, -1]
-                elif fresh:
-                    window = tokens[:, start:]
-                    logits = self(window, input_pos=torch.arange(window.size(1), device=device))[0][:, -1]
-                    fresh = False
-                else:
-                    logits = self.decode_one(tokens[:, -1:], torch.tensor([length - 1 - start], device=device))
-                next_id = sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
-                if stop_ids:
-                    next_id = torch.where(finished, stops[0], next_id)
-                    finished |= torch.isin(next_id, stops)
-                seen.scatter_(1, next_id[:, None], True)
-                tokens = torch.cat((tokens, next_id[:, None]), dim=1)
-                yield next_id
-                if stop_ids and bool(finished.all()):
-                    break
-        finally:
-            if use_cache:
-                self.clear_cache()
+        for _ in range(max_new_tokens):
+            length = tokens.size(1)
+            if length - start > block:
+                start, fresh = length - block * 3 // 4, True
+            if not use_cache:
+                logits = self(tokens[:, start:])[0][:, -1]
+            elif fresh:
+                window = tokens[:, start:]
+                logits = self(window, input_pos=positions[: window.size(1)])[0][:, -1]
+                fresh = False
+            else:
+                logits = self.decode_one(tokens[:, -1:], positions[length - 1 - start : length - start])
+            next_id = sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
+            if stop_ids:
+                next_id = torch.where(finished, stops[0], next_id)
+                finished |= torch.isin(next_id, stops)
+            seen.scatter_(1, next_id[:, None], True)
+            tokens = torch.cat((tokens, next_id[:, None]), dim=1)
+            yield next_id
+            if stop_ids and bool(finished.all()):
+                break
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
