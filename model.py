@@ -295,7 +295,7 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             length = tokens.size(1)
             if length - start > block:
-                start, fresh = length - block * 3 // 4, True
+                start, fresh = length - max(1, block * 3 // 4), True
             if not use_cache:
                 logits = self(tokens[:, start:])[0][:, -1]
             elif fresh:
@@ -306,7 +306,7 @@ class GPT(nn.Module):
                 logits = self.decode_one(tokens[:, -1:], positions[length - 1 - start : length - start])
             next_id = sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
             if stop_ids:
-                next_id = torch.where(finished, stops[0], next_id)
+                next_id = torch.where(finished, tokens[:, -1], next_id)
                 finished |= torch.isin(next_id, stops)
             seen.scatter_(1, next_id[:, None], True)
             tokens = torch.cat((tokens, next_id[:, None]), dim=1)
@@ -340,7 +340,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
-        outside = probs.cumsum(dim=-1) - probs > top_p  # mass before a token already reaches top_p
+        outside = probs.cumsum(dim=-1) - probs >= top_p  # the tokens before it already reach top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(-1)
 

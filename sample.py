@@ -103,14 +103,15 @@ def token_losses(model: GPT, ids: list[int], device: torch.device) -> torch.Tens
         losses[scored:end] = F.cross_entropy(logits.float(), data[begin + 1 : end + 1], reduction="none")[
             scored - begin :
         ]
-        scored, begin = end, begin + block // 2
+        scored, begin = end, begin + max(1, block // 2)
     return losses
 
 
 def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], device: torch.device) -> list[str]:
     """Sample cfg.num_samples continuations of ids as one batch; returns their texts (without the prompt).
     With stream, the single sample is printed as it grows, held back by the longest stop string's length."""
-    stops = [codecs.decode(s, "unicode_escape") for s in cfg.stop.split("|") if s]
+    # escapes such as \n become characters; other non-ASCII text is kept as it is
+    stops = [s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in cfg.stop.split("|") if s]
     stop_ids = (tok.eot_id,) if cfg.stop_at_eot and tok.eot_id is not None else ()
     n = cfg.num_samples
     decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(n)]
@@ -128,7 +129,7 @@ def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], devi
             if cuts:
                 texts[i], done[i] = texts[i][: min(cuts)], True
         if stream:
-            visible = len(texts[0]) if done[0] else len(texts[0]) - hold
+            visible = len(texts[0]) if done[0] else max(shown, len(texts[0]) - hold)
             print(texts[0][shown:visible], end="", flush=True)
             shown = max(shown, visible)
         if all(done):

@@ -50,6 +50,11 @@ def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
     random_bytes = corrupt_checkpoint(root, trained, "random", lambda b: np.random.default_rng(0).bytes(len(b)))
     truncated = corrupt_checkpoint(root, trained, "truncated", lambda b: b[: len(b) // 2])
     out = trained.out_dir
+    vocab = data.meta["vocab_size"]
+    (root / "empty.txt").write_text("", encoding="utf-8")
+
+    def sample_args(*flags: str) -> list[str]:
+        return [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=2", *flags]
 
     return {
         "unknown_setting": ("train.py", ["--lerning_rate=1e-3"], "did you mean 'learning_rate'"),
@@ -69,12 +74,32 @@ def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
                                       "characters not in the model's vocabulary: '\u2603'"),
         "sample_missing_prompt_file": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=FILE:missing.txt"],
                                        "file not found: missing.txt"),
+        "sample_top_p_zero": ("sample.py", sample_args("--top_p=0"), "top_p must be in (0, 1], got 0.0"),
+        "sample_top_p_above_one": ("sample.py", sample_args("--top_p=1.5"), "top_p must be in (0, 1], got 1.5"),
+        "sample_top_k_zero": ("sample.py", sample_args("--top_k=0"),
+                              f"top_k must be between 1 and the vocabulary size {vocab} (or None), got 0"),
+        "sample_top_k_beyond_vocab": ("sample.py", sample_args(f"--top_k={vocab + 1}"),
+                                      f"vocabulary size {vocab} (or None), got {vocab + 1}"),
+        "sample_negative_temperature": ("sample.py", sample_args("--temperature=-1"),
+                                        "temperature must be >= 0, got -1.0"),
+        "sample_repetition_penalty_zero": ("sample.py", sample_args("--repetition_penalty=0"),
+                                           "repetition_penalty must be > 0, got 0.0"),
+        "sample_no_new_tokens": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=0"],
+                                 "max_new_tokens must be at least 1"),
+        "sample_empty_prompt_without_end_of_text": ("sample.py", sample_args("--start="),
+                                                    "empty prompt and this tokenizer has no end-of-text token"),
+        "score_empty_text": ("sample.py", sample_args(f"--score=FILE:{root / 'empty.txt'}"),
+                             "--score needs a text of at least two tokens"),
+        "score_single_token": ("sample.py", sample_args("--score=A"), "--score needs a text of at least two tokens"),
     }
 
 
 CASES = ["unknown_setting", "bad_int", "missing_config_file", "missing_dataset_dir", "missing_bin", "short_dataset",
          "token_id_beyond_vocab", "heads_do_not_divide_width", "resume_without_checkpoint", "resume_random_bytes",
-         "resume_truncated", "sample_unknown_characters", "sample_missing_prompt_file"]
+         "resume_truncated", "sample_unknown_characters", "sample_missing_prompt_file", "sample_top_p_zero",
+         "sample_top_p_above_one", "sample_top_k_zero", "sample_top_k_beyond_vocab", "sample_negative_temperature",
+         "sample_repetition_penalty_zero", "sample_no_new_tokens", "sample_empty_prompt_without_end_of_text",
+         "score_empty_text", "score_single_token"]
 
 
 @pytest.fixture(scope="module")
