@@ -1,13 +1,15 @@
-"""Benchmark training speed: ms/iter, tokens/s, MFU and peak memory of the real model and training step.
+"""Benchmark the real model: training (ms/iter, tokens/s, MFU, peak memory) or sampling (tokens/s, ms/token).
 
     python bench.py --batch_size=12,32                          # GPT-2 124M, random tokens, eager and compiled
     python bench.py --dataset=openwebtext --compile=on --json=bench.json
+    python bench.py --mode=sample --batch_size=1,8 --compile=on  # decode speed, 256 and 1000 new tokens
 
-Every row builds a fresh model, optimizer and GradScaler, runs `warmup` untimed steps (compilation included),
-then times `iters` calls of train.train_step, the very step the training loop runs, between two device
-synchronizations. Prints a markdown table for the README; --json writes the rows.
+train: each row builds a fresh model, optimizer and GradScaler, runs `warmup` untimed steps (compilation
+included), then times `iters` calls of train.train_step, the very step the training loop runs.
+sample: each row builds a fresh model in the working dtype (as sample.py loads it), generates `warmup` tokens
+untimed (compilation, CUDA-graph capture), then times one model.generate_tokens run from a random prompt.
+Timings run between device synchronizations. Prints a markdown table for the README; --json writes the rows.
 """
-
 from __future__ import annotations
 
 import gc
@@ -28,31 +30,40 @@ from configurator import UserError
 from model import GPT, GPTConfig
 from tokenizer import read_meta
 
-COLUMNS = {"ms_per_iter": ".1f", "tokens_per_s": ",.0f", "mfu": ".1%", "peak_mem_gib": ".2f", "warmup_s": ".1f",
-           "loss": ".3f"}  # the table's numeric columns, with their formats
+KEYS = {"compile": "compile", "kv_cache": "KV cache", "batch_size": "batch", "new_tokens": "new tokens"}
+COLUMNS = {  # per mode, the table's numeric columns: row key -> (header, format)
+    "train": {"ms_per_iter": ("ms/iter", ".1f"), "tokens_per_s": ("tokens/s", ",.0f"), "mfu": ("MFU", ".1%"),
+              "peak_mem_gib": ("peak mem (GiB)", ".2f"), "warmup_s": ("warm-up (s)", ".1f"), "loss": ("loss", ".3f")},
+    "sample": {"tokens_per_s": ("tokens/s", ",.0f"), "tokens_per_s_per_row": ("tokens/s per row", ",.0f"),
+               "ms_per_token": ("ms/token", ".2f"), "first_token_ms": ("first token (ms)", ".1f"),
+               "peak_mem_gib": ("peak mem (GiB)", ".2f"), "warmup_s": ("warm-up (s)", ".1f")}}
 
 
 @dataclass
 class BenchConfig:
-    """Benchmark GPT training steps: ms/iter, tokens/s, MFU and peak memory, eager and compiled."""
+    """Benchmark GPT training steps (ms/iter, tokens/s, MFU, peak memory) or sampling (tokens/s, ms/token)."""
 
-    # model (defaults: GPT-2 124M with the vocabulary padded to 50304, as train.py pads it)
+    mode: str = "train"  # train: time training steps | sample: time token generation
+    # model (defaults: GPT-2 124M)
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     block_size: int = 1024
-    vocab_size: int = 50304
+    vocab_size: int = 0  # 0: 50304 to train (padded to a multiple of 64, as train.py does), 50257 to sample (GPT-2's)
     bias: bool = False
     dropout: float = 0.0
-    # one row per (compile, batch size)
-    batch_size: str = "12"  # comma list of micro-batch sizes, e.g. 12,32
-    gradient_accumulation_steps: int = 1
-    compile: str = "both"  # on | off | both
-    warmup: int = 10  # untimed steps first: compilation, allocator and kernel autotuning
-    iters: int = 20  # timed steps
-    grad_clip: float = 1.0  # as train.py: clipping costs an unscale and a norm per step; 0 disables
+    # rows: train, one per (compile, batch size); sample, one per (compile, kv_cache, batch size, new_tokens)
+    batch_size: str = "12"  # comma list of (micro-)batch sizes, e.g. 12,32
+    compile: str = "both"  # on | off | both; sample: the one-token decode step (CUDA graphs on a GPU)
+    warmup: int = 10  # train: untimed steps (compilation, autotuning); sample: tokens of an untimed generation
+    iters: int = 20  # train: timed steps
+    gradient_accumulation_steps: int = 1  # train
+    grad_clip: float = 1.0  # train, as train.py: clipping costs an unscale and a norm per step; 0 disables
+    new_tokens: str = "256,1000"  # sample: comma list of tokens generated per timed run
+    prompt_tokens: int = 16  # sample: length of the random prompt
+    kv_cache: str = "on"  # sample: on | off | both; off recomputes the window every token (eager: compile moot)
     # data
-    dataset: str = ""  # empty: random tokens; else data_root/dataset/train.bin read by train.Batches
+    dataset: str = ""  # train: empty for random tokens, else data_root/dataset/train.bin read by train.Batches
     data_root: str = "data"
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
@@ -61,14 +72,14 @@ class BenchConfig:
     json: str = ""  # also write the rows to this path as JSON
 
 
-def parse_batch_sizes(text: str) -> list[int]:
+def parse_ints(name: str, text: str) -> list[int]:
     try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
+        values = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UserError(f"batch_size must be a comma list of integers, e.g. 12,32; got '{text}'") from None
-    if not sizes or min(sizes) < 1:
-        raise UserError(f"batch_size needs at least one size, each at least 1; got '{text}'")
-    return sizes
+        raise UserError(f"{name} must be a comma list of integers, e.g. 1,8; got '{text}'") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{name} needs at least one value, each at least 1; got '{text}'")
+    return values
 
 
 def synchronize(device: torch.device) -> None:  # wait for queued work, so wall-clock time covers it
@@ -94,9 +105,6 @@ def batch_source(cfg: BenchConfig, meta: dict[str, Any] | None, batch_size: int,
 def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, device: torch.device,
               dtype: torch.dtype, compiled: bool, batch_size: int) -> dict[str, Any]:
     """Fresh model, optimizer and scaler; warm up, then time cfg.iters training steps. Returns the metrics."""
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)  # the peak then covers this row's model, optimizer, activations
     opt = train.TrainConfig()  # the optimizer settings training uses by default
     model = GPT(model_cfg).to(device)
     optimizer = model.configure_optimizers(opt.weight_decay, opt.learning_rate, (opt.beta1, opt.beta2), device.type)
@@ -117,11 +125,32 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
     synchronize(device)
     dt = (time.perf_counter() - t1) / cfg.iters  # seconds per iteration
     tokens_per_iter = batch_size * cfg.block_size * accum
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"status": "compile failed: eager" if compiled and step_model is model else "ok",
             "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt,
-            "mfu": model.estimate_mfu(tokens_per_iter, dt, device), "peak_mem_gib": peak,
-            "warmup_s": t1 - t0, "loss": final_loss}
+            "mfu": model.estimate_mfu(tokens_per_iter, dt, device), "warmup_s": t1 - t0, "loss": final_loss}
+
+
+def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dtype: torch.dtype, compiled: bool,
+               kv_cache: bool, batch_size: int, new_tokens: int) -> dict[str, Any]:
+    """Fresh model in the working dtype; an untimed warm-up generation, then one timed one. Returns the metrics."""
+    model = GPT(model_cfg).to(device=device, dtype=dtype).eval()  # decoding reads every weight per token
+    if compiled:  # CUDA graphs record on the second or third call: warmup >= 4 tokens covers them
+        model.compile_decode("reduce-overhead" if device.type == "cuda" else None)
+    prompt = torch.randint(cfg.vocab_size, (batch_size, cfg.prompt_tokens), device=device)  # (B, T)
+    t0 = time.perf_counter()
+    list(model.generate_tokens(prompt, cfg.warmup, use_cache=kv_cache))  # its KV cache and graphs serve the next
+    synchronize(device)
+    t1 = time.perf_counter()
+    tokens = model.generate_tokens(prompt, new_tokens, temperature=1.0, top_k=None, use_cache=kv_cache)
+    next(tokens)  # prefill and the first sampled token
+    synchronize(device)
+    t2 = time.perf_counter()
+    for _ in tokens:
+        pass
+    synchronize(device)
+    dt = time.perf_counter() - t1  # seconds for all new tokens
+    return {"status": "ok", "tokens_per_s": batch_size * new_tokens / dt, "tokens_per_s_per_row": new_tokens / dt,
+            "ms_per_token": dt * 1000 / new_tokens, "first_token_ms": (t2 - t1) * 1000, "warmup_s": t1 - t0}
 
 
 def cell(value: Any, spec: str) -> str:
@@ -129,31 +158,39 @@ def cell(value: Any, spec: str) -> str:
 
 
 def table(rows: list[dict[str, Any]], cfg: BenchConfig, n_params: int) -> str:
-    """Markdown: a line naming hardware, dtype, model and data, the command, then one table row per run."""
-    r = rows[0]
+    """Markdown: a line naming hardware, dtype, model and workload, the command, then one table row per run."""
+    r, columns = rows[0], COLUMNS[cfg.mode]
+    keys = [key for key in KEYS if key in r]
+    work = (f"{r['data']} data, gradient accumulation {cfg.gradient_accumulation_steps}, {cfg.warmup} warm-up + "
+            f"{cfg.iters} timed steps" if cfg.mode == "train" else f"random {cfg.prompt_tokens}-token prompts, "
+            f"temperature 1, no top-k; {cfg.warmup} warm-up tokens, then one timed generation")
     lines = [f"{r['device']}, torch {r['torch']}, {r['dtype']}; GPT {cfg.n_layer} layers, {cfg.n_head} heads, "
              f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {cfg.vocab_size}, bias {cfg.bias}, "
-             f"{n_params / 1e6:.1f}M params (non-embedding); {r['data']} data, gradient accumulation "
-             f"{cfg.gradient_accumulation_steps}, {cfg.warmup} warm-up + {cfg.iters} timed steps", "",
-             f"`{r['command']}`", "",
-             "| compile | batch | ms/iter | tokens/s | MFU | peak mem (GiB) | warm-up (s) | loss |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{n_params / 1e6:.1f}M params (non-embedding); {work}", "", f"`{r['command']}`", "",
+             "| " + " | ".join([KEYS[k] for k in keys] + [head for head, _ in columns.values()]) + " |",
+             "|---|" + "---:|" * (len(keys) + len(columns) - 1)]
     for row in rows:
-        mode = row["compile"] if row["status"] == "ok" else f"{row['compile']} ({row['status']})"
-        cells = [mode, str(row["batch_size"]), *(cell(row[key], spec) for key, spec in COLUMNS.items())]
+        first = row[keys[0]] if row["status"] == "ok" else f"{row[keys[0]]} ({row['status']})"
+        cells = [first, *(str(row[k]) for k in keys[1:]), *(cell(row[k], spec) for k, (_, spec) in columns.items())]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> list[dict[str, Any]]:
     cfg = configurator.load(BenchConfig, argv)
-    modes = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}
-    if cfg.compile not in modes:
-        raise UserError(f"compile must be on, off or both, got '{cfg.compile}'")
-    sizes = parse_batch_sizes(cfg.batch_size)
-    for name, low in (("gradient_accumulation_steps", 1), ("iters", 1), ("warmup", 0)):
+    choices = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}
+    if cfg.mode not in COLUMNS:
+        raise UserError(f"mode must be train or sample, got '{cfg.mode}'")
+    for name in ("compile", "kv_cache"):
+        if getattr(cfg, name) not in choices:
+            raise UserError(f"{name} must be on, off or both, got '{getattr(cfg, name)}'")
+    sizes, new = parse_ints("batch_size", cfg.batch_size), parse_ints("new_tokens", cfg.new_tokens)
+    for name, low in (("gradient_accumulation_steps", 1), ("iters", 1), ("warmup", 0), ("prompt_tokens", 1)):
         if getattr(cfg, name) < low:
             raise UserError(f"{name} must be at least {low}, got {getattr(cfg, name)}")
+    if cfg.mode == "sample" and cfg.dataset:
+        raise UserError("mode=sample times random prompts: drop --dataset")
+    cfg.vocab_size = cfg.vocab_size or (50304 if cfg.mode == "train" else 50257)
     device = train.resolve_device(cfg.device)
     dtype = train.resolve_dtype(cfg.dtype, device)
     try:
@@ -168,24 +205,38 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     with torch.device("meta"):  # shape only, no memory
         n_params = GPT(model_cfg).get_num_params()
 
-    common = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+    common = {"mode": cfg.mode, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
               "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."), "n_params": n_params,
               "command": shlex.join(["python", "bench.py", *argv]), "data": cfg.dataset or "synthetic",
-              **asdict(model_cfg), "accum": cfg.gradient_accumulation_steps}
+              **asdict(model_cfg), **({"accum": cfg.gradient_accumulation_steps} if cfg.mode == "train"
+                                      else {"prompt_tokens": cfg.prompt_tokens})}
+    if cfg.mode == "train":
+        runs = [{"compile": c, "batch_size": b} for c in choices[cfg.compile] for b in sizes]
+    else:  # compile applies to the cached decode step: no-cache rows run eager, once
+        runs = [{"compile": c, "kv_cache": kv, "batch_size": b, "new_tokens": n} for kv in choices[cfg.kv_cache][::-1]
+                for c in (choices[cfg.compile] if kv == "on" else ["off"]) for b in sizes for n in new]
     rows = []
-    for mode in modes[cfg.compile]:
-        for batch_size in sizes:
-            row = common | {"compile": mode, "batch_size": batch_size} | dict.fromkeys(["status", *COLUMNS])
-            torch.compiler.reset()  # drop earlier rows' graphs: fresh compile, no recompile limit reached
-            try:
-                row |= bench_row(cfg, model_cfg, meta, device, dtype, mode == "on", batch_size)
-            except torch.OutOfMemoryError:
-                row["status"] = "OOM"  # and go on: the next (smaller or eager) row may still fit
-            gc.collect()  # the failed row's tensors, held by the traceback until now
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            print(f"compile={row['compile']} batch={batch_size}: {row['status']}", flush=True)
-            rows.append(row)
+    for run in runs:
+        row = common | run | dict.fromkeys(["status", *COLUMNS[cfg.mode]])
+        torch.compiler.reset()  # drop earlier rows' graphs: fresh compile, no recompile limit reached
+        torch.manual_seed(cfg.seed)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            if cfg.mode == "train":
+                row |= bench_row(cfg, model_cfg, meta, device, dtype, run["compile"] == "on", run["batch_size"])
+            else:
+                row |= sample_row(cfg, model_cfg, device, dtype, run["compile"] == "on", run["kv_cache"] == "on",
+                                  run["batch_size"], run["new_tokens"])
+            if device.type == "cuda":  # the peak since the reset: this row's model, optimizer and activations
+                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        except torch.OutOfMemoryError:
+            row["status"] = "OOM"  # and go on: the next (smaller or eager) row may still fit
+        gc.collect()  # the failed row's tensors, held by the traceback until now
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(" ".join(f"{k}={v}" for k, v in run.items()) + f": {row['status']}", flush=True)
+        rows.append(row)
     print("\n" + table(rows, cfg, n_params))
     if cfg.json:
         with open(cfg.json, "w", encoding="utf-8") as f:

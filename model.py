@@ -290,6 +290,7 @@ class GPT(nn.Module):
         stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         positions = torch.arange(block, device=device)  # input_pos as slices of this: no host-to-device copies
+        next_id = idx[:, -1]  # the last token so far, (B,)
         if use_cache:
             self.setup_cache(B)
         for _ in range(max_new_tokens):
@@ -303,7 +304,8 @@ class GPT(nn.Module):
                 logits = self(window, input_pos=positions[: window.size(1)])[0][:, -1]
                 fresh = False
             else:
-                logits = self.decode_one(tokens[:, -1:], positions[length - 1 - start : length - start])
+                # next_id (B, 1), not tokens[:, -1:]: a slice's stride changes every step and would recompile
+                logits = self.decode_one(next_id[:, None], positions[length - 1 - start : length - start])
             next_id = sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
             if stop_ids:
                 next_id = torch.where(finished, tokens[:, -1], next_id)

@@ -1,4 +1,4 @@
-"""bench.py on CPU with a tiny model: rows, table, JSON, real data, and refused settings."""
+"""bench.py on CPU with a tiny model: train and sample rows, table, JSON, real data, and refused settings."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from tokenizer import write_meta
 
 TINY = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_size=64",
         "--compile=off", "--warmup=1", "--iters=2"]
+SAMPLE = ["--mode=sample", "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64",
+          "--compile=off", "--prompt_tokens=4", "--warmup=4"]
 
 
 def test_synthetic_rows_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,10 +56,46 @@ def test_real_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flag", ["--compile=maybe", "--batch_size=2,x", "--batch_size=0", "--iters=0",
-                                  "--n_head=3", "--dataset=missing"])
+                                  "--n_head=3", "--dataset=missing", "--mode=serve"])
 def test_user_errors(flag: str, tmp_path: Path) -> None:
     with pytest.raises(UserError):
         bench.main([*TINY, f"--data_root={tmp_path}", flag])
+
+
+def test_sample_rows_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sample.json"
+    rows = bench.main([*SAMPLE, "--batch_size=1,2", "--new_tokens=8,16", "--kv_cache=both", f"--json={out}"])
+    assert [(r["kv_cache"], r["batch_size"], r["new_tokens"]) for r in rows] == [
+        (kv, b, n) for kv in ("on", "off") for b in (1, 2) for n in (8, 16)]
+    for r in rows:
+        assert r["status"] == "ok" and r["compile"] == "off" and r["mode"] == "sample" and r["prompt_tokens"] == 4
+        assert r["vocab_size"] == 50257 and r["device"] == "cpu" and r["dtype"] == "float32"  # GPT-2's own vocab
+        seconds = r["ms_per_token"] * r["new_tokens"] / 1000  # the timed generation
+        assert r["tokens_per_s"] > 0 and r["tokens_per_s"] == pytest.approx(r["batch_size"] * r["new_tokens"] / seconds)
+        assert r["tokens_per_s_per_row"] == pytest.approx(r["tokens_per_s"] / r["batch_size"])
+        assert 0 < r["first_token_ms"] / 1000 <= seconds and r["peak_mem_gib"] is None
+    assert json.loads(out.read_text()) == rows
+    printed = capsys.readouterr().out
+    assert ("| compile | KV cache | batch | new tokens | tokens/s | tokens/s per row | ms/token | first token (ms) | "
+            "peak mem (GiB) | warm-up (s) |") in printed
+    assert "vocab 50257" in printed and "random 4-token prompts" in printed and "| off | off | 2 | 16 |" in printed
+
+
+def test_sample_past_block_size_and_compile_only_with_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[str | None] = []  # modes compile_decode was called with (left eager here: compiling takes seconds)
+    monkeypatch.setattr(bench.GPT, "compile_decode", lambda self, mode="reduce-overhead": compiled.append(mode))
+    # 4 + 100 tokens > block 64: generate_tokens jumps its window; the no-cache row runs eager whatever compile says
+    rows = bench.main([*SAMPLE, "--batch_size=1", "--new_tokens=100", "--kv_cache=both", "--compile=on",
+                       "--vocab_size=64"])
+    assert [(r["compile"], r["kv_cache"], r["status"]) for r in rows] == [("on", "on", "ok"), ("off", "off", "ok")]
+    assert all(r["tokens_per_s"] > 0 for r in rows) and compiled == [None]  # CPU: the default compile mode
+
+
+@pytest.mark.parametrize("flag", ["--kv_cache=maybe", "--new_tokens=0", "--new_tokens=8,x", "--prompt_tokens=0",
+                                  "--dataset=tiny"])
+def test_sample_user_errors(flag: str) -> None:
+    with pytest.raises(UserError):
+        bench.main([*SAMPLE, flag])
 
 
 def test_oom_row_recorded_and_run_goes_on(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
