@@ -135,7 +135,7 @@ def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dty
     """Fresh model in the working dtype; an untimed warm-up generation, then one timed one. Returns the metrics."""
     model = GPT(model_cfg).to(device=device, dtype=dtype).eval()  # decoding reads every weight per token
     if compiled:  # CUDA graphs record on the second or third call: warmup >= 4 tokens covers them
-        model.compile_decode("reduce-overhead" if device.type == "cuda" else None)
+        model.compile_decode()
     prompt = torch.randint(cfg.vocab_size, (batch_size, cfg.prompt_tokens), device=device)  # (B, T)
     t0 = time.perf_counter()
     list(model.generate_tokens(prompt, cfg.warmup, use_cache=kv_cache))  # its KV cache and graphs serve the next

@@ -262,13 +262,20 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def decode_one(self, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """One token per row (B, 1) at window position input_pos (1,) -> next-token logits (B, vocab). Static
-        shapes: compile_decode() turns this into one compiled graph (CUDA graphs on a GPU)."""
-        return self(token, input_pos=input_pos)[0][:, -1]
+    def decode_one(self, token: torch.Tensor, input_pos: torch.Tensor, seen: torch.Tensor, temperature: float,
+                   top_k: int | None, top_p: float, repetition_penalty: float) -> torch.Tensor:
+        """One token per row (B, 1) at window position input_pos (1,) -> the next token (B,), drawn as
+        sample_logits draws it. Static shapes: compile_decode() makes forward and sampling one compiled graph
+        (a CUDA graph on a GPU), so a step costs one launch instead of hundreds."""
+        logits = self(token, input_pos=input_pos)[0][:, -1]
+        return sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
 
-    def compile_decode(self, mode: str | None = "reduce-overhead") -> None:
-        self.decode_one = torch.compile(self.decode_one, mode=mode, fullgraph=True)
+    def compile_decode(self) -> None:
+        """Compile decode_one. On a GPU: a CUDA graph, autotuned matmuls and coordinate-descent-tuned kernels;
+        at batch 1 a step is ~170 tiny kernels, and the tuning took an H200 from 1.9k to 2.2k tok/s."""
+        cuda = self.lm_head.weight.is_cuda
+        options = {"triton.cudagraphs": True, "max_autotune": True, "coordinate_descent_tuning": True} if cuda else None
+        self.decode_one = torch.compile(self.decode_one, fullgraph=True, options=options)
 
     @torch.no_grad()
     def generate_tokens(
@@ -297,20 +304,21 @@ class GPT(nn.Module):
             length = tokens.size(1)
             if length - start > block:
                 start, fresh = length - max(1, block * 3 // 4), True
-            if not use_cache:
-                logits = self(tokens[:, start:])[0][:, -1]
-            elif fresh:
+            if use_cache and not fresh:
+                # in: next_id (B, 1), not tokens[:, -1:], a slice whose stride changes every step (a recompile);
+                # out: a clone, since a CUDA graph reuses its output buffer on the next replay
+                next_id = self.decode_one(next_id[:, None], positions[length - 1 - start : length - start], seen,
+                                          temperature, top_k, top_p, repetition_penalty).clone()
+            else:  # the reference path, or a prefill of the (new) window
                 window = tokens[:, start:]
-                logits = self(window, input_pos=positions[: window.size(1)])[0][:, -1]
+                logits = self(window, input_pos=positions[: window.size(1)] if use_cache else None)[0][:, -1]
+                next_id = sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
                 fresh = False
-            else:
-                # next_id (B, 1), not tokens[:, -1:]: a slice's stride changes every step and would recompile
-                logits = self.decode_one(next_id[:, None], positions[length - 1 - start : length - start])
-            next_id = sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
             if stop_ids:
                 next_id = torch.where(finished, tokens[:, -1], next_id)
                 finished |= torch.isin(next_id, stops)
-            seen.scatter_(1, next_id[:, None], True)
+            if repetition_penalty != 1.0:
+                seen.scatter_(1, next_id[:, None], True)
             tokens = torch.cat((tokens, next_id[:, None]), dim=1)
             yield next_id
             if stop_ids and bool(finished.all()):
@@ -344,7 +352,10 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         probs = F.softmax(sorted_logits, dim=-1)
         outside = probs.cumsum(dim=-1) - probs >= top_p  # the tokens before it already reach top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(-1)
+    probs = F.softmax(logits, dim=-1)
+    # a draw from probs: argmax of p_i / E_i with E_i ~ Exp(1) picks i with probability p_i (the exponential
+    # race; gpt-fast samples so too). Unlike torch.multinomial it compiles into the decode graph.
+    return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1)
 
 
 # HF's GPT-2 uses Conv1D layers, which store these weights as (in, out); nn.Linear stores (out, in)

@@ -161,7 +161,7 @@ def main(argv: list[str]) -> list[str]:
         return [f"{mean:.6f}"]
 
     if cfg.compile:
-        model.compile_decode("reduce-overhead" if device.type == "cuda" else None)
+        model.compile_decode()
     prompt = read_text(cfg.start)
     ids = tok.encode(prompt)
     if not ids:

@@ -121,9 +121,9 @@ def test_generation_fills_the_cache_window_by_window(monkeypatch: pytest.MonkeyP
     positions: list[int] = []
     real_decode_one = model.decode_one
 
-    def spy(token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def spy(token: torch.Tensor, input_pos: torch.Tensor, *controls: Any) -> torch.Tensor:
         positions.append(int(input_pos))
-        return real_decode_one(token, input_pos)
+        return real_decode_one(token, input_pos, *controls)
 
     monkeypatch.setattr(model, "decode_one", spy)  # an instance attribute, as compile_decode sets it
     idx = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(0))
@@ -196,8 +196,11 @@ def test_decode_one_on_a_filled_cache_equals_the_full_forward(models: dict[str, 
             full = model(x)[0]  # (3, 32, vocab)
             prefill = model(x[:, :20], input_pos=torch.arange(20))[0]  # positions 0..19 in one pass
             torch.testing.assert_close(prefill, full[:, :20], rtol=1e-5, atol=1e-5)
+            seen = torch.zeros(3, model.config.vocab_size, dtype=torch.bool)
             for t in range(20, 32):  # then one token at a time on the filled cache
-                logits = model.decode_one(x[:, t : t + 1], torch.tensor([t]))  # (3, vocab)
+                greedy = model.decode_one(x[:, t : t + 1], torch.tensor([t]), seen, 0.0, None, 1.0, 1.0)  # (3,)
+                assert torch.equal(greedy, full[:, t].argmax(-1))
+                logits = model(x[:, t : t + 1], input_pos=torch.tensor([t]))[0][:, -1]  # rewrites position t
                 torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
     finally:
         model.clear_cache()
@@ -266,19 +269,19 @@ def test_top_p_one_leaves_the_distribution_alone():
 
 
 def sampled_probs(monkeypatch: pytest.MonkeyPatch, logits: torch.Tensor, **controls: Any) -> torch.Tensor:
-    """The probabilities sample_logits hands to torch.multinomial."""
+    """The probabilities sample_logits draws from: its last softmax."""
     seen: list[torch.Tensor] = []
-    real = torch.multinomial
+    real = F.softmax
 
-    def spy(probs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        seen.append(probs.clone())
-        return real(probs, *args, **kwargs)
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
 
     with monkeypatch.context() as patch:
-        patch.setattr(torch, "multinomial", spy)
+        patch.setattr(F, "softmax", spy)
         sample_logits(logits, **controls)
-    assert len(seen) == 1
-    return seen[0]
+    assert seen
+    return seen[-1]
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens(
