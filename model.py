@@ -56,15 +56,14 @@ class KVCache(nn.Module):
     def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int, dtype: torch.dtype,
                  device: torch.device) -> None:
         super().__init__()
-        shape = (batch_size, n_head, max_len, head_size)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        shape = (2, batch_size, n_head, max_len, head_size)  # keys and values in one buffer: one write per step
+        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, nh, T, hs) at positions input_pos (T,); return the whole cache (B, nh, max_len, hs)."""
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
-        return self.k, self.v
+    def update(self, input_pos: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write kv (2, B, nh, T, hs) at positions input_pos (T,); return all keys and all values, each
+        (B, nh, max_len, hs)."""
+        self.kv.index_copy_(3, input_pos, kv)
+        return self.kv[0], self.kv[1]
 
 
 class CausalSelfAttention(nn.Module):
@@ -81,13 +80,11 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs), a view
+        q, k, v = qkv  # each (B, nh, T, hs)
         if input_pos is not None:  # generation: attend over the cached window, mask (T, max_len) hides the future
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, max_len, hs)
+            k, v = self.kv_cache.update(input_pos, qkv[1:])  # (B, nh, max_len, hs)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:  # flash / memory-efficient kernels where the device has them; the math fallback on CPU
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
@@ -249,7 +246,7 @@ class GPT(nn.Module):
         kept: the same buffers let a compiled decode step (and its CUDA graph) serve every generation."""
         cfg, p = self.config, self.lm_head.weight
         cache = self.transformer.h[0].attn.kv_cache
-        if cache is not None and (cache.k.size(0), cache.k.dtype, cache.k.device) == (batch_size, p.dtype, p.device):
+        if cache is not None and (cache.kv.size(1), cache.kv.dtype, cache.kv.device) == (batch_size, p.dtype, p.device):
             return
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,

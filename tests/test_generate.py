@@ -130,13 +130,13 @@ def test_generation_fills_the_cache_window_by_window(monkeypatch: pytest.MonkeyP
     steps = model.generate_tokens(idx, 60, temperature=0.0)
     next(steps)  # the prompt was prefilled in one pass
     caches = [block.attn.kv_cache for block in model.transformer.h]
-    assert all(c is not None and c.k.shape == c.v.shape == (3, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+    assert all(c is not None and c.kv.shape == (2, 3, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
                for c in caches)
-    assert all(c.k[:, :, :20].abs().sum(-1).gt(0).all() and not c.k[:, :, 20:].any() for c in caches)
+    assert all(c.kv[:, :, :, :20].abs().sum(-1).gt(0).all() and not c.kv[:, :, :, 20:].any() for c in caches)
     assert positions == []
     next(steps)  # the first new token went through decode_one at position 20
     assert positions == [20]
-    assert all(c.k[:, :, 20].abs().sum(-1).gt(0).all() and not c.k[:, :, 21:].any() for c in caches)
+    assert all(c.kv[:, :, :, 20].abs().sum(-1).gt(0).all() and not c.kv[:, :, :, 21:].any() for c in caches)
     assert len(list(steps)) == 58
     # window jumps (docstring): when the 33rd token arrives, restart from the last 24 (3/4 block) in one prefill
     assert positions == [*range(20, 32), *[*range(24, 32)] * 5, 24]
@@ -146,13 +146,13 @@ def test_cache_is_kept_for_the_next_generation_and_clear_cache_frees_it():
     model = random_model()
     idx = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(1))
     model.generate(idx, 50)  # leaves every window position of the cache written
-    buffers = [block.attn.kv_cache.k for block in model.transformer.h]
+    buffers = [block.attn.kv_cache.kv for block in model.transformer.h]
     short = idx[:, :3]
     expected = model.generate(short, 10, temperature=0.0, use_cache=False)
     assert torch.equal(model.generate(short, 10, temperature=0.0), expected)  # stale entries stay masked
-    assert [block.attn.kv_cache.k for block in model.transformer.h] == buffers  # the same buffers, reused
+    assert [block.attn.kv_cache.kv for block in model.transformer.h] == buffers  # the same buffers, reused
     model.generate(idx[:1], 5)  # another batch size: a new cache
-    assert all(block.attn.kv_cache.k.size(0) == 1 for block in model.transformer.h)
+    assert all(block.attn.kv_cache.kv.size(1) == 1 for block in model.transformer.h)
     model.clear_cache()
     assert all(block.attn.kv_cache is None for block in model.transformer.h)
     assert torch.equal(model.generate(short, 10, temperature=0.0), expected)
