@@ -27,7 +27,7 @@ import checkpoint
 import sample
 import train
 from conftest import CharData, Trained, make_char_dataset, run_script, tiny_flags
-from model import GPT, GPTConfig, sample_logits
+from model import GPT, GPTConfig, adjust_logits, sample_logits
 from tokenizer import GPT2_EOT, GPT2_META, Tokenizer, gpt2_encoding, write_meta
 
 DELIMITER = "---------------"
@@ -268,20 +268,9 @@ def test_top_p_one_leaves_the_distribution_alone():
     assert torch.equal(sample_logits(logits, 1.0, None, top_p=1.0), expected)
 
 
-def sampled_probs(monkeypatch: pytest.MonkeyPatch, logits: torch.Tensor, **controls: Any) -> torch.Tensor:
-    """The probabilities sample_logits draws from: its last softmax."""
-    seen: list[torch.Tensor] = []
-    real = F.softmax
-
-    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
-        seen.append(real(*args, **kwargs))
-        return seen[-1]
-
-    with monkeypatch.context() as patch:
-        patch.setattr(F, "softmax", spy)
-        sample_logits(logits, **controls)
-    assert seen
-    return seen[-1]
+def sampled_probs(logits: torch.Tensor, **controls: Any) -> torch.Tensor:
+    """The probabilities sample_logits draws from: softmax of adjust_logits."""
+    return F.softmax(adjust_logits(logits, **controls), dim=-1)
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens(
@@ -289,13 +278,13 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
     logits = torch.tensor([[2.0, -1.0, 0.5, -0.5, 3.0]])
     seen = torch.tensor([[True, True, False, False, False]])
     penalized = torch.tensor([[1.0, -2.0, 0.5, -0.5, 3.0]])  # 2.0 / 2, -1.0 * 2, unseen tokens untouched
-    probs = sampled_probs(monkeypatch, logits, repetition_penalty=2.0, seen=seen)
+    probs = sampled_probs(logits, repetition_penalty=2.0, seen=seen)
     torch.testing.assert_close(probs, F.softmax(penalized, dim=-1), rtol=0, atol=0)
     before = F.softmax(logits, dim=-1)
     assert (probs[seen] < before[seen]).all()
     assert (probs[~seen] > before[~seen]).all()
     for off in ({"repetition_penalty": 1.0, "seen": seen}, {"repetition_penalty": 2.0, "seen": None}):
-        torch.testing.assert_close(sampled_probs(monkeypatch, logits, **off), before, rtol=0, atol=0)
+        torch.testing.assert_close(sampled_probs(logits, **off), before, rtol=0, atol=0)
 
 
 def test_repetition_penalty_can_change_the_greedy_choice():
