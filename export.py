@@ -22,12 +22,14 @@ import configurator
 from configurator import UserError
 from model import GPT, HF_TRANSPOSED
 
-# What GPT-2 needs of each architecture switch: a value, or a function of the config for derived ones. Only
-# settings the config actually has are checked, so a switch added to GPTConfig is covered once it is listed here.
+# What GPT-2 needs of each architecture switch: a value, or (a test of the config, what it needs) for settings
+# whose default is derived. Only settings the config has are checked: a new switch is covered once listed here.
 GPT2_NEEDS: dict[str, Any] = {
     "norm": "layernorm", "post_norm": False, "mlp": "gelu", "pos_emb": "learned", "parallel_block": False,
-    "tie_embeddings": True, "attn_pattern": "dense", "n_kv_head": lambda c: c.n_head,
-    "head_size": lambda c: c.n_embd // c.n_head,
+    "tie_embeddings": True, "attn_pattern": "dense",
+    "n_kv_head": (lambda c: c.kv_heads == c.n_head, "n_head"),
+    "head_size": (lambda c: c.hs * c.n_head == c.n_embd, "n_embd // n_head"),
+    "mlp_hidden": (lambda c: c.hidden == 4 * c.n_embd, "4 * n_embd"),
 }
 _ABSENT = object()
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,8 +49,11 @@ def hf_incompatibilities(config: Any) -> list[str]:
     problems = []
     for name, rule in GPT2_NEEDS.items():
         value = getattr(config, name, _ABSENT)
-        if value is not _ABSENT and value != (need := rule(config) if callable(rule) else rule):
-            problems.append(f"{name}={value!r} (GPT-2 needs {need!r})")
+        if value is _ABSENT:
+            continue
+        ok, need = (rule[0](config), rule[1]) if isinstance(rule, tuple) else (value == rule, repr(rule))
+        if not ok:
+            problems.append(f"{name}={value!r} (GPT-2 needs {need})")
     return problems
 
 

@@ -1,7 +1,11 @@
-"""A GPT language model: GPT-2 as published, with parameter names that map one to one onto HF's GPT-2.
+"""A GPT language model: GPT-2 by default, with parameter names that map one to one onto HF's GPT-2, and the
+switches of its family: GPT-1's post-norm, RMSNorm, SwiGLU, rotary positions, grouped-query attention, a head
+size of its own, PaLM's parallel block, untied embeddings.
 
-References: Radford et al. 2019 (GPT-2: pre-LayerNorm blocks, residual projections scaled by 1/sqrt(2*n_layer)),
-Vaswani et al. 2017 (attention), Kaplan et al. 2020 / PaLM appendix B (FLOPs per token for MFU).
+References: Radford et al. 2018/2019 (GPT-1, GPT-2: pre-LayerNorm, residual projections scaled by 1/sqrt(2*n_layer)),
+Vaswani et al. 2017 (attention), Zhang & Sennrich 2019 (RMSNorm), Shazeer 2020 (SwiGLU), Su et al. 2021 (RoPE),
+Shazeer 2019 / Ainslie et al. 2023 (multi-/grouped-query attention), Chowdhery et al. 2022 (PaLM: parallel
+blocks, no biases), Kaplan et al. 2020 / PaLM appendix B (FLOPs per token for MFU).
 """
 
 from __future__ import annotations
@@ -25,16 +29,83 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = True  # biases in Linear layers and LayerNorms, as in GPT-2
+    bias: bool = True  # biases in Linear layers and norms, as in GPT-2
+    qkv_bias: bool | None = None  # bias of the q/k/v projection alone; None: as `bias`
+    n_kv_head: int | None = None  # key/value heads: None = n_head; 1 = multi-query; in between = grouped-query
+    head_size: int | None = None  # None: n_embd // n_head (GPT-3 XL and 13B have heads of their own width)
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    post_norm: bool = False  # normalise after each residual add (GPT-1, the original Transformer); no final norm
+    mlp: str = "gelu"  # gelu | relu | swiglu
+    mlp_hidden: int | None = None  # None: 4 * n_embd; for swiglu 2/3 of that, rounded up to a multiple of 256
+    pos_emb: str = "learned"  # learned | rope | none
+    rope_base: float = 10000.0
+    parallel_block: bool = False  # PaLM: x + attn(norm(x)) + mlp(norm(x)), one norm per block
+    tie_embeddings: bool = True  # lm_head shares the token embedding (GPT-2); False: a matrix of its own
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.head_size is None and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}), or set head_size")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if self.pos_emb == "rope" and self.hs % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.hs}")
+        for name, choices in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "relu", "swiglu")),
+                              ("pos_emb", ("learned", "rope", "none"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
+        if self.post_norm and self.parallel_block:
+            raise ValueError("post_norm with parallel_block is not supported: parallel blocks are pre-norm")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def hs(self) -> int:  # head size
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:  # MLP width
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return -(-(8 * self.n_embd // 3) // 256) * 256 if self.mlp == "swiglu" else 4 * self.n_embd
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd)
+    return LayerNorm(config.n_embd, bias=config.bias)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight: LayerNorm without centring or bias (Zhang & Sennrich 2019; LLaMA)."""
+
+    def __init__(self, ndim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, 1e-5)
+
+
+def rope_tables(pos: torch.Tensor, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (T, head_size / 2) of the rotation angles pos * base^(-2i / head_size) (Su et al. 2021), in
+    float32 whatever the model's dtype: rounded angles drift further the later the position."""
+    freqs = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32, device=pos.device) / head_size)
+    angles = torch.outer(pos.float(), freqs)  # (T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, nh, T, hs) pairwise: dimension i with i + hs/2 (the "rotate half" layout of GPT-NeoX/LLaMA),
+    by the angles of its position; cos, sin (T, hs/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
 
 
 class LayerNorm(nn.Module):
@@ -56,13 +127,14 @@ class KVCache(nn.Module):
     def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int, dtype: torch.dtype,
                  device: torch.device) -> None:
         super().__init__()
-        shape = (2, batch_size, n_head, max_len, head_size)  # keys and values in one buffer: one write per step
+        shape = (2, batch_size, n_head, max_len, head_size)  # keys and values in one buffer
         self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write kv (2, B, nh, T, hs) at positions input_pos (T,); return all keys and all values, each
-        (B, nh, max_len, hs)."""
-        self.kv.index_copy_(3, input_pos, kv)
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nkv, T, hs) at positions input_pos (T,); return all keys and all values, each
+        (B, nkv, max_len, hs)."""
+        self.kv[0].index_copy_(2, input_pos, k)
+        self.kv[1].index_copy_(2, input_pos, v)
         return self.kv[0], self.kv[1]
 
 
@@ -70,74 +142,95 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.kv_cache: KVCache | None = None  # set by GPT.setup_cache for generation
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.n_head, self.n_kv_head, self.hs = config.n_head, config.kv_heads, config.hs
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
+        # q, k, v in one matmul: n_head query heads, n_kv_head key and value heads
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.hs, bias=qkv_bias)
+        self.c_proj = nn.Linear(self.n_head * self.hs, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        hs = C // self.n_head
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs), a view
-        q, k, v = qkv  # each (B, nh, T, hs)
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.hs
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)
+        if rope is not None:  # rotary positions turn q.k into a function of the distance between tokens
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if input_pos is not None:  # generation: attend over the cached window, mask (T, max_len) hides the future
-            k, v = self.kv_cache.update(input_pos, qkv[1:])  # (B, nh, max_len, hs)
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nkv, max_len, hs)
             # written out rather than SDPA: at T=1 the compiler fuses this into a few kernels, while the fused
-            # attention kernels cost ~8 us a layer (H100, GPT-2 124M decode)
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, max_len)
-            y = att.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v  # (B, nh, T, hs)
+            # attention kernels cost ~8 us a layer (H100, GPT-2 124M decode). The nh // nkv query heads of a
+            # group share one key/value head through broadcasting: (B, nkv, group, T, hs).
+            qg = q.view(B, nkv, nh // nkv, T, hs)
+            att = (qg @ k.unsqueeze(2).transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nkv, group, T, max_len)
+            y = (att.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v.unsqueeze(2)).view(B, nh, T, hs)
         else:  # flash / memory-efficient kernels where the device has them; the math fallback on CPU
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                               is_causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+                                               is_causal=True, enable_gqa=nkv != nh)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu is the tanh approximation
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.swiglu = config.mlp == "swiglu"  # silu(x W) * (x V): c_fc holds W and V side by side
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.hidden, bias=config.bias)
+        # GPT-2's gelu is the tanh approximation
+        self.act = nn.ReLU() if config.mlp == "relu" else nn.SiLU() if self.swiglu else nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.post_norm, self.parallel = config.post_norm, config.parallel_block
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = None if config.parallel_block else make_norm(config)  # a parallel block shares ln_1
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), input_pos, mask)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if self.parallel:  # PaLM
+            h = self.ln_1(x)
+            return x + self.attn(h, input_pos, mask, rope) + self.mlp(h)
+        if self.post_norm:  # GPT-1
+            x = self.ln_1(x + self.attn(x, input_pos, mask, rope))
+            return self.ln_2(x + self.mlp(x))
+        x = x + self.attn(self.ln_1(x), input_pos, mask, rope)  # GPT-2: pre-norm
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            {
-                "wte": nn.Embedding(config.vocab_size, config.n_embd),
-                "wpe": nn.Embedding(config.block_size, config.n_embd),
-                "drop": nn.Dropout(config.dropout),
-                "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                "ln_f": LayerNorm(config.n_embd, bias=config.bias),
-            }
-        )
+        modules = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
+        if config.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules["drop"] = nn.Dropout(config.dropout)
+        modules["h"] = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        if not config.post_norm:  # post-norm blocks end normalised already
+            modules["ln_f"] = make_norm(config)
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2 does
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2 does
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
@@ -177,7 +270,8 @@ class GPT(nn.Module):
         token embedding unless it is tied to lm_head (then it does the output matmul's work)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
             if self.lm_head.weight is not self.transformer.wte.weight:
                 n -= self.transformer.wte.weight.numel()
         return n
@@ -191,15 +285,22 @@ class GPT(nn.Module):
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
-        mask = None
+        cfg, mask, rope = self.config, None, None
         if input_pos is None:
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
         else:
             pos, mask = input_pos, self.causal_mask[input_pos]  # mask (T, max_len): key j visible to query i
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if cfg.pos_emb == "learned":
+            x = x + self.transformer.wpe(pos)
+        elif cfg.pos_emb == "rope":
+            rope = rope_tables(pos, cfg.hs, cfg.rope_base)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, input_pos, mask)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+            x = block(x, input_pos, mask, rope)
+        if "ln_f" in self.transformer:
+            x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
@@ -210,15 +311,18 @@ class GPT(nn.Module):
         if not 1 <= block_size <= self.config.block_size:
             raise ValueError(f"block_size must be in [1, {self.config.block_size}], got {block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def crop_vocab(self, vocab_size: int) -> None:
         """Drop padded vocabulary rows (train.py pads to a multiple of 64) so sampling can never pick them."""
         if not 1 <= vocab_size <= self.config.vocab_size:
             raise ValueError(f"vocab_size must be in [1, {self.config.vocab_size}], got {vocab_size}")
+        wte = self.transformer.wte
+        tied = self.lm_head.weight is wte.weight
         self.config.vocab_size = vocab_size
         self.lm_head.weight = nn.Parameter(self.lm_head.weight[:vocab_size])
-        self.transformer.wte.weight = self.lm_head.weight
+        wte.weight = self.lm_head.weight if tied else nn.Parameter(wte.weight[:vocab_size])
 
     def configure_optimizers(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
@@ -233,9 +337,9 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's 12*L*C*T."""
+        """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's 12*L*(nh*hs)*T."""
         cfg = self.config
-        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.hs * cfg.block_size
 
     def estimate_mfu(self, tokens_per_iter: int, dt: float, device: torch.device | str) -> float | None:
         """Model FLOPs utilisation against the device's dense bf16 peak; None where the peak is unknown."""
@@ -252,8 +356,7 @@ class GPT(nn.Module):
         if cache is not None and (cache.kv.size(1), cache.kv.dtype, cache.kv.device) == (batch_size, p.dtype, p.device):
             return
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
-                                          p.dtype, p.device)
+            block.attn.kv_cache = KVCache(batch_size, cfg.kv_heads, cfg.block_size, cfg.hs, p.dtype, p.device)
         mask = torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool, device=p.device).tril()
         self.register_buffer("causal_mask", mask, persistent=False)
 

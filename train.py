@@ -61,6 +61,18 @@ class TrainConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = False
+    # architecture switches, as in model.GPTConfig (the defaults are GPT-2's)
+    qkv_bias: bool | None = None  # None: as bias
+    n_kv_head: int | None = None  # None: n_head; 1: multi-query; in between: grouped-query
+    head_size: int | None = None  # None: n_embd // n_head
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    post_norm: bool = False  # GPT-1's norm placement
+    mlp: str = "gelu"  # gelu | relu | swiglu
+    mlp_hidden: int | None = None  # None: 4 * n_embd (swiglu: 2/3 of that, rounded up to 256)
+    pos_emb: str = "learned"  # learned | rope | none
+    rope_base: float = 10000.0
+    parallel_block: bool = False  # PaLM's parallel attention + MLP
+    tie_embeddings: bool = True
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (faster matmuls); 1 = no padding
     # AdamW
     learning_rate: float = 6e-4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import shutil
@@ -14,6 +15,7 @@ import torch
 import checkpoint
 import train
 from configurator import UserError
+from model import GPTConfig
 from conftest import CharData, Trained, tiny_flags
 
 # ---------------------------------------------------------------------------------------------- lr schedule
@@ -141,8 +143,9 @@ def test_checkpoint_records_the_run(trained: Trained):
     assert ckpt["meta"] == trained.data.meta
     assert ckpt["config"]["max_iters"] == 12
     padded = -(-trained.data.meta["vocab_size"] // 64) * 64  # the char vocab padded to a multiple of 64
-    assert ckpt["model_args"] == {"vocab_size": padded, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32,
-                                  "dropout": 0.0, "bias": True}
+    expected = {"vocab_size": padded, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0,
+                "bias": True}
+    assert ckpt["model_args"] == dataclasses.asdict(GPTConfig(**expected))  # every switch at its GPT-2 default
     assert ckpt["best_val_loss"] == min(val for _, _, val in trained.history["eval"][1:])
     assert isinstance(ckpt["rng"]["torch"], torch.Tensor)
 
