@@ -10,10 +10,11 @@ blocks, no biases), Kaplan et al. 2020 / PaLM appendix B (FLOPs per token for MF
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -487,3 +488,91 @@ def device_peak_flops(device: torch.device | str) -> float | None:
         if fragment in name:
             return peak
     return None
+
+
+# Named models. GPT-3 rows: Brown et al. 2020, table 2.1 (context 2048, d_head as listed; XL and 13B have heads
+# whose total width differs from d_model). The table's XL, 24 heads of 128, counts 1.52B parameters, not the
+# 1.3B of its name, which matches attention as wide as d_model; we follow the table.
+_GPT3 = {"block_size": 2048}
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt1": {"vocab_size": 40478, "block_size": 512, "post_norm": True},  # Radford et al. 2018
+    "gpt2": {},
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},
+    "gpt3-small": {**_GPT3, "n_layer": 12, "n_head": 12, "n_embd": 768},
+    "gpt3-medium": {**_GPT3, "n_layer": 24, "n_head": 16, "n_embd": 1024},
+    "gpt3-large": {**_GPT3, "n_layer": 24, "n_head": 16, "n_embd": 1536},
+    "gpt3-xl": {**_GPT3, "n_layer": 24, "n_head": 24, "n_embd": 2048, "head_size": 128},
+    "gpt3-2.7b": {**_GPT3, "n_layer": 32, "n_head": 32, "n_embd": 2560},
+    "gpt3-6.7b": {**_GPT3, "n_layer": 32, "n_head": 32, "n_embd": 4096},
+    "gpt3-13b": {**_GPT3, "n_layer": 40, "n_head": 40, "n_embd": 5140, "head_size": 128},
+    "gpt3-175b": {**_GPT3, "n_layer": 96, "n_head": 96, "n_embd": 12288},
+    # LLaMA's recipe (Touvron et al. 2023) at GPT-2 small's size, with grouped-query attention (LLaMA 2)
+    "llama-small": {"vocab_size": 32000, "block_size": 2048, "norm": "rmsnorm", "mlp": "swiglu", "pos_emb": "rope",
+                    "n_kv_head": 4, "bias": False, "tie_embeddings": False},
+}
+
+
+def preset_config(name: str, **overrides: Any) -> GPTConfig:
+    """A preset's GPTConfig, any field overridden. Unknown names raise ValueError naming the nearest."""
+    if name not in PRESETS:
+        nearest = difflib.get_close_matches(name, PRESETS, n=1, cutoff=0.0)
+        raise ValueError(f"unknown preset '{name}' (did you mean '{nearest[0]}'?)")
+    return GPTConfig(**(PRESETS[name] | overrides))
+
+
+def accounting(model: GPT) -> str:
+    """Where the parameters and the training memory go, and the FLOPs per token: a table to print."""
+    t, counts = model.transformer, {}
+    for label, part in (("token embedding", "wte"), ("position embedding", "wpe")):
+        counts[label] = t[part].weight.numel() if part in t else 0
+    counts["attention"] = sum(p.numel() for b in t.h for p in b.attn.parameters())
+    counts["MLP"] = sum(p.numel() for b in t.h for p in b.mlp.parameters())
+    counts["norms"] = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-2].startswith("ln_"))
+    tied = model.lm_head.weight is t.wte.weight
+    counts["head (tied to the token embedding)" if tied else "head"] = 0 if tied else model.lm_head.weight.numel()
+    total, non_emb = model.get_num_params(non_embedding=False), model.get_num_params()
+    assert total == sum(counts.values()), "a parameter is in no component"
+    rows = [f"{k:<36} {v:>17,}" for k, v in counts.items()]
+    rows += ["-" * 54, f"{'total':<36} {total:>17,}", f"{'non-embedding':<36} {non_emb:>17,}",
+             f"weights: {total * 4 / 2**20:,.2f} MB in float32, {total * 2 / 2**20:,.2f} MB in bf16 (MB = 2^20 B)",
+             "",
+             f"{'training memory (GiB)':<24} {'weights':>9} {'grads':>9} {'AdamW':>9} {'total':>9}"]
+    for label, w, g, opt in (("fp32 (or bf16 AMP)", 4, 4, 8), ("bf16 (pure, bf16 states)", 2, 2, 4)):
+        gib = [total * b / 2**30 for b in (w, g, opt, w + g + opt)]
+        rows.append(f"{label:<24} " + " ".join(f"{x:>9,.2f}" for x in gib))
+    rows.append(f"\ntraining FLOPs per token at block_size {model.config.block_size}: {model.flops_per_token():,.0f}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> None:
+    """python model.py NAME [--key=value ...]: the accounting table of a preset, built on the meta device."""
+    import configurator
+
+    if not argv or argv[0].startswith("-"):
+        raise configurator.UserError(f"name a preset first: {', '.join(PRESETS)}")
+    try:
+        base = preset_config(argv[0])
+    except ValueError as e:
+        raise configurator.UserError(str(e)) from None
+    overrides = configurator.load(GPTConfig, argv[1:])  # flags coerced to GPTConfig's field types
+    changed = {f: getattr(overrides, f) for f in argv_keys(argv[1:])}
+    try:
+        config = GPTConfig(**(asdict(base) | changed))
+    except ValueError as e:
+        raise configurator.UserError(str(e)) from None
+    with torch.device("meta"):  # shapes only: gpt3-175b needs no memory
+        model = GPT(config)
+    print(f"{argv[0]} {' '.join(argv[1:])}".strip() + f": {config}\n")
+    print(accounting(model))
+
+
+def argv_keys(argv: list[str]) -> list[str]:
+    return [a[2:].partition("=")[0] for a in argv if a.startswith("--")]
+
+
+if __name__ == "__main__":
+    import configurator
+
+    configurator.run(main)
