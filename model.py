@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 
@@ -232,6 +233,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2 does
+        self.activation_checkpointing = False  # training: keep each block's input, recompute its activations
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
@@ -298,7 +300,10 @@ class GPT(nn.Module):
             rope = rope_tables(pos, cfg.hs, cfg.rope_base)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, input_pos, mask, rope)
+            if self.activation_checkpointing and self.training:  # keep block inputs only, recompute the rest
+                x = torch.utils.checkpoint.checkpoint(block, x, input_pos, mask, rope, use_reentrant=False)
+            else:
+                x = block(x, input_pos, mask, rope)
         if "ln_f" in self.transformer:
             x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, vocab)

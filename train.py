@@ -26,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import configurator
 from configurator import UserError
-from model import GPT, GPTConfig
-from tokenizer import read_meta
+from model import GPT, PRESETS, GPTConfig, accounting, preset_config
+from tokenizer import GPT2_META, read_meta
 
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
 
@@ -54,25 +54,28 @@ class TrainConfig:
     data_root: str = "data"
     gradient_accumulation_steps: int = 5 * 8  # in total, divided among DDP processes
     batch_size: int = 12  # micro-batch size per process
-    block_size: int = 1024
-    # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
+    # model: a preset (model.PRESETS: gpt1, gpt2, gpt3-xl, llama-small, ...) and settings that override it; a
+    # setting left at None is the preset's, else model.GPTConfig's default (GPT-2 124M, here without biases)
+    preset: str = ""
+    block_size: int | None = None  # None: 1024
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
     dropout: float = 0.0
-    bias: bool = False
-    # architecture switches, as in model.GPTConfig (the defaults are GPT-2's)
+    bias: bool | None = None  # None: the preset's, else False (nanoGPT's default)
     qkv_bias: bool | None = None  # None: as bias
     n_kv_head: int | None = None  # None: n_head; 1: multi-query; in between: grouped-query
     head_size: int | None = None  # None: n_embd // n_head
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    post_norm: bool = False  # GPT-1's norm placement
-    mlp: str = "gelu"  # gelu | relu | swiglu
+    norm: str | None = None  # layernorm | rmsnorm
+    post_norm: bool | None = None  # GPT-1's norm placement
+    mlp: str | None = None  # gelu | relu | swiglu
     mlp_hidden: int | None = None  # None: 4 * n_embd (swiglu: 2/3 of that, rounded up to 256)
-    pos_emb: str = "learned"  # learned | rope | none
-    rope_base: float = 10000.0
-    parallel_block: bool = False  # PaLM's parallel attention + MLP
-    tie_embeddings: bool = True
+    pos_emb: str | None = None  # learned | rope | none
+    rope_base: float | None = None
+    parallel_block: bool | None = None  # PaLM's parallel attention + MLP
+    tie_embeddings: bool | None = None
+    activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, more time
+    dry_run: bool = False  # print the model, batch arithmetic and memory estimate, then exit
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (faster matmuls); 1 = no padding
     # AdamW
     learning_rate: float = 6e-4
@@ -210,6 +213,24 @@ def maybe_compile(model: GPT, x: torch.Tensor, y: torch.Tensor, ctx: Any) -> tor
     return compiled
 
 
+def dry_run_summary(config: GPTConfig, cfg: TrainConfig, world: int, dtype: torch.dtype) -> str:
+    """The batch arithmetic and a rough activation-memory estimate of one micro-batch: ~34 bytes per token and
+    unit of width per layer in 16-bit with fused attention (Korthikanti et al. 2022, whose 5*a*s/h score term
+    flash attention removes), twice that in float32; with activation checkpointing a layer keeps only its input
+    and one layer is recomputed at a time. Plus the float32 logits and their gradient."""
+    B, T, C, L = cfg.batch_size, config.block_size, config.n_embd, config.n_layer
+    scale = 2 if dtype == torch.float32 else 1
+    layer = 34 * B * T * C * scale
+    layers = L * 2 * B * T * C * scale + layer if cfg.activation_checkpointing else L * layer
+    logits = 2 * 4 * B * T * config.vocab_size
+    accum = cfg.gradient_accumulation_steps
+    return (f"\ntokens per iteration: {accum * B * T:,} = batch_size {B} x block_size {T} x "
+            f"gradient_accumulation_steps {accum} ({accum // world} per process x {world} process(es))\n"
+            f"activations of one micro-batch ({str(dtype).removeprefix('torch.')}, activation_checkpointing="
+            f"{cfg.activation_checkpointing}): ~{(layers + logits) / 2**30:,.2f} GiB (estimate), of which logits "
+            f"{logits / 2**30:,.2f} GiB\ndry run: nothing trained")
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: Any,
                batch: tuple[torch.Tensor, torch.Tensor], next_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
                accum: int, grad_clip: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -259,7 +280,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise UserError(f"init_from must be scratch, resume or one of {checkpoint.GPT2_NAMES}, got '{cfg.init_from}'")
     for name in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
                  "log_interval", "vocab_multiple"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
 
     # distributed setup: one process per device under torchrun
@@ -284,16 +305,24 @@ def main(argv: list[str]) -> dict[str, Any]:
     enable_tf32(device)
 
     data_dir = os.path.join(cfg.data_root, cfg.dataset)
-    meta = read_meta(data_dir)
+    try:
+        meta = read_meta(data_dir)
+    except UserError:
+        if not cfg.dry_run:
+            raise
+        meta = GPT2_META | {"vocab_size": PRESETS.get(cfg.preset, {}).get("vocab_size", GPT2_META["vocab_size"])}
 
     # model: from scratch, from the checkpoint (whose shape wins over the settings), or OpenAI's GPT-2
     ckpt = None
     if cfg.init_from == "scratch":
         vocab = -(-meta["vocab_size"] // cfg.vocab_multiple) * cfg.vocab_multiple
+        settings = {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None} | {"vocab_size": vocab}
         try:
-            model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in MODEL_KEYS}, vocab_size=vocab))
+            model_cfg = preset_config(cfg.preset, **settings) if cfg.preset else GPTConfig(**{"bias": False} | settings)
         except ValueError as e:
             raise UserError(str(e)) from None
+        with torch.device("meta") if cfg.dry_run else contextlib.nullcontext():  # a dry run allocates nothing
+            model = GPT(model_cfg)
     elif cfg.init_from == "resume":
         ckpt = checkpoint.load(cfg.out_dir, map_location=device)
         if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
@@ -304,8 +333,14 @@ def main(argv: list[str]) -> dict[str, Any]:
         if meta["tokenizer"] != "gpt2":
             raise UserError(f"{cfg.init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
         model = checkpoint.pretrained(cfg.init_from, cfg.dropout)
-        if cfg.block_size < model.config.block_size:
+        if cfg.block_size is not None and cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
+    if master:
+        print(accounting(model))
+    if cfg.dry_run:
+        print(dry_run_summary(model.config, cfg, world, dtype))
+        return {"train_loss": [], "eval": []}
+    model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
     block_size = model.config.block_size
     if meta["vocab_size"] > model.config.vocab_size:
@@ -347,7 +382,7 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * block_size
     if master:
-        print(f"{raw_model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {device}, {dtype}, "
+        print(f"\n{raw_model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {device}, {dtype}, "
               f"{world} process(es), {tokens_per_iter:,} tokens per iteration")
     history: dict[str, list] = {"train_loss": [], "eval": []}  # returned for tests and bench.py
     t_last, iters_since_log = time.perf_counter(), 0
