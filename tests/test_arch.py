@@ -544,3 +544,25 @@ def test_train_script_reports_bad_switches_in_one_line(char_data: CharData, tmp_
         assert (rc, "Traceback" in err) == (2, False), (name, err)
         assert err.strip().splitlines()[-1] == f"error: {cases[name][1]}", name
         assert not (tmp_path / ("a" if name == "n_kv_head" else "b")).exists()  # nothing written
+
+
+@pytest.mark.parametrize("name", ["gpt1", "llama"])
+def test_architecture_configs_train_resume_and_sample(name: str, char_data: CharData, tmp_path: Path):
+    """config/train_shakespeare_char_{gpt1,llama}.py as shipped, shrunk by flags to run in seconds on a CPU."""
+    config = f"config/train_shakespeare_char_{name}.py"
+    small = ["--n_layer=2", "--n_embd=48", "--block_size=32", "--batch_size=8", "--eval_iters=2", "--log_interval=1",
+             "--device=cpu", "--compile=False", "--dropout=0.0", "--warmup_iters=2", "--always_save_checkpoint=True",
+             f"--data_root={char_data.root}", f"--dataset={char_data.name}", f"--out_dir={tmp_path}"]
+    history = train.main([config, *small, "--max_iters=30", "--eval_interval=15", "--lr_decay_iters=40"])
+    (_, _, val0), *_, (_, _, val1) = history["eval"]
+    assert val1 < val0 - 0.5
+    ckpt = checkpoint.load(str(tmp_path))
+    expected = {"gpt1": {"post_norm": True, "bias": True}, "llama": {"norm": "rmsnorm", "mlp": "swiglu",
+                "pos_emb": "rope", "n_kv_head": 2, "bias": False, "tie_embeddings": False}}[name]
+    assert {k: ckpt["model_args"][k] for k in expected} == expected
+    resumed = train.main([config, *small, "--init_from=resume", "--max_iters=34", "--eval_interval=15",
+                          "--lr_decay_iters=40"])
+    assert [it for it, _ in resumed["train_loss"]] == [31, 32, 33, 34]
+    samples = sample.main([f"--out_dir={tmp_path}", "--device=cpu", "--num_samples=2", "--max_new_tokens=40",
+                           "--start=Th"])
+    assert len(samples) == 2 and all(s.startswith("Th") and len(s) == 42 for s in samples)
