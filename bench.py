@@ -59,6 +59,7 @@ class BenchConfig:
     iters: int = 20  # train: timed steps
     gradient_accumulation_steps: int = 1  # train
     grad_clip: float = 1.0  # train, as train.py: clipping costs an unscale and a norm per step; 0 disables
+    activation_checkpointing: bool = False  # train: recompute each block in the backward pass
     new_tokens: str = "256,1000"  # sample: comma list of tokens generated per timed run
     prompt_tokens: int = 16  # sample: length of the random prompt
     kv_cache: str = "on"  # sample: on | off | both; off recomputes the window every token (eager: compile moot)
@@ -107,6 +108,7 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
     """Fresh model, optimizer and scaler; warm up, then time cfg.iters training steps. Returns the metrics."""
     opt = train.TrainConfig()  # the optimizer settings training uses by default
     model = GPT(model_cfg).to(device)
+    model.activation_checkpointing = cfg.activation_checkpointing
     optimizer = model.configure_optimizers(opt.weight_decay, opt.learning_rate, (opt.beta1, opt.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ctx = train.autocast(device, dtype)

@@ -395,7 +395,9 @@ def main(argv: list[str]) -> dict[str, Any]:
             losses = estimate_loss(model, evals, cfg, device, ctx, rank, world)
             history["eval"].append((iter_num, losses["train"], losses["val"]))
             if master:
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+                peak = f", peak memory {gib:.2f} GiB" if gib is not None else ""
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{peak}")
                 if cfg.wandb_log:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
             if (losses["val"] < best_val_loss or cfg.always_save_checkpoint) and iter_num > 0 and not cfg.eval_only:
