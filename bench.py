@@ -3,11 +3,14 @@
     python bench.py --batch_size=12,32                          # GPT-2 124M, random tokens, eager and compiled
     python bench.py --dataset=openwebtext --compile=on --json=bench.json
     python bench.py --mode=sample --batch_size=1,8 --compile=on  # decode speed, 256 and 1000 new tokens
+    python bench.py --mode=attention --batch_size=8 --seq_lens=2048,4096 --band=256  # GPT-3's banded layers
 
 train: each row builds a fresh model, optimizer and GradScaler, runs `warmup` untimed steps (compilation
 included), then times `iters` calls of train.train_step, the very step the training loop runs.
-sample: each row builds a fresh model in the working dtype (as sample.py loads it), generates `warmup` tokens
-untimed (compilation, CUDA-graph capture), then times one model.generate_tokens run from a random prompt.
+sample: each row builds a fresh model in the working dtype (as sample.py loads it), runs model.generate_tokens
+once untimed (compilation, a CUDA graph per attention span), then times the same run from a random prompt.
+attention: one attention layer, dense (SDPA) and banded (model.banded_attention), timed forward and forward +
+backward on random activations; the banded output is checked against dense attention with the explicit mask.
 Timings run between device synchronizations. Prints a markdown table for the README; --json writes the rows.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -27,16 +30,19 @@ import torch
 import configurator
 import train
 from configurator import UserError
-from model import GPT, GPTConfig
+from model import GPT, CausalSelfAttention, GPTConfig, banded_attention
 from tokenizer import read_meta
 
-KEYS = {"compile": "compile", "kv_cache": "KV cache", "batch_size": "batch", "new_tokens": "new tokens"}
+KEYS = {"compile": "compile", "kv_cache": "KV cache", "batch_size": "batch", "new_tokens": "new tokens",
+        "seq_len": "T", "attention": "attention"}
 COLUMNS = {  # per mode, the table's numeric columns: row key -> (header, format)
     "train": {"ms_per_iter": ("ms/iter", ".1f"), "tokens_per_s": ("tokens/s", ",.0f"), "mfu": ("MFU", ".1%"),
               "peak_mem_gib": ("peak mem (GiB)", ".2f"), "warmup_s": ("warm-up (s)", ".1f"), "loss": ("loss", ".3f")},
     "sample": {"tokens_per_s": ("tokens/s", ",.0f"), "tokens_per_s_per_row": ("tokens/s per row", ",.0f"),
                "ms_per_token": ("ms/token", ".2f"), "first_token_ms": ("first token (ms)", ".1f"),
-               "peak_mem_gib": ("peak mem (GiB)", ".2f"), "warmup_s": ("warm-up (s)", ".1f")}}
+               "peak_mem_gib": ("peak mem (GiB)", ".2f"), "warmup_s": ("warm-up (s)", ".1f")},
+    "attention": {"forward_ms": ("forward (ms)", ".3f"), "step_ms": ("forward + backward (ms)", ".3f"),
+                  "max_diff": ("max abs diff vs mask", ".1e"), "peak_mem_gib": ("peak mem (GiB)", ".2f")}}
 
 
 @dataclass
@@ -55,7 +61,7 @@ class BenchConfig:
     # rows: train, one per (compile, batch size); sample, one per (compile, kv_cache, batch size, new_tokens)
     batch_size: str = "12"  # comma list of (micro-)batch sizes, e.g. 12,32
     compile: str = "both"  # on | off | both; sample: the one-token decode step (CUDA graphs on a GPU)
-    warmup: int = 10  # train: untimed steps (compilation, autotuning); sample: tokens of an untimed generation
+    warmup: int = 10  # train: untimed steps (compilation, autotuning); sample runs the timed generation untimed first
     iters: int = 20  # train: timed steps
     gradient_accumulation_steps: int = 1  # train
     grad_clip: float = 1.0  # train, as train.py: clipping costs an unscale and a norm per step; 0 disables
@@ -63,6 +69,8 @@ class BenchConfig:
     new_tokens: str = "256,1000"  # sample: comma list of tokens generated per timed run
     prompt_tokens: int = 16  # sample: length of the random prompt
     kv_cache: str = "on"  # sample: on | off | both; off recomputes the window every token (eager: compile moot)
+    seq_lens: str = "2048,4096"  # attention: comma list of sequence lengths
+    band: int = 256  # attention: the window of the banded rows
     # data
     dataset: str = ""  # train: empty for random tokens, else data_root/dataset/train.bin read by train.Batches
     data_root: str = "data"
@@ -136,11 +144,11 @@ def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dty
                kv_cache: bool, batch_size: int, new_tokens: int) -> dict[str, Any]:
     """Fresh model in the working dtype; an untimed warm-up generation, then one timed one. Returns the metrics."""
     model = GPT(model_cfg).to(device=device, dtype=dtype).eval()  # decoding reads every weight per token
-    if compiled:  # CUDA graphs record on the second or third call: warmup >= 4 tokens covers them
+    if compiled:
         model.compile_decode()
     prompt = torch.randint(cfg.vocab_size, (batch_size, cfg.prompt_tokens), device=device)  # (B, T)
     t0 = time.perf_counter()
-    list(model.generate_tokens(prompt, cfg.warmup, use_cache=kv_cache))  # its KV cache and graphs serve the next
+    list(model.generate_tokens(prompt, new_tokens, use_cache=kv_cache))  # compiles and records every span it uses
     synchronize(device)
     t1 = time.perf_counter()
     tokens = model.generate_tokens(prompt, new_tokens, temperature=1.0, top_k=None, use_cache=kv_cache)
@@ -155,6 +163,30 @@ def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dty
             "ms_per_token": dt * 1000 / new_tokens, "first_token_ms": (t2 - t1) * 1000, "warmup_s": t1 - t0}
 
 
+def attention_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dtype: torch.dtype, T: int,
+                  banded: bool, batch_size: int) -> dict[str, Any]:
+    """One attention layer (dense, or banded with window cfg.band) on (batch_size, T) random activations."""
+    layer = CausalSelfAttention(replace(model_cfg, block_size=T), cfg.band if banded else None).to(device, dtype)
+    x = torch.randn(batch_size, T, model_cfg.n_embd, device=device, dtype=dtype, requires_grad=True)
+    times = {}
+    for name, step in (("forward_ms", lambda: layer(x)), ("step_ms", lambda: layer(x).sum().backward())):
+        for _ in range(cfg.warmup):
+            step()
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(cfg.iters):
+            step()
+        synchronize(device)
+        times[name] = (time.perf_counter() - t0) * 1000 / cfg.iters
+    diff = None
+    if banded:  # the kernel against dense attention with the causal band mask, on the same q, k, v
+        with torch.no_grad():
+            q, k, v = torch.randn(3, batch_size, model_cfg.n_head, T, model_cfg.hs, device=device, dtype=dtype)
+            mask_ref = banded_attention(q, k, v, cfg.band, flex=False)
+            diff = (banded_attention(q, k, v, cfg.band, flex=device.type == "cuda") - mask_ref).abs().max().item()
+    return {"status": "ok", **times, "max_diff": diff}
+
+
 def cell(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -163,16 +195,19 @@ def table(rows: list[dict[str, Any]], cfg: BenchConfig, n_params: int) -> str:
     """Markdown: a line naming hardware, dtype, model and workload, the command, then one table row per run."""
     r, columns = rows[0], COLUMNS[cfg.mode]
     keys = [key for key in KEYS if key in r]
-    work = (f"{r['data']} data, gradient accumulation {cfg.gradient_accumulation_steps}, {cfg.warmup} warm-up + "
-            f"{cfg.iters} timed steps" if cfg.mode == "train" else f"random {cfg.prompt_tokens}-token prompts, "
-            f"temperature 1, no top-k; {cfg.warmup} warm-up tokens, then one timed generation")
+    work = {"train": f"{r['data']} data, gradient accumulation {cfg.gradient_accumulation_steps}, {cfg.warmup} "
+                     f"warm-up + {cfg.iters} timed steps",
+            "sample": f"random {cfg.prompt_tokens}-token prompts, temperature 1, no top-k; one untimed generation, "
+                      "then the same one timed",
+            "attention": f"one attention layer, banded rows with window {cfg.band}; {cfg.warmup} warm-up + "
+                         f"{cfg.iters} timed calls"}[cfg.mode]
     lines = [f"{r['device']}, torch {r['torch']}, {r['dtype']}; GPT {cfg.n_layer} layers, {cfg.n_head} heads, "
              f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {cfg.vocab_size}, bias {cfg.bias}, "
              f"{n_params / 1e6:.1f}M params (non-embedding); {work}", "", f"`{r['command']}`", "",
              "| " + " | ".join([KEYS[k] for k in keys] + [head for head, _ in columns.values()]) + " |",
              "|---|" + "---:|" * (len(keys) + len(columns) - 1)]
     for row in rows:
-        first = row[keys[0]] if row["status"] == "ok" else f"{row[keys[0]]} ({row['status']})"
+        first = str(row[keys[0]]) if row["status"] == "ok" else f"{row[keys[0]]} ({row['status']})"
         cells = [first, *(str(row[k]) for k in keys[1:]), *(cell(row[k], spec) for k, (_, spec) in columns.items())]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -182,12 +217,14 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     cfg = configurator.load(BenchConfig, argv)
     choices = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}
     if cfg.mode not in COLUMNS:
-        raise UserError(f"mode must be train or sample, got '{cfg.mode}'")
+        raise UserError(f"mode must be train, sample or attention, got '{cfg.mode}'")
     for name in ("compile", "kv_cache"):
         if getattr(cfg, name) not in choices:
             raise UserError(f"{name} must be on, off or both, got '{getattr(cfg, name)}'")
     sizes, new = parse_ints("batch_size", cfg.batch_size), parse_ints("new_tokens", cfg.new_tokens)
-    for name, low in (("gradient_accumulation_steps", 1), ("iters", 1), ("warmup", 0), ("prompt_tokens", 1)):
+    seq_lens = parse_ints("seq_lens", cfg.seq_lens)
+    for name, low in (("gradient_accumulation_steps", 1), ("iters", 1), ("warmup", 0), ("prompt_tokens", 1),
+                      ("band", 1)):
         if getattr(cfg, name) < low:
             raise UserError(f"{name} must be at least {low}, got {getattr(cfg, name)}")
     if cfg.mode == "sample" and cfg.dataset:
@@ -214,6 +251,9 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
                                       else {"prompt_tokens": cfg.prompt_tokens})}
     if cfg.mode == "train":
         runs = [{"compile": c, "batch_size": b} for c in choices[cfg.compile] for b in sizes]
+    elif cfg.mode == "attention":
+        runs = [{"seq_len": t, "attention": a, "batch_size": b} for b in sizes for t in seq_lens
+                for a in ("dense", "banded")]
     else:  # compile applies to the cached decode step: no-cache rows run eager, once
         runs = [{"compile": c, "kv_cache": kv, "batch_size": b, "new_tokens": n} for kv in choices[cfg.kv_cache][::-1]
                 for c in (choices[cfg.compile] if kv == "on" else ["off"]) for b in sizes for n in new]
@@ -227,6 +267,9 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         try:
             if cfg.mode == "train":
                 row |= bench_row(cfg, model_cfg, meta, device, dtype, run["compile"] == "on", run["batch_size"])
+            elif cfg.mode == "attention":
+                row |= attention_row(cfg, model_cfg, device, dtype, run["seq_len"], run["attention"] == "banded",
+                                     run["batch_size"])
             else:
                 row |= sample_row(cfg, model_cfg, device, dtype, run["compile"] == "on", run["kv_cache"] == "on",
                                   run["batch_size"], run["new_tokens"])

@@ -62,8 +62,9 @@ def pretrained(name: str, dropout: float = 0.0) -> GPT:
         raise UserError(f"could not load {name} weights (they download on first use): {e}".splitlines()[0]) from None
 
 
-def model_from(ckpt: dict[str, Any]) -> GPT:
-    """Rebuild the model a checkpoint describes and load its weights (strictly: every key must match)."""
-    model = GPT(GPTConfig(**ckpt["model_args"]))
+def model_from(ckpt: dict[str, Any], **overrides: Any) -> GPT:
+    """Rebuild the model a checkpoint describes (settings that change no weight, like dropout, overridable) and
+    load its weights (strictly: every key must match)."""
+    model = GPT(GPTConfig(**ckpt["model_args"] | overrides))
     model.load_state_dict(ckpt["model"])
     return model

@@ -1,26 +1,29 @@
 """A GPT language model: GPT-2 by default, with parameter names that map one to one onto HF's GPT-2, and the
 switches of its family: GPT-1's post-norm, RMSNorm, SwiGLU, rotary positions, grouped-query attention, a head
-size of its own, PaLM's parallel block, untied embeddings.
+size of its own, GPT-3's alternating dense and locally banded attention, PaLM's parallel block, untied embeddings.
 
 References: Radford et al. 2018/2019 (GPT-1, GPT-2: pre-LayerNorm, residual projections scaled by 1/sqrt(2*n_layer)),
 Vaswani et al. 2017 (attention), Zhang & Sennrich 2019 (RMSNorm), Shazeer 2020 (SwiGLU), Su et al. 2021 (RoPE),
-Shazeer 2019 / Ainslie et al. 2023 (multi-/grouped-query attention), Chowdhery et al. 2022 (PaLM: parallel
+Shazeer 2019 / Ainslie et al. 2023 (multi-/grouped-query attention), Brown et al. 2020 and Child et al. 2019
+(GPT-3's banded layers, from the Sparse Transformer), Chowdhery et al. 2022 (PaLM: parallel
 blocks, no biases), Kaplan et al. 2020 / PaLM appendix B (FLOPs per token for MFU).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 
 @dataclass
@@ -35,6 +38,8 @@ class GPTConfig:
     qkv_bias: bool | None = None  # bias of the q/k/v projection alone; None: as `bias`
     n_kv_head: int | None = None  # key/value heads: None = n_head; 1 = multi-query; in between = grouped-query
     head_size: int | None = None  # None: n_embd // n_head (GPT-3 XL and 13B have heads of their own width)
+    attn_pattern: str = "dense"  # dense | alternating: GPT-3's, every other layer (2nd, 4th, ...) locally banded
+    window_size: int | None = None  # banded layers: a token attends to itself and the window_size - 1 before it
     norm: str = "layernorm"  # layernorm | rmsnorm
     post_norm: bool = False  # normalise after each residual add (GPT-1, the original Transformer); no final norm
     mlp: str = "gelu"  # gelu | relu | swiglu
@@ -55,9 +60,13 @@ class GPTConfig:
         if self.pos_emb == "rope" and self.hs % 2:
             raise ValueError(f"rotary positions need an even head size, got {self.hs}")
         for name, choices in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "relu", "swiglu")),
-                              ("pos_emb", ("learned", "rope", "none"))):
+                              ("pos_emb", ("learned", "rope", "none")), ("attn_pattern", ("dense", "alternating"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
+        if (self.attn_pattern == "alternating") != (self.window_size is not None):
+            raise ValueError("window_size and attn_pattern='alternating' go together: set both or neither")
+        if self.window_size is not None and not 1 <= self.window_size <= self.block_size:
+            raise ValueError(f"window_size must be in [1, block_size={self.block_size}], got {self.window_size}")
         if self.post_norm and self.parallel_block:
             raise ValueError("post_norm with parallel_block is not supported: parallel blocks are pre-norm")
         if not 0.0 <= self.dropout < 1.0:
@@ -70,6 +79,9 @@ class GPTConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
+
+    def window(self, layer: int) -> int | None:  # the band of a layer's attention; None: dense
+        return self.window_size if self.attn_pattern == "alternating" and layer % 2 else None
 
     @property
     def hidden(self) -> int:  # MLP width
@@ -129,21 +141,24 @@ class KVCache(nn.Module):
     def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int, dtype: torch.dtype,
                  device: torch.device) -> None:
         super().__init__()
-        shape = (2, batch_size, n_head, max_len, head_size)  # keys and values in one buffer
-        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        for name in ("k", "v"):  # two buffers, written by index_put_: the compiler turns each write into a
+            # scatter of the new positions (one buffer written through views cost a copy of all of it per step)
+            self.register_buffer(name, torch.zeros(batch_size, n_head, max_len, head_size, dtype=dtype,
+                                                   device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, nkv, T, hs) at positions input_pos (T,); return all keys and all values, each
         (B, nkv, max_len, hs)."""
-        self.kv[0].index_copy_(2, input_pos, k)
-        self.kv[1].index_copy_(2, input_pos, v)
-        return self.kv[0], self.kv[1]
+        self.k[:, :, input_pos] = k
+        self.v[:, :, input_pos] = v
+        return self.k, self.v
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, window: int | None = None) -> None:
         super().__init__()
         self.kv_cache: KVCache | None = None  # set by GPT.setup_cache for generation
+        self.window = window  # None: dense; else a token sees itself and the window - 1 before it (GPT-3's band)
         self.n_head, self.n_kv_head, self.hs = config.n_head, config.kv_heads, config.hs
         self.dropout = config.dropout
         qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
@@ -164,17 +179,47 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if input_pos is not None:  # generation: attend over the cached window, mask (T, max_len) hides the future
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, nkv, max_len, hs)
+            k, v = k[:, :, : mask.size(-1)], v[:, :, : mask.size(-1)]  # the first span positions, as wide as mask
+            if self.window:  # and of those, the band
+                mask = mask & (input_pos[:, None] - torch.arange(mask.size(-1), device=mask.device) < self.window)
             # written out rather than SDPA: at T=1 the compiler fuses this into a few kernels, while the fused
             # attention kernels cost ~8 us a layer (H100, GPT-2 124M decode). The nh // nkv query heads of a
             # group share one key/value head through broadcasting: (B, nkv, group, T, hs).
             qg = q.view(B, nkv, nh // nkv, T, hs)
             att = (qg @ k.unsqueeze(2).transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nkv, group, T, max_len)
             y = (att.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v.unsqueeze(2)).view(B, nh, T, hs)
+        elif self.window:
+            y = banded_attention(q, k, v, self.window, self.dropout if self.training else 0.0)
         else:  # flash / memory-efficient kernels where the device has them; the math fallback on CPU
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                                is_causal=True, enable_gqa=nkv != nh)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))
+
+
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout_p: float = 0.0,
+                     flex: bool | None = None) -> torch.Tensor:
+    """Causal attention in which query i sees keys i - window + 1 .. i; q (B, nh, T, hs), k, v (B, nkv, T, hs).
+    With flex, FlexAttention skips the key blocks outside the band, so the cost grows with T * window rather than
+    T^2. By default flex trains on CUDA; inference (evaluation, prefill at every prompt length, each length a
+    recompile of the kernel) and dropout (flex has none) take SDPA with the explicit (T, T) mask instead."""
+    T, gqa = q.size(-2), k.size(1) != q.size(1)
+    if (q.is_cuda and torch.is_grad_enabled() if flex is None else flex) and not dropout_p:
+        attend = flex_attention if torch.compiler.is_compiling() else compiled_flex_attention()
+        return attend(q, k, v, block_mask=band_block_mask(T, window, q.device), enable_gqa=gqa)
+    i = torch.arange(T, device=q.device)
+    band = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)  # (T, T): key j visible to query i
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+@functools.cache
+def compiled_flex_attention() -> Any:  # flex_attention is a fused kernel only when compiled
+    return torch.compile(flex_attention)
+
+
+@functools.lru_cache(maxsize=16)  # under torch.compile the cache is bypassed and the mask built in the graph
+def band_block_mask(T: int, window: int, device: torch.device) -> Any:
+    return create_block_mask(lambda b, h, i, j: (j <= i) & (i - j < window), None, None, T, T, device=device)
 
 
 class MLP(nn.Module):
@@ -198,11 +243,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, window: int | None = None) -> None:
         super().__init__()
         self.post_norm, self.parallel = config.post_norm, config.parallel_block
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, window)
         self.ln_2 = None if config.parallel_block else make_norm(config)  # a parallel block shares ln_1
         self.mlp = MLP(config)
 
@@ -226,7 +271,7 @@ class GPT(nn.Module):
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         modules["drop"] = nn.Dropout(config.dropout)
-        modules["h"] = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        modules["h"] = nn.ModuleList([Block(config, config.window(i)) for i in range(config.n_layer)])
         if not config.post_norm:  # post-norm blocks end normalised already
             modules["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
@@ -280,11 +325,12 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
+        span: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets (B, T) are given
-        (targets of -1 are ignored). With input_pos (T,), the positions of idx in the window, attention reads
-        and extends the KV cache that setup_cache made."""
+        (targets of -1 are ignored). With input_pos (T,), the positions of idx in the window, attention extends
+        the KV cache that setup_cache made and reads its first `span` positions (None: all; more than input_pos)."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
@@ -292,7 +338,7 @@ class GPT(nn.Module):
         if input_pos is None:
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
         else:
-            pos, mask = input_pos, self.causal_mask[input_pos]  # mask (T, max_len): key j visible to query i
+            pos, mask = input_pos, self.causal_mask[input_pos, :span]  # mask (T, span): key j visible to query i
         x = self.transformer.wte(idx)  # (B, T, C)
         if cfg.pos_emb == "learned":
             x = x + self.transformer.wpe(pos)
@@ -343,9 +389,11 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's 12*L*(nh*hs)*T."""
+        """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's 12*(nh*hs)*T per
+        layer, where a banded layer's T is its window."""
         cfg = self.config
-        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.hs * cfg.block_size
+        attended = sum(cfg.window(i) or cfg.block_size for i in range(cfg.n_layer))
+        return 6 * self.get_num_params() + 12 * cfg.n_head * cfg.hs * attended
 
     def estimate_mfu(self, tokens_per_iter: int, dt: float, device: torch.device | str) -> float | None:
         """Model FLOPs utilisation against the device's dense bf16 peak; None where the peak is unknown."""
@@ -359,7 +407,7 @@ class GPT(nn.Module):
         kept: the same buffers let a compiled decode step (and its CUDA graph) serve every generation."""
         cfg, p = self.config, self.lm_head.weight
         cache = self.transformer.h[0].attn.kv_cache
-        if cache is not None and (cache.kv.size(1), cache.kv.dtype, cache.kv.device) == (batch_size, p.dtype, p.device):
+        if cache is not None and (cache.k.size(0), cache.k.dtype, cache.k.device) == (batch_size, p.dtype, p.device):
             return
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(batch_size, cfg.kv_heads, cfg.block_size, cfg.hs, p.dtype, p.device)
@@ -372,20 +420,20 @@ class GPT(nn.Module):
             block.attn.kv_cache = None
 
     def decode_one(self, token: torch.Tensor, input_pos: torch.Tensor, seen: torch.Tensor, temperature: float,
-                   top_k: int | None, top_p: float, repetition_penalty: float) -> torch.Tensor:
-        """One token per row (B, 1) at window position input_pos (1,) -> the next token (B,), drawn as
-        sample_logits draws it. Static shapes: compile_decode() makes forward and sampling one compiled graph
-        (a CUDA graph on a GPU), so a step costs one launch instead of hundreds."""
-        logits = self(token, input_pos=input_pos)[0][:, -1]
+                   top_k: int | None, top_p: float, repetition_penalty: float, span: int) -> torch.Tensor:
+        """One token per row (B, 1) at window position input_pos (1,), attending over the first span cached
+        positions -> the next token (B,), drawn as sample_logits draws it. Static shapes: compile_decode() makes
+        forward and sampling one compiled graph per span (a CUDA graph on a GPU), one launch per step."""
+        logits = self(token, input_pos=input_pos, span=span)[0][:, -1]
         return sample_logits(logits.float(), temperature, top_k, top_p, repetition_penalty, seen)
 
     def compile_decode(self) -> None:
-        """Compile decode_one. On a GPU: a CUDA graph, autotuned matmuls and coordinate-descent-tuned kernels.
-        At batch 1 a step is bound by the latency of its hundred-odd small kernels, and the tuning shortens them
-        (on an H200, 1.9k -> 2.2k tok/s for GPT-2 124M; bench.py --mode=sample measures it)."""
+        """Compile decode_one: static shapes (a graph per batch size and span). On a GPU: a CUDA graph, autotuned
+        matmuls and coordinate-descent-tuned kernels. At batch 1 a step is bound by the latency of its hundred-odd
+        small kernels, and the tuning shortens them (bench.py --mode=sample measures it)."""
         cuda = self.lm_head.weight.is_cuda
         options = {"triton.cudagraphs": True, "max_autotune": True, "coordinate_descent_tuning": True} if cuda else None
-        self.decode_one = torch.compile(self.decode_one, fullgraph=True, options=options)
+        self.decode_one = torch.compile(self.decode_one, fullgraph=True, dynamic=False, options=options)
 
     @torch.no_grad()
     def generate_tokens(
@@ -417,8 +465,11 @@ class GPT(nn.Module):
             if use_cache and not fresh:
                 # in: next_id (B, 1), not tokens[:, -1:], a slice whose stride changes every step (a recompile);
                 # out: a clone, since a CUDA graph reuses its output buffer on the next replay
+                # attention reads a power-of-two span of the cache, at least 128, covering the window: short
+                # windows skip most of the cache, for one compiled graph per span
+                span = min(block, max(128, 1 << (length - start - 1).bit_length()))
                 next_id = self.decode_one(next_id[:, None], positions[length - 1 - start : length - start], seen,
-                                          temperature, top_k, top_p, repetition_penalty).clone()
+                                          temperature, top_k, top_p, repetition_penalty, span).clone()
             else:  # the reference path, or a prefill of the (new) window
                 window = tokens[:, start:]
                 logits = self(window, input_pos=positions[: window.size(1)] if use_cache else None)[0][:, -1]
@@ -449,8 +500,19 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     pass that compiles into the decode graph, where softmax + torch.multinomial would take several."""
     logits = adjust_logits(logits, temperature, top_k, top_p, repetition_penalty, seen)
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    return torch.argmax(logits - torch.empty_like(logits).exponential_(1).log(), dim=-1)
+        return argmax_rows(logits)
+    return argmax_rows(logits - torch.empty_like(logits).exponential_(1).log())
+
+
+def argmax_rows(x: torch.Tensor, chunks: int = 64) -> torch.Tensor:
+    """torch.argmax(x, dim=-1) for x (B, n), the first maximum included, in two stages: the maximum of each of
+    `chunks` slices, then across them. Compiled at batch 1, a one-stage argmax over 50k logits runs in a single
+    thread block (36 us per GPT-2 step on an H100); two stages spread it over many (2 us)."""
+    B, n = x.shape
+    x = F.pad(x, (0, -n % chunks), value=float("-inf")).view(B, chunks, -1)
+    best, where = x.max(dim=-1)  # (B, chunks): the first maximum of each slice
+    chunk = best.argmax(dim=-1, keepdim=True)  # the first slice holding the overall maximum
+    return (chunk * x.size(-1) + where.gather(1, chunk))[:, 0]
 
 
 def adjust_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
@@ -495,9 +557,9 @@ def device_peak_flops(device: torch.device | str) -> float | None:
     return None
 
 
-# Named models. GPT-3 rows: Brown et al. 2020, table 2.1 (context 2048, d_head as listed; XL and 13B have heads
-# whose total width differs from d_model). The table's XL, 24 heads of 128, counts 1.52B parameters, not the
-# 1.3B of its name, which matches attention as wide as d_model; we follow the table.
+# Named models. GPT-3 rows: Brown et al. 2020, table 2.1 (context 2048, d_head 128 for XL and 13B, whose 40 heads
+# are 5120 wide in a 5140-wide model). The table's XL row, 24 heads of 128 in a 2048-wide model, would count
+# 1.52B parameters, not its 1.3B; 16 heads of 128 (attention as wide as d_model, as GPT-Neo 1.3B reads it) do.
 _GPT3 = {"block_size": 2048}
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt1": {"vocab_size": 40478, "block_size": 512, "post_norm": True},  # Radford et al. 2018
@@ -508,7 +570,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt3-small": {**_GPT3, "n_layer": 12, "n_head": 12, "n_embd": 768},
     "gpt3-medium": {**_GPT3, "n_layer": 24, "n_head": 16, "n_embd": 1024},
     "gpt3-large": {**_GPT3, "n_layer": 24, "n_head": 16, "n_embd": 1536},
-    "gpt3-xl": {**_GPT3, "n_layer": 24, "n_head": 24, "n_embd": 2048, "head_size": 128},
+    "gpt3-xl": {**_GPT3, "n_layer": 24, "n_head": 16, "n_embd": 2048},
     "gpt3-2.7b": {**_GPT3, "n_layer": 32, "n_head": 32, "n_embd": 2560},
     "gpt3-6.7b": {**_GPT3, "n_layer": 32, "n_head": 32, "n_embd": 4096},
     "gpt3-13b": {**_GPT3, "n_layer": 40, "n_head": 40, "n_embd": 5140, "head_size": 128},
@@ -527,57 +589,8 @@ def preset_config(name: str, **overrides: Any) -> GPTConfig:
     return GPTConfig(**(PRESETS[name] | overrides))
 
 
-def accounting(model: GPT) -> str:
-    """Where the parameters and the training memory go, and the FLOPs per token: a table to print."""
-    t, counts = model.transformer, {}
-    for label, part in (("token embedding", "wte"), ("position embedding", "wpe")):
-        counts[label] = t[part].weight.numel() if part in t else 0
-    counts["attention"] = sum(p.numel() for b in t.h for p in b.attn.parameters())
-    counts["MLP"] = sum(p.numel() for b in t.h for p in b.mlp.parameters())
-    counts["norms"] = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-2].startswith("ln_"))
-    tied = model.lm_head.weight is t.wte.weight
-    counts["head (tied to the token embedding)" if tied else "head"] = 0 if tied else model.lm_head.weight.numel()
-    total, non_emb = model.get_num_params(non_embedding=False), model.get_num_params()
-    assert total == sum(counts.values()), "a parameter is in no component"
-    rows = [f"{k:<36} {v:>17,}" for k, v in counts.items()]
-    rows += ["-" * 54, f"{'total':<36} {total:>17,}", f"{'non-embedding':<36} {non_emb:>17,}",
-             f"weights: {total * 4 / 2**20:,.2f} MB in float32, {total * 2 / 2**20:,.2f} MB in bf16 (MB = 2^20 B)",
-             "",
-             f"{'training memory (GiB)':<24} {'weights':>9} {'grads':>9} {'AdamW':>9} {'total':>9}"]
-    for label, w, g, opt in (("fp32 (or bf16 AMP)", 4, 4, 8), ("bf16 (pure, bf16 states)", 2, 2, 4)):
-        gib = [total * b / 2**30 for b in (w, g, opt, w + g + opt)]
-        rows.append(f"{label:<24} " + " ".join(f"{x:>9,.2f}" for x in gib))
-    rows.append(f"\ntraining FLOPs per token at block_size {model.config.block_size}: {model.flops_per_token():,.0f}")
-    return "\n".join(rows)
-
-
-def main(argv: list[str]) -> None:
-    """python model.py NAME [--key=value ...]: the accounting table of a preset, built on the meta device."""
+if __name__ == "__main__":  # python model.py NAME_OR_CONFIG [--key=value ...]: see accounting.py
+    import accounting
     import configurator
 
-    if not argv or argv[0].startswith("-"):
-        raise configurator.UserError(f"name a preset first: {', '.join(PRESETS)}")
-    try:
-        base = preset_config(argv[0])
-    except ValueError as e:
-        raise configurator.UserError(str(e)) from None
-    overrides = configurator.load(GPTConfig, argv[1:])  # flags coerced to GPTConfig's field types
-    changed = {f: getattr(overrides, f) for f in argv_keys(argv[1:])}
-    try:
-        config = GPTConfig(**(asdict(base) | changed))
-    except ValueError as e:
-        raise configurator.UserError(str(e)) from None
-    with torch.device("meta"):  # shapes only: gpt3-175b needs no memory
-        model = GPT(config)
-    print(f"{argv[0]} {' '.join(argv[1:])}".strip() + f": {config}\n")
-    print(accounting(model))
-
-
-def argv_keys(argv: list[str]) -> list[str]:
-    return [a[2:].partition("=")[0] for a in argv if a.startswith("--")]
-
-
-if __name__ == "__main__":
-    import configurator
-
-    configurator.run(main)
+    configurator.run(accounting.main)

@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import configurator
 from configurator import UserError
-from model import GPT, PRESETS, GPTConfig, accounting, preset_config
+import accounting
+from model import GPT, PRESETS, GPTConfig, preset_config
 from tokenizer import GPT2_META, read_meta
 
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
@@ -66,6 +67,8 @@ class TrainConfig:
     qkv_bias: bool | None = None  # None: as bias
     n_kv_head: int | None = None  # None: n_head; 1: multi-query; in between: grouped-query
     head_size: int | None = None  # None: n_embd // n_head
+    attn_pattern: str | None = None  # dense | alternating (GPT-3: every other layer banded, needs window_size)
+    window_size: int | None = None  # banded layers attend to the last window_size tokens
     norm: str | None = None  # layernorm | rmsnorm
     post_norm: bool | None = None  # GPT-1's norm placement
     mlp: str | None = None  # gelu | relu | swiglu
@@ -155,10 +158,9 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device={name} but MPS is not available here")
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type)
+    if available is not None and not available():
+        raise UserError(f"device={name} but {device.type.upper()} is not available here")
     return device
 
 
@@ -172,9 +174,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if bf16_supported(device) else torch.float16
-        return torch.float32
+        return (torch.bfloat16 if bf16_supported(device) else torch.float16) if device.type == "cuda" else torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
         raise UserError(f"unknown dtype '{name}' (auto, float32, bfloat16, float16)")
@@ -213,22 +213,32 @@ def maybe_compile(model: GPT, x: torch.Tensor, y: torch.Tensor, ctx: Any) -> tor
     return compiled
 
 
-def dry_run_summary(config: GPTConfig, cfg: TrainConfig, world: int, dtype: torch.dtype) -> str:
-    """The batch arithmetic and a rough activation-memory estimate of one micro-batch: ~34 bytes per token and
-    unit of width per layer in 16-bit with fused attention (Korthikanti et al. 2022, whose 5*a*s/h score term
-    flash attention removes), twice that in float32; with activation checkpointing a layer keeps only its input
-    and one layer is recomputed at a time. Plus the float32 logits and their gradient."""
-    B, T, C, L = cfg.batch_size, config.block_size, config.n_embd, config.n_layer
-    scale = 2 if dtype == torch.float32 else 1
-    layer = 34 * B * T * C * scale
-    layers = L * 2 * B * T * C * scale + layer if cfg.activation_checkpointing else L * layer
-    logits = 2 * 4 * B * T * config.vocab_size
-    accum = cfg.gradient_accumulation_steps
-    return (f"\ntokens per iteration: {accum * B * T:,} = batch_size {B} x block_size {T} x "
-            f"gradient_accumulation_steps {accum} ({accum // world} per process x {world} process(es))\n"
-            f"activations of one micro-batch ({str(dtype).removeprefix('torch.')}, activation_checkpointing="
-            f"{cfg.activation_checkpointing}): ~{(layers + logits) / 2**30:,.2f} GiB (estimate), of which logits "
-            f"{logits / 2**30:,.2f} GiB\ndry run: nothing trained")
+def data_meta(cfg: TrainConfig, required: bool = True) -> dict[str, Any]:
+    """The dataset's meta.json; without one (and not required: a dry run), GPT-2's, or the preset's vocabulary."""
+    try:
+        return read_meta(os.path.join(cfg.data_root, cfg.dataset))
+    except UserError:
+        if required:
+            raise
+        return GPT2_META | {"vocab_size": PRESETS.get(cfg.preset, {}).get("vocab_size", GPT2_META["vocab_size"])}
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    """The preset with every model setting given (not None) over it; no preset: GPTConfig's, minus biases."""
+    settings = {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None} | {"vocab_size": vocab_size}
+    try:
+        return preset_config(cfg.preset, **settings) if cfg.preset else GPTConfig(**{"bias": False} | settings)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def check_resume(cfg: TrainConfig, model_args: dict[str, Any]) -> None:
+    """Refuse a preset or model setting that differs from the checkpoint's; dropout (no weight) may change."""
+    asked = PRESETS.get(cfg.preset, {}) | {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None}
+    for k, v in asked.items():
+        if k not in ("vocab_size", "dropout") and model_args.get(k) != v:
+            raise UserError(f"the checkpoint in {cfg.out_dir} has {k}={model_args.get(k)!r}, the settings ask for "
+                            f"{k}={v!r}: resume with the checkpoint's settings, or train from scratch elsewhere")
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: Any,
@@ -305,30 +315,21 @@ def main(argv: list[str]) -> dict[str, Any]:
     enable_tf32(device)
 
     data_dir = os.path.join(cfg.data_root, cfg.dataset)
-    try:
-        meta = read_meta(data_dir)
-    except UserError:
-        if not cfg.dry_run:
-            raise
-        meta = GPT2_META | {"vocab_size": PRESETS.get(cfg.preset, {}).get("vocab_size", GPT2_META["vocab_size"])}
+    meta = data_meta(cfg, required=not cfg.dry_run)
 
-    # model: from scratch, from the checkpoint (whose shape wins over the settings), or OpenAI's GPT-2
+    # model: from scratch, from the checkpoint (settings given must match it), or OpenAI's GPT-2
     ckpt = None
     if cfg.init_from == "scratch":
         vocab = -(-meta["vocab_size"] // cfg.vocab_multiple) * cfg.vocab_multiple
-        settings = {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None} | {"vocab_size": vocab}
-        try:
-            model_cfg = preset_config(cfg.preset, **settings) if cfg.preset else GPTConfig(**{"bias": False} | settings)
-        except ValueError as e:
-            raise UserError(str(e)) from None
         with torch.device("meta") if cfg.dry_run else contextlib.nullcontext():  # a dry run allocates nothing
-            model = GPT(model_cfg)
+            model = GPT(model_config(cfg, vocab))
     elif cfg.init_from == "resume":
         ckpt = checkpoint.load(cfg.out_dir, map_location=device)
         if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
             raise UserError(f"the checkpoint was trained on {ckpt['meta']['tokenizer']} tokens, {data_dir} has "
                             f"{meta['tokenizer']} tokens")
-        model = checkpoint.model_from(ckpt)
+        check_resume(cfg, ckpt["model_args"])
+        model = checkpoint.model_from(ckpt, dropout=cfg.dropout)
     else:
         if meta["tokenizer"] != "gpt2":
             raise UserError(f"{cfg.init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
@@ -336,9 +337,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         if cfg.block_size is not None and cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
     if master:
-        print(accounting(model))
+        print(accounting.table(model))
     if cfg.dry_run:
-        print(dry_run_summary(model.config, cfg, world, dtype))
+        print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, world, dtype,
+                                 cfg.activation_checkpointing))
         return {"train_loss": [], "eval": []}
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)

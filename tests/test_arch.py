@@ -9,6 +9,7 @@ Models are tiny (2 layers, 32 wide, 4 heads, block 32) and run on the CPU in flo
 from __future__ import annotations
 
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ BASE = {"vocab_size": VOCAB, "block_size": 32, "n_layer": 2, "n_head": 4, "n_emb
 LLAMA = {"norm": "rmsnorm", "mlp": "swiglu", "pos_emb": "rope", "n_kv_head": 2, "bias": False, "tie_embeddings": False}
 GPT1 = {"post_norm": True}
 PALM = {"parallel_block": True, "n_kv_head": 1, "bias": False}
+BANDED = {"attn_pattern": "alternating"}  # GPT-3: every other layer locally banded (with a window_size)
 
 ARCHS: dict[str, dict[str, Any]] = {
     "gpt2": {},
@@ -47,6 +49,9 @@ ARCHS: dict[str, dict[str, Any]] = {
     "untied": {"tie_embeddings": False},
     "multi_query_rope_base_100": {"n_kv_head": 1, "pos_emb": "rope", "rope_base": 100.0},
     "gpt1_rmsnorm_rope_gqa": {"post_norm": True, "norm": "rmsnorm", "pos_emb": "rope", "n_kv_head": 2},
+    "gpt3_banded": {"attn_pattern": "alternating", "window_size": 8},
+    "gpt3_banded_rope_gqa_window_1": {"attn_pattern": "alternating", "window_size": 1, "pos_emb": "rope",
+                                      "n_kv_head": 2},
 }
 
 
@@ -232,7 +237,7 @@ def test_decode_through_the_cache_equals_the_full_forward(arch: str):
     try:
         caches = [block.attn.kv_cache for block in model.transformer.h]
         hs = cfg.head_size or cfg.n_embd // cfg.n_head
-        assert all(c.kv.shape == (2, 3, cfg.n_kv_head or cfg.n_head, 32, hs) for c in caches)
+        assert all(c.k.shape == c.v.shape == (3, cfg.n_kv_head or cfg.n_head, 32, hs) for c in caches)
         with torch.no_grad():
             full = model(x)[0]  # (3, 32, vocab)
             prefill = model(x[:, :20], input_pos=torch.arange(20))[0]  # positions 0..19 in one pass
@@ -240,7 +245,7 @@ def test_decode_through_the_cache_equals_the_full_forward(arch: str):
             for t in range(20, 32):  # then one token at a time on the filled cache
                 logits = model(x[:, t : t + 1], input_pos=torch.tensor([t]))[0][:, -1]
                 torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
-        assert all(c.kv.abs().sum(-1).gt(0).all() for c in caches)  # every position of every kv head written
+        assert all(t.abs().sum(-1).gt(0).all() for c in caches for t in (c.k, c.v))  # every position, every head
     finally:
         model.clear_cache()
 
@@ -516,13 +521,19 @@ BAD_CONFIGS = {
     "unknown_norm": ({"norm": "batchnorm"}, "norm must be one of layernorm, rmsnorm, got 'batchnorm'"),
     "unknown_mlp": ({"mlp": "geglu"}, "mlp must be one of gelu, relu, swiglu, got 'geglu'"),
     "unknown_pos_emb": ({"pos_emb": "alibi"}, "pos_emb must be one of learned, rope, none, got 'alibi'"),
+    "unknown_attn_pattern": ({"attn_pattern": "strided"}, "attn_pattern must be one of dense, alternating"),
+    "window_zero": (BANDED | {"window_size": 0}, "window_size must be in [1, block_size=32], got 0"),
+    "window_negative": (BANDED | {"window_size": -4}, "window_size must be in [1, block_size=32], got -4"),
+    "window_past_block": (BANDED | {"window_size": 33}, "window_size must be in [1, block_size=32], got 33"),
+    "window_without_pattern": ({"window_size": 8}, "window_size and attn_pattern='alternating' go together"),
+    "pattern_without_window": (BANDED, "window_size and attn_pattern='alternating' go"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_CONFIGS)
 def test_config_refuses_settings_that_do_not_fit(case: str):
     overrides, message = BAD_CONFIGS[case]
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         GPTConfig(**BASE | overrides)
 
 
@@ -546,19 +557,21 @@ def test_train_script_reports_bad_switches_in_one_line(char_data: CharData, tmp_
         assert not (tmp_path / ("a" if name == "n_kv_head" else "b")).exists()  # nothing written
 
 
-@pytest.mark.parametrize("name", ["gpt1", "llama"])
+@pytest.mark.parametrize("name", ["gpt1", "llama", "gpt3"])
 def test_architecture_configs_train_resume_and_sample(name: str, char_data: CharData, tmp_path: Path):
-    """config/train_shakespeare_char_{gpt1,llama}.py as shipped, shrunk by flags to run in seconds on a CPU."""
+    """config/train_shakespeare_char_{gpt1,llama,gpt3}.py as shipped, shrunk by flags to run in seconds on a CPU."""
     config = f"config/train_shakespeare_char_{name}.py"
     small = ["--n_layer=2", "--n_embd=48", "--block_size=32", "--batch_size=8", "--eval_iters=2", "--log_interval=1",
              "--device=cpu", "--compile=False", "--dropout=0.0", "--warmup_iters=2", "--always_save_checkpoint=True",
-             f"--data_root={char_data.root}", f"--dataset={char_data.name}", f"--out_dir={tmp_path}"]
+             f"--data_root={char_data.root}", f"--dataset={char_data.name}", f"--out_dir={tmp_path}",
+             *(["--window_size=8"] if name == "gpt3" else [])]  # the band must fit the shrunk context
     history = train.main([config, *small, "--max_iters=30", "--eval_interval=15", "--lr_decay_iters=40"])
     (_, _, val0), *_, (_, _, val1) = history["eval"]
     assert val1 < val0 - 0.5
     ckpt = checkpoint.load(str(tmp_path))
     expected = {"gpt1": {"post_norm": True, "bias": True}, "llama": {"norm": "rmsnorm", "mlp": "swiglu",
-                "pos_emb": "rope", "n_kv_head": 2, "bias": False, "tie_embeddings": False}}[name]
+                "pos_emb": "rope", "n_kv_head": 2, "bias": False, "tie_embeddings": False},
+                "gpt3": {"attn_pattern": "alternating", "window_size": 8}}[name]
     assert {k: ckpt["model_args"][k] for k in expected} == expected
     resumed = train.main([config, *small, "--init_from=resume", "--max_iters=34", "--eval_interval=15",
                           "--lr_decay_iters=40"])

@@ -92,6 +92,20 @@ def test_sample_past_block_size_and_compile_only_with_cache(monkeypatch: pytest.
     assert all(r["tokens_per_s"] > 0 for r in rows) and len(compiled) == 1  # the cached row only
 
 
+def test_attention_rows_dense_and_banded(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = bench.main(["--mode=attention", "--device=cpu", "--n_head=2", "--n_embd=32", "--batch_size=2",
+                       "--seq_lens=40,70", "--band=8", "--warmup=1", "--iters=2"])
+    assert [(r["seq_len"], r["attention"], r["status"]) for r in rows] == [
+        (40, "dense", "ok"), (40, "banded", "ok"), (70, "dense", "ok"), (70, "banded", "ok")]
+    assert all(r["forward_ms"] > 0 and r["step_ms"] > 0 for r in rows)
+    assert [r["max_diff"] is None for r in rows] == [True, False, True, False]
+    assert all(r["max_diff"] < 1e-5 for r in rows[1::2])  # the CPU's banded path against the explicit mask
+    assert "| batch | T | attention | forward (ms) | forward + backward (ms) | max abs diff vs mask |" in (
+        capsys.readouterr().out)
+    with pytest.raises(UserError, match="band must be at least 1"):
+        bench.main(["--mode=attention", "--device=cpu", "--band=0"])
+
+
 @pytest.mark.parametrize("flag", ["--kv_cache=maybe", "--new_tokens=0", "--new_tokens=8,x", "--prompt_tokens=0",
                                   "--dataset=tiny"])
 def test_sample_user_errors(flag: str) -> None:

@@ -130,13 +130,15 @@ def test_generation_fills_the_cache_window_by_window(monkeypatch: pytest.MonkeyP
     steps = model.generate_tokens(idx, 60, temperature=0.0)
     next(steps)  # the prompt was prefilled in one pass
     caches = [block.attn.kv_cache for block in model.transformer.h]
-    assert all(c is not None and c.kv.shape == (2, 3, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+    assert all(c is not None and c.k.shape == c.v.shape == (3, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
                for c in caches)
-    assert all(c.kv[:, :, :, :20].abs().sum(-1).gt(0).all() and not c.kv[:, :, :, 20:].any() for c in caches)
+    kv = [torch.stack((c.k, c.v)) for c in caches]
+    assert all(t[:, :, :, :20].abs().sum(-1).gt(0).all() and not t[:, :, :, 20:].any() for t in kv)
     assert positions == []
     next(steps)  # the first new token went through decode_one at position 20
     assert positions == [20]
-    assert all(c.kv[:, :, :, 20].abs().sum(-1).gt(0).all() and not c.kv[:, :, :, 21:].any() for c in caches)
+    kv = [torch.stack((c.k, c.v)) for c in caches]
+    assert all(t[:, :, :, 20].abs().sum(-1).gt(0).all() and not t[:, :, :, 21:].any() for t in kv)
     assert len(list(steps)) == 58
     # window jumps (docstring): when the 33rd token arrives, restart from the last 24 (3/4 block) in one prefill
     assert positions == [*range(20, 32), *[*range(24, 32)] * 5, 24]
@@ -146,13 +148,13 @@ def test_cache_is_kept_for_the_next_generation_and_clear_cache_frees_it():
     model = random_model()
     idx = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(1))
     model.generate(idx, 50)  # leaves every window position of the cache written
-    buffers = [block.attn.kv_cache.kv for block in model.transformer.h]
+    buffers = [block.attn.kv_cache.k for block in model.transformer.h]
     short = idx[:, :3]
     expected = model.generate(short, 10, temperature=0.0, use_cache=False)
     assert torch.equal(model.generate(short, 10, temperature=0.0), expected)  # stale entries stay masked
-    assert [block.attn.kv_cache.kv for block in model.transformer.h] == buffers  # the same buffers, reused
+    assert all(b.attn.kv_cache.k is k for b, k in zip(model.transformer.h, buffers, strict=True))  # reused
     model.generate(idx[:1], 5)  # another batch size: a new cache
-    assert all(block.attn.kv_cache.kv.size(1) == 1 for block in model.transformer.h)
+    assert all(block.attn.kv_cache.k.size(0) == 1 for block in model.transformer.h)
     model.clear_cache()
     assert all(block.attn.kv_cache is None for block in model.transformer.h)
     assert torch.equal(model.generate(short, 10, temperature=0.0), expected)
@@ -186,6 +188,25 @@ def test_without_cache_no_cache_is_made_and_decode_one_is_never_called(monkeypat
     assert len([step for step in steps if all(b.attn.kv_cache is None for b in model.transformer.h)]) == 40
 
 
+def test_decode_reads_a_power_of_two_span_of_the_cache(monkeypatch: pytest.MonkeyPatch):
+    # block 300: spans 128, 256, then the whole (non-power-of-two) window, and a jump back to 225 tokens
+    model = random_model(block_size=300)
+    spans: list[tuple[int, int]] = []
+    real_decode_one = model.decode_one
+
+    def spy(token: torch.Tensor, input_pos: torch.Tensor, *controls: Any) -> torch.Tensor:
+        spans.append((int(input_pos), controls[-1]))
+        return real_decode_one(token, input_pos, *controls)
+
+    monkeypatch.setattr(model, "decode_one", spy)
+    idx = torch.randint(0, 64, (2, 100), generator=torch.Generator().manual_seed(0))
+    cached = model.generate(idx, 240, temperature=0.0)
+    assert torch.equal(cached, model.generate(idx, 240, temperature=0.0, use_cache=False))
+    assert all(pos < span for pos, span in spans)  # a span always covers the position it decodes
+    assert {span for _, span in spans} == {128, 256, 300}
+    assert [s for _, s in spans[:30]] == [128] * 28 + [256] * 2  # positions 100..127, then 128 onwards
+
+
 @pytest.mark.parametrize("which", ["trained", "random"])
 def test_decode_one_on_a_filled_cache_equals_the_full_forward(models: dict[str, GPT], trained: Trained, which: str):
     model = models[which]
@@ -198,7 +219,7 @@ def test_decode_one_on_a_filled_cache_equals_the_full_forward(models: dict[str, 
             torch.testing.assert_close(prefill, full[:, :20], rtol=1e-5, atol=1e-5)
             seen = torch.zeros(3, model.config.vocab_size, dtype=torch.bool)
             for t in range(20, 32):  # then one token at a time on the filled cache
-                greedy = model.decode_one(x[:, t : t + 1], torch.tensor([t]), seen, 0.0, None, 1.0, 1.0)  # (3,)
+                greedy = model.decode_one(x[:, t : t + 1], torch.tensor([t]), seen, 0.0, None, 1.0, 1.0, 32)  # (3,)
                 assert torch.equal(greedy, full[:, t].argmax(-1))
                 logits = model(x[:, t : t + 1], input_pos=torch.tensor([t]))[0][:, -1]  # rewrites position t
                 torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)

@@ -194,13 +194,14 @@ def test_resume_is_exact(char_data: CharData, tmp_path: Path):
     assert checkpoint.load(str(out_dir))["iter_num"] == 8
 
 
-def test_resume_keeps_the_checkpoint_shape_over_flags(trained: Trained, tmp_path: Path):
+def test_resume_refuses_a_shape_other_than_the_checkpoints(trained: Trained, tmp_path: Path):
     out_dir = tmp_path / "out"
     shutil.copytree(trained.out_dir, out_dir)
+    before = (out_dir / "ckpt.pt").read_bytes()
     flags = tiny_flags(trained.data, out_dir, max_iters=13, init_from="resume", n_layer=3, n_embd=48)
-    history = train.main(flags)
-    assert [it for it, _ in history["train_loss"]] == [13]
-    assert checkpoint.load(str(out_dir))["model_args"]["n_layer"] == 2
+    with pytest.raises(UserError, match="has n_layer=2, the settings ask for n_layer=3"):
+        train.main(flags)
+    assert (out_dir / "ckpt.pt").read_bytes() == before  # the checkpoint is untouched
 
 
 @pytest.mark.slow

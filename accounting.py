@@ -1,0 +1,91 @@
+"""Where a GPT's parameters, training memory and FLOPs go: the table that `python model.py NAME_OR_CONFIG` prints
+(and train.py at start), and the batch arithmetic and activation estimate of `train.py --dry_run=True`. Models are
+built on the meta device, so gpt3-175b costs no memory. Shared by model.py's command line and train.py.
+
+    python model.py gpt2                                          # 124,439,808
+    python model.py gpt2 --qkv_bias=False --tie_embeddings=False  # 163,009,536 = 621.83 MB in float32
+    python model.py config/train_shakespeare_char_llama.py        # the model that config trains
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+import torch
+
+import configurator
+from configurator import UserError
+from model import GPT, PRESETS, GPTConfig, preset_config
+
+
+def table(model: GPT) -> str:
+    """Parameters per component, total and non-embedding, weight bytes, training memory, FLOPs per token."""
+    t, counts = model.transformer, {}
+    for label, part in (("token embedding", "wte"), ("position embedding", "wpe")):
+        counts[label] = t[part].weight.numel() if part in t else 0
+    counts["attention"] = sum(p.numel() for b in t.h for p in b.attn.parameters())
+    counts["MLP"] = sum(p.numel() for b in t.h for p in b.mlp.parameters())
+    counts["norms"] = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-2].startswith("ln_"))
+    tied = model.lm_head.weight is t.wte.weight
+    counts["head (tied to the token embedding)" if tied else "head"] = 0 if tied else model.lm_head.weight.numel()
+    total, non_emb = model.get_num_params(non_embedding=False), model.get_num_params()
+    assert total == sum(counts.values()), "a parameter is in no component"
+    rows = [f"{k:<36} {v:>17,}" for k, v in counts.items()]
+    rows += ["-" * 54, f"{'total':<36} {total:>17,}", f"{'non-embedding':<36} {non_emb:>17,}",
+             f"weights: {total * 4 / 2**20:,.2f} MB in float32, {total * 2 / 2**20:,.2f} MB in bf16 (MB = 2^20 B)",
+             "", f"{'training memory (GiB)':<24} {'weights':>9} {'grads':>9} {'AdamW':>9} {'total':>9}"]
+    for label, w, g, opt in (("fp32 (or bf16 AMP)", 4, 4, 8), ("bf16 (pure, bf16 states)", 2, 2, 4)):
+        gib = [total * b / 2**30 for b in (w, g, opt, w + g + opt)]
+        rows.append(f"{label:<24} " + " ".join(f"{x:>9,.2f}" for x in gib))
+    rows.append(f"\ntraining FLOPs per token at block_size {model.config.block_size}: {model.flops_per_token():,.0f}")
+    return "\n".join(rows)
+
+
+def dry_run(config: GPTConfig, batch_size: int, accum: int, world: int, dtype: torch.dtype,
+            checkpointing: bool) -> str:
+    """The batch arithmetic and a rough activation-memory estimate of one micro-batch: ~34 bytes per token and
+    unit of width per layer in 16-bit with fused attention (Korthikanti et al. 2022, whose 5*a*s/h score term
+    flash attention removes), twice that in float32; with activation checkpointing a layer keeps only its input
+    and one layer is recomputed at a time. Plus the float32 logits and their gradient."""
+    B, T, C, L = batch_size, config.block_size, config.n_embd, config.n_layer
+    scale = 2 if dtype == torch.float32 else 1
+    layer = 34 * B * T * C * scale
+    layers = L * 2 * B * T * C * scale + layer if checkpointing else L * layer
+    logits = 2 * 4 * B * T * config.vocab_size
+    return (f"\ntokens per iteration: {accum * B * T:,} = batch_size {B} x block_size {T} x "
+            f"gradient_accumulation_steps {accum} ({accum // world} per process x {world} process(es))\n"
+            f"activations of one micro-batch ({str(dtype).removeprefix('torch.')}, activation_checkpointing="
+            f"{checkpointing}): ~{(layers + logits) / 2**30:,.2f} GiB (estimate), of which logits "
+            f"{logits / 2**30:,.2f} GiB\ndry run: nothing trained")
+
+
+def main(argv: list[str]) -> str:
+    """python model.py NAME_OR_CONFIG [--key=value ...]: a preset with GPTConfig fields overridden, or the model
+    a train.py config file builds (its dataset's vocabulary where prepared, else GPT-2's). Prints the table."""
+    if not argv or argv[0].startswith("-"):
+        raise UserError(f"name a preset ({', '.join(PRESETS)}) or a train.py config file first")
+    if argv[0].endswith(".py"):
+        import train
+
+        cfg = configurator.load(train.TrainConfig, argv)
+        meta = train.data_meta(cfg, required=False)
+        config = train.model_config(cfg, -(-meta["vocab_size"] // cfg.vocab_multiple) * cfg.vocab_multiple)
+        source = f"{os.path.join(cfg.data_root, cfg.dataset)}: {meta['tokenizer']} tokens"
+    else:
+        try:
+            base = preset_config(argv[0])
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        given = [a[2:].partition("=")[0] for a in argv[1:] if a.startswith("--")]
+        try:  # flags coerced to GPTConfig's field types, then laid over the preset
+            overrides = configurator.load(GPTConfig, argv[1:])
+            config = GPTConfig(**(asdict(base) | {k: getattr(overrides, k) for k in given}))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        source = "preset"
+    with torch.device("meta"):  # shapes only: no memory
+        model = GPT(config)
+    out = f"{' '.join(argv)} ({source}): {config}\n\n{table(model)}"
+    print(out)
+    return out
