@@ -37,7 +37,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and norms, as in GPT-2
     qkv_bias: bool | None = None  # bias of the q/k/v projection alone; None: as `bias`
     n_kv_head: int | None = None  # key/value heads: None = n_head; 1 = multi-query; in between = grouped-query
-    head_size: int | None = None  # None: n_embd // n_head (GPT-3 XL and 13B have heads of their own width)
+    head_size: int | None = None  # None: n_embd // n_head (GPT-3 13B has heads of their own width)
     attn_pattern: str = "dense"  # dense | alternating: GPT-3's, every other layer (2nd, 4th, ...) locally banded
     window_size: int | None = None  # banded layers: a token attends to itself and the window_size - 1 before it
     norm: str = "layernorm"  # layernorm | rmsnorm
@@ -186,7 +186,7 @@ class CausalSelfAttention(nn.Module):
             # attention kernels cost ~8 us a layer (H100, GPT-2 124M decode). The nh // nkv query heads of a
             # group share one key/value head through broadcasting: (B, nkv, group, T, hs).
             qg = q.view(B, nkv, nh // nkv, T, hs)
-            att = (qg @ k.unsqueeze(2).transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nkv, group, T, max_len)
+            att = (qg @ k.unsqueeze(2).transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nkv, group, T, span)
             y = (att.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v.unsqueeze(2)).view(B, nh, T, hs)
         elif self.window:
             y = banded_attention(q, k, v, self.window, self.dropout if self.training else 0.0)
@@ -330,7 +330,7 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets (B, T) are given
         (targets of -1 are ignored). With input_pos (T,), the positions of idx in the window, attention extends
-        the KV cache that setup_cache made and reads its first `span` positions (None: all; more than input_pos)."""
+        the KV cache that setup_cache made and reads its first `span` positions (None: all; past every input_pos)."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")

@@ -103,6 +103,8 @@ def test_incompatibilities_name_the_setting(trained: Trained):
     assert export.hf_incompatibilities(llama_like) == [
         "norm='rmsnorm' (GPT-2 needs 'layernorm')", "n_kv_head=1 (GPT-2 needs n_head)"]
     assert export.hf_incompatibilities(dataclasses.replace(config, n_kv_head=config.n_head)) == []
+    banded = dataclasses.replace(config, attn_pattern="alternating", window_size=4)
+    assert export.hf_incompatibilities(banded) == ["attn_pattern='alternating' (GPT-2 needs 'dense')"]
 
 
 def test_export_refuses_what_gpt2_cannot_express(trained: Trained, tmp_path: Path):
