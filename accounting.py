@@ -70,7 +70,7 @@ def main(argv: list[str]) -> str:
 
         cfg = configurator.load(train.TrainConfig, argv)
         meta = train.data_meta(cfg, required=False)
-        config = train.model_config(cfg, -(-meta["vocab_size"] // cfg.vocab_multiple) * cfg.vocab_multiple)
+        config = train.model_config(cfg, meta)
         source = f"{os.path.join(cfg.data_root, cfg.dataset)}: {meta['tokenizer']} tokens"
     else:
         try:

@@ -463,11 +463,11 @@ class GPT(nn.Module):
             if length - start > block:
                 start, fresh = length - max(1, block * 3 // 4), True
             if use_cache and not fresh:
-                # in: next_id (B, 1), not tokens[:, -1:], a slice whose stride changes every step (a recompile);
-                # out: a clone, since a CUDA graph reuses its output buffer on the next replay
                 # attention reads a power-of-two span of the cache, at least 128, covering the window: short
                 # windows skip most of the cache, for one compiled graph per span
                 span = min(block, max(128, 1 << (length - start - 1).bit_length()))
+                # in: next_id (B, 1), not tokens[:, -1:], a slice whose stride changes every step (a recompile);
+                # out: a clone, since a CUDA graph reuses its output buffer on the next replay
                 next_id = self.decode_one(next_id[:, None], positions[length - 1 - start : length - start], seen,
                                           temperature, top_k, top_p, repetition_penalty, span).clone()
             else:  # the reference path, or a prefill of the (new) window

@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import accounting
 import checkpoint
 import configurator
 from configurator import UserError
-import accounting
 from model import GPT, PRESETS, GPTConfig, preset_config
 from tokenizer import GPT2_META, read_meta
 
@@ -223,9 +223,10 @@ def data_meta(cfg: TrainConfig, required: bool = True) -> dict[str, Any]:
         return GPT2_META | {"vocab_size": PRESETS.get(cfg.preset, {}).get("vocab_size", GPT2_META["vocab_size"])}
 
 
-def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
-    """The preset with every model setting given (not None) over it; no preset: GPTConfig's, minus biases."""
-    settings = {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None} | {"vocab_size": vocab_size}
+def model_config(cfg: TrainConfig, meta: dict[str, Any]) -> GPTConfig:
+    """The preset with every model setting given over it (none: GPTConfig's, minus biases); the data's vocab, padded."""
+    vocab = -(-meta["vocab_size"] // cfg.vocab_multiple) * cfg.vocab_multiple
+    settings = {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None} | {"vocab_size": vocab}
     try:
         return preset_config(cfg.preset, **settings) if cfg.preset else GPTConfig(**{"bias": False} | settings)
     except ValueError as e:
@@ -320,9 +321,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     # model: from scratch, from the checkpoint (settings given must match it), or OpenAI's GPT-2
     ckpt = None
     if cfg.init_from == "scratch":
-        vocab = -(-meta["vocab_size"] // cfg.vocab_multiple) * cfg.vocab_multiple
         with torch.device("meta") if cfg.dry_run else contextlib.nullcontext():  # a dry run allocates nothing
-            model = GPT(model_config(cfg, vocab))
+            model = GPT(model_config(cfg, meta))
     elif cfg.init_from == "resume":
         ckpt = checkpoint.load(cfg.out_dir, map_location=device)
         if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
