@@ -1,22 +1,19 @@
-"""Where a GPT's parameters, training memory and FLOPs go: the table that `python model.py NAME_OR_CONFIG` prints
+"""Where a GPT's parameters, training memory and FLOPs go: the table that `python accounting.py PRESET` prints
 (and train.py at start), and the batch arithmetic and activation estimate of `train.py --dry_run=True`. Models are
-built on the meta device, so gpt3-175b costs no memory. Shared by model.py's command line and train.py.
+built on the meta device, so gpt3-175b costs no memory.
 
-    python model.py gpt2                                          # 124,439,808
-    python model.py gpt2 --qkv_bias=False --tie_embeddings=False  # 163,009,536 = 621.83 MB in float32
-    python model.py config/train_shakespeare_char_llama.py        # the model that config trains
+    python accounting.py gpt2                                          # 124,439,808
+    python accounting.py gpt2 --qkv_bias=False --tie_embeddings=False  # 163,009,536 = 621.83 MB in float32
+    python train.py config/train_shakespeare_char_llama.py --dry_run=True  # the model a config file trains
 """
 
 from __future__ import annotations
-
-import os
-from dataclasses import asdict
 
 import torch
 
 import configurator
 from configurator import UserError
-from model import GPT, PRESETS, GPTConfig, preset_config
+from model import GPT, PRESETS, GPTConfig, resolve_config
 
 
 def table(model: GPT) -> str:
@@ -61,31 +58,23 @@ def dry_run(config: GPTConfig, batch_size: int, accum: int, world: int, dtype: t
 
 
 def main(argv: list[str]) -> str:
-    """python model.py NAME_OR_CONFIG [--key=value ...]: a preset with GPTConfig fields overridden, or the model
-    a train.py config file builds (its dataset's vocabulary where prepared, else GPT-2's). Prints the table."""
+    """python accounting.py PRESET [--key=value ...]: a preset with GPTConfig fields overridden. Prints the table.
+    (A train.py config file is accounted by train.py itself: python train.py CONFIG --dry_run=True.)"""
     if not argv or argv[0].startswith("-"):
-        raise UserError(f"name a preset ({', '.join(PRESETS)}) or a train.py config file first")
+        raise UserError(f"name a preset first: {', '.join(PRESETS)}")
     if argv[0].endswith(".py"):
-        import train
-
-        cfg = configurator.load(train.TrainConfig, argv)
-        meta = train.data_meta(cfg, required=False)
-        config = train.model_config(cfg, meta)
-        source = f"{os.path.join(cfg.data_root, cfg.dataset)}: {meta['tokenizer']} tokens"
-    else:
-        try:
-            base = preset_config(argv[0])
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        given = [a[2:].partition("=")[0] for a in argv[1:] if a.startswith("--")]
-        try:  # flags coerced to GPTConfig's field types, then laid over the preset
-            overrides = configurator.load(GPTConfig, argv[1:])
-            config = GPTConfig(**(asdict(base) | {k: getattr(overrides, k) for k in given}))
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        source = "preset"
+        raise UserError(f"{argv[0]} is a config file: account it with python train.py {argv[0]} --dry_run=True")
+    settings = configurator.given(GPTConfig, argv[1:])  # coerced to GPTConfig's field types
+    try:
+        config = resolve_config(argv[0], **settings)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     with torch.device("meta"):  # shapes only: no memory
         model = GPT(config)
-    out = f"{' '.join(argv)} ({source}): {config}\n\n{table(model)}"
+    out = f"{' '.join(argv)}: {config}\n\n{table(model)}"
     print(out)
     return out
+
+
+if __name__ == "__main__":
+    configurator.run(main)

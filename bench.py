@@ -1,4 +1,5 @@
-"""Benchmark the real model: training (ms/iter, tokens/s, MFU, peak memory) or sampling (tokens/s, ms/token).
+"""Benchmark the real model in one of three modes: training (ms/iter, tokens/s, MFU, peak memory), sampling
+(tokens/s, ms/token, first token, warm-up), or one attention layer (dense against GPT-3's banded).
 
     python bench.py --batch_size=12,32                          # GPT-2 124M, random tokens, eager and compiled
     python bench.py --dataset=openwebtext --compile=on --json=bench.json
@@ -7,7 +8,7 @@
 
 train: each row builds a fresh model, optimizer and GradScaler, runs `warmup` untimed steps (compilation
 included), then times `iters` calls of train.train_step, the very step the training loop runs.
-sample: each row builds a fresh model in the working dtype (as sample.py loads it), runs model.generate_tokens
+sample: each row builds a fresh model in the working dtype (as sample.py loads it), runs generate.generate_tokens
 once untimed (compilation, a CUDA graph per attention span), then times the same run from a random prompt.
 attention: one attention layer, dense (SDPA) and banded (model.banded_attention), timed forward and forward +
 backward on random activations; the banded output is checked against dense attention with the explicit mask.
@@ -16,21 +17,22 @@ Timings run between device synchronizations. Prints a markdown table for the REA
 from __future__ import annotations
 
 import gc
-import itertools
 import json
 import os
 import shlex
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 import configurator
+import runtime
 import train
 from configurator import UserError
-from model import GPT, CausalSelfAttention, GPTConfig, banded_attention
+from generate import Sampling, generate_tokens
+from model import GPT, CausalSelfAttention, GPTConfig, banded_attention, resolve_config
+from runtime import synchronize
 from tokenizer import read_meta
 
 KEYS = {"compile": "compile", "kv_cache": "KV cache", "batch_size": "batch", "new_tokens": "new tokens",
@@ -49,15 +51,17 @@ COLUMNS = {  # per mode, the table's numeric columns: row key -> (header, format
 class BenchConfig:
     """Benchmark GPT training steps (ms/iter, tokens/s, MFU, peak memory) or sampling (tokens/s, ms/token)."""
 
-    mode: str = "train"  # train: time training steps | sample: time token generation
-    # model (defaults: GPT-2 124M)
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    vocab_size: int = 0  # 0: 50304 to train (padded to a multiple of 64, as train.py does), 50257 to sample (GPT-2's)
-    bias: bool = False
-    dropout: float = 0.0
+    mode: str = "train"  # train: time training steps | sample: time token generation | attention: one layer
+    # model: a preset (model.PRESETS) with these settings over it, as train.py builds it; default GPT-2 124M
+    # without biases. Any other model setting: --preset=NAME, or train.py --dry_run=True to check a config first
+    preset: str = ""
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None
+    vocab_size: int | None = None  # None: the preset's (GPT-2's), padded to a multiple of 64 to train, as train.py
+    bias: bool | None = None
+    dropout: float | None = None
     # rows: train, one per (compile, batch size); sample, one per (compile, kv_cache, batch size, new_tokens)
     batch_size: str = "12"  # comma list of (micro-)batch sizes, e.g. 12,32
     compile: str = "both"  # on | off | both; sample: the one-token decode step (CUDA graphs on a GPU)
@@ -91,24 +95,15 @@ def parse_ints(name: str, text: str) -> list[int]:
     return values
 
 
-def synchronize(device: torch.device) -> None:  # wait for queued work, so wall-clock time covers it
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+class RandomBatch:
+    """One fixed batch of random tokens, whatever the index: no host work in the timed steps."""
 
+    def __init__(self, vocab_size: int, batch_size: int, block_size: int, device: torch.device) -> None:
+        data = torch.randint(vocab_size, (batch_size, block_size + 1), device=device)  # (B, T+1)
+        self.batch = (data[:, :-1].contiguous(), data[:, 1:].contiguous())
 
-def batch_source(cfg: BenchConfig, meta: dict[str, Any] | None, batch_size: int,
-                 device: torch.device) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    """next_batch for train_step: train.bin's batches in turn, or one fixed batch of random tokens (no host work)."""
-    if meta is None:
-        data = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size + 1), device=device)  # (B, T+1)
-        x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-        return lambda m: (x, y)
-    path = os.path.join(cfg.data_root, cfg.dataset, "train.bin")
-    batches = train.Batches(path, meta["dtype"], cfg.block_size, batch_size, cfg.vocab_size, cfg.seed)
-    counter = itertools.count()
-    return lambda m: batches.get(next(counter), device)
+    def get(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch
 
 
 def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, device: torch.device,
@@ -119,39 +114,48 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
     model.activation_checkpointing = cfg.activation_checkpointing
     optimizer = model.configure_optimizers(opt.weight_decay, opt.learning_rate, (opt.beta1, opt.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ctx = train.autocast(device, dtype)
-    next_batch = batch_source(cfg, meta, batch_size, device)
-    batch, accum = next_batch(-1), cfg.gradient_accumulation_steps
+    ctx = runtime.autocast(device, dtype)
+    T = model_cfg.block_size
+    if meta is None:
+        data = RandomBatch(model_cfg.vocab_size, batch_size, T, device)
+    else:  # train.bin's batches in turn, as training reads them
+        path = os.path.join(cfg.data_root, cfg.dataset, "train.bin")
+        data = train.Batches(path, meta["dtype"], T, batch_size, model_cfg.vocab_size, cfg.seed)
+    accum = cfg.gradient_accumulation_steps
+    index = 0
+    batch = data.get(index, device)
 
     t0 = time.perf_counter()
-    step_model = train.maybe_compile(model, *batch, ctx) if compiled else model
-    for _ in range(cfg.warmup):
-        _, batch = train.train_step(step_model, optimizer, scaler, ctx, batch, next_batch, accum, cfg.grad_clip)
-    synchronize(device)
-    t1 = time.perf_counter()
-    for _ in range(cfg.iters):
-        loss, batch = train.train_step(step_model, optimizer, scaler, ctx, batch, next_batch, accum, cfg.grad_clip)
+    step_model = runtime.maybe_compile(model, *batch, ctx) if compiled else model
+    for it in range(cfg.warmup + cfg.iters):
+        if it == cfg.warmup:
+            synchronize(device)
+            t1 = time.perf_counter()
+        loss, batch = train.train_step(step_model, optimizer, scaler, ctx, data, index, 1, batch, accum,
+                                       cfg.grad_clip)
+        index += accum
     final_loss = loss.item()  # waits for the device too
     synchronize(device)
     dt = (time.perf_counter() - t1) / cfg.iters  # seconds per iteration
-    tokens_per_iter = batch_size * cfg.block_size * accum
+    tokens_per_iter = batch_size * T * accum
     return {"status": "compile failed: eager" if compiled and step_model is model else "ok",
             "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt,
-            "mfu": model.estimate_mfu(tokens_per_iter, dt, device), "warmup_s": t1 - t0, "loss": final_loss}
+            "mfu": model.estimate_mfu(tokens_per_iter, dt, runtime.peak_flops(device)), "warmup_s": t1 - t0,
+            "loss": final_loss}
 
 
 def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dtype: torch.dtype, compiled: bool,
                kv_cache: bool, batch_size: int, new_tokens: int) -> dict[str, Any]:
     """Fresh model in the working dtype; an untimed warm-up generation, then one timed one. Returns the metrics."""
     model = GPT(model_cfg).to(device=device, dtype=dtype).eval()  # decoding reads every weight per token
-    if compiled:
-        model.compile_decode()
-    prompt = torch.randint(cfg.vocab_size, (batch_size, cfg.prompt_tokens), device=device)  # (B, T)
+    prompt = torch.randint(model_cfg.vocab_size, (batch_size, cfg.prompt_tokens), device=device)  # (B, T)
+    plain = Sampling(temperature=1.0)
     t0 = time.perf_counter()
-    list(model.generate_tokens(prompt, new_tokens, use_cache=kv_cache))  # compiles and records every span it uses
+    list(generate_tokens(model, prompt, new_tokens, plain, use_cache=kv_cache, compile=compiled))  # compiles and
+    # records every span the timed run uses
     synchronize(device)
     t1 = time.perf_counter()
-    tokens = model.generate_tokens(prompt, new_tokens, temperature=1.0, top_k=None, use_cache=kv_cache)
+    tokens = generate_tokens(model, prompt, new_tokens, plain, use_cache=kv_cache, compile=compiled)
     next(tokens)  # prefill and the first sampled token
     synchronize(device)
     t2 = time.perf_counter()
@@ -181,7 +185,8 @@ def attention_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, 
     diff = None
     if banded:  # the kernel against dense attention with the causal band mask, on the same q, k, v
         with torch.no_grad():
-            q, k, v = torch.randn(3, batch_size, model_cfg.n_head, T, model_cfg.hs, device=device, dtype=dtype)
+            q, k, v = torch.randn(3, batch_size, model_cfg.n_head, T, model_cfg.head_dim, device=device,
+                                  dtype=dtype)
             mask_ref = banded_attention(q, k, v, cfg.band, flex=False)
             diff = (banded_attention(q, k, v, cfg.band, flex=device.type == "cuda") - mask_ref).abs().max().item()
     return {"status": "ok", **times, "max_diff": diff}
@@ -191,9 +196,10 @@ def cell(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def table(rows: list[dict[str, Any]], cfg: BenchConfig, n_params: int) -> str:
+def table(rows: list[dict[str, Any]], cfg: BenchConfig, model_cfg: GPTConfig, n_params: int) -> str:
     """Markdown: a line naming hardware, dtype, model and workload, the command, then one table row per run."""
-    r, columns = rows[0], COLUMNS[cfg.mode]
+    r = rows[0]
+    columns = COLUMNS[cfg.mode]
     keys = [key for key in KEYS if key in r]
     work = {"train": f"{r['data']} data, gradient accumulation {cfg.gradient_accumulation_steps}, {cfg.warmup} "
                      f"warm-up + {cfg.iters} timed steps",
@@ -201,8 +207,9 @@ def table(rows: list[dict[str, Any]], cfg: BenchConfig, n_params: int) -> str:
                       "then the same one timed",
             "attention": f"one attention layer, banded rows with window {cfg.band}; {cfg.warmup} warm-up + "
                          f"{cfg.iters} timed calls"}[cfg.mode]
-    lines = [f"{r['device']}, torch {r['torch']}, {r['dtype']}; GPT {cfg.n_layer} layers, {cfg.n_head} heads, "
-             f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {cfg.vocab_size}, bias {cfg.bias}, "
+    m = model_cfg
+    lines = [f"{r['device']}, torch {r['torch']}, {r['dtype']}; GPT {m.n_layer} layers, {m.n_head} heads, "
+             f"{m.n_embd} wide, block {m.block_size}, vocab {m.vocab_size}, bias {m.bias}, "
              f"{n_params / 1e6:.1f}M params (non-embedding); {work}", "", f"`{r['command']}`", "",
              "| " + " | ".join([KEYS[k] for k in keys] + [head for head, _ in columns.values()]) + " |",
              "|---|" + "---:|" * (len(keys) + len(columns) - 1)]
@@ -213,76 +220,104 @@ def table(rows: list[dict[str, Any]], cfg: BenchConfig, n_params: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> list[dict[str, Any]]:
-    cfg = configurator.load(BenchConfig, argv)
-    choices = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}
+CHOICES = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}
+
+
+def check(cfg: BenchConfig) -> None:
     if cfg.mode not in COLUMNS:
         raise UserError(f"mode must be train, sample or attention, got '{cfg.mode}'")
     for name in ("compile", "kv_cache"):
-        if getattr(cfg, name) not in choices:
+        if getattr(cfg, name) not in CHOICES:
             raise UserError(f"{name} must be on, off or both, got '{getattr(cfg, name)}'")
-    sizes, new = parse_ints("batch_size", cfg.batch_size), parse_ints("new_tokens", cfg.new_tokens)
-    seq_lens = parse_ints("seq_lens", cfg.seq_lens)
     for name, low in (("gradient_accumulation_steps", 1), ("iters", 1), ("warmup", 0), ("prompt_tokens", 1),
                       ("band", 1)):
         if getattr(cfg, name) < low:
             raise UserError(f"{name} must be at least {low}, got {getattr(cfg, name)}")
     if cfg.mode == "sample" and cfg.dataset:
         raise UserError("mode=sample times random prompts: drop --dataset")
-    cfg.vocab_size = cfg.vocab_size or (50304 if cfg.mode == "train" else 50257)
-    device = train.resolve_device(cfg.device)
-    dtype = train.resolve_dtype(cfg.dtype, device)
+
+
+def bench_model(cfg: BenchConfig, meta: dict[str, Any] | None) -> GPTConfig:
+    """The model, as train.py resolves it (model.resolve_config); to train, the vocabulary padded to 64 as train.py
+    pads it (GPT-2's 50257 -> 50304)."""
+    settings = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")}
     try:
-        model_cfg = GPTConfig(**{f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if hasattr(cfg, f.name)})
+        model_cfg = resolve_config(cfg.preset, **settings)
     except ValueError as e:
         raise UserError(str(e)) from None
-    meta = read_meta(os.path.join(cfg.data_root, cfg.dataset)) if cfg.dataset else None
-    if meta is not None and meta["vocab_size"] > cfg.vocab_size:
-        raise UserError(f"{cfg.dataset} has {meta['vocab_size']} tokens, more than vocab_size {cfg.vocab_size}: "
+    vocab = cfg.vocab_size or model_cfg.vocab_size
+    if cfg.mode == "train" and not cfg.vocab_size:
+        vocab = -(-vocab // 64) * 64
+    if meta is not None and meta["vocab_size"] > vocab:
+        raise UserError(f"{cfg.dataset} has {meta['vocab_size']} tokens, more than vocab_size {vocab}: "
                         f"use --vocab_size={-(-meta['vocab_size'] // 64) * 64}")
-    train.enable_tf32(device)
+    return replace(model_cfg, vocab_size=vocab)
+
+
+def plan(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """The rows to run: their settings, one dict each."""
+    sizes = parse_ints("batch_size", cfg.batch_size)
+    if cfg.mode == "train":
+        return [{"compile": c, "batch_size": b} for c in CHOICES[cfg.compile] for b in sizes]
+    if cfg.mode == "attention":
+        seq_lens = parse_ints("seq_lens", cfg.seq_lens)
+        return [{"seq_len": t, "attention": a, "batch_size": b} for b in sizes for t in seq_lens
+                for a in ("dense", "banded")]
+    new = parse_ints("new_tokens", cfg.new_tokens)  # compile applies to the cached decode step: no-cache rows run
+    # eager, once
+    return [{"compile": c, "kv_cache": kv, "batch_size": b, "new_tokens": n} for kv in CHOICES[cfg.kv_cache][::-1]
+            for c in (CHOICES[cfg.compile] if kv == "on" else ["off"]) for b in sizes for n in new]
+
+
+def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, device: torch.device,
+            dtype: torch.dtype, run: dict[str, Any]) -> dict[str, Any]:
+    """One row's metrics, from a clean start: no earlier row's graphs, seed reset, peak memory reset. A row that
+    runs out of memory is recorded as OOM and the benchmark goes on: the next (smaller or eager) row may fit."""
+    torch.compiler.reset()  # fresh compile, no recompile limit reached
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    row: dict[str, Any] = dict.fromkeys(["status", *COLUMNS[cfg.mode]])
+    try:
+        if cfg.mode == "train":
+            row |= bench_row(cfg, model_cfg, meta, device, dtype, run["compile"] == "on", run["batch_size"])
+        elif cfg.mode == "attention":
+            row |= attention_row(cfg, model_cfg, device, dtype, run["seq_len"], run["attention"] == "banded",
+                                 run["batch_size"])
+        else:
+            row |= sample_row(cfg, model_cfg, device, dtype, run["compile"] == "on", run["kv_cache"] == "on",
+                              run["batch_size"], run["new_tokens"])
+        if device.type == "cuda":  # the peak since the reset: this row's model, optimizer and activations
+            row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    except torch.OutOfMemoryError:
+        row["status"] = "OOM"
+    gc.collect()  # the failed row's tensors, held by the traceback until now
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main(argv: list[str]) -> list[dict[str, Any]]:
+    cfg = configurator.load(BenchConfig, argv)
+    check(cfg)
+    runs = plan(cfg)
+    device = runtime.resolve_device(cfg.device)
+    dtype = runtime.resolve_dtype(cfg.dtype, device)
+    meta = read_meta(os.path.join(cfg.data_root, cfg.dataset)) if cfg.dataset else None
+    model_cfg = bench_model(cfg, meta)
+    runtime.enable_tf32(device)
     with torch.device("meta"):  # shape only, no memory
         n_params = GPT(model_cfg).get_num_params()
-
-    common = {"mode": cfg.mode, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-              "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."), "n_params": n_params,
+    common = {"mode": cfg.mode, "device": runtime.device_name(device), "torch": torch.__version__,
+              "dtype": str(dtype).removeprefix("torch."), "n_params": n_params,
               "command": shlex.join(["python", "bench.py", *argv]), "data": cfg.dataset or "synthetic",
               **asdict(model_cfg), **({"accum": cfg.gradient_accumulation_steps} if cfg.mode == "train"
                                       else {"prompt_tokens": cfg.prompt_tokens})}
-    if cfg.mode == "train":
-        runs = [{"compile": c, "batch_size": b} for c in choices[cfg.compile] for b in sizes]
-    elif cfg.mode == "attention":
-        runs = [{"seq_len": t, "attention": a, "batch_size": b} for b in sizes for t in seq_lens
-                for a in ("dense", "banded")]
-    else:  # compile applies to the cached decode step: no-cache rows run eager, once
-        runs = [{"compile": c, "kv_cache": kv, "batch_size": b, "new_tokens": n} for kv in choices[cfg.kv_cache][::-1]
-                for c in (choices[cfg.compile] if kv == "on" else ["off"]) for b in sizes for n in new]
     rows = []
     for run in runs:
-        row = common | run | dict.fromkeys(["status", *COLUMNS[cfg.mode]])
-        torch.compiler.reset()  # drop earlier rows' graphs: fresh compile, no recompile limit reached
-        torch.manual_seed(cfg.seed)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            if cfg.mode == "train":
-                row |= bench_row(cfg, model_cfg, meta, device, dtype, run["compile"] == "on", run["batch_size"])
-            elif cfg.mode == "attention":
-                row |= attention_row(cfg, model_cfg, device, dtype, run["seq_len"], run["attention"] == "banded",
-                                     run["batch_size"])
-            else:
-                row |= sample_row(cfg, model_cfg, device, dtype, run["compile"] == "on", run["kv_cache"] == "on",
-                                  run["batch_size"], run["new_tokens"])
-            if device.type == "cuda":  # the peak since the reset: this row's model, optimizer and activations
-                row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        except torch.OutOfMemoryError:
-            row["status"] = "OOM"  # and go on: the next (smaller or eager) row may still fit
-        gc.collect()  # the failed row's tensors, held by the traceback until now
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        print(" ".join(f"{k}={v}" for k, v in run.items()) + f": {row['status']}", flush=True)
-        rows.append(row)
-    print("\n" + table(rows, cfg, n_params))
+        rows.append(common | run | run_row(cfg, model_cfg, meta, device, dtype, run))
+        print(" ".join(f"{k}={v}" for k, v in run.items()) + f": {rows[-1]['status']}", flush=True)
+    print("\n" + table(rows, cfg, model_cfg, n_params))
     if cfg.json:
         with open(cfg.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)

@@ -1,4 +1,4 @@
-"""Checkpoint I/O shared by train.py, sample.py and bench.py.
+"""Checkpoint I/O shared by train.py, sample.py and export.py, and OpenAI's GPT-2 weights by name.
 
 A checkpoint is plain data (tensors, numbers, strings, lists, dicts), loadable with torch.load(weights_only=True),
 saved from the unwrapped, uncompiled model so its keys carry no `_orig_mod.` / `module.` prefixes. Writes go to a
@@ -56,8 +56,10 @@ def pretrained(name: str, dropout: float = 0.0) -> GPT:
     """OpenAI's GPT-2 weights by name (downloaded by transformers on first use, then cached)."""
     if name not in GPT2_NAMES:
         raise UserError(f"unknown pretrained model '{name}' (one of {', '.join(GPT2_NAMES)})")
+    from transformers import GPT2LMHeadModel  # here: importing transformers takes seconds, and few runs need it
+
     try:
-        return GPT.from_pretrained(name, dropout)
+        return GPT.from_hf(GPT2LMHeadModel.from_pretrained(name), dropout)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load {name} weights (they download on first use): {e}".splitlines()[0]) from None
 

@@ -88,6 +88,12 @@ def help_text(cls: type) -> str:
 
 def load(cls: type[T], argv: list[str]) -> T:
     """Build `cls` (a dataclass) from config files and --key=value flags, in the order given."""
+    return cls(**given(cls, argv))
+
+
+def given(cls: type, argv: list[str]) -> dict[str, Any]:
+    """The settings of `cls` (a dataclass) that config files and --key=value flags give, coerced to their field
+    types, later arguments winning; settings not given are left out."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     values: dict[str, Any] = {}
@@ -116,4 +122,4 @@ def load(cls: type[T], argv: list[str]) -> T:
                 if key.startswith("_") or isinstance(value, types.ModuleType) or callable(value):
                     continue  # imports and helpers in a config file are not settings
                 put(key, value, arg)
-    return cls(**values)
+    return values

@@ -21,6 +21,7 @@ import checkpoint
 import configurator
 from configurator import UserError
 from model import GPT, HF_TRANSPOSED
+from runtime import DTYPES
 
 # What GPT-2 needs of each architecture switch: a value, or (a test of the config, what it needs) for settings
 # whose default is derived. Only settings the config has are checked: a new switch is covered once listed here.
@@ -28,11 +29,10 @@ GPT2_NEEDS: dict[str, Any] = {
     "norm": "layernorm", "post_norm": False, "mlp": "gelu", "pos_emb": "learned", "parallel_block": False,
     "tie_embeddings": True, "attn_pattern": "dense",
     "n_kv_head": (lambda c: c.kv_heads == c.n_head, "n_head"),
-    "head_size": (lambda c: c.hs * c.n_head == c.n_embd, "n_embd // n_head"),
+    "head_size": (lambda c: c.head_dim * c.n_head == c.n_embd, "n_embd // n_head"),
     "mlp_hidden": (lambda c: c.hidden == 4 * c.n_embd, "4 * n_embd"),
 }
 _ABSENT = object()
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass

@@ -20,10 +20,11 @@ from torch.nn import functional as F
 
 import checkpoint
 import configurator
+import runtime
 from configurator import UserError
+from generate import Sampling, generate_tokens
 from model import GPT
 from tokenizer import GPT2_META, Tokenizer
-from train import resolve_device, resolve_dtype
 
 
 @dataclass
@@ -61,17 +62,16 @@ def read_text(arg: str) -> str:
     return arg
 
 
-def check(cfg: SampleConfig, vocab_size: int) -> None:
+def sampling(cfg: SampleConfig, vocab_size: int) -> Sampling:
+    """The sampling controls of the settings, checked."""
     if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
         raise UserError("num_samples and max_new_tokens must be at least 1")
-    if cfg.temperature < 0:
-        raise UserError(f"temperature must be >= 0, got {cfg.temperature}")
     if cfg.top_k is not None and not 1 <= cfg.top_k <= vocab_size:
         raise UserError(f"top_k must be between 1 and the vocabulary size {vocab_size} (or None), got {cfg.top_k}")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
-    if cfg.repetition_penalty <= 0:
-        raise UserError(f"repetition_penalty must be > 0, got {cfg.repetition_penalty}")
+    try:
+        return Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def load(cfg: SampleConfig, device: torch.device, dtype: torch.dtype) -> tuple[GPT, Tokenizer]:
@@ -83,7 +83,8 @@ def load(cfg: SampleConfig, device: torch.device, dtype: torch.dtype) -> tuple[G
         model = checkpoint.model_from(ckpt)
         model.crop_vocab(tok.vocab_size)  # never sample the padding rows train.py added
     else:
-        tok, model = Tokenizer(GPT2_META), checkpoint.pretrained(cfg.init_from)
+        tok = Tokenizer(GPT2_META)
+        model = checkpoint.pretrained(cfg.init_from)
     # weights in the working dtype (no autocast): decoding reads every weight per token, half the bytes in bf16
     return model.eval().to(device=device, dtype=dtype), tok
 
@@ -93,17 +94,19 @@ def token_losses(model: GPT, ids: list[int], device: torch.device) -> torch.Tens
     """Loss of every token after the first, given the ones before it (N-1,). A text longer than block_size is
     read in windows of block_size that advance by half of it; each window scores only the tokens no earlier
     window scored, so every token but the first block_size has at least half a block of context."""
-    block, n = model.config.block_size, len(ids)
+    block = model.config.block_size
+    n = len(ids)
     data = torch.tensor(ids, dtype=torch.long, device=device)
     losses = torch.empty(n - 1, device=device)
-    begin, scored = 0, 0  # targets data[1 : scored + 1] are done
+    begin = 0  # the window's first input
+    scored = 0  # targets data[1 : scored + 1] are done
     while scored < n - 1:
         end = min(begin + block, n - 1)  # inputs data[begin:end], targets data[begin + 1 : end + 1]
         logits = model(data[None, begin:end])[0][0]  # (end - begin, vocab)
-        losses[scored:end] = F.cross_entropy(logits.float(), data[begin + 1 : end + 1], reduction="none")[
-            scored - begin :
-        ]
-        scored, begin = end, begin + max(1, block // 2)
+        window_losses = F.cross_entropy(logits.float(), data[begin + 1 : end + 1], reduction="none")
+        losses[scored:end] = window_losses[scored - begin :]
+        scored = end
+        begin += max(1, block // 2)
     return losses
 
 
@@ -115,11 +118,15 @@ def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], devi
     stop_ids = (tok.eot_id,) if cfg.stop_at_eot and tok.eot_id is not None else ()
     n = cfg.num_samples
     decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in range(n)]
-    texts, done, shown = [""] * n, [False] * n, 0
-    stream, hold = cfg.stream and n == 1, max(map(len, stops), default=1) - 1
+    texts = [""] * n
+    done = [False] * n
+    shown = 0  # characters of texts[0] printed so far
+    stream = cfg.stream and n == 1
+    hold = max(map(len, stops), default=1) - 1  # the tail that may still become a stop string
     x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(n, 1)
-    for next_ids in model.generate_tokens(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                          cfg.repetition_penalty, stop_ids, use_cache=cfg.kv_cache):
+    steps = generate_tokens(model, x, cfg.max_new_tokens, sampling(cfg, tok.vocab_size), stop_ids,
+                            use_cache=cfg.kv_cache, compile=cfg.compile)
+    for next_ids in steps:
         for i, token in enumerate(next_ids.tolist()):
             if done[i] or token in stop_ids:
                 done[i] = True
@@ -127,7 +134,8 @@ def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], devi
             texts[i] += decoders[i].decode(tok.token_bytes(token))
             cuts = [texts[i].find(s) for s in stops if s in texts[i]]
             if cuts:
-                texts[i], done[i] = texts[i][: min(cuts)], True
+                texts[i] = texts[i][: min(cuts)]
+                done[i] = True
         if stream:
             visible = len(texts[0]) if done[0] else max(shown, len(texts[0]) - hold)
             print(texts[0][shown:visible], end="", flush=True)
@@ -142,11 +150,11 @@ def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], devi
 
 def main(argv: list[str]) -> list[str]:
     cfg = configurator.load(SampleConfig, argv)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    device = runtime.resolve_device(cfg.device)
+    dtype = runtime.resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
     model, tok = load(cfg, device, dtype)
-    check(cfg, tok.vocab_size)
+    sampling(cfg, tok.vocab_size)  # bad settings fail before any work
 
     if cfg.score:
         ids = tok.encode(read_text(cfg.score))
@@ -160,8 +168,6 @@ def main(argv: list[str]) -> list[str]:
               f"perplexity {math.exp(mean):.4f}")
         return [f"{mean:.6f}"]
 
-    if cfg.compile:
-        model.compile_decode()
     prompt = read_text(cfg.start)
     ids = tok.encode(prompt)
     if not ids:

@@ -2,6 +2,7 @@
 
     python train.py config/train_shakespeare_char.py --device=cpu --compile=False
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+    python train.py config/train_gpt2.py --dry_run=True  # the model's accounting and the batch arithmetic only
 
 Data are data/<dataset>/{train,val}.bin with their meta.json (see data/*/prepare.py). Checkpoints go to
 out_dir/ckpt.pt; init_from=resume continues exactly where it stopped (same losses as an unbroken run).
@@ -13,9 +14,7 @@ import contextlib
 import math
 import os
 import time
-import warnings
-from dataclasses import asdict, dataclass, fields
-from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -26,8 +25,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import accounting
 import checkpoint
 import configurator
+import runtime
 from configurator import UserError
-from model import GPT, PRESETS, GPTConfig, preset_config
+from model import GPT, PRESETS, GPTConfig, resolve_config
 from tokenizer import GPT2_META, read_meta
 
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
@@ -126,8 +126,12 @@ class Batches:
         self.n_tokens = os.path.getsize(path) // self.dtype.itemsize
         if self.n_tokens < block_size + 1:
             raise UserError(f"{path} has {self.n_tokens} tokens, fewer than block_size + 1 = {block_size + 1}")
-        self.path, self.file = path, open(path, "rb")  # noqa: SIM115 (held for the run)
-        self.block_size, self.batch_size, self.vocab_size, self.seed = block_size, batch_size, vocab_size, seed
+        self.path = path
+        self.file = open(path, "rb")  # noqa: SIM115 (held for the run)
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.vocab_size = vocab_size
+        self.seed = seed
 
     def read(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch k on the CPU: x, y of shape (batch_size, block_size), int64."""
@@ -149,68 +153,43 @@ class Batches:
         return x.to(device), y.to(device)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N, mps)") from None
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type)
-    if available is not None and not available():
-        raise UserError(f"device={name} but {device.type.upper()} is not available here")
-    return device
+def check_settings(cfg: TrainConfig) -> None:
+    if cfg.init_from not in ("scratch", "resume", *checkpoint.GPT2_NAMES):
+        raise UserError(f"init_from must be scratch, resume or one of {checkpoint.GPT2_NAMES}, got '{cfg.init_from}'")
+    for name in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
+                 "log_interval", "vocab_multiple"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
 
 
-def bf16_supported(device: torch.device) -> bool:
+@dataclass
+class Process:
+    """This process: its rank among `world` processes (one per device under torchrun) and its device."""
+
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    distributed: bool  # started by torchrun: a process group, and the model wrapped in DDP
+
+    @property
+    def master(self) -> bool:  # rank 0 logs and saves
+        return self.rank == 0
+
+
+def setup_process(cfg: TrainConfig) -> Process:
+    """One process per device under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE); else a single process."""
+    if "RANK" not in os.environ:
+        return Process(0, 0, 1, runtime.resolve_device(cfg.device), distributed=False)
+    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    dist.init_process_group(backend=cfg.backend)
+    device = runtime.resolve_device(f"cuda:{local_rank}" if cfg.backend == "nccl" else cfg.device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()  # native bf16 (AVX512-BF16 / AMX / Arm BF16)
-    return device.type == "mps"
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return (torch.bfloat16 if bf16_supported(device) else torch.float16) if device.type == "cuda" else torch.float32
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise UserError(f"unknown dtype '{name}' (auto, float32, bfloat16, float16)")
-    if dtypes[name] == torch.bfloat16 and not bf16_supported(device):
-        raise UserError(f"dtype=bfloat16 but device {device} has no bfloat16 support: use dtype=float16 or float32")
-    if dtypes[name] == torch.float16 and device.type != "cuda":
-        raise UserError(f"dtype=float16 needs a CUDA device (got {device}): use bfloat16 or float32")
-    return dtypes[name]
-
-
-def enable_tf32(device: torch.device) -> None:
-    if device.type == "cuda":  # tf32 tensor cores for any float32 matmuls that remain under autocast
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def maybe_compile(model: GPT, x: torch.Tensor, y: torch.Tensor, ctx: Any) -> torch.nn.Module:
-    """torch.compile the model and run one forward/backward to build it; if that fails, warn once and return
-    the eager model. The trial runs under fork_rng and its gradients are dropped, so it changes no state."""
-    try:
-        compiled = torch.compile(model)
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), ctx:
-            compiled(x, y)[1].backward()
-    except torch.OutOfMemoryError:
-        raise  # the batch does not fit: not a compiler problem, and eager would not fit either
-    except Exception as e:  # noqa: BLE001 (any compiler failure: no C compiler, unsupported op, ...)
-        reason = str(e).splitlines()[0][:200] if str(e) else ""
-        warnings.warn(f"torch.compile failed, running eager: {type(e).__name__}: {reason}", stacklevel=2)
-        compiled = model
-    model.zero_grad(set_to_none=True)
-    return compiled
+        torch.cuda.set_device(device)
+    if cfg.gradient_accumulation_steps % world:
+        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible "
+                        f"by the number of processes ({world})")
+    return Process(rank, local_rank, world, device, distributed=True)
 
 
 def data_meta(cfg: TrainConfig, required: bool = True) -> dict[str, Any]:
@@ -223,38 +202,162 @@ def data_meta(cfg: TrainConfig, required: bool = True) -> dict[str, Any]:
         return GPT2_META | {"vocab_size": PRESETS.get(cfg.preset, {}).get("vocab_size", GPT2_META["vocab_size"])}
 
 
+def model_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The model settings given (not None), to be laid over the preset."""
+    return {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None}
+
+
 def model_config(cfg: TrainConfig, meta: dict[str, Any]) -> GPTConfig:
-    """The preset with every model setting given over it (none: GPTConfig's, minus biases); the data's vocab, padded."""
+    """The preset with every model setting given over it, and the data's vocabulary padded to vocab_multiple."""
     vocab = -(-meta["vocab_size"] // cfg.vocab_multiple) * cfg.vocab_multiple
-    settings = {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None} | {"vocab_size": vocab}
     try:
-        return preset_config(cfg.preset, **settings) if cfg.preset else GPTConfig(**{"bias": False} | settings)
+        return resolve_config(cfg.preset, **model_settings(cfg), vocab_size=vocab)
     except ValueError as e:
         raise UserError(str(e)) from None
 
 
 def check_resume(cfg: TrainConfig, model_args: dict[str, Any]) -> None:
-    """Refuse a preset or model setting that differs from the checkpoint's; dropout (no weight) may change."""
-    asked = PRESETS.get(cfg.preset, {}) | {k: v for k in MODEL_KEYS if (v := getattr(cfg, k)) is not None}
+    """Refuse settings that would build another model than the checkpoint's: a preset (every setting it resolves
+    to, with the settings given over it) or a setting given that differs. The vocabulary comes from the data;
+    dropout, which changes no weight, may differ."""
+    asked = model_settings(cfg)
+    if cfg.preset:
+        try:
+            asked = asdict(resolve_config(cfg.preset, **asked))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     for k, v in asked.items():
         if k not in ("vocab_size", "dropout") and model_args.get(k) != v:
+            source = f" (from preset '{cfg.preset}')" if cfg.preset and getattr(cfg, k, None) is None else ""
             raise UserError(f"the checkpoint in {cfg.out_dir} has {k}={model_args.get(k)!r}, the settings ask for "
-                            f"{k}={v!r}: resume with the checkpoint's settings, or train from scratch elsewhere")
+                            f"{k}={v!r}{source}: resume with the checkpoint's settings, or train from scratch "
+                            "elsewhere")
+
+
+def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device) -> tuple[GPT, dict[str, Any] | None]:
+    """The model from scratch, from the checkpoint in out_dir (settings given must match it), or OpenAI's GPT-2;
+    and the checkpoint when resuming. A dry run builds it on the meta device: shapes only, no memory."""
+    data_dir = os.path.join(cfg.data_root, cfg.dataset)
+    if cfg.init_from == "scratch":
+        with torch.device("meta") if cfg.dry_run else contextlib.nullcontext():
+            return GPT(model_config(cfg, meta)), None
+    if cfg.init_from == "resume":
+        ckpt = checkpoint.load(cfg.out_dir, map_location=device)
+        if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
+            raise UserError(f"the checkpoint was trained on {ckpt['meta']['tokenizer']} tokens, {data_dir} has "
+                            f"{meta['tokenizer']} tokens")
+        check_resume(cfg, ckpt["model_args"])
+        return checkpoint.model_from(ckpt, dropout=cfg.dropout), ckpt
+    if meta["tokenizer"] != "gpt2":
+        raise UserError(f"{cfg.init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
+    if cfg.dry_run:  # the same shapes as OpenAI's weights, without downloading them
+        with torch.device("meta"):
+            model = GPT(resolve_config(cfg.init_from, dropout=cfg.dropout))
+    else:
+        model = checkpoint.pretrained(cfg.init_from, cfg.dropout)
+    if cfg.block_size is not None and cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    return model, None
+
+
+@dataclass
+class Progress:
+    """How far training has come: all a checkpoint needs, with the weights and optimizer, to resume exactly."""
+
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+    batch_pos: int = 0  # global index of the first training batch of the next iteration
+
+
+def restore(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            device: torch.device) -> Progress:
+    """Optimizer, gradient scaler and random state as the checkpoint left them; returns its progress."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+    return Progress(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["batch_pos"])
+
+
+@dataclass
+class Run:
+    """What the training loop works with. `model` is the plain module (what is saved); `step_model` the same
+    weights compiled and/or wrapped in DDP (what is trained and evaluated)."""
+
+    cfg: TrainConfig
+    proc: Process
+    meta: dict[str, Any]
+    model: GPT
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ctx: contextlib.AbstractContextManager
+    train_data: Batches
+    evals: dict[str, Batches]  # the same batches at every evaluation
+    progress: Progress
+    history: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "eval": []})  # for the tests
+
+    @property
+    def accum(self) -> int:  # micro-steps per iteration in this process
+        return self.cfg.gradient_accumulation_steps // self.proc.world
+
+
+def checkpoint_state(run: Run) -> dict[str, Any]:
+    """The checkpoint: plain data (model_from rebuilds the model from it), saved from the unwrapped model."""
+    device = run.proc.device
+    return {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "model_args": asdict(run.model.config), "config": asdict(run.cfg), "meta": run.meta,
+        "iter_num": run.progress.iter_num, "best_val_loss": run.progress.best_val_loss,
+        "batch_pos": run.progress.batch_pos,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+    }
+
+
+def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT, ckpt: dict[str, Any] | None,
+              dtype: torch.dtype) -> Run:
+    """Optimizer, scaler and progress (restored when resuming), the batches, the compiled and DDP-wrapped model."""
+    device = proc.device
+    model.activation_checkpointing = cfg.activation_checkpointing
+    model.to(device)
+    if meta["vocab_size"] > model.config.vocab_size:
+        raise UserError(f"{cfg.dataset} has {meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    progress = restore(ckpt, optimizer, scaler, device) if ckpt is not None else Progress()
+
+    def batches(split: str, seed: int) -> Batches:  # ids in the padding rows mean nothing to the tokenizer
+        path = os.path.join(cfg.data_root, cfg.dataset, f"{split}.bin")
+        return Batches(path, meta["dtype"], model.config.block_size, cfg.batch_size, meta["vocab_size"], seed)
+
+    train_data = batches("train", cfg.seed)
+    evals = {"train": batches("train", cfg.seed + 1), "val": batches("val", cfg.seed + 1)}
+    ctx = runtime.autocast(device, dtype)
+    step_model = model
+    if cfg.compile:
+        step_model = runtime.maybe_compile(model, *train_data.get(progress.batch_pos + proc.rank, device), ctx)
+    if proc.distributed:
+        step_model = DDP(step_model, device_ids=[proc.local_rank] if device.type == "cuda" else None)
+    return Run(cfg, proc, meta, model, step_model, optimizer, scaler, ctx, train_data, evals, progress)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: Any,
-               batch: tuple[torch.Tensor, torch.Tensor], next_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-               accum: int, grad_clip: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """One optimizer step over accum micro-batches, starting with `batch`. next_batch(m) gives the batch after
-    micro-step m and is called while the device still works on m. A DDP model syncs gradients on the last
-    micro-step only. Returns the mean loss (a device tensor: reading it waits for the device) and the next batch."""
+               data: Any, index: int, stride: int, batch: tuple[torch.Tensor, torch.Tensor], accum: int,
+               grad_clip: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One optimizer step over accum micro-batches. `batch` is data's batch number `index`, already on the device;
+    each micro-batch after it is `stride` further on (stride = the number of processes: rank r reads batches
+    r, r + world, ...), and each is read while the device still works on the one before. A DDP model syncs
+    gradients on the last micro-step only. Returns the mean loss (a device tensor: reading it waits for the
+    device) and the batch that follows, to start the next step with."""
     loss_sum = torch.zeros((), device=batch[0].device)
     for m in range(accum):
         sync = model.no_sync() if isinstance(model, DDP) and m < accum - 1 else contextlib.nullcontext()
         with sync:
             with ctx:
                 loss = model(*batch)[1] / accum
-            batch = next_batch(m)
+            batch = data.get(index + (m + 1) * stride, batch[0].device)
             scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if grad_clip > 0:
@@ -285,165 +388,103 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Batches], cfg: TrainC
     return out
 
 
-def main(argv: list[str]) -> dict[str, Any]:
+def evaluate_and_save(run: Run, lr: float) -> None:
+    """Evaluate, log, and save a checkpoint if val loss improved (or always_save_checkpoint), rank 0 only."""
+    cfg, proc, progress = run.cfg, run.proc, run.progress
+    losses = estimate_loss(run.step_model, run.evals, cfg, proc.device, run.ctx, proc.rank, proc.world)
+    run.history["eval"].append((progress.iter_num, losses["train"], losses["val"]))
+    if proc.master:
+        peak = ""
+        if proc.device.type == "cuda":
+            peak = f", peak memory {torch.cuda.max_memory_allocated(proc.device) / 2**30:.2f} GiB"
+        print(f"step {progress.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{peak}")
+        if cfg.wandb_log:
+            import wandb
+
+            wandb.log({"iter": progress.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+    improved = losses["val"] < progress.best_val_loss
+    if (improved or cfg.always_save_checkpoint) and progress.iter_num > 0 and not cfg.eval_only:
+        progress.best_val_loss = min(progress.best_val_loss, losses["val"])
+        if proc.master:
+            print(f"saved checkpoint to {checkpoint.save(checkpoint_state(run), cfg.out_dir)}")
+
+
+def log_step(run: Run, loss_sum: torch.Tensor, lr: float, dt: float) -> None:
+    """Record the mean training loss of the step (over all processes) and print it with its speed."""
+    if run.proc.distributed:
+        dist.all_reduce(loss_sum)  # gloo has no AVG: sum, then divide
+    loss = loss_sum.item() / run.proc.world  # waits for the device, so the caller's timing is real
+    run.history["train_loss"].append((run.progress.iter_num, loss))
+    if run.proc.master:
+        tokens_per_iter = run.cfg.gradient_accumulation_steps * run.cfg.batch_size * run.model.config.block_size
+        mfu = run.model.estimate_mfu(tokens_per_iter // run.proc.world, dt, runtime.peak_flops(run.proc.device))
+        mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
+        print(f"iter {run.progress.iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+              f"{tokens_per_iter / dt:,.0f} tok/s{mfu_text}")
+
+
+def train(run: Run) -> None:
+    """The loop: lr -> evaluation and checkpoint -> accumulated micro-steps and the optimizer step -> log."""
+    cfg, proc, progress = run.cfg, run.proc, run.progress
+    batch = run.train_data.get(progress.batch_pos + proc.rank, proc.device)
+    t_last = time.perf_counter()
+    iters_since_log = 0
+    while True:
+        lr = get_lr(progress.iter_num, cfg)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        if progress.iter_num % cfg.eval_interval == 0 or progress.iter_num == cfg.max_iters or cfg.eval_only:
+            evaluate_and_save(run, lr)
+            t_last = time.perf_counter()  # evaluation time is not training time
+        if progress.iter_num >= cfg.max_iters or cfg.eval_only:
+            return
+        # rank r's micro-batches are batch_pos + r, + r + world, ...: the global batch is split across processes
+        loss_sum, batch = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data,
+                                     progress.batch_pos + proc.rank, proc.world, batch, run.accum, cfg.grad_clip)
+        progress.iter_num += 1
+        progress.batch_pos += cfg.gradient_accumulation_steps
+        iters_since_log += 1
+        if progress.iter_num % cfg.log_interval == 0:
+            log_step(run, loss_sum, lr, (time.perf_counter() - t_last) / iters_since_log)
+            t_last = time.perf_counter()
+            iters_since_log = 0
+
+
+def main(argv: list[str]) -> dict[str, list]:
+    """Train as the settings say; returns the history of training and evaluation losses."""
     cfg = configurator.load(TrainConfig, argv)
-    if cfg.init_from not in ("scratch", "resume", *checkpoint.GPT2_NAMES):
-        raise UserError(f"init_from must be scratch, resume or one of {checkpoint.GPT2_NAMES}, got '{cfg.init_from}'")
-    for name in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
-                 "log_interval", "vocab_multiple"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-
-    # distributed setup: one process per device under torchrun
-    ddp = "RANK" in os.environ  # set by torchrun
-    rank, local_rank, world = 0, 0, 1
-    if ddp:
-        rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-        dist.init_process_group(backend=cfg.backend)
-        device = resolve_device(f"cuda:{local_rank}" if cfg.backend == "nccl" else cfg.device)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        device = resolve_device(cfg.device)
-    master = rank == 0
-    if cfg.gradient_accumulation_steps % world:
-        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible "
-                        f"by the number of processes ({world})")
-    accum = cfg.gradient_accumulation_steps // world
-    dtype = resolve_dtype(cfg.dtype, device)
-    ctx = autocast(device, dtype)
-    torch.manual_seed(cfg.seed + rank)
-    enable_tf32(device)
-
-    data_dir = os.path.join(cfg.data_root, cfg.dataset)
+    check_settings(cfg)
+    proc = setup_process(cfg)
+    dtype = runtime.resolve_dtype(cfg.dtype, proc.device)
+    torch.manual_seed(cfg.seed + proc.rank)
+    runtime.enable_tf32(proc.device)
     meta = data_meta(cfg, required=not cfg.dry_run)
 
-    # model: from scratch, from the checkpoint (settings given must match it), or OpenAI's GPT-2
-    ckpt = None
-    if cfg.init_from == "scratch":
-        with torch.device("meta") if cfg.dry_run else contextlib.nullcontext():  # a dry run allocates nothing
-            model = GPT(model_config(cfg, meta))
-    elif cfg.init_from == "resume":
-        ckpt = checkpoint.load(cfg.out_dir, map_location=device)
-        if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
-            raise UserError(f"the checkpoint was trained on {ckpt['meta']['tokenizer']} tokens, {data_dir} has "
-                            f"{meta['tokenizer']} tokens")
-        check_resume(cfg, ckpt["model_args"])
-        model = checkpoint.model_from(ckpt, dropout=cfg.dropout)
-    else:
-        if meta["tokenizer"] != "gpt2":
-            raise UserError(f"{cfg.init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
-        model = checkpoint.pretrained(cfg.init_from, cfg.dropout)
-        if cfg.block_size is not None and cfg.block_size < model.config.block_size:
-            model.crop_block_size(cfg.block_size)
-    if master:
+    model, ckpt = build_model(cfg, meta, proc.device)
+    if proc.master:
         print(accounting.table(model))
     if cfg.dry_run:
-        print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, world, dtype,
+        print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, proc.world, dtype,
                                  cfg.activation_checkpointing))
         return {"train_loss": [], "eval": []}
-    model.activation_checkpointing = cfg.activation_checkpointing
-    model.to(device)
-    block_size = model.config.block_size
-    if meta["vocab_size"] > model.config.vocab_size:
-        raise UserError(f"{data_dir} has {meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
-
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
-    iter_num, best_val_loss, batch_pos = 0, float("inf"), 0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        iter_num, best_val_loss, batch_pos = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["batch_pos"]
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-        del ckpt  # free the memory before training
-
-    def batches(split: str, seed: int) -> Batches:
-        return Batches(os.path.join(data_dir, f"{split}.bin"), meta["dtype"], block_size, cfg.batch_size,
-                       meta["vocab_size"], seed)  # ids in the padding rows mean nothing to the tokenizer
-
-    train_data = batches("train", cfg.seed)
-    evals = {"train": batches("train", cfg.seed + 1), "val": batches("val", cfg.seed + 1)}  # fixed eval batches
-
-    # global batch index of micro-step m of the iteration starting at pos: rank r takes the r-th slice
-    def batch_index(pos: int, m: int) -> int:
-        return pos + rank * accum + m
-
-    x, y = train_data.get(batch_index(batch_pos, 0), device)
-    raw_model = model
-    if cfg.compile:
-        model = maybe_compile(model, x, y, ctx)
-    train_model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
-
-    if cfg.wandb_log and master:
+    run = start_run(cfg, proc, meta, model, ckpt, dtype)
+    del ckpt  # free its memory before training
+    if cfg.wandb_log and proc.master:
         import wandb
 
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
+    if proc.master:
+        tokens = cfg.gradient_accumulation_steps * cfg.batch_size * model.config.block_size
+        print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {proc.device}, {dtype}, "
+              f"{proc.world} process(es), {tokens:,} tokens per iteration")
 
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * block_size
-    if master:
-        print(f"\n{raw_model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {device}, {dtype}, "
-              f"{world} process(es), {tokens_per_iter:,} tokens per iteration")
-    history: dict[str, list] = {"train_loss": [], "eval": []}  # returned for tests and bench.py
-    t_last, iters_since_log = time.perf_counter(), 0
-    while True:
-        lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    train(run)
 
-        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
-            losses = estimate_loss(model, evals, cfg, device, ctx, rank, world)
-            history["eval"].append((iter_num, losses["train"], losses["val"]))
-            if master:
-                gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-                peak = f", peak memory {gib:.2f} GiB" if gib is not None else ""
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{peak}")
-                if cfg.wandb_log:
-                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-            if (losses["val"] < best_val_loss or cfg.always_save_checkpoint) and iter_num > 0 and not cfg.eval_only:
-                best_val_loss = min(best_val_loss, losses["val"])
-                if master:
-                    path = checkpoint.save({
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "model_args": asdict(raw_model.config), "config": asdict(cfg),
-                        "meta": meta, "iter_num": iter_num, "best_val_loss": best_val_loss, "batch_pos": batch_pos,
-                        "rng": {"torch": torch.get_rng_state(),
-                                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-                    }, cfg.out_dir)
-                    print(f"saved checkpoint to {path}")
-            t_last = time.perf_counter()  # evaluation time is not training time
-        if iter_num >= cfg.max_iters or cfg.eval_only:
-            break
-
-        def next_batch(m: int, pos: int = batch_pos) -> tuple[torch.Tensor, torch.Tensor]:
-            nxt = (pos, m + 1) if m + 1 < accum else (pos + cfg.gradient_accumulation_steps, 0)
-            return train_data.get(batch_index(*nxt), device)
-
-        loss_sum, (x, y) = train_step(train_model, optimizer, scaler, ctx, (x, y), next_batch, accum, cfg.grad_clip)
-        iter_num += 1
-        batch_pos += cfg.gradient_accumulation_steps
-        iters_since_log += 1
-
-        if iter_num % cfg.log_interval == 0:
-            if ddp:
-                dist.all_reduce(loss_sum)  # gloo has no AVG: sum, then divide
-            loss_value = loss_sum.item() / world  # waits for the device, so the timing below is real
-            dt = (time.perf_counter() - t_last) / iters_since_log
-            t_last, iters_since_log = time.perf_counter(), 0
-            history["train_loss"].append((iter_num, loss_value))
-            if master:
-                mfu = raw_model.estimate_mfu(tokens_per_iter // world, dt, device)
-                mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
-                print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                      f"{tokens_per_iter / dt:,.0f} tok/s{mfu_text}")
-
-    if cfg.wandb_log and master:
+    if cfg.wandb_log and proc.master:
         wandb.finish()
-    if ddp:
+    if proc.distributed:
         dist.destroy_process_group()
-    return history
+    return run.history
 
 
 if __name__ == "__main__":

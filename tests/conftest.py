@@ -1,4 +1,5 @@
-"""Shared test helpers: the repo root on sys.path, a tiny char-level dataset, tiny-model flags, script runner.
+"""Shared test helpers: the repo root on sys.path, a tiny model, the reference greedy decoder, a tiny char-level
+dataset, tiny-model flags, script runner.
 
 Everything here is CPU-only and small: a 2-layer, 32-wide model on a few KB of Coriolanus trains in well
 under a second per dozen iterations.
@@ -6,13 +7,17 @@ under a second per dozen iterations.
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -21,11 +26,36 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # tests import model, tokenizer, configurator, ... from any directory
 
-from tokenizer import write_meta  # noqa: E402 (needs the sys.path entry above)
+from model import GPT, GPTConfig  # noqa: E402 (needs the sys.path entry above)
+from tokenizer import write_meta  # noqa: E402
 
 # Tiny models gain nothing from intra-op threads, and OpenMP's spin-waiting makes them several times slower
 # whenever another process (a parallel test subprocess, a neighbour's job) wants the same cores.
 torch.set_num_threads(1)
+
+TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0, "bias": True}
+
+
+def tiny_gpt(seed: int = 0, **overrides: Any) -> GPT:
+    """A randomly initialised 2-layer, 32-wide GPT in eval mode; any GPTConfig field overridden."""
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{"vocab_size": 64} | TINY_MODEL | overrides)).eval()
+
+
+@torch.no_grad()
+def reference_tokens(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy generation written from generate_tokens' docstring alone, with the plain forward and no cache: the
+    model sees a window of at most block_size tokens; when a new token would overflow it, the window restarts
+    from the last 3/4 block_size tokens (at least one). idx (B, T) -> (B, T + n)."""
+    block = model.config.block_size
+    start = max(0, idx.size(1) - block)
+    for _ in range(n):
+        if idx.size(1) - start > block:
+            start = idx.size(1) - max(1, block * 3 // 4)
+        logits = model(idx[:, start:])[0][:, -1]  # (B, vocab)
+        idx = torch.cat((idx, logits.argmax(-1, keepdim=True)), dim=1)
+    return idx
+
 
 TEXT_CHARS = 12_000  # ~10.8k train / 1.2k val tokens; 62 distinct chars, so the vocab (64) has padding rows
 
@@ -73,9 +103,6 @@ def char_data(tmp_path: Path) -> CharData:
     return make_char_dataset(tmp_path / "data")
 
 
-TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0, "bias": True}
-
-
 def tiny_flags(data: CharData, out_dir: Path | str, **overrides: Any) -> list[str]:
     """Flags for a tiny CPU run of train.py: eager, float32, constant lr, evaluation on 2 batches."""
     settings: dict[str, Any] = {
@@ -104,6 +131,24 @@ def run_script(script: str, args: list[str], env: dict[str, str] | None = None, 
     proc = subprocess.run([sys.executable, *(prefix or []), script, *map(str, args)], cwd=REPO_ROOT, check=False,
                           capture_output=True, encoding="utf-8", timeout=timeout, env=env or script_env())
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_main(script: str, args: list[str]) -> tuple[int, str, str]:
+    """What `python script args` gives (exit status, stdout, stderr), run in this process through the script's own
+    entry point, configurator.run(main): the same code path, without a subprocess's seconds of importing torch.
+    An exception other than a user error propagates, as a traceback would."""
+    import configurator  # here, like `train` below: a broken module must not stop the other test files loading
+
+    module = importlib.import_module(script.removesuffix(".py"))
+    out = io.StringIO()
+    err = io.StringIO()
+    code: int | str | None = 0
+    with mock.patch.object(sys, "argv", [script, *map(str, args)]), redirect_stdout(out), redirect_stderr(err):
+        try:
+            configurator.run(module.main)
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,16 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from torch import nn
+
 import checkpoint
+import generate
 import model as model_module
 import sample
 import train
-from conftest import CharData, run_script, tiny_flags
-from model import GPT, MLP, Block, CausalSelfAttention, GPTConfig, RMSNorm, apply_rope, rope_tables
+from conftest import CharData, reference_tokens, run_main, tiny_flags, tiny_gpt
+from generate import GREEDY, Sampling, clear_cache, setup_cache
+from model import GPT, MLP, Block, CausalSelfAttention, GPTConfig, apply_rope, make_norm, rope_tables
 
 VOCAB = 61
 BASE = {"vocab_size": VOCAB, "block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 32, "dropout": 0.0, "bias": True}
@@ -60,8 +63,7 @@ def config(arch: str, **overrides: Any) -> GPTConfig:
 
 
 def build(arch: str, seed: int = 0, **overrides: Any) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(config(arch, **overrides)).eval()
+    return tiny_gpt(seed, **BASE | ARCHS[arch] | overrides)
 
 
 def random_ids(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -94,7 +96,7 @@ def test_modules_follow_the_switches(arch: str):
     for block in tf.h:
         assert (block.ln_2 is None) == cfg.parallel_block
         norms = [block.ln_1, block.ln_2, tf.ln_f if "ln_f" in tf else None]
-        assert all(isinstance(n, RMSNorm if cfg.norm == "rmsnorm" else model_module.LayerNorm) for n in norms if n)
+        assert all(isinstance(n, nn.RMSNorm if cfg.norm == "rmsnorm" else nn.LayerNorm) for n in norms if n)
         attn, mlp = block.attn, block.mlp
         assert attn.c_attn.weight.shape == ((4 + 2 * kv) * hs, 32)
         assert attn.c_proj.weight.shape == (32, 4 * hs)
@@ -105,12 +107,12 @@ def test_modules_follow_the_switches(arch: str):
         hidden = cfg.mlp_hidden or (256 if cfg.mlp == "swiglu" else 128)  # 2/3 * 4 * 32 rounded up to 256
         assert mlp.c_fc.weight.shape == ((2 if cfg.mlp == "swiglu" else 1) * hidden, 32)
         assert mlp.c_proj.weight.shape == (32, hidden)
-        norm_biases = [n.bias for n in norms if isinstance(n, model_module.LayerNorm)]
+        norm_biases = [n.bias for n in norms if isinstance(n, nn.LayerNorm)]
         assert all((b is not None) == cfg.bias for b in norm_biases)
 
 
 def test_rmsnorm_is_x_over_its_rms_times_weight():
-    norm = RMSNorm(16)
+    norm = make_norm(GPTConfig(n_embd=16, n_head=1, norm="rmsnorm"))
     with torch.no_grad():
         norm.weight.copy_(torch.linspace(0.5, 2.0, 16))
     x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(0)) * 3 + 1
@@ -217,14 +219,14 @@ def test_kv_cache_gives_the_same_tokens(arch: str, case: str):
     model = build(arch)
     rows, length, new = CACHE_CASES[case]
     idx = random_ids(rows, length, seed=rows * 100 + length)
-    for temperature, top_k in [(0.0, None), (1.0, None), (0.8, 10)]:
+    assert torch.equal(generate.generate(model, idx, new, GREEDY), reference_tokens(model, idx, new))
+    for sampling in (Sampling(1.0), Sampling(0.8, top_k=10)):
         outs = []
         for use_cache in (True, False):
             torch.manual_seed(1234)
-            outs.append(model.generate(idx, new, temperature, top_k, use_cache=use_cache))
-        assert outs[0].shape == (rows, length + new)
+            outs.append(generate.generate(model, idx, new, sampling, use_cache=use_cache))
         assert torch.equal(outs[0][:, :length], idx)
-        assert torch.equal(outs[0], outs[1]), (temperature, top_k)
+        assert torch.equal(outs[0], outs[1]), sampling
     assert model.transformer.h[0].attn.kv_cache is not None  # the cached path really ran
 
 
@@ -233,7 +235,7 @@ def test_decode_through_the_cache_equals_the_full_forward(arch: str):
     model = build(arch)
     cfg = model.config
     x = random_ids(3, 32, seed=5)  # a whole window
-    model.setup_cache(3)
+    setup_cache(model, 3)
     try:
         caches = [block.attn.kv_cache for block in model.transformer.h]
         hs = cfg.head_size or cfg.n_embd // cfg.n_head
@@ -247,7 +249,7 @@ def test_decode_through_the_cache_equals_the_full_forward(arch: str):
                 torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
         assert all(t.abs().sum(-1).gt(0).all() for c in caches for t in (c.k, c.v))  # every position, every head
     finally:
-        model.clear_cache()
+        clear_cache(model)
 
 
 # --- parameter accounting (meta device: no memory, no init cost) ----------------------------------------------------
@@ -538,7 +540,7 @@ def test_config_refuses_settings_that_do_not_fit(case: str):
 
 
 def test_odd_head_size_is_fine_without_rope():
-    assert GPTConfig(**BASE | {"head_size": 9}).hs == 9
+    assert GPTConfig(**BASE | {"head_size": 9}).head_dim == 9
     assert build("gpt2", head_size=9)(random_ids(1, 8))[0].shape == (1, 8, VOCAB)
 
 
@@ -549,8 +551,7 @@ def test_train_script_reports_bad_switches_in_one_line(char_data: CharData, tmp_
         "rope_odd_head_size": (tiny_flags(char_data, tmp_path / "b", n_head=4, n_embd=36, pos_emb="rope"),
                                "rotary positions need an even head size, got 9"),
     }
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(cases, pool.map(lambda args: run_script("train.py", args), [a for a, _ in cases.values()])))
+    results = {name: run_main("train.py", args) for name, (args, _) in cases.items()}
     for name, (rc, _, err) in results.items():
         assert (rc, "Traceback" in err) == (2, False), (name, err)
         assert err.strip().splitlines()[-1] == f"error: {cases[name][1]}", name

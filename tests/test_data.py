@@ -199,6 +199,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path, case: str, expected: 
         assert "nope.txt" in lines[-1]
 
 
+@pytest.mark.slow
 def test_shakespeare_scripts_refuse_unknown_settings(tmp_path: Path):
     result = run_script("shakespeare", "--out=x")
     assert result.returncode == 2 and result.stderr.startswith("error: unknown setting 'out'"), result.stderr

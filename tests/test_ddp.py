@@ -44,11 +44,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return Runs(single, rc, out, err, root / "ddp")
 
 
+@pytest.mark.slow
 def test_ddp_run_succeeds(runs: Runs):
     assert runs.ddp_rc == 0, runs.ddp_err[-3000:]
     assert "2 process(es)" in runs.ddp_out
 
 
+@pytest.mark.slow
 def test_ddp_train_losses_match_single_process(runs: Runs):
     ddp_losses, _ = parse_log(runs.ddp_out)
     assert [it for it, _ in ddp_losses] == list(range(1, ITERS + 1))  # logged once, by rank 0
@@ -57,6 +59,7 @@ def test_ddp_train_losses_match_single_process(runs: Runs):
         assert ours == pytest.approx(theirs, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_eval_losses_match_single_process(runs: Runs):
     _, ddp_evals = parse_log(runs.ddp_out)
     assert [e[0] for e in ddp_evals] == [0, 3, 6]
@@ -65,6 +68,7 @@ def test_ddp_eval_losses_match_single_process(runs: Runs):
         assert ours[1:] == pytest.approx(theirs[1:], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_checkpoint_has_no_module_prefix(runs: Runs):
     ckpt = torch.load(runs.ddp_dir / "ckpt.pt", map_location="cpu", weights_only=True)
     assert ckpt["iter_num"] == ITERS

@@ -1,8 +1,9 @@
 """User mistakes end in one `error: ...` line on stderr and exit status 2, never a traceback; a failed run leaves
 the last good checkpoint as it was.
 
-The scripts run as subprocesses, all started together (each spends ~2 s importing torch): one fixture runs
-them, one test per case checks its result."""
+Each case runs through its script's entry point in this process (conftest.run_main); a few also run as real
+subprocesses, all started together, to check the scripts' wiring end to end. One fixture runs them, one test per
+case checks its result."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import pytest
 import torch
 
 import checkpoint
+import runtime
 import train
 from configurator import UserError
-from conftest import CharData, Trained, make_char_dataset, run_script, tiny_flags
+from conftest import CharData, Trained, make_char_dataset, run_main, run_script, tiny_flags
 
 Case = tuple[str, list[str], str]  # script, arguments, what the error line must say
 
@@ -102,16 +104,22 @@ CASES = ["unknown_setting", "bad_int", "missing_config_file", "missing_dataset_d
          "score_empty_text", "score_single_token"]
 
 
+SUBPROCESS = ["bad_int", "resume_truncated", "sample_top_p_zero", "score_single_token"]  # also run as scripts
+
+
 @pytest.fixture(scope="module")
 def error_runs(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> dict[str, tuple[int, str, str, str]]:
     cases = build_cases(tmp_path_factory.mktemp("errors"), trained)
     assert sorted(cases) == sorted(CASES)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run_script, script, args) for name, (script, args, _) in cases.items()}
-        return {name: (*futures[name].result(), cases[name][2]) for name in CASES}
+        scripts = {name: pool.submit(run_script, *cases[name][:2]) for name in SUBPROCESS}
+        runs = {name: (*run_main(script, args), expected) for name, (script, args, expected) in cases.items()}
+        runs |= {f"{name} (script)": (*scripts[name].result(), cases[name][2]) for name in SUBPROCESS}
+    return runs
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [*CASES, *(f"{name} (script)" for name in SUBPROCESS)])
 def test_user_error_is_one_line_and_exit_2(error_runs: dict[str, tuple[int, str, str, str]], case: str):
     rc, _, err, expected = error_runs[case]
     last = err.strip().splitlines()[-1] if err.strip() else ""
@@ -120,14 +128,15 @@ def test_user_error_is_one_line_and_exit_2(error_runs: dict[str, tuple[int, str,
     assert expected in last
 
 
+@pytest.mark.slow
 def test_bad_flag_stderr_is_exactly_one_line(error_runs: dict[str, tuple[int, str, str, str]]):
-    _, out, err, _ = error_runs["bad_int"]
+    _, out, err, _ = error_runs["bad_int (script)"]
     assert err == "error: setting 'batch_size' expects int, got 'abc'\n"
     assert out == ""
 
 
 def test_bfloat16_without_support(char_data: CharData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(train, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(runtime, "bf16_supported", lambda device: False)
     with pytest.raises(UserError, match="dtype=bfloat16 but device cpu has no bfloat16 support"):
         train.main(tiny_flags(char_data, tmp_path / "out", dtype="bfloat16"))
 

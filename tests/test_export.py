@@ -13,7 +13,8 @@ import checkpoint
 import export
 import train
 from configurator import UserError
-from conftest import Trained, run_script, tiny_flags
+from generate import GREEDY, generate
+from conftest import Trained, run_main, tiny_flags
 from model import GPT, GPTConfig
 from tokenizer import GPT2_META, Tokenizer
 
@@ -50,7 +51,7 @@ def test_export_greedy_generation_matches(trained: Trained, tmp_path: Path):
     with torch.no_grad():
         hf_ids = theirs.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, min_new_tokens=16,
                                  do_sample=False, pad_token_id=0)
-    assert torch.equal(ours.generate(x, 16, temperature=0.0), hf_ids)
+    assert torch.equal(generate(ours, x, 16, GREEDY), hf_ids)
 
 
 def test_export_without_biases_round_trips(trained: Trained, tmp_path: Path):
@@ -115,9 +116,8 @@ def test_export_refuses_what_gpt2_cannot_express(trained: Trained, tmp_path: Pat
     assert not (tmp_path / "hf").exists()
 
 
-@pytest.mark.slow
 def test_export_missing_checkpoint_exits_2(tmp_path: Path):
-    code, _, err = run_script("export.py", [f"--out_dir={tmp_path / 'nothing'}"])
+    code, _, err = run_main("export.py", [f"--out_dir={tmp_path / 'nothing'}"])
     assert code == 2
     assert err.strip().splitlines() == [f"error: no checkpoint at {tmp_path / 'nothing' / 'ckpt.pt'}: train one "
                                         "first (init_from=scratch) or set out_dir"]

@@ -1,5 +1,5 @@
 """The model family as users name and count it: GPT-3's banded attention against an explicit mask, every preset's
-parameter count, the accounting table of `python model.py NAME_OR_CONFIG`, train.py's --preset, --dry_run and
+parameter count, the accounting table of `python accounting.py PRESET`, train.py's --preset, --dry_run and
 activation checkpointing, and resuming a checkpoint with settings that differ from it.
 """
 
@@ -14,9 +14,9 @@ import torch
 import accounting
 import checkpoint
 import train
-from conftest import CharData, run_script, tiny_flags
+from conftest import TINY_MODEL, CharData, run_main, run_script, tiny_flags
 from configurator import UserError
-from model import GPT, PRESETS, CausalSelfAttention, GPTConfig, banded_attention, preset_config
+from model import GPT, PRESETS, CausalSelfAttention, GPTConfig, banded_attention, resolve_config
 
 # --- GPT-3's locally banded attention ---------------------------------------------------------------------------------
 
@@ -31,12 +31,16 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     return att.masked_fill(~band, float("-inf")).softmax(dim=-1) @ v
 
 
-@pytest.mark.parametrize("flex", [True, False], ids=["flex_attention", "sdpa_with_mask"])
+@pytest.mark.parametrize("flex", [pytest.param(True, marks=pytest.mark.slow), False],
+                         ids=["flex_attention", "sdpa_with_mask"])
 def test_banded_attention_equals_dense_attention_with_a_band_mask(flex: bool):
     # flex=True runs FlexAttention compiled for the CPU (CUDA's default), with the block mask the model builds:
-    # T not a multiple of its 128-token blocks, the band inside one block and across several, grouped K/V heads
+    # T not a multiple of its 128-token blocks, the band inside one block and across several, grouped K/V heads.
+    # T stays above one block: compiled CPU FlexAttention gave wrong outputs in about half of fresh runs at T=40
+    # under torch 2.13 (seen here, GQA or not; never at T=200 or 300), a torch fault our CPU default never meets.
     g = torch.Generator().manual_seed(0)
-    for (B, nh, nkv, T, hs), window in (((2, 4, 2, 40, 16), 7), ((1, 4, 4, 300, 16), 150)):
+    cases = [((2, 4, 2, 200, 16), 7), ((1, 4, 4, 300, 16), 150)]
+    for (B, nh, nkv, T, hs), window in cases:
         q = torch.randn(B, nh, T, hs, generator=g)
         k, v = torch.randn(B, nkv, T, hs, generator=g), torch.randn(B, nkv, T, hs, generator=g)
         expected = masked_attention(q, k, v, window)
@@ -85,7 +89,7 @@ def meta_count(config: GPTConfig) -> int:
 
 @pytest.mark.parametrize("name", [*PRESET_COUNTS, *GPT3_NOMINAL])
 def test_preset_parameter_counts(name: str):
-    n = meta_count(preset_config(name))
+    n = meta_count(resolve_config(name))
     if name in PRESET_COUNTS:
         assert n == PRESET_COUNTS[name]
     else:
@@ -95,13 +99,13 @@ def test_preset_parameter_counts(name: str):
 def test_gpt3_presets_follow_the_paper_table():
     for name, (L, d, heads, d_head) in {"gpt3-small": (12, 768, 12, 64), "gpt3-xl": (24, 2048, 16, 128),
                                         "gpt3-13b": (40, 5140, 40, 128), "gpt3-175b": (96, 12288, 96, 128)}.items():
-        c = preset_config(name)
-        assert (c.n_layer, c.n_embd, c.n_head, c.hs, c.block_size) == (L, d, heads, d_head, 2048), name
-    assert meta_count(preset_config("gpt3-xl", n_head=24, head_size=128)) == 1_517_123_584  # the table read literally
+        c = resolve_config(name)
+        assert (c.n_layer, c.n_embd, c.n_head, c.head_dim, c.block_size) == (L, d, heads, d_head, 2048), name
+    assert meta_count(resolve_config("gpt3-xl", n_head=24, head_size=128)) == 1_517_123_584  # the table read literally
 
 
 def test_llama_preset_and_overrides():
-    c = preset_config("llama-small", n_layer=2, window_size=64, attn_pattern="alternating")
+    c = resolve_config("llama-small", n_layer=2, window_size=64, attn_pattern="alternating")
     assert (c.norm, c.mlp, c.pos_emb, c.n_kv_head, c.bias, c.tie_embeddings) == ("rmsnorm", "swiglu", "rope", 4,
                                                                                   False, False)
     assert (c.n_layer, c.window_size, c.n_embd) == (2, 64, 768)
@@ -110,41 +114,73 @@ def test_llama_preset_and_overrides():
 
 def test_unknown_preset_names_the_nearest():
     with pytest.raises(ValueError, match=r"unknown preset 'gpt3-xxl' \(did you mean 'gpt3-xl'\?\)"):
-        preset_config("gpt3-xxl")
+        resolve_config("gpt3-xxl")
+
+
+# GPT-2 small by hand (Radford et al. 2019; HF's GPT2Model): vocabulary 50257, context 1024, 768 wide, 12 layers,
+# biases everywhere, the head tied to the token embedding
+GPT2_PARTS = {"token embedding": 50257 * 768, "position embedding": 1024 * 768,
+              "attention": 12 * (768 * 3 * 768 + 3 * 768 + 768 * 768 + 768),  # c_attn, c_proj
+              "MLP": 12 * (768 * 4 * 768 + 4 * 768 + 4 * 768 * 768 + 768),  # c_fc, c_proj
+              "norms": (2 * 12 + 1) * 2 * 768}  # ln_1, ln_2 per layer and ln_f: weight and bias
+
+
+def table_counts(out: str) -> dict[str, int]:
+    """The 'label   1,234' lines of the accounting table."""
+    rows = [line.rsplit(None, 1) for line in out.splitlines() if line[-1:].isdigit() and "," in line.split()[-1]]
+    return {label.strip(): int(n.replace(",", "")) for label, n in rows if n.replace(",", "").isdigit()}
+
+
+def test_accounting_table_counts_gpt2_by_component():
+    counts = table_counts(accounting.main(["gpt2"]))
+    assert {k: counts[k] for k in GPT2_PARTS} == GPT2_PARTS
+    assert counts["total"] == sum(GPT2_PARTS.values()) == 124_439_808  # HF's count of OpenAI's gpt2
+    assert counts["non-embedding"] == counts["total"] - GPT2_PARTS["position embedding"]
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["gpt1"], ["116,534,784"]),
-    (["gpt2"], ["124,439,808", "non-embedding                              123,653,376"]),
+    (["gpt1"], ["116,534,784"]),  # HF's openai-gpt
+    # "Build a Large Language Model (From Scratch)", ch. 4: its GPTModel without weight tying, no qkv bias
     (["gpt2", "--qkv_bias=False", "--tie_embeddings=False"], ["163,009,536", "621.83 MB in float32"]),
-    (["gpt3-175b"], ["174,604,259,328", "fp32 (or bf16 AMP)"]),
 ])
-def test_accounting_table(argv: list[str], expected: list[str]):
+def test_accounting_table_published_counts(argv: list[str], expected: list[str]):
     out = accounting.main(argv)
     assert all(line in out for line in expected), out
     for label in ("token embedding", "position embedding", "attention", "MLP", "norms", "head", "total",
-                  "training FLOPs per token"):
+                  "training FLOPs per token", "fp32 (or bf16 AMP)"):
         assert label in out
 
 
-def test_accounting_of_a_config_file_is_the_model_train_builds(char_data: CharData,
+def test_accounting_table_of_gpt3_175b_costs_no_memory():
+    total = table_counts(accounting.main(["gpt3-175b"]))["total"]
+    assert abs(total / 175e9 - 1) < 0.003  # Brown et al.: 175.0B
+
+
+def test_dry_run_of_a_config_file_counts_the_model_train_saves(char_data: CharData, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]):
-    flags = [f"--data_root={char_data.root}", f"--dataset={char_data.name}"]  # 62 characters, padded to 64
-    out = accounting.main(["config/train_shakespeare_char_llama.py", *flags])
-    assert "n_kv_head=2" in out and "vocab_size=64" in out and "char tokens" in out
-    assert "total                                        9,491,328" in out
-    capsys.readouterr()
-    train.main(["config/train_shakespeare_char_llama.py", *flags, "--device=cpu", "--dry_run=True"])
-    assert out.split("\n\n", 1)[1] in capsys.readouterr().out  # the very table train.py prints at start
+    config = "config/train_shakespeare_char_llama.py"
+    flags = [f"--data_root={char_data.root}", f"--dataset={char_data.name}", "--device=cpu"]  # 62 chars -> 64
+    train.main([config, *flags, "--dry_run=True"])
+    counted = table_counts(capsys.readouterr().out)["total"]
+    out_dir = tmp_path / "out"  # one real iteration of the same config: the checkpoint holds what was trained
+    train.main([config, *flags, f"--out_dir={out_dir}", "--compile=False", "--dtype=float32", "--batch_size=1",
+                "--max_iters=1", "--eval_iters=1", "--eval_interval=1", "--always_save_checkpoint=True"])
+    saved = checkpoint.load(str(out_dir))["model"]
+    assert counted == sum(t.numel() for t in saved.values())  # untied: every tensor is its own parameter
+    assert saved["transformer.wte.weight"].shape[0] == 64
 
 
-def test_model_py_command_line(tmp_path: Path):
-    rc, out, err = run_script("model.py", ["gpt3-small", "--attn_pattern=alternating", "--window_size=256"])
+@pytest.mark.slow
+def test_accounting_command_line():
+    rc, out, err = run_script("accounting.py", ["gpt3-small", "--attn_pattern=alternating", "--window_size=256"])
     assert rc == 0, err
-    assert "125,226,240" in out and "attn_pattern='alternating'" in out
-    for argv, message in ((["gpt5"], "unknown preset 'gpt5' (did you mean"), ([], "name a preset"),
-                          (["gpt2", "--window_size=0", "--attn_pattern=alternating"], "window_size must be in")):
-        rc, _, err = run_script("model.py", argv)
+    assert f"{124_439_808 + 1024 * 768:,}" in out  # GPT-2 small with 2048 learned positions
+    assert "attn_pattern='alternating'" in out
+    cases = ((["gpt5"], "unknown preset 'gpt5' (did you mean"), ([], "name a preset"),
+             (["gpt2", "--window_size=0", "--attn_pattern=alternating"], "window_size must be in"),
+             (["config/train_gpt2.py"], "account it with python train.py config/train_gpt2.py --dry_run=True"))
+    for argv, message in cases:
+        rc, _, err = run_main("accounting.py", argv)
         assert rc == 2 and "Traceback" not in err and message in err.strip().splitlines()[-1], err
 
 
@@ -157,7 +193,7 @@ def test_dry_run_needs_no_data_and_no_memory(tmp_path: Path, capsys: pytest.Capt
                          "--batch_size=1", "--gradient_accumulation_steps=8", f"--out_dir={out_dir}"])
     printed = capsys.readouterr().out
     assert result == {"train_loss": [], "eval": []}
-    assert f"{meta_count(preset_config('gpt3-175b', vocab_size=50304)):,}" in printed  # GPT-2's vocab, padded
+    assert f"{meta_count(resolve_config('gpt3-175b', vocab_size=50304)):,}" in printed  # GPT-2's vocab, padded
     assert "tokens per iteration: 16,384 = batch_size 1 x block_size 2048 x gradient_accumulation_steps 8" in printed
     assert "dry run: nothing trained" in printed and not out_dir.exists()
 
@@ -185,6 +221,12 @@ def test_resume_refuses_settings_that_differ_from_the_checkpoint(char_data: Char
         train.main([*flags, "--init_from=resume", "--norm=rmsnorm", "--max_iters=3"])
     with pytest.raises(UserError, match=r"has n_layer=2, the settings ask for n_layer=3"):
         train.main([*flags, "--init_from=resume", "--n_layer=3", "--max_iters=3"])
+    unshaped = [f for f in flags if f[2:].partition("=")[0] not in TINY_MODEL]  # no model setting given
+    refused = r"has block_size=32, the settings ask for block_size=1024 \(from preset 'gpt2'\)"
+    with pytest.raises(UserError, match=refused):
+        train.main([*unshaped, "--init_from=resume", "--preset=gpt2", "--max_iters=3"])  # the whole preset counts
+    with pytest.raises(UserError, match=r"unknown preset 'gtp2' \(did you mean 'gpt2'\?\)"):
+        train.main([*flags, "--init_from=resume", "--preset=gtp2", "--max_iters=3"])
     resumed = train.main([*flags, "--init_from=resume", "--max_iters=3", "--dropout=0.1"])  # dropout may change
     assert [it for it, _ in resumed["train_loss"]] == [3]
     assert checkpoint.load(str(tmp_path))["model_args"] == args | {"dropout": 0.1}

@@ -24,10 +24,12 @@ import torch
 from torch.nn import functional as F
 
 import checkpoint
+import generate
 import sample
 import train
-from conftest import CharData, Trained, make_char_dataset, run_script, tiny_flags
-from model import GPT, GPTConfig, adjust_logits, sample_logits
+from conftest import CharData, Trained, make_char_dataset, reference_tokens, run_script, tiny_flags, tiny_gpt
+from generate import GREEDY, Sampling, adjust_logits, clear_cache, generate_tokens, sample_logits, setup_cache
+from model import GPT, GPTConfig
 from tokenizer import GPT2_EOT, GPT2_META, Tokenizer, gpt2_encoding, write_meta
 
 DELIMITER = "---------------"
@@ -35,8 +37,7 @@ CPU = torch.device("cpu")
 
 
 def random_model(block_size: int = 32, vocab_size: int = 64, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    return tiny_gpt(seed, block_size=block_size, vocab_size=vocab_size)
 
 
 def load_model(out_dir: Path) -> tuple[GPT, Tokenizer]:
@@ -63,21 +64,20 @@ def prompts(trained: Trained, which: str, batch: int, length: int) -> torch.Tens
 
 def record_generate_tokens(monkeypatch: pytest.MonkeyPatch,
                            after_step: Callable[[], None] | None = None) -> list[tuple[tuple[int, ...], list]]:
-    """Spy on GPT.generate_tokens: each call appends (idx.shape, [tokens yielded, (B,) lists]); the real method
-    does the work. after_step runs after each yielded token has been consumed by the caller."""
+    """Spy on sample.py's generate_tokens: each call appends (idx.shape, [tokens yielded, (B,) lists]); the real
+    function does the work. after_step runs after each yielded token has been consumed by the caller."""
     calls: list[tuple[tuple[int, ...], list]] = []
-    real = GPT.generate_tokens
 
-    def spy(self: GPT, idx: torch.Tensor, *args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
+    def spy(model: GPT, idx: torch.Tensor, *args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
         steps: list = []
         calls.append((tuple(idx.shape), steps))
-        for next_id in real(self, idx, *args, **kwargs):
+        for next_id in generate_tokens(model, idx, *args, **kwargs):
             steps.append(next_id.tolist())
             yield next_id
             if after_step is not None:
                 after_step()
 
-    monkeypatch.setattr(GPT, "generate_tokens", spy)
+    monkeypatch.setattr(sample, "generate_tokens", spy)
     return calls
 
 
@@ -89,10 +89,10 @@ CACHE_CASES = {  # rows, prompt length, new tokens; block_size is 32
     "prompt_longer_than_the_window": (3, 40, 30),
     "prompt_fills_the_window": (2, 32, 10),
 }
-SAMPLING = {  # temperature, top_k, top_p, repetition_penalty
-    "greedy": (0.0, None, 1.0, 1.0),
-    "sampled": (1.0, None, 1.0, 1.0),
-    "sampled_all_controls": (0.8, 10, 0.9, 1.3),
+SAMPLING = {
+    "greedy": GREEDY,
+    "sampled": Sampling(temperature=1.0),
+    "sampled_all_controls": Sampling(temperature=0.8, top_k=10, top_p=0.9, repetition_penalty=1.3),
 }
 
 
@@ -103,31 +103,31 @@ def test_kv_cache_gives_the_same_tokens(models: dict[str, GPT], trained: Trained
                                         sampling: str):
     model = models[which]
     batch, length, new = CACHE_CASES[case]
-    temperature, top_k, top_p, penalty = SAMPLING[sampling]
     idx = prompts(trained, which, batch, length)
     outs = []
     for use_cache in (True, False):
         torch.manual_seed(1234)
-        outs.append(model.generate(idx, new, temperature, top_k, top_p=top_p, repetition_penalty=penalty,
-                                   use_cache=use_cache))
+        outs.append(generate.generate(model, idx, new, SAMPLING[sampling], use_cache=use_cache))
     assert outs[0].shape == (batch, length + new)
     assert torch.equal(outs[0][:, :length], idx)
     assert torch.equal(outs[0], outs[1])
+    if sampling == "greedy":  # and both are the documented windows run through the plain forward
+        assert torch.equal(outs[0], reference_tokens(model, idx, new))
 
 
 def test_generation_fills_the_cache_window_by_window(monkeypatch: pytest.MonkeyPatch):
     model = random_model()
     cfg = model.config
     positions: list[int] = []
-    real_decode_one = model.decode_one
+    real_decode_one = generate.decode_one
 
-    def spy(token: torch.Tensor, input_pos: torch.Tensor, *controls: Any) -> torch.Tensor:
+    def spy(model: GPT, token: torch.Tensor, input_pos: torch.Tensor, *controls: Any) -> torch.Tensor:
         positions.append(int(input_pos))
-        return real_decode_one(token, input_pos, *controls)
+        return real_decode_one(model, token, input_pos, *controls)
 
-    monkeypatch.setattr(model, "decode_one", spy)  # an instance attribute, as compile_decode sets it
+    monkeypatch.setattr(generate, "decode_one", spy)
     idx = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(0))
-    steps = model.generate_tokens(idx, 60, temperature=0.0)
+    steps = generate_tokens(model, idx, 60, GREEDY)
     next(steps)  # the prompt was prefilled in one pass
     caches = [block.attn.kv_cache for block in model.transformer.h]
     assert all(c is not None and c.k.shape == c.v.shape == (3, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
@@ -147,44 +147,42 @@ def test_generation_fills_the_cache_window_by_window(monkeypatch: pytest.MonkeyP
 def test_cache_is_kept_for_the_next_generation_and_clear_cache_frees_it():
     model = random_model()
     idx = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(1))
-    model.generate(idx, 50)  # leaves every window position of the cache written
+    generate.generate(model, idx, 50)  # leaves every window position of the cache written
     buffers = [block.attn.kv_cache.k for block in model.transformer.h]
     short = idx[:, :3]
-    expected = model.generate(short, 10, temperature=0.0, use_cache=False)
-    assert torch.equal(model.generate(short, 10, temperature=0.0), expected)  # stale entries stay masked
+    expected = reference_tokens(model, short, 10)
+    assert torch.equal(generate.generate(model, short, 10, GREEDY), expected)  # stale entries stay masked
     assert all(b.attn.kv_cache.k is k for b, k in zip(model.transformer.h, buffers, strict=True))  # reused
-    model.generate(idx[:1], 5)  # another batch size: a new cache
+    generate.generate(model, idx[:1], 5)  # another batch size: a new cache
     assert all(block.attn.kv_cache.k.size(0) == 1 for block in model.transformer.h)
-    model.clear_cache()
+    clear_cache(model)
     assert all(block.attn.kv_cache is None for block in model.transformer.h)
-    assert torch.equal(model.generate(short, 10, temperature=0.0), expected)
+    assert torch.equal(generate.generate(model, short, 10, GREEDY), expected)
 
 
 def test_abandoned_generation_leaves_a_usable_cache():
     model = random_model()
     idx = torch.randint(0, 64, (2, 25), generator=torch.Generator().manual_seed(2))
-    steps = model.generate_tokens(idx, 40)
+    steps = generate_tokens(model, idx, 40)
     for _ in range(20):
         next(steps)
     steps.close()
     for prompt in (idx[:, :4], idx[:, 5:]):
-        expected = model.generate(prompt, 40, temperature=0.0, use_cache=False)
-        assert torch.equal(model.generate(prompt, 40, temperature=0.0), expected)
+        assert torch.equal(generate.generate(model, prompt, 40, GREEDY), reference_tokens(model, prompt, 40))
 
 
 def test_cache_made_before_crop_block_size_still_gives_the_reference_tokens():
     model = random_model()
     idx = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(3))
-    model.generate(idx, 40)
+    generate.generate(model, idx, 40)
     model.crop_block_size(16)
-    expected = model.generate(idx, 40, temperature=0.0, use_cache=False)
-    assert torch.equal(model.generate(idx, 40, temperature=0.0), expected)
+    assert torch.equal(generate.generate(model, idx, 40, GREEDY), reference_tokens(model, idx, 40))
 
 
 def test_without_cache_no_cache_is_made_and_decode_one_is_never_called(monkeypatch: pytest.MonkeyPatch):
     model = random_model()
-    monkeypatch.setattr(model, "decode_one", lambda *args: pytest.fail("decode_one called with use_cache=False"))
-    steps = model.generate_tokens(torch.zeros(2, 3, dtype=torch.long), 40, use_cache=False)
+    monkeypatch.setattr(generate, "decode_one", lambda *args: pytest.fail("decode_one called with use_cache=False"))
+    steps = generate_tokens(model, torch.zeros(2, 3, dtype=torch.long), 40, use_cache=False)
     assert len([step for step in steps if all(b.attn.kv_cache is None for b in model.transformer.h)]) == 40
 
 
@@ -192,16 +190,16 @@ def test_decode_reads_a_power_of_two_span_of_the_cache(monkeypatch: pytest.Monke
     # block 300: spans 128, 256, then the whole (non-power-of-two) window, and a jump back to 225 tokens
     model = random_model(block_size=300)
     spans: list[tuple[int, int]] = []
-    real_decode_one = model.decode_one
+    real_decode_one = generate.decode_one
 
-    def spy(token: torch.Tensor, input_pos: torch.Tensor, *controls: Any) -> torch.Tensor:
+    def spy(model: GPT, token: torch.Tensor, input_pos: torch.Tensor, *controls: Any) -> torch.Tensor:
         spans.append((int(input_pos), controls[-1]))
-        return real_decode_one(token, input_pos, *controls)
+        return real_decode_one(model, token, input_pos, *controls)
 
-    monkeypatch.setattr(model, "decode_one", spy)
+    monkeypatch.setattr(generate, "decode_one", spy)
     idx = torch.randint(0, 64, (2, 100), generator=torch.Generator().manual_seed(0))
-    cached = model.generate(idx, 240, temperature=0.0)
-    assert torch.equal(cached, model.generate(idx, 240, temperature=0.0, use_cache=False))
+    cached = generate.generate(model, idx, 240, GREEDY)
+    assert torch.equal(cached, reference_tokens(model, idx, 240))
     assert all(pos < span for pos, span in spans)  # a span always covers the position it decodes
     assert {span for _, span in spans} == {128, 256, 300}
     assert [s for _, s in spans[:30]] == [128] * 28 + [256] * 2  # positions 100..127, then 128 onwards
@@ -211,7 +209,7 @@ def test_decode_reads_a_power_of_two_span_of_the_cache(monkeypatch: pytest.Monke
 def test_decode_one_on_a_filled_cache_equals_the_full_forward(models: dict[str, GPT], trained: Trained, which: str):
     model = models[which]
     x = prompts(trained, which, 3, 32)  # a whole window
-    model.setup_cache(3)
+    setup_cache(model, 3)
     try:
         with torch.no_grad():
             full = model(x)[0]  # (3, 32, vocab)
@@ -219,12 +217,12 @@ def test_decode_one_on_a_filled_cache_equals_the_full_forward(models: dict[str, 
             torch.testing.assert_close(prefill, full[:, :20], rtol=1e-5, atol=1e-5)
             seen = torch.zeros(3, model.config.vocab_size, dtype=torch.bool)
             for t in range(20, 32):  # then one token at a time on the filled cache
-                greedy = model.decode_one(x[:, t : t + 1], torch.tensor([t]), seen, 0.0, None, 1.0, 1.0, 32)  # (3,)
+                greedy = generate.decode_one(model, x[:, t : t + 1], torch.tensor([t]), seen, GREEDY, 32)  # (3,)
                 assert torch.equal(greedy, full[:, t].argmax(-1))
                 logits = model(x[:, t : t + 1], input_pos=torch.tensor([t]))[0][:, -1]  # rewrites position t
                 torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
     finally:
-        model.clear_cache()
+        clear_cache(model)
 
 
 def test_bigram_model_generates():
@@ -236,7 +234,7 @@ def test_bigram_model_generates():
         for _ in range(6):
             expected = torch.cat((expected, model(expected[:, -1:])[0][:, -1].argmax(-1, keepdim=True)), dim=1)
     for use_cache in (True, False):
-        assert torch.equal(model.generate(idx, 6, temperature=0.0, use_cache=use_cache), expected)
+        assert torch.equal(generate.generate(model, idx, 6, GREEDY, use_cache=use_cache), expected)
 
 
 # --- sampling controls -------------------------------------------------------------------------------------------
@@ -245,19 +243,37 @@ def test_bigram_model_generates():
 def test_temperature_zero_is_argmax_whatever_the_other_controls():
     logits = torch.randn(16, 50, generator=torch.Generator().manual_seed(0))
     for top_k, top_p in [(None, 1.0), (5, 1.0), (None, 0.3), (1, 0.1)]:
-        assert torch.equal(sample_logits(logits, 0.0, top_k, top_p), logits.argmax(-1))
+        assert torch.equal(sample_logits(logits, Sampling(0.0, top_k, top_p)), logits.argmax(-1))
 
 
 def test_top_k_one_is_argmax():
     logits = torch.randn(256, 50, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
-    assert torch.equal(sample_logits(logits, 2.0, top_k=1), logits.argmax(-1))
+    assert torch.equal(sample_logits(logits, Sampling(2.0, top_k=1)), logits.argmax(-1))
+
+
+def test_generation_with_top_k_one_is_greedy():
+    model = random_model()
+    idx = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(3)
+    assert torch.equal(generate.generate(model, idx, 40, Sampling(1.0, top_k=1)), reference_tokens(model, idx, 40))
+
+
+def test_generation_with_top_k_picks_only_the_top_k():
+    model = random_model()
+    idx = torch.randint(0, 64, (64, 4), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        top = model(idx)[0][:, -1].topk(3).indices  # (64, 3)
+    torch.manual_seed(4)
+    picked = generate.generate(model, idx, 1, Sampling(2.0, top_k=3))[:, -1:]  # (64, 1)
+    assert (picked == top).any(dim=1).all()
+    assert len(set(picked.flatten().tolist())) > 3  # the rows differ, so the picks are not one token
 
 
 def draw(logits: torch.Tensor, n: int = 4000, **controls: Any) -> torch.Tensor:
     """n draws from one logits row (vocab,) -> counts per token (vocab,)."""
     torch.manual_seed(0)
-    ids = sample_logits(logits[None].expand(n, -1), **controls)
+    ids = sample_logits(logits[None].expand(n, -1), Sampling(**controls))
     return torch.bincount(ids, minlength=logits.numel())
 
 
@@ -286,12 +302,12 @@ def test_top_p_one_leaves_the_distribution_alone():
     torch.manual_seed(5)
     expected = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(-1)
     torch.manual_seed(5)
-    assert torch.equal(sample_logits(logits, 1.0, None, top_p=1.0), expected)
+    assert torch.equal(sample_logits(logits, Sampling(1.0, None, top_p=1.0)), expected)
 
 
-def sampled_probs(logits: torch.Tensor, **controls: Any) -> torch.Tensor:
+def sampled_probs(logits: torch.Tensor, seen: torch.Tensor | None = None, **controls: Any) -> torch.Tensor:
     """The probabilities sample_logits draws from: softmax of adjust_logits."""
-    return F.softmax(adjust_logits(logits, **controls), dim=-1)
+    return F.softmax(adjust_logits(logits, Sampling(**controls), seen), dim=-1)
 
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens(
@@ -310,8 +326,8 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
 
 def test_repetition_penalty_can_change_the_greedy_choice():
     logits, seen = torch.tensor([[2.0, 1.5, -1.0]]), torch.tensor([[True, False, False]])
-    assert sample_logits(logits, 0.0, repetition_penalty=1.0, seen=seen).tolist() == [0]
-    assert sample_logits(logits, 0.0, repetition_penalty=2.0, seen=seen).tolist() == [1]
+    assert sample_logits(logits, Sampling(0.0, repetition_penalty=1.0), seen).tolist() == [0]
+    assert sample_logits(logits, Sampling(0.0, repetition_penalty=2.0), seen).tolist() == [1]
 
 
 def repeats(rows: torch.Tensor) -> int:
@@ -324,8 +340,8 @@ def test_generation_penalizes_the_prompt_and_its_own_tokens():
     # with a positive logit is not picked again while an unseen positive logit remains
     model = random_model()
     idx = torch.randint(0, 64, (4, 6), generator=torch.Generator().manual_seed(3))
-    plain = model.generate(idx, 20, temperature=0.0)
-    penalized = model.generate(idx, 20, temperature=0.0, repetition_penalty=1e6)
+    plain = generate.generate(model, idx, 20, GREEDY)
+    penalized = generate.generate(model, idx, 20, Sampling(0.0, repetition_penalty=1e6))
     assert not torch.equal(plain, penalized)
     assert repeats(penalized) < repeats(plain)
 
@@ -334,7 +350,7 @@ def sampled_steps(model: GPT, idx: torch.Tensor, n: int, **kwargs: Any) -> list[
     """The tokens generate_tokens yields at temperature 1 with a fixed seed, as rows (B, steps). Stopped rows take
     their draws like the others, so the draws match a run without stop ids until generation ends."""
     torch.manual_seed(0)
-    return torch.stack(list(model.generate_tokens(idx, n, temperature=1.0, **kwargs)), dim=1).tolist()
+    return torch.stack(list(generate_tokens(model, idx, n, Sampling(temperature=1.0), **kwargs)), dim=1).tolist()
 
 
 def first_stops(free: list[list[int]], stop_ids: set[int]) -> list[int | None]:
@@ -563,6 +579,7 @@ def test_streaming_prints_the_sample_as_it_grows(bpe_run: BPERun, monkeypatch: p
     assert any(ord(ch) > 127 for ch in text[len(prompt):])
 
 
+@pytest.mark.slow
 def test_script_streaming_prints_what_whole_samples_print(bpe_run: BPERun):
     args = [f"--out_dir={bpe_run.out_dir}", "--start=Grüße 🙂", "--num_samples=1", "--max_new_tokens=40",
             "--device=cpu", "--temperature=1.0", "--seed=2"]

@@ -3,6 +3,7 @@
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from generate import GREEDY, generate
 from model import GPT
 
 
@@ -30,4 +31,4 @@ def test_converted_greedy_generation_matches_transformers():
     with torch.no_grad():
         theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False,
                              min_new_tokens=12, pad_token_id=0)
-    assert torch.equal(ours.generate(x, 12, temperature=0.0), theirs)
+    assert torch.equal(generate(ours, x, 12, GREEDY), theirs)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import checkpoint
+import runtime
 import train
 from configurator import UserError
 from model import GPTConfig
@@ -158,7 +159,7 @@ def test_checkpoint_model_from_reproduces_the_trained_model(trained: Trained):
     vocab = ckpt["model_args"]["vocab_size"]
     evals = {split: train.Batches(str(data_dir / f"{split}.bin"), "uint16", 32, 8, vocab, cfg.seed + 1)
              for split in ("train", "val")}
-    losses = train.estimate_loss(model, evals, cfg, torch.device("cpu"), train.autocast(torch.device("cpu"),
+    losses = train.estimate_loss(model, evals, cfg, torch.device("cpu"), runtime.autocast(torch.device("cpu"),
                                  torch.float32), 0, 1)
     _, train_loss, val_loss = trained.history["eval"][-1]
     assert (losses["train"], losses["val"]) == pytest.approx((train_loss, val_loss), rel=1e-6)
