@@ -18,7 +18,8 @@ from model import GPT, PRESETS, GPTConfig, resolve_config
 
 def table(model: GPT) -> str:
     """Parameters per component, total and non-embedding, weight bytes, training memory, FLOPs per token."""
-    t, counts = model.transformer, {}
+    t = model.transformer
+    counts = {}
     for label, part in (("token embedding", "wte"), ("position embedding", "wpe")):
         counts[label] = t[part].weight.numel() if part in t else 0
     counts["attention"] = sum(p.numel() for b in t.h for p in b.attn.parameters())
@@ -26,7 +27,8 @@ def table(model: GPT) -> str:
     counts["norms"] = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-2].startswith("ln_"))
     tied = model.lm_head.weight is t.wte.weight
     counts["head (tied to the token embedding)" if tied else "head"] = 0 if tied else model.lm_head.weight.numel()
-    total, non_emb = model.get_num_params(non_embedding=False), model.get_num_params()
+    total = model.get_num_params(non_embedding=False)
+    non_emb = model.get_num_params()
     assert total == sum(counts.values()), "a parameter is in no component"
     rows = [f"{k:<36} {v:>17,}" for k, v in counts.items()]
     rows += ["-" * 54, f"{'total':<36} {total:>17,}", f"{'non-embedding':<36} {non_emb:>17,}",

@@ -108,15 +108,15 @@ def clear_cache(model: GPT) -> None:
 
 
 def prefill(model: GPT, window: torch.Tensor, input_pos: torch.Tensor | None, sampling: Sampling,
-            seen: torch.Tensor) -> torch.Tensor:
+            seen: torch.Tensor | None) -> torch.Tensor:
     """The whole window (B, T) in one pass -> the next token (B,). With input_pos (T,) its keys and values fill
     the cache; without, nothing is cached (the reference path). lm_head runs on the last position only."""
     last = model.hidden_states(window, input_pos)[:, -1]  # (B, C)
     return sample_logits(model.lm_head(last).float(), sampling, seen)
 
 
-def decode_one(model: GPT, token: torch.Tensor, input_pos: torch.Tensor, seen: torch.Tensor, sampling: Sampling,
-               span: int) -> torch.Tensor:
+def decode_one(model: GPT, token: torch.Tensor, input_pos: torch.Tensor, seen: torch.Tensor | None,
+               sampling: Sampling, span: int) -> torch.Tensor:
     """One token per row (B, 1) at window position input_pos (1,), attending over the first span cached
     positions -> the next token (B,). Static shapes: compiled, forward and sampling are one graph per span (a
     CUDA graph on a GPU), one launch per step."""

@@ -89,7 +89,9 @@ def test_forward_shapes_and_finite_loss(arch: str):
 def test_modules_follow_the_switches(arch: str):
     cfg = config(arch)
     model = GPT(cfg)
-    tf, hs, kv = model.transformer, cfg.head_size or 32 // 4, cfg.n_kv_head or 4
+    tf = model.transformer
+    hs = cfg.head_size or 32 // 4  # 4 heads in a 32-wide model unless the head size is set
+    kv = cfg.n_kv_head or 4
     assert ("wpe" in tf) == (cfg.pos_emb == "learned")
     assert ("ln_f" in tf) == (not cfg.post_norm)
     assert (model.lm_head.weight is tf.wte.weight) == cfg.tie_embeddings
