@@ -9,6 +9,8 @@ built on the meta device, so gpt3-175b costs no memory.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 import configurator
@@ -67,13 +69,13 @@ def main(argv: list[str]) -> str:
     if argv[0].endswith(".py"):
         raise UserError(f"{argv[0]} is a config file: account it with python train.py {argv[0]} --dry_run=True")
     settings = configurator.given(GPTConfig, argv[1:])  # coerced to GPTConfig's field types
-    try:
-        config = resolve_config(argv[0], **settings)
+    try:  # over the preset, each flag as given: --n_kv_head=None means None here, not "the preset's"
+        config = replace(resolve_config(argv[0]), **settings)
     except ValueError as e:
         raise UserError(str(e)) from None
     with torch.device("meta"):  # shapes only: no memory
         model = GPT(config)
-    out = f"{' '.join(argv)}: {config}\n\n{table(model)}"
+    out = f"{' '.join(argv)} (preset): {config}\n\n{table(model)}"
     print(out)
     return out
 

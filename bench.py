@@ -49,7 +49,8 @@ COLUMNS = {  # per mode, the table's numeric columns: row key -> (header, format
 
 @dataclass
 class BenchConfig:
-    """Benchmark GPT training steps (ms/iter, tokens/s, MFU, peak memory) or sampling (tokens/s, ms/token)."""
+    """Benchmark GPT training steps (ms/iter, tokens/s, MFU, peak memory), sampling (tokens/s, ms/token), or one
+    attention layer, dense against banded (ms forward and forward + backward)."""
 
     mode: str = "train"  # train: time training steps | sample: time token generation | attention: one layer
     # model: a preset (model.PRESETS) with these settings over it, as train.py builds it; default GPT-2 124M
@@ -131,8 +132,8 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
         if it == cfg.warmup:
             synchronize(device)
             t1 = time.perf_counter()
-        loss, batch = train.train_step(step_model, optimizer, scaler, ctx, data, index, 1, batch, accum,
-                                       cfg.grad_clip)
+        loss, batch = train.train_step(step_model, optimizer, scaler, ctx, data, index=index, stride=1, batch=batch,
+                                       accum=accum, grad_clip=cfg.grad_clip)
         index += accum
     final_loss = loss.item()  # waits for the device too
     synchronize(device)
@@ -151,11 +152,11 @@ def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dty
     prompt = torch.randint(model_cfg.vocab_size, (batch_size, cfg.prompt_tokens), device=device)  # (B, T)
     plain = Sampling(temperature=1.0)
     t0 = time.perf_counter()
-    list(generate_tokens(model, prompt, new_tokens, plain, use_cache=kv_cache, compile=compiled))  # compiles and
+    list(generate_tokens(model, prompt, new_tokens, plain, use_cache=kv_cache, compiled=compiled))  # compiles and
     # records every span the timed run uses
     synchronize(device)
     t1 = time.perf_counter()
-    tokens = generate_tokens(model, prompt, new_tokens, plain, use_cache=kv_cache, compile=compiled)
+    tokens = generate_tokens(model, prompt, new_tokens, plain, use_cache=kv_cache, compiled=compiled)
     next(tokens)  # prefill and the first sampled token
     synchronize(device)
     t2 = time.perf_counter()

@@ -48,20 +48,20 @@ def adjust_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor |
     marked in seen (B, vocab), as CTRL does (Keskar et al. 2019): positive logits are divided by it, negative
     ones multiplied. Then temperature (0 leaves the logits for an argmax); top_k keeps the k likeliest tokens;
     top_p the smallest set whose probability reaches top_p (nucleus sampling, Holtzman et al. 2019)."""
-    s = sampling
-    if s.repetition_penalty != 1.0 and seen is not None:
-        penalized = torch.where(logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty)
+    penalty = sampling.repetition_penalty
+    if penalty != 1.0 and seen is not None:
+        penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
         logits = torch.where(seen, penalized, logits)
-    if s.temperature == 0:
+    if sampling.temperature == 0:
         return logits
-    logits = logits / s.temperature
-    if s.top_k is not None:
-        kth = torch.topk(logits, min(s.top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None:
+        kth = torch.topk(logits, min(sampling.top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if s.top_p < 1.0:
+    if sampling.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
-        outside = probs.cumsum(dim=-1) - probs >= s.top_p  # the tokens before it already reach top_p
+        outside = probs.cumsum(dim=-1) - probs >= sampling.top_p  # the tokens before it already reach top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
     return logits
 
@@ -143,9 +143,9 @@ def cache_span(filled: int, block_size: int) -> int:
 @torch.no_grad()
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling = Sampling(),
                     stop_ids: tuple[int, ...] = (), use_cache: bool = True,
-                    compile: bool = False) -> Iterator[torch.Tensor]:
+                    compiled: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token of every row of idx (B, T), (B,) at a time, up to max_new_tokens. A row that
-    produced one of stop_ids repeats it from then on; generation ends once every row has. compile: the decode
+    produced one of stop_ids repeats it from then on; generation ends once every row has. compiled: the decode
     step compiled (compiled_decode_one).
 
     The model sees a window of the sequence, at most block_size tokens. Learned positions tie every cached
@@ -156,7 +156,7 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling
     B, T = idx.shape
     block = model.config.block_size
     device = idx.device
-    step = compiled_decode_one(device.type == "cuda") if compile else decode_one
+    step = compiled_decode_one(device.type == "cuda") if compiled else decode_one
     seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device).scatter_(1, idx, True)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)

@@ -240,8 +240,9 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
                      flex: bool | None = None) -> torch.Tensor:
     """Causal attention in which query i sees keys i - window + 1 .. i; q (B, nh, T, hd), k, v (B, nkv, T, hd).
     With flex, FlexAttention skips the key blocks outside the band, so the cost grows with T * window rather than
-    T^2. By default flex trains on CUDA; inference (evaluation, prefill at every prompt length, each length a
-    recompile of the kernel) and dropout (flex has none) take SDPA with the explicit (T, T) mask instead."""
+    T^2. By default flex trains on CUDA; inference (evaluation and generation's no-cache reference path, where
+    every length would be a recompile of the kernel) and dropout (flex has none) take SDPA with the explicit
+    (T, T) mask instead."""
     T = q.size(-2)
     gqa = k.size(1) != q.size(1)
     if flex is None:

@@ -125,7 +125,7 @@ def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], devi
     hold = max(map(len, stops), default=1) - 1  # the tail that may still become a stop string
     x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(n, 1)
     steps = generate_tokens(model, x, cfg.max_new_tokens, sampling(cfg, tok.vocab_size), stop_ids,
-                            use_cache=cfg.kv_cache, compile=cfg.compile)
+                            use_cache=cfg.kv_cache, compiled=cfg.compile)
     for next_ids in steps:
         for i, token in enumerate(next_ids.tolist()):
             if done[i] or token in stop_ids:

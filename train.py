@@ -15,7 +15,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -282,13 +282,15 @@ def restore(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torc
 
 @dataclass
 class Run:
-    """What the training loop works with. `model` is the plain module (what is saved); `step_model` the same
-    weights compiled and/or wrapped in DDP (what is trained and evaluated)."""
+    """What the training loop works with: three views of one set of weights. `model` is the plain module (what is
+    saved), `eval_model` the same compiled (what is evaluated), `step_model` that wrapped in DDP when distributed
+    (what is trained)."""
 
     cfg: TrainConfig
     proc: Process
     meta: dict[str, Any]
     model: GPT
+    eval_model: torch.nn.Module
     step_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -323,7 +325,8 @@ def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT,
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
     if meta["vocab_size"] > model.config.vocab_size:
-        raise UserError(f"{cfg.dataset} has {meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
+        raise UserError(f"{os.path.join(cfg.data_root, cfg.dataset)} has {meta['vocab_size']} token ids, the model "
+                        f"only {model.config.vocab_size}")
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     progress = restore(ckpt, optimizer, scaler, device) if ckpt is not None else Progress()
@@ -335,16 +338,23 @@ def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT,
     train_data = batches("train", cfg.seed)
     evals = {"train": batches("train", cfg.seed + 1), "val": batches("val", cfg.seed + 1)}
     ctx = runtime.autocast(device, dtype)
-    step_model = model
+    eval_model = model
     if cfg.compile:
-        step_model = runtime.maybe_compile(model, *train_data.get(progress.batch_pos + proc.rank, device), ctx)
+        eval_model = runtime.maybe_compile(model, *train_data.get(progress.batch_pos + proc.rank, device), ctx)
+    step_model = eval_model
     if proc.distributed:
-        step_model = DDP(step_model, device_ids=[proc.local_rank] if device.type == "cuda" else None)
-    return Run(cfg, proc, meta, model, step_model, optimizer, scaler, ctx, train_data, evals, progress)
+        step_model = DDP(eval_model, device_ids=[proc.local_rank] if device.type == "cuda" else None)
+    return Run(cfg, proc, meta, model, eval_model, step_model, optimizer, scaler, ctx, train_data, evals, progress)
+
+
+class BatchSource(Protocol):
+    """Anything that gives batch number k on a device: Batches, or bench.py's one fixed random batch."""
+
+    def get(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: Any,
-               data: Any, index: int, stride: int, batch: tuple[torch.Tensor, torch.Tensor], accum: int,
+               data: BatchSource, index: int, stride: int, batch: tuple[torch.Tensor, torch.Tensor], accum: int,
                grad_clip: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One optimizer step over accum micro-batches. `batch` is data's batch number `index`, already on the device;
     each micro-batch after it is `stride` further on (stride = the number of processes: rank r reads batches
@@ -391,7 +401,7 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Batches], cfg: TrainC
 def evaluate_and_save(run: Run, lr: float) -> None:
     """Evaluate, log, and save a checkpoint if val loss improved (or always_save_checkpoint), rank 0 only."""
     cfg, proc, progress = run.cfg, run.proc, run.progress
-    losses = estimate_loss(run.step_model, run.evals, cfg, proc.device, run.ctx, proc.rank, proc.world)
+    losses = estimate_loss(run.eval_model, run.evals, cfg, proc.device, run.ctx, proc.rank, proc.world)
     run.history["eval"].append((progress.iter_num, losses["train"], losses["val"]))
     if proc.master:
         peak = ""
@@ -440,7 +450,8 @@ def train(run: Run) -> None:
             return
         # rank r's micro-batches are batch_pos + r, + r + world, ...: the global batch is split across processes
         loss_sum, batch = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data,
-                                     progress.batch_pos + proc.rank, proc.world, batch, run.accum, cfg.grad_clip)
+                                     index=progress.batch_pos + proc.rank, stride=proc.world, batch=batch,
+                                     accum=run.accum, grad_clip=cfg.grad_clip)
         progress.iter_num += 1
         progress.batch_pos += cfg.gradient_accumulation_steps
         iters_since_log += 1

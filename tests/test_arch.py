@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 import torch
-from torch.nn import functional as F
-
 from torch import nn
+from torch.nn import functional as F
 
 import checkpoint
 import generate
@@ -163,7 +162,8 @@ def test_grouped_query_attention_is_multi_head_with_shared_keys_and_values(n_kv_
     cfg = config("gpt2", n_kv_head=n_kv_head, pos_emb="rope", head_size=12)
     gqa = CausalSelfAttention(cfg).eval()
     mha = CausalSelfAttention(config("gpt2", pos_emb="rope", head_size=12)).eval()
-    group, hs = 4 // n_kv_head, 12
+    hs = 12
+    group = 4 // n_kv_head  # query heads per key/value head
     q, k, v = gqa.c_attn.weight.split([4 * hs, n_kv_head * hs, n_kv_head * hs])
     qb, kb, vb = gqa.c_attn.bias.split([4 * hs, n_kv_head * hs, n_kv_head * hs])
 
@@ -343,7 +343,8 @@ def test_head_size_of_its_own_parameter_count():
 
 
 def test_parallel_block_has_one_norm_per_block():
-    sequential, parallel = meta_model(**GPT2_124M), meta_model(**GPT2_124M | {"parallel_block": True})
+    sequential = meta_model(**GPT2_124M)
+    parallel = meta_model(**GPT2_124M | {"parallel_block": True})
     assert all(block.ln_2 is None for block in parallel.transformer.h)
     assert sequential.get_num_params() - parallel.get_num_params() == 12 * 2 * 768
 
@@ -479,7 +480,8 @@ def test_training_checkpoint_resume_and_sampling(arch: str, char_data: CharData,
     losses = [loss for _, loss in history["train_loss"]]
     assert len(losses) == 30
     assert all(math.isfinite(v) for v in losses)
-    start, end = losses[0], sum(losses[-5:]) / 5
+    start = losses[0]
+    end = sum(losses[-5:]) / 5
     assert end < start - 0.5, (start, end)
     (_, _, val0), (_, _, val1) = history["eval"]
     assert val1 < val0 - 0.5, (val0, val1)

@@ -135,7 +135,7 @@ def test_flag_without_value():
 
 
 def test_help_lists_every_setting_with_its_default(capsys: pytest.CaptureFixture[str]):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="0") as exit_info:
         configurator.load(train.TrainConfig, ["--batch_size=3", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
@@ -185,7 +185,7 @@ def test_run_turns_user_error_into_one_line_and_exit_2(capsys: pytest.CaptureFix
     def failing_main(argv: list[str]) -> None:
         raise UserError("something is wrong")
 
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="2") as exit_info:
         configurator.run(failing_main)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: something is wrong\n"

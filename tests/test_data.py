@@ -129,7 +129,8 @@ def test_shakespeare_bpe_from_input_txt(tmp_path: Path):
     train, val, meta = read_outputs(tmp_path)
     assert {k: meta[k] for k in ("tokenizer", "vocab_size", "eot_id")} == {"tokenizer": "gpt2", "vocab_size": 50257,
                                                                            "eot_id": 50256}
-    enc, n = tokenizer.gpt2_encoding(), int(len(text) * 0.9)
+    enc = tokenizer.gpt2_encoding()
+    n = int(len(text) * 0.9)
     assert train.tolist() == enc.encode_ordinary(text[:n]) and val.tolist() == enc.encode_ordinary(text[n:])
     assert enc.decode(train.tolist()) + enc.decode(val.tolist()) == text
 
@@ -153,7 +154,7 @@ def write_corpus(kind: str, folder: Path, docs: list[str]) -> str:
 
 @pytest.mark.parametrize(("kind", "flags", "n_val"), [
     ("txt", [], 1),  # the default val_fraction still holds one document out
-    ("jsonl", ["--num_proc=2", "--val_fraction=0.6"], 3),  # worker processes
+    pytest.param("jsonl", ["--num_proc=2", "--val_fraction=0.6"], 3, marks=pytest.mark.slow),  # worker processes
     ("parquet", ["--val_fraction=0.2"], 1),
 ])
 def test_openwebtext_local_files(tmp_path: Path, kind: str, flags: list[str], n_val: int):

@@ -2,8 +2,7 @@
 the last good checkpoint as it was.
 
 Each case runs through its script's entry point in this process (conftest.run_main); a few also run as real
-subprocesses, all started together, to check the scripts' wiring end to end. One fixture runs them, one test per
-case checks its result."""
+subprocesses, all started together, to check the scripts' wiring end to end."""
 
 from __future__ import annotations
 
@@ -104,33 +103,47 @@ CASES = ["unknown_setting", "bad_int", "missing_config_file", "missing_dataset_d
          "score_empty_text", "score_single_token"]
 
 
-SUBPROCESS = ["bad_int", "resume_truncated", "sample_top_p_zero", "score_single_token"]  # also run as scripts
-
-
 @pytest.fixture(scope="module")
-def error_runs(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> dict[str, tuple[int, str, str, str]]:
-    cases = build_cases(tmp_path_factory.mktemp("errors"), trained)
-    assert sorted(cases) == sorted(CASES)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        scripts = {name: pool.submit(run_script, *cases[name][:2]) for name in SUBPROCESS}
-        runs = {name: (*run_main(script, args), expected) for name, (script, args, expected) in cases.items()}
-        runs |= {f"{name} (script)": (*scripts[name].result(), cases[name][2]) for name in SUBPROCESS}
-    return runs
+def cases(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> dict[str, Case]:
+    built = build_cases(tmp_path_factory.mktemp("errors"), trained)
+    assert sorted(built) == sorted(CASES)
+    return built
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", [*CASES, *(f"{name} (script)" for name in SUBPROCESS)])
-def test_user_error_is_one_line_and_exit_2(error_runs: dict[str, tuple[int, str, str, str]], case: str):
-    rc, _, err, expected = error_runs[case]
+def check_one_line_exit_2(result: tuple[int, str, str], expected: str) -> None:
+    rc, _, err = result
     last = err.strip().splitlines()[-1] if err.strip() else ""
     assert (rc, "Traceback" in err) == (2, False), err
     assert last.startswith("error: ")
     assert expected in last
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_user_error_is_one_line_and_exit_2(cases: dict[str, Case], case: str):
+    script, args, expected = cases[case]
+    check_one_line_exit_2(run_main(script, args), expected)
+
+
+SCRIPTED = ["bad_int", "resume_truncated", "sample_top_p_zero", "score_single_token"]  # a few as real scripts
+
+
+@pytest.fixture(scope="module")
+def script_runs(cases: dict[str, Case]) -> dict[str, tuple[int, str, str]]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(run_script, *cases[name][:2]) for name in SCRIPTED}
+        return {name: future.result() for name, future in futures.items()}
+
+
 @pytest.mark.slow
-def test_bad_flag_stderr_is_exactly_one_line(error_runs: dict[str, tuple[int, str, str, str]]):
-    _, out, err, _ = error_runs["bad_int (script)"]
+@pytest.mark.parametrize("case", SCRIPTED)
+def test_script_error_is_one_line_and_exit_2(cases: dict[str, Case], script_runs: dict[str, tuple[int, str, str]],
+                                             case: str):
+    check_one_line_exit_2(script_runs[case], cases[case][2])
+
+
+@pytest.mark.slow
+def test_bad_flag_stderr_is_exactly_one_line(script_runs: dict[str, tuple[int, str, str]]):
+    _, out, err = script_runs["bad_int"]
     assert err == "error: setting 'batch_size' expects int, got 'abc'\n"
     assert out == ""
 

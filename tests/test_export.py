@@ -13,8 +13,8 @@ import checkpoint
 import export
 import train
 from configurator import UserError
-from generate import GREEDY, generate
 from conftest import Trained, run_main, tiny_flags
+from generate import GREEDY, generate
 from model import GPT, GPTConfig
 from tokenizer import GPT2_META, Tokenizer
 

@@ -14,7 +14,7 @@ import torch
 import accounting
 import checkpoint
 import train
-from conftest import TINY_MODEL, CharData, run_main, run_script, tiny_flags
+from conftest import TINY_MODEL, CharData, run_main, run_script, tiny_flags, tiny_gpt
 from configurator import UserError
 from model import GPT, PRESETS, CausalSelfAttention, GPTConfig, banded_attention, resolve_config
 
@@ -65,9 +65,9 @@ def test_a_banded_layer_ignores_keys_outside_its_band():
 
 
 def test_alternating_pattern_bands_every_other_layer_and_counts_fewer_flops():
-    base = {"vocab_size": 64, "block_size": 256, "n_layer": 4, "n_head": 4, "n_embd": 64}
-    banded = GPT(GPTConfig(**base, attn_pattern="alternating", window_size=32))
-    dense = GPT(GPTConfig(**base))
+    base = {"block_size": 256, "n_layer": 4, "n_head": 4, "n_embd": 64}
+    banded = tiny_gpt(**base, attn_pattern="alternating", window_size=32)
+    dense = tiny_gpt(**base)
     assert [b.attn.window for b in banded.transformer.h] == [None, 32, None, 32]
     assert [b.attn.window for b in dense.transformer.h] == [None] * 4
     assert banded.get_num_params() == dense.get_num_params()  # a pattern, not parameters
@@ -200,8 +200,7 @@ def test_dry_run_needs_no_data_and_no_memory(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=3, n_head=2, n_embd=32, dropout=0.0))
+    model = tiny_gpt(block_size=16, n_layer=3).train()
     x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
     grads = []
     for checkpointing in (False, True):

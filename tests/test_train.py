@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -17,7 +18,7 @@ import runtime
 import train
 from configurator import UserError
 from model import GPTConfig
-from conftest import CharData, Trained, tiny_flags
+from conftest import CharData, Trained, tiny_flags, tiny_gpt
 
 # ---------------------------------------------------------------------------------------------- lr schedule
 
@@ -228,3 +229,29 @@ def test_wandb_logs_offline(char_data: CharData, tmp_path: Path, monkeypatch: py
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb")), "the run holds no logged data"
+
+
+class RecordingBatches:
+    """A batch source that records the batch numbers asked for; batch k is a function of k."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def get(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        self.asked.append(k)
+        x = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(k))
+        return x, x
+
+
+def test_a_rank_reads_every_world_th_batch():
+    # rank 1 of 2 processes, 3 micro-steps per iteration from global batch position 12: batches 12 + m * 2 + 1,
+    # and the next iteration's first (12 + 3 * 2 + 1 = 19) read ahead while the device works
+    model = tiny_gpt(block_size=8).train()
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    data = RecordingBatches()
+    first = data.get(13, torch.device("cpu"))
+    _, following = train.train_step(model, optimizer, scaler, contextlib.nullcontext(), data, index=13, stride=2,
+                                    batch=first, accum=3, grad_clip=1.0)
+    assert data.asked == [13, 15, 17, 19]
+    assert torch.equal(following[0], RecordingBatches().get(19, torch.device("cpu"))[0])
