@@ -15,6 +15,7 @@ import difflib
 import os
 import runpy
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable
@@ -34,6 +35,9 @@ def run(main: Callable[[list[str]], Any]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)  # 128 + SIGINT, as a shell reports it
 
 
 def _nearest(name: str, choices: list[str]) -> str:
@@ -73,6 +77,24 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
     if base is Any or (isinstance(value, base) and not (base is int and isinstance(value, bool))):
         return value
     raise UserError(f"setting '{name}' expects {base.__name__}, got {value!r}")
+
+
+def run_config_file(path: str) -> dict[str, Any]:
+    """The names a config file leaves behind. A missing file, or one that raises, is a UserError naming the file
+    (and the line that raised)."""
+    if not os.path.isfile(path):
+        key, eq, value = path.partition("=")
+        hint = f" (did you mean --{key}={value}?)" if eq and key.isidentifier() else ""
+        raise UserError(f"config file not found: {path}{hint}")
+    try:
+        return runpy.run_path(path, run_name="__config__")
+    except SyntaxError as e:
+        raise UserError(f"{path}, line {e.lineno}: SyntaxError: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 (a config file is the user's code: any error it raises is theirs)
+        target = os.path.abspath(path)
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == target]
+        where = f"{path}, line {lines[-1]}" if lines else path
+        raise UserError(f"{where}: {type(e).__name__}: {e}") from None
 
 
 def help_text(cls: type) -> str:
@@ -115,10 +137,7 @@ def given(cls: type, argv: list[str]) -> dict[str, Any]:
         elif arg.startswith("-"):
             raise UserError(f"flags take the form --key=value, got '{arg}'")
         else:
-            if not os.path.isfile(arg):
-                raise UserError(f"config file not found: {arg}")
-            namespace = runpy.run_path(arg, run_name="__config__")
-            for key, value in namespace.items():
+            for key, value in run_config_file(arg).items():
                 if key.startswith("_") or isinstance(value, types.ModuleType) or callable(value):
                     continue  # imports and helpers in a config file are not settings
                 put(key, value, arg)

@@ -24,7 +24,7 @@ import runtime
 from configurator import UserError
 from generate import Sampling, generate_tokens
 from model import GPT
-from tokenizer import GPT2_META, Tokenizer
+from tokenizer import GPT2_META, Tokenizer, read_text_file
 
 
 @dataclass
@@ -57,8 +57,7 @@ def read_text(arg: str) -> str:
         path = arg[len("FILE:"):]
         if not os.path.isfile(path):
             raise UserError(f"file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        return read_text_file(path)
     return arg
 
 

@@ -14,6 +14,7 @@ import os
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import tiktoken
 
 from configurator import UserError
@@ -44,12 +45,73 @@ def dtype_for_vocab(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
+TOKEN_DTYPES = ("uint16", "uint32")  # the on-disk dtypes of train.bin / val.bin
+
+
+def check_meta(meta: dict[str, Any]) -> None:
+    """Raise ValueError naming what is wrong with a meta dict. Builds no tokenizer: training, which reads the
+    meta, never needs one (an offline GPU node may lack the BPE files)."""
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in ("tokenizer", "vocab_size", "dtype", "eot_id") if k not in meta]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if meta["tokenizer"] not in ("char", "gpt2"):
+        raise ValueError(f"unknown tokenizer {meta['tokenizer']!r} (char, gpt2)")
+    vocab = meta["vocab_size"]
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise ValueError(f"vocab_size must be a positive integer, got {vocab!r}")
+    if meta["dtype"] not in TOKEN_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(TOKEN_DTYPES)}, got {meta['dtype']!r}")
+    if vocab > np.iinfo(meta["dtype"]).max + 1:
+        raise ValueError(f"vocab_size {vocab} does not fit dtype {meta['dtype']}")
+    eot = meta["eot_id"]
+    if eot is not None and not (isinstance(eot, int) and 0 <= eot < vocab):
+        raise ValueError(f"eot_id must be None or a token id below vocab_size, got {eot!r}")
+    if meta["tokenizer"] == "char" and len(meta.get("chars", "")) != vocab:
+        raise ValueError(f"{len(meta.get('chars', ''))} chars for vocab_size {vocab}")
+
+
 def write_meta(data_dir: str, meta: dict[str, Any]) -> None:
     """meta: tokenizer ('char' | 'gpt2'), vocab_size, dtype, eot_id (or None), chars (char only), source."""
-    for key in ("tokenizer", "vocab_size", "dtype", "eot_id"):
-        assert key in meta, f"meta is missing {key}"
+    check_meta(meta)
     with open(os.path.join(data_dir, META_FILE), "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False, indent=1)
+
+
+def write_dataset(data_dir: str, splits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write each split's token ids as data_dir/{split}.bin and then meta.json, replacing earlier ones only once
+    every new file is complete: each goes to a temporary file first, and the renames come at the end. An empty
+    split is refused before anything is written, so good data is never replaced by worse."""
+    check_meta(meta)
+    empty = [name for name, ids in splits.items() if len(ids) == 0]
+    if empty:
+        raise UserError(f"the {' and '.join(empty)} split would be empty: the source text is too short")
+    written = []
+    try:
+        for name, ids in splits.items():
+            written.append((f"{os.path.join(data_dir, name)}.bin.tmp", f"{os.path.join(data_dir, name)}.bin"))
+            ids.astype(meta["dtype"]).tofile(written[-1][0])
+        written.append((os.path.join(data_dir, META_FILE + ".tmp"), os.path.join(data_dir, META_FILE)))
+        with open(written[-1][0], "w", encoding="utf-8") as f:
+            json.dump(meta, f, ensure_ascii=False, indent=1)
+        for tmp, final in written:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def read_text_file(path: str) -> str:
+    """A UTF-8 text file's contents; anything else is a UserError naming the file and the first bad byte."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text: byte {e.start} (0x{data[e.start]:02x}) is not valid UTF-8; "
+                        "save the file as UTF-8") from None
 
 
 def read_meta(data_dir: str) -> dict[str, Any]:
@@ -60,7 +122,7 @@ def read_meta(data_dir: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
-        Tokenizer(meta)  # validates the tokenizer description
+        check_meta(meta)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a valid meta file ({e})") from None
     return meta

@@ -11,8 +11,12 @@ out_dir/ckpt.pt; init_from=resume continues exactly where it stopped (same losse
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+import signal
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
@@ -123,7 +127,11 @@ class Batches:
         if not os.path.isfile(path):
             raise UserError(f"{path} not found: run python {os.path.join(os.path.dirname(path), 'prepare.py')}")
         self.dtype = np.dtype(dtype)
-        self.n_tokens = os.path.getsize(path) // self.dtype.itemsize
+        size = os.path.getsize(path)
+        if size % self.dtype.itemsize:
+            raise UserError(f"{path} is {size} bytes, not a whole number of {dtype} token ids: it is damaged, or its "
+                            "meta.json names the wrong dtype")
+        self.n_tokens = size // self.dtype.itemsize
         if self.n_tokens < block_size + 1:
             raise UserError(f"{path} has {self.n_tokens} tokens, fewer than block_size + 1 = {block_size + 1}")
         self.path = path
@@ -132,6 +140,10 @@ class Batches:
         self.batch_size = batch_size
         self.vocab_size = vocab_size
         self.seed = seed
+        highest = max_token(path, dtype, size, os.path.getmtime(path))
+        if highest >= vocab_size:
+            raise UserError(f"{path} holds token id {highest} >= vocab_size {vocab_size}: it was prepared for "
+                            "another vocabulary")
 
     def read(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch k on the CPU: x, y of shape (batch_size, block_size), int64."""
@@ -141,8 +153,6 @@ class Batches:
         for row, start in zip(rows, starts):
             self.file.seek(int(start) * self.dtype.itemsize)
             row[:] = np.fromfile(self.file, dtype=self.dtype, count=T + 1)
-        if rows.max() >= self.vocab_size:
-            raise UserError(f"{self.path} holds token id {rows.max()} >= vocab_size {self.vocab_size}")
         data = torch.from_numpy(rows)
         return data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
@@ -153,6 +163,13 @@ class Batches:
         return x.to(device), y.to(device)
 
 
+@functools.lru_cache(maxsize=8)  # train.bin is read by the training and the evaluation batches: scan it once
+def max_token(path: str, dtype: str, size: int, mtime: float) -> int:
+    """The largest token id in a token file (size and mtime key the cache): one pass over a memory map, about a
+    second per GB, so that one id beyond the vocabulary is found before training rather than at its batch."""
+    return int(np.memmap(path, dtype=dtype, mode="r").max()) if size else 0
+
+
 def check_settings(cfg: TrainConfig) -> None:
     if cfg.init_from not in ("scratch", "resume", *checkpoint.GPT2_NAMES):
         raise UserError(f"init_from must be scratch, resume or one of {checkpoint.GPT2_NAMES}, got '{cfg.init_from}'")
@@ -160,6 +177,24 @@ def check_settings(cfg: TrainConfig) -> None:
                  "log_interval", "vocab_multiple"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_iters", "warmup_iters",
+                 "lr_decay_iters"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{name} must be at least 0, got {getattr(cfg, name)}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Make out_dir, and fail now rather than at the first checkpoint, after the training time is spent, if a
+    checkpoint could not be written there."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"out_dir {out_dir} cannot hold checkpoints: {e.strerror or e}") from None
 
 
 @dataclass
@@ -433,8 +468,55 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, dt: float) -> None:
               f"{tokens_per_iter / dt:,.0f} tok/s{mfu_text}")
 
 
+class StopRequest:
+    """Within `with`, the first SIGTERM (what a cluster scheduler sends before preemption) or Ctrl-C asks the run
+    to stop at the next step boundary, with a checkpoint; a second Ctrl-C stops it at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None  # the name of the signal that asked, once one has
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may take signals
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def agreed(self, run: Run) -> str | None:
+        """The signal to stop for, the same on every process: under DDP they vote (rank 0's signal names it)."""
+        if not run.proc.distributed:
+            return self.signal
+        vote = torch.tensor(float(self.signal is not None), device=run.proc.device)
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+        return (self.signal or "a signal to another process") if vote.item() else None
+
+
+def stop_and_save(run: Run, reason: str) -> None:
+    """Save the state after the step just taken, so that --init_from=resume continues exactly from it."""
+    if run.proc.master:
+        path = checkpoint.save(checkpoint_state(run), run.cfg.out_dir)
+        print(f"{reason}: stopped after iter {run.progress.iter_num}, saved checkpoint to {path}; continue with "
+              "--init_from=resume", flush=True)
+
+
 def train(run: Run) -> None:
-    """The loop: lr -> evaluation and checkpoint -> accumulated micro-steps and the optimizer step -> log."""
+    """The loop: lr -> evaluation and checkpoint -> accumulated micro-steps and the optimizer step -> log, until
+    max_iters or a stop request."""
+    with StopRequest() as stop:
+        train_steps(run, stop)
+
+
+def train_steps(run: Run, stop: StopRequest) -> None:
     cfg, proc, progress = run.cfg, run.proc, run.progress
     batch = run.train_data.get(progress.batch_pos + proc.rank, proc.device)
     t_last = time.perf_counter()
@@ -445,7 +527,8 @@ def train(run: Run) -> None:
             group["lr"] = lr
         if progress.iter_num % cfg.eval_interval == 0 or progress.iter_num == cfg.max_iters or cfg.eval_only:
             evaluate_and_save(run, lr)
-            t_last = time.perf_counter()  # evaluation time is not training time
+            t_last = time.perf_counter()  # evaluation time is not training time: the next log times the steps
+            iters_since_log = 0  # after it only
         if progress.iter_num >= cfg.max_iters or cfg.eval_only:
             return
         # rank r's micro-batches are batch_pos + r, + r + world, ...: the global batch is split across processes
@@ -455,10 +538,16 @@ def train(run: Run) -> None:
         progress.iter_num += 1
         progress.batch_pos += cfg.gradient_accumulation_steps
         iters_since_log += 1
-        if progress.iter_num % cfg.log_interval == 0:
+        logged = progress.iter_num % cfg.log_interval == 0
+        if logged:
             log_step(run, loss_sum, lr, (time.perf_counter() - t_last) / iters_since_log)
             t_last = time.perf_counter()
             iters_since_log = 0
+        # a single process checks its flag every step; several vote when they log, as logging syncs them anyway
+        reason = stop.agreed(run) if logged or not proc.distributed else None
+        if reason:
+            stop_and_save(run, reason)
+            return
 
 
 def main(argv: list[str]) -> dict[str, list]:
@@ -478,6 +567,8 @@ def main(argv: list[str]) -> dict[str, list]:
         print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, proc.world, dtype,
                                  cfg.activation_checkpointing))
         return {"train_loss": [], "eval": []}
+    if proc.master and not cfg.eval_only:
+        check_out_dir(cfg.out_dir)
     run = start_run(cfg, proc, meta, model, ckpt, dtype)
     del ckpt  # free its memory before training
     if cfg.wandb_log and proc.master:

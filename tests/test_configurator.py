@@ -189,3 +189,17 @@ def test_run_turns_user_error_into_one_line_and_exit_2(capsys: pytest.CaptureFix
         configurator.run(failing_main)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: something is wrong\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("batch_size = 8\nx = 1 / 0\n", r"c\.py, line 2: ZeroDivisionError: division by zero"),
+    ("batch_size = (\n", r"c\.py, line 1: SyntaxError: '\(' was never closed"),
+    ("import no_such_module\n", r"c\.py, line 1: ModuleNotFoundError: No module named 'no_such_module'")])
+def test_a_config_file_that_raises_is_one_line_naming_file_and_line(tmp_path: Path, text: str, expected: str):
+    with pytest.raises(UserError, match=expected):
+        load(write(tmp_path / "c.py", text))
+
+
+def test_a_setting_without_dashes_gets_a_hint():
+    with pytest.raises(UserError, match=r"config file not found: batch_size=3 \(did you mean --batch_size=3\?\)"):
+        load("batch_size=3")

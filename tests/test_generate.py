@@ -230,7 +230,7 @@ def test_compiled_decode_step_gives_the_reference_tokens():
     # rotary positions and a banded layer, past block_size so the window jumps
     model = tiny_gpt(n_head=4, n_kv_head=2, pos_emb="rope", attn_pattern="alternating", window_size=8)
     idx = torch.randint(0, 64, (2, 20), generator=torch.Generator().manual_seed(6))
-    assert torch.equal(generate.generate(model, idx, 40, GREEDY, compile=True), reference_tokens(model, idx, 40))
+    assert torch.equal(generate.generate(model, idx, 40, GREEDY, compiled=True), reference_tokens(model, idx, 40))
 
 
 def test_bigram_model_generates():

@@ -39,15 +39,18 @@ def main(argv: list[str]) -> None:
     args = configurator.load(Settings, argv)
     os.makedirs(args.out_dir, exist_ok=True)
     text, source = shakespeare_char.shakespeare_text(args.out_dir, args.url)
+    if not text.strip():
+        raise configurator.UserError(f"{source} holds no text: nothing to prepare, the data in {args.out_dir} is "
+                                     "left as it was")
     n = int(len(text) * 0.9)
     enc = tokenizer.gpt2_encoding()
     meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "dtype": tokenizer.dtype_for_vocab(enc.n_vocab),
             "eot_id": tokenizer.GPT2_EOT, "source": source}
-    for split, part in (("train", text[:n]), ("val", text[n:])):
-        ids = np.array(enc.encode_ordinary(part), dtype=meta["dtype"])
-        ids.tofile(os.path.join(args.out_dir, f"{split}.bin"))
+    splits = {split: np.array(enc.encode_ordinary(part), dtype=meta["dtype"])
+              for split, part in (("train", text[:n]), ("val", text[n:]))}
+    tokenizer.write_dataset(args.out_dir, splits, meta)
+    for split, ids in splits.items():
         print(f"{split}: {len(ids):,} tokens")
-    tokenizer.write_meta(args.out_dir, meta)
     print(f"source: {source} ({len(text):,} characters)")
     print(f"vocab size {enc.n_vocab} (GPT-2 BPE); wrote train.bin, val.bin, meta.json to {args.out_dir}")
 

