@@ -55,14 +55,14 @@ class BenchConfig:
     mode: str = "train"  # train: time training steps | sample: time token generation | attention: one layer
     # model: a preset (model.PRESETS) with these settings over it, as train.py builds it; default GPT-2 124M
     # without biases. Any other model setting: --preset=NAME, or train.py --dry_run=True to check a config first
-    preset: str = ""
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    block_size: int | None = None
+    preset: str = ""  # a named model (model.PRESETS); empty: GPT-2 124M without biases
+    n_layer: int | None = None  # transformer blocks
+    n_head: int | None = None  # attention heads
+    n_embd: int | None = None  # model width
+    block_size: int | None = None  # context length
     vocab_size: int | None = None  # None: the preset's (GPT-2's), padded to a multiple of 64 to train, as train.py
-    bias: bool | None = None
-    dropout: float | None = None
+    bias: bool | None = None  # biases in linear layers and norms
+    dropout: float | None = None  # dropout probability
     # rows: train, one per (compile, batch size); sample, one per (compile, kv_cache, batch size, new_tokens)
     batch_size: str = "12"  # comma list of (micro-)batch sizes, e.g. 12,32
     compile: str = "both"  # on | off | both; sample: the one-token decode step (CUDA graphs on a GPU)
@@ -78,11 +78,11 @@ class BenchConfig:
     band: int = 256  # attention: the window of the banded rows
     # data
     dataset: str = ""  # train: empty for random tokens, else data_root/dataset/train.bin read by train.Batches
-    data_root: str = "data"
+    data_root: str = "data"  # where the dataset folders are
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
-    seed: int = 1337
+    seed: int = 1337  # the model's initial weights and the random data
     json: str = ""  # also write the rows to this path as JSON
 
 

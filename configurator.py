@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
+import re
 import runpy
 import sys
+import tokenize
 import traceback
 import types
 import typing
@@ -97,14 +100,27 @@ def run_config_file(path: str) -> dict[str, Any]:
         raise UserError(f"{where}: {type(e).__name__}: {e}") from None
 
 
+def descriptions(cls: type) -> dict[str, str]:
+    """Each field's one-line description: the comment at the end of its line in the class's source."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):  # no source at hand (an interactive session)
+        return {}
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(iter(lines).__next__) if tok.type == tokenize.COMMENT}
+    fields = {i + 1: m[1] for i, line in enumerate(lines) if (m := re.match(r"\s+(\w+)\s*:", line))}
+    return {fields[n]: text for n, text in comments.items() if n in fields}
+
+
 def help_text(cls: type) -> str:
     hints = typing.get_type_hints(cls)
+    about = descriptions(cls)
     lines = [(cls.__doc__ or cls.__name__).strip(), "", "settings (--key=value; defaults shown):"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         tp = hints[f.name]
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        lines.append(f"  --{f.name}={default!r}  ({tname})")
+        lines.append(f"  --{f.name}={default!r}  ({tname})" + (f"  {about[f.name]}" if f.name in about else ""))
     return "\n".join(lines)
 
 

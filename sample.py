@@ -32,10 +32,10 @@ class SampleConfig:
     """Sample from a trained model (or score a text with it)."""
 
     init_from: str = "resume"  # resume (from out_dir) | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
-    out_dir: str = "out"
+    out_dir: str = "out"  # the checkpoint's folder (init_from=resume)
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 10  # generated together, as one batch
-    max_new_tokens: int = 500
+    max_new_tokens: int = 500  # at most this many new tokens per sample
     temperature: float = 0.8  # 1.0 = the model's distribution, lower = more conservative, 0 = greedy
     top_k: int | None = None  # keep only the k most likely tokens (None = all)
     top_p: float = 1.0  # nucleus: keep the most likely tokens up to this probability mass (1.0 = all)
@@ -45,9 +45,9 @@ class SampleConfig:
     stream: bool = True  # print tokens as they come (with num_samples=1; otherwise whole samples)
     kv_cache: bool = True  # False: recompute the whole window every token (the slow reference path)
     score: str = ""  # a text or FILE:path: print per-token losses, total loss and perplexity instead of sampling
-    seed: int = 1337
-    device: str = "auto"
-    dtype: str = "auto"
+    seed: int = 1337  # the same seed gives the same samples
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
     compile: bool = False  # compile the one-token decode step (CUDA graphs on a GPU); pays off for long outputs
 
 

@@ -35,6 +35,8 @@ from model import GPT, PRESETS, GPTConfig, resolve_config
 from tokenizer import GPT2_META, read_meta
 
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
+EVAL_PROGRESS_S = 10.0  # an evaluation prints its progress this often
+CPU_WARNING_FLOPS = 1e12  # training FLOPs per iteration above which a CPU run is warned that it is a GPU recipe
 
 
 @dataclass
@@ -42,31 +44,31 @@ class TrainConfig:
     """Train a GPT (defaults: GPT-2 124M on OpenWebText, as config/train_gpt2.py spells out)."""
 
     # I/O
-    out_dir: str = "out"
-    eval_interval: int = 2000
-    log_interval: int = 1
-    eval_iters: int = 200
+    out_dir: str = "out"  # where ckpt.pt is written (and read by init_from=resume)
+    eval_interval: int = 2000  # evaluate, and maybe checkpoint, every this many iterations
+    log_interval: int = 1  # print loss, timing and MFU every this many iterations
+    eval_iters: int = 200  # batches per split in each evaluation
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # else only when val loss improves
     init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
-    seed: int = 1337
+    seed: int = 1337  # the data order and the initial weights are functions of it
     # wandb logging
-    wandb_log: bool = False
-    wandb_project: str = "owt"
-    wandb_run_name: str = "gpt2"
+    wandb_log: bool = False  # log to Weights & Biases (WANDB_MODE=offline works)
+    wandb_project: str = "owt"  # the wandb project
+    wandb_run_name: str = "gpt2"  # the wandb run's name
     # data
-    dataset: str = "openwebtext"
-    data_root: str = "data"
+    dataset: str = "openwebtext"  # the folder under data_root with train.bin, val.bin, meta.json
+    data_root: str = "data"  # where the dataset folders are
     gradient_accumulation_steps: int = 5 * 8  # in total, divided among DDP processes
     batch_size: int = 12  # micro-batch size per process
     # model: a preset (model.PRESETS: gpt1, gpt2, gpt3-xl, llama-small, ...) and settings that override it; a
     # setting left at None is the preset's, else model.GPTConfig's default (GPT-2 124M, here without biases)
-    preset: str = ""
+    preset: str = ""  # a named model (model.PRESETS): gpt2, gpt2-xl, gpt3-xl, llama-small, ...
     block_size: int | None = None  # None: 1024
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    dropout: float = 0.0
+    n_layer: int | None = None  # transformer blocks
+    n_head: int | None = None  # attention heads
+    n_embd: int | None = None  # model width
+    dropout: float = 0.0  # dropout probability while training (0.1+ for finetuning)
     bias: bool | None = None  # None: the preset's, else False (nanoGPT's default)
     qkv_bias: bool | None = None  # None: as bias
     n_kv_head: int | None = None  # None: n_head; 1: multi-query; in between: grouped-query
@@ -78,24 +80,24 @@ class TrainConfig:
     mlp: str | None = None  # gelu | relu | swiglu
     mlp_hidden: int | None = None  # None: 4 * n_embd (swiglu: 2/3 of that, rounded up to 256)
     pos_emb: str | None = None  # learned | rope | none
-    rope_base: float | None = None
+    rope_base: float | None = None  # rotary positions: the base of the angle frequencies (10000)
     parallel_block: bool | None = None  # PaLM's parallel attention + MLP
-    tie_embeddings: bool | None = None
+    tie_embeddings: bool | None = None  # lm_head shares the token embedding (GPT-2); False: its own matrix
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, more time
     dry_run: bool = False  # print the model, batch arithmetic and memory estimate, then exit
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (faster matmuls); 1 = no padding
     # AdamW
-    learning_rate: float = 6e-4
-    max_iters: int = 600000
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    learning_rate: float = 6e-4  # peak learning rate, after warmup
+    max_iters: int = 600000  # optimizer steps in all
+    weight_decay: float = 1e-1  # AdamW weight decay, on matrices and embeddings only
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # 0 disables clipping
     # learning-rate schedule: linear warmup, cosine decay to min_lr
-    decay_lr: bool = True
-    warmup_iters: int = 2000
-    lr_decay_iters: int = 600000
-    min_lr: float = 6e-5
+    decay_lr: bool = True  # False: a constant learning_rate
+    warmup_iters: int = 2000  # linear warmup over this many iterations
+    lr_decay_iters: int = 600000  # cosine decay to min_lr ends here (usually max_iters)
+    min_lr: float = 6e-5  # the learning rate after decay (usually learning_rate / 10)
     # system
     backend: str = "nccl"  # nccl on GPUs, gloo on CPUs
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
@@ -217,13 +219,15 @@ def setup_process(cfg: TrainConfig) -> Process:
     if "RANK" not in os.environ:
         return Process(0, 0, 1, runtime.resolve_device(cfg.device), distributed=False)
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if cfg.gradient_accumulation_steps % world:  # before the process group: every process can leave at once
+        if rank:
+            raise SystemExit(2)  # rank 0 says why, once
+        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible "
+                        f"by the number of processes ({world})")
     dist.init_process_group(backend=cfg.backend)
     device = runtime.resolve_device(f"cuda:{local_rank}" if cfg.backend == "nccl" else cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if cfg.gradient_accumulation_steps % world:
-        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible "
-                        f"by the number of processes ({world})")
     return Process(rank, local_rank, world, device, distributed=True)
 
 
@@ -334,6 +338,7 @@ class Run:
     evals: dict[str, Batches]  # the same batches at every evaluation
     progress: Progress
     history: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "eval": []})  # for the tests
+    pace_shown: bool = False  # the first log also says how long max_iters will take
 
     @property
     def accum(self) -> int:  # micro-steps per iteration in this process
@@ -420,12 +425,16 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Batches], cfg: TrainC
     """Mean loss over the same eval_iters batches of each split every time, shared out across DDP ranks."""
     model.eval()
     out = {}
+    shown = time.perf_counter()
     for split, batches in evals.items():
         total = torch.zeros((), device=device)
         for k in range(rank, cfg.eval_iters, world):
             x, y = batches.get(k, device)
             with ctx:
                 total += model(x, y)[1].float()
+            if rank == 0 and time.perf_counter() - shown > EVAL_PROGRESS_S:  # a long evaluation shows it is alive
+                print(f"evaluating the {split} split: batch {k + 1} of {cfg.eval_iters}", flush=True)
+                shown = time.perf_counter()
         if world > 1:
             dist.all_reduce(total)
         out[split] = total.item() / cfg.eval_iters
@@ -466,6 +475,11 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, dt: float) -> None:
         mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
         print(f"iter {run.progress.iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tok/s{mfu_text}")
+        if not run.pace_shown:
+            remaining = (run.cfg.max_iters - run.progress.iter_num) * dt
+            print(f"at this pace the remaining {run.cfg.max_iters - run.progress.iter_num:,} iterations take about "
+                  f"{duration(remaining)}, evaluations not included", flush=True)
+            run.pace_shown = True
 
 
 class StopRequest:
@@ -507,6 +521,26 @@ def stop_and_save(run: Run, reason: str) -> None:
         path = checkpoint.save(checkpoint_state(run), run.cfg.out_dir)
         print(f"{reason}: stopped after iter {run.progress.iter_num}, saved checkpoint to {path}; continue with "
               "--init_from=resume", flush=True)
+
+
+def duration(seconds: float) -> str:
+    """A rough human reading of a duration: '45 s', '12 min', '3.4 h', '2.1 days'."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def warn_if_gpu_recipe_on_cpu(cfg: TrainConfig, model: GPT, device: torch.device) -> None:
+    """A config made for GPUs (config/train_gpt2.py) on a CPU: say so before minutes of compiling and hours per
+    evaluation, rather than leaving the user to wonder."""
+    flops = model.flops_per_token() * cfg.gradient_accumulation_steps * cfg.batch_size * model.config.block_size
+    if device.type == "cpu" and flops > CPU_WARNING_FLOPS:
+        print(f"warning: {flops / 1e12:,.1f} TFLOP per iteration on the CPU: this is a GPU recipe, expect minutes "
+              "per iteration (the first log line says how long max_iters would take)", flush=True)
 
 
 def train(run: Run) -> None:
@@ -569,6 +603,8 @@ def main(argv: list[str]) -> dict[str, list]:
         return {"train_loss": [], "eval": []}
     if proc.master and not cfg.eval_only:
         check_out_dir(cfg.out_dir)
+    if proc.master:
+        warn_if_gpu_recipe_on_cpu(cfg, model, proc.device)
     run = start_run(cfg, proc, meta, model, ckpt, dtype)
     del ckpt  # free its memory before training
     if cfg.wandb_log and proc.master:

@@ -16,6 +16,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from unittest import mock
 
@@ -133,17 +134,18 @@ def run_script(script: str, args: list[str], env: dict[str, str] | None = None, 
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def run_main(script: str, args: list[str]) -> tuple[int, str, str]:
+def run_main(script: str | ModuleType, args: list[str]) -> tuple[int, str, str]:
     """What `python script args` gives (exit status, stdout, stderr), run in this process through the script's own
     entry point, configurator.run(main): the same code path, without a subprocess's seconds of importing torch.
-    An exception other than a user error propagates, as a traceback would."""
+    script: a top-level script's name, or a module (data/*/prepare.py, loaded by path). An exception other than a
+    user error propagates, as a traceback would."""
     import configurator  # here, like `train` below: a broken module must not stop the other test files loading
 
-    module = importlib.import_module(script.removesuffix(".py"))
+    module = importlib.import_module(script.removesuffix(".py")) if isinstance(script, str) else script
     out = io.StringIO()
     err = io.StringIO()
     code: int | str | None = 0
-    with mock.patch.object(sys, "argv", [script, *map(str, args)]), redirect_stdout(out), redirect_stderr(err):
+    with mock.patch.object(sys, "argv", ["prog", *map(str, args)]), redirect_stdout(out), redirect_stderr(err):
         try:
             configurator.run(module.main)
         except SystemExit as e:

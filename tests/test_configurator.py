@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import runpy
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import bench
 import configurator
+import export
 import sample
 import train
 from conftest import REPO_ROOT
@@ -203,3 +206,17 @@ def test_a_config_file_that_raises_is_one_line_naming_file_and_line(tmp_path: Pa
 def test_a_setting_without_dashes_gets_a_hint():
     with pytest.raises(UserError, match=r"config file not found: batch_size=3 \(did you mean --batch_size=3\?\)"):
         load("batch_size=3")
+
+
+@pytest.mark.parametrize("cls", [train.TrainConfig, sample.SampleConfig, bench.BenchConfig, export.ExportConfig],
+                         ids=lambda c: c.__name__)
+def test_help_describes_every_setting_in_a_line(cls: type):
+    lines = [line for line in configurator.help_text(cls).splitlines() if line.startswith("  --")]
+    assert [line[4:].partition("=")[0] for line in lines] == [f.name for f in dataclasses.fields(cls)]
+    undescribed = [line for line in lines if not re.fullmatch(r"  --\w+=.*  \(.+?\)  \S.*", line)]
+    assert undescribed == []
+
+
+def test_help_takes_descriptions_from_the_field_comments():
+    assert configurator.descriptions(Settings) == {}  # this file's Settings has no comments
+    assert configurator.descriptions(train.TrainConfig)["beta2"] == "AdamW beta2"

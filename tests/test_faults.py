@@ -3,7 +3,11 @@ bad files are refused before any training time is spent, and the log's timings s
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +24,25 @@ from configurator import UserError
 from conftest import REPO_ROOT, CharData, script_env, tiny_flags
 
 
+def stopped_at(out: str, signal_name: str) -> int:
+    """The iteration the stop line names."""
+    stopped = re.search(r"^(\w+): stopped after iter (\d+), saved checkpoint to .*ckpt\.pt; continue with "
+                        r"--init_from=resume$", out, re.MULTILINE)
+    assert stopped and stopped[1] == signal_name, out[-2000:]
+    return int(stopped[2])
+
+
+def resumes_exactly(char_data: CharData, tmp_path: Path, out_dir: Path, n: int) -> None:
+    """The checkpoint in out_dir holds iteration n, and 5 more from it are an unbroken run's iterations n+1..n+5."""
+    assert checkpoint.load(str(out_dir))["iter_num"] == n
+    resumed = train.main(tiny_flags(char_data, out_dir, max_iters=n + 5, eval_interval=100_000, init_from="resume"))
+    straight = train.main(tiny_flags(char_data, tmp_path / "straight", max_iters=n + 5, eval_interval=100_000))
+    assert resumed["train_loss"] == straight["train_loss"][n:]  # the same losses, to the last bit
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl_c"])
-def test_a_signal_saves_at_the_step_boundary_and_resume_is_exact(char_data: CharData, tmp_path: Path,
-                                                                  sig: signal.Signals):
+def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(char_data: CharData, tmp_path: Path):
+    # a real process, as a scheduler would send it
     out_dir = tmp_path / "out"
     flags = tiny_flags(char_data, out_dir, max_iters=100_000, eval_interval=100_000)
     run = subprocess.Popen([sys.executable, "train.py", *map(str, flags)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
@@ -31,17 +50,35 @@ def test_a_signal_saves_at_the_step_boundary_and_resume_is_exact(char_data: Char
     for line in run.stdout:
         if line.startswith("iter 20:"):
             break
-    run.send_signal(sig)
+    run.send_signal(signal.SIGTERM)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
-    stopped = re.search(r"^(\w+): stopped after iter (\d+), saved checkpoint to .*ckpt\.pt; continue with "
-                        r"--init_from=resume$", out, re.MULTILINE)
-    assert stopped and stopped[1] == sig.name, out[-2000:]
-    n = int(stopped[2])
-    assert n >= 20 and checkpoint.load(str(out_dir))["iter_num"] == n
-    resumed = train.main(tiny_flags(char_data, out_dir, max_iters=n + 5, eval_interval=100_000, init_from="resume"))
-    straight = train.main(tiny_flags(char_data, tmp_path / "straight", max_iters=n + 5, eval_interval=100_000))
-    assert resumed["train_loss"] == straight["train_loss"][n:]  # the same losses, to the last bit
+    n = stopped_at(out, "SIGTERM")
+    assert n >= 20
+    resumes_exactly(char_data, tmp_path, out_dir, n)
+
+
+def test_ctrl_c_saves_at_the_step_boundary_and_resume_is_exact(char_data: CharData, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]):
+    # in this process: Ctrl-C arrives during the 7th step
+    real_step = train.train_step
+    steps = []
+
+    def step(*args: object, **kwargs: object) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        steps.append(1)
+        if len(steps) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", step)
+    out_dir = tmp_path / "out"
+    history = train.main(tiny_flags(char_data, out_dir, max_iters=100_000, eval_interval=100_000))
+    monkeypatch.setattr(train, "train_step", real_step)
+    assert [it for it, _ in history["train_loss"]] == list(range(1, 8))
+    assert stopped_at(capsys.readouterr().out, "SIGINT") == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    resumes_exactly(char_data, tmp_path, out_dir, 7)
 
 
 def test_a_second_ctrl_c_stops_at_once_and_says_so(capsys: pytest.CaptureFixture[str]):
@@ -118,5 +155,87 @@ def test_timings_stay_right_when_evaluations_fall_between_logs(char_data: CharDa
     monkeypatch.setattr(train, "train_step", step)
     monkeypatch.setattr(train, "evaluate_and_save", evaluate)
     train.main(tiny_flags(char_data, tmp_path / "out", max_iters=12, eval_interval=3, log_interval=2))
-    timings = re.findall(r"^iter \d+: .*, ([\d.]+) ms/iter", capsys.readouterr().out, re.MULTILINE)
+    out = capsys.readouterr().out
+    timings = re.findall(r"^iter \d+: .*, ([\d.]+) ms/iter", out, re.MULTILINE)
     assert len(timings) == 6 and set(timings) == {"1000.0"}
+    assert not re.search("^warning", out, re.MULTILINE)  # a run of CPU size is not warned
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_accumulation_that_processes_cannot_share_is_said_once_by_rank_0(char_data: CharData, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str],
+                                                                         rank: str):
+    # as torchrun starts 2 processes; the check comes before the process group, so nothing waits on a peer
+    for key, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(train.dist, "init_process_group", lambda **kwargs: pytest.fail("a process group was made"))
+    flags = tiny_flags(char_data, tmp_path / "out", gradient_accumulation_steps=3, backend="gloo")
+    if rank == "0":
+        with pytest.raises(UserError, match=r"gradient_accumulation_steps \(3\) must be divisible by the number of "
+                                            r"processes \(2\)"):
+            train.main(flags)
+    else:
+        with pytest.raises(SystemExit, match="2"):
+            train.main(flags)
+        assert capsys.readouterr() == ("", "")  # silent: rank 0 says it
+
+
+def test_a_gpu_recipe_on_the_cpu_is_warned_and_the_pace_is_told(char_data: CharData, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setattr(train, "CPU_WARNING_FLOPS", 1e6)  # the tiny model stands for GPT-2 124M
+    monkeypatch.setattr(train, "EVAL_PROGRESS_S", -1.0)  # and every evaluation batch for a long wait
+    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=3, eval_iters=2))
+    out = capsys.readouterr().out
+    assert re.search(r"^warning: [\d.]+ TFLOP per iteration on the CPU: this is a GPU recipe", out, re.MULTILINE)
+    assert re.search(r"^at this pace the remaining 2 iterations take about \d+ s, evaluations not included$", out,
+                     re.MULTILINE)
+    assert out.count("at this pace") == 1
+    assert "evaluating the train split: batch 2 of 2" in out and "evaluating the val split: batch 1 of 2" in out
+
+
+def test_durations_read_as_a_person_would():
+    assert [train.duration(s) for s in (45, 720, 3.4 * 3600, 2.5 * 86400)] == ["45 s", "12 min", "3.4 h", "2.5 days"]
+
+
+def train_in_child(flags: list[str]) -> None:
+    """The body of a forked child: train as the flags say (its stdout discarded), then exit."""
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the child ends with the process)
+    train.main(flags)
+
+
+@pytest.mark.slow
+def test_training_killed_at_random_moments_always_resumes_to_the_same_model(char_data: CharData, tmp_path: Path):
+    # kill -9 a run 20 times, at random moments (some during checkpoint writes: one every other step), resume each
+    # time; the checkpoint is never lost or damaged, and the end is bit for bit an unbroken run's. Children are
+    # forked from this process, which has torch imported already: a restart costs milliseconds, not seconds.
+    out_dir = tmp_path / "out"
+    common = {"max_iters": 60, "eval_interval": 2, "eval_iters": 1, "always_save_checkpoint": True}
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    kills = 0
+    while kills < 20:
+        resume = (out_dir / "ckpt.pt").exists()
+        before = checkpoint.load(str(out_dir))["iter_num"] if resume else 0
+        child = fork.Process(target=train_in_child, args=(tiny_flags(char_data, out_dir, init_from="resume" if resume
+                                                                      else "scratch", **common),))
+        child.start()
+        child.join(timeout=rng.uniform(0.02, 0.4))
+        if child.exitcode is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.join()
+            kills += 1
+            if resume:  # the checkpoint is still there and whole, never older than before
+                assert checkpoint.load(str(out_dir))["iter_num"] >= before
+        elif child.exitcode == 0:  # it finished before the kill: start again, from scratch
+            shutil.rmtree(out_dir)
+        else:
+            pytest.fail(f"the run failed with exit code {child.exitcode}")
+    start = "resume" if (out_dir / "ckpt.pt").exists() else "scratch"  # the last kill may have come before any save
+    final = train.main(tiny_flags(char_data, out_dir, init_from=start, **common))
+    straight = train.main(tiny_flags(char_data, tmp_path / "straight", **common))
+    assert final["eval"][-1] == straight["eval"][-1]
+    ours = checkpoint.load(str(out_dir))["model"]
+    theirs = checkpoint.load(str(tmp_path / "straight"))["model"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

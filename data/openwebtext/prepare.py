@@ -32,7 +32,7 @@ class Settings:
     """Tokenize OpenWebText or local documents with GPT-2's BPE."""
 
     input: str = ""  # '' = the hub dataset, else PATH[,PATH...]: files, globs, folders (a .txt file = a document)
-    out_dir: str = str(Path(__file__).resolve().parent)
+    out_dir: str = str(Path(__file__).resolve().parent)  # where train.bin, val.bin, meta.json go
     num_proc: int = max(1, (os.cpu_count() or 2) // 2)  # tokenizer worker processes
     val_fraction: float = 0.0005  # share of documents held out for val.bin (at least one, never all)
     seed: int = 2357  # of the train/val shuffle
