@@ -494,7 +494,9 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # only the main thread may take signals
-            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+            # a signal the user's shell ignores (nohup, a background job) stays ignored
+            taken = [s for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+            self.previous = {s: signal.signal(s, self.handle) for s in taken}
         return self
 
     def __exit__(self, *exc: object) -> None:

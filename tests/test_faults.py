@@ -72,13 +72,28 @@ def test_ctrl_c_saves_at_the_step_boundary_and_resume_is_exact(char_data: CharDa
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_step", step)
-    out_dir = tmp_path / "out"
-    history = train.main(tiny_flags(char_data, out_dir, max_iters=100_000, eval_interval=100_000))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
+    try:
+        out_dir = tmp_path / "out"
+        history = train.main(tiny_flags(char_data, out_dir, max_iters=100_000, eval_interval=100_000))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, before)
     monkeypatch.setattr(train, "train_step", real_step)
     assert [it for it, _ in history["train_loss"]] == list(range(1, 8))
     assert stopped_at(capsys.readouterr().out, "SIGINT") == 7
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
     resumes_exactly(char_data, tmp_path, out_dir, 7)
+
+
+def test_an_ignored_signal_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup, or a background job
+    try:
+        with train.StopRequest():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_second_ctrl_c_stops_at_once_and_says_so(capsys: pytest.CaptureFixture[str]):
