@@ -28,6 +28,9 @@ def save(ckpt: dict[str, Any], out_dir: str) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows
+    except OSError as e:  # a full disk, a vanished mount: the run ends, the last good checkpoint stays
+        previous = "the previous one is left as it was" if os.path.exists(path) else "there is none yet"
+        raise UserError(f"could not write a checkpoint to {path} ({e.strerror or e}); {previous}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

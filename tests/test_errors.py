@@ -53,6 +53,8 @@ def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
     out = trained.out_dir
     vocab = data.meta["vocab_size"]
     (root / "empty.txt").write_text("", encoding="utf-8")
+    latin1 = root / "latin1.txt"
+    latin1.write_bytes("Ros\u00e9 wine".encode("latin-1"))
 
     def sample_args(*flags: str) -> list[str]:
         return [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=2", *flags]
@@ -73,6 +75,8 @@ def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
         "resume_truncated": ("train.py", tiny_flags(data, truncated, **resume), "corrupt or truncated"),
         "sample_unknown_characters": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=snow\u2603man"],
                                       "characters not in the model's vocabulary: '\u2603'"),
+        "sample_prompt_file_not_utf8": ("sample.py", [f"--out_dir={out}", "--device=cpu", f"--start=FILE:{latin1}"],
+                                        "latin1.txt is not UTF-8 text: byte 3 (0xe9) is not valid UTF-8"),
         "sample_missing_prompt_file": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=FILE:missing.txt"],
                                        "file not found: missing.txt"),
         "sample_top_p_zero": ("sample.py", sample_args("--top_p=0"), "top_p must be in (0, 1], got 0.0"),
@@ -97,10 +101,10 @@ def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
 
 CASES = ["unknown_setting", "bad_int", "missing_config_file", "missing_dataset_dir", "missing_bin", "short_dataset",
          "token_id_beyond_vocab", "heads_do_not_divide_width", "resume_without_checkpoint", "resume_random_bytes",
-         "resume_truncated", "sample_unknown_characters", "sample_missing_prompt_file", "sample_top_p_zero",
-         "sample_top_p_above_one", "sample_top_k_zero", "sample_top_k_beyond_vocab", "sample_negative_temperature",
-         "sample_repetition_penalty_zero", "sample_no_new_tokens", "sample_empty_prompt_without_end_of_text",
-         "score_empty_text", "score_single_token"]
+         "resume_truncated", "sample_unknown_characters", "sample_prompt_file_not_utf8", "sample_missing_prompt_file",
+         "sample_top_p_zero", "sample_top_p_above_one", "sample_top_k_zero", "sample_top_k_beyond_vocab",
+         "sample_negative_temperature", "sample_repetition_penalty_zero", "sample_no_new_tokens",
+         "sample_empty_prompt_without_end_of_text", "score_empty_text", "score_single_token"]
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +193,11 @@ def test_crash_while_saving_leaves_the_last_checkpoint(trained: Trained, tmp_pat
 
     def crash(obj: object, f: object) -> None:
         f.write(b"half a checkpoint")  # type: ignore[attr-defined]
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):  # resumes at iter 12, evaluates and saves at once
+    with pytest.raises(UserError, match=r"could not write a checkpoint to .*ckpt\.pt \(No space left on device\); "
+                                        r"the previous one is left as it was"):  # resumes at 12, evaluates, saves
         train.main(tiny_flags(trained.data, out_dir, init_from="resume", max_iters=20, eval_interval=6))
     assert sorted(p.name for p in out_dir.iterdir()) == ["ckpt.pt"]
     assert (out_dir / "ckpt.pt").read_bytes() == before
