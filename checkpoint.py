@@ -3,11 +3,15 @@
 A checkpoint is plain data (tensors, numbers, strings, lists, dicts), loadable with torch.load(weights_only=True),
 saved from the unwrapped, uncompiled model so its keys carry no `_orig_mod.` / `module.` prefixes. Writes go to a
 temporary file that is renamed over the old one, so a crash mid-save leaves the last good checkpoint intact.
+
+out_dir holds two: ckpt.pt, the latest state, which init_from=resume continues from; and best.pt, the one with the
+best validation loss so far, which sample.py and export.py read unless told otherwise.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import torch
@@ -15,30 +19,51 @@ import torch
 from configurator import UserError
 from model import GPT, GPTConfig
 
-CKPT_FILE = "ckpt.pt"
+CKPT_FILE = "ckpt.pt"  # the latest state
+BEST_FILE = "best.pt"  # the best validation loss so far
 
 
-def save(ckpt: dict[str, Any], out_dir: str) -> str:
+def save(ckpt: dict[str, Any], out_dir: str, best: bool = False) -> str:
+    """Write ckpt as out_dir/ckpt.pt; with best, also as out_dir/best.pt: a second name for the same file (a hard
+    link: no second write, no second copy on disk), or a copy where the filesystem has no links."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, CKPT_FILE)
     tmp = f"{path}.tmp.{os.getpid()}"
+    best_tmp = f"{os.path.join(out_dir, BEST_FILE)}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
+        if best:
+            link_or_copy(tmp, best_tmp)
+            os.replace(best_tmp, os.path.join(out_dir, BEST_FILE))
         os.replace(tmp, path)  # atomic on POSIX and Windows
     except OSError as e:  # a full disk, a vanished mount: the run ends, the last good checkpoint stays
         previous = "the previous one is left as it was" if os.path.exists(path) else "there is none yet"
         raise UserError(f"could not write a checkpoint to {path} ({e.strerror or e}); {previous}") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for name in (tmp, best_tmp):
+            if os.path.exists(name):
+                os.remove(name)
     return path
 
 
-def load(out_dir: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = os.path.join(out_dir, CKPT_FILE)
+def link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(source, target)
+
+
+def load(out_dir: str, map_location: str | torch.device = "cpu", which: str = "latest") -> dict[str, Any]:
+    """out_dir's latest checkpoint (ckpt.pt), or with which="best" its best (best.pt; ckpt.pt where a run made
+    none, as runs before best.pt existed did)."""
+    if which not in ("latest", "best"):
+        raise UserError(f"checkpoint must be best or latest, got '{which}'")
+    path = os.path.join(out_dir, BEST_FILE)
+    if which == "latest" or not os.path.isfile(path):
+        path = os.path.join(out_dir, CKPT_FILE)
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train one first (init_from=scratch) or set out_dir")
     try:

@@ -39,7 +39,8 @@ _ABSENT = object()
 class ExportConfig:
     """Export a checkpoint to a Hugging Face GPT-2 directory."""
 
-    out_dir: str = "out"  # where ckpt.pt is
+    out_dir: str = "out"  # where the checkpoints are
+    checkpoint: str = "best"  # best: best.pt, the best validation loss (ckpt.pt where none) | latest: ckpt.pt
     hf_dir: str = ""  # destination; empty = {out_dir}/hf
     dtype: str = "float32"  # of the saved weights: float32 | bfloat16 | float16
 
@@ -101,7 +102,7 @@ def main(argv: list[str]) -> str:
     if cfg.dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got '{cfg.dtype}'")
     hf_dir = cfg.hf_dir or os.path.join(cfg.out_dir, "hf")
-    ckpt = checkpoint.load(cfg.out_dir, map_location="cpu")
+    ckpt = checkpoint.load(cfg.out_dir, map_location="cpu", which=cfg.checkpoint)
     if "meta" not in ckpt:
         raise UserError(f"checkpoint in {cfg.out_dir} does not record its tokenizer; cannot crop its vocabulary")
     meta = ckpt["meta"]

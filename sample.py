@@ -33,6 +33,7 @@ class SampleConfig:
 
     init_from: str = "resume"  # resume (from out_dir) | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     out_dir: str = "out"  # the checkpoint's folder (init_from=resume)
+    checkpoint: str = "best"  # best: best.pt, the best validation loss (ckpt.pt where none) | latest: ckpt.pt
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 10  # generated together, as one batch
     max_new_tokens: int = 500  # at most this many new tokens per sample
@@ -75,7 +76,7 @@ def sampling(cfg: SampleConfig, vocab_size: int) -> Sampling:
 
 def load(cfg: SampleConfig, device: torch.device, dtype: torch.dtype) -> tuple[GPT, Tokenizer]:
     if cfg.init_from == "resume":
-        ckpt = checkpoint.load(cfg.out_dir, map_location="cpu")
+        ckpt = checkpoint.load(cfg.out_dir, map_location="cpu", which=cfg.checkpoint)
         if "meta" not in ckpt:
             raise UserError(f"checkpoint in {cfg.out_dir} does not record its tokenizer; refusing to guess one")
         tok = Tokenizer(ckpt["meta"])

@@ -5,7 +5,8 @@
     python train.py config/train_gpt2.py --dry_run=True  # the model's accounting and the batch arithmetic only
 
 Data are data/<dataset>/{train,val}.bin with their meta.json (see data/*/prepare.py). Checkpoints go to
-out_dir/ckpt.pt; init_from=resume continues exactly where it stopped (same losses as an unbroken run).
+out_dir/ckpt.pt (the latest) and out_dir/best.pt (the best validation loss); init_from=resume continues exactly
+where ckpt.pt stopped (same losses as an unbroken run).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class TrainConfig:
     log_interval: int = 1  # print loss, timing and MFU every this many iterations
     eval_iters: int = 200  # batches per split in each evaluation
     eval_only: bool = False  # evaluate once and exit
-    always_save_checkpoint: bool = True  # else only when val loss improves
+    always_save_checkpoint: bool = True  # ckpt.pt at every evaluation, else only when val loss improves (best.pt)
     init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     seed: int = 1337  # the data order and the initial weights are functions of it
     # wandb logging
@@ -460,7 +461,9 @@ def evaluate_and_save(run: Run, lr: float) -> None:
     if (improved or cfg.always_save_checkpoint) and progress.iter_num > 0 and not cfg.eval_only:
         progress.best_val_loss = min(progress.best_val_loss, losses["val"])
         if proc.master:
-            print(f"saved checkpoint to {checkpoint.save(checkpoint_state(run), cfg.out_dir)}")
+            path = checkpoint.save(checkpoint_state(run), cfg.out_dir, best=improved)
+            print(f"saved checkpoint to {path}" + (f" (the best so far, also {checkpoint.BEST_FILE})" if improved
+                                                   else ""))
 
 
 def log_step(run: Run, loss_sum: torch.Tensor, lr: float, dt: float) -> None:

@@ -20,9 +20,10 @@ from tokenizer import GPT2_META, Tokenizer
 
 
 def ours_and_theirs(out_dir: Path, tmp_path: Path) -> tuple[GPT, GPT2LMHeadModel, Path]:
-    """Export out_dir's checkpoint and reload it: our model (padded vocab cropped) and transformers'."""
+    """Export out_dir's checkpoint (best.pt, by default) and reload it: our model (padded vocab cropped) and
+    transformers'."""
     hf_dir = Path(export.main([f"--out_dir={out_dir}", f"--hf_dir={tmp_path / 'hf'}"]))
-    ckpt = checkpoint.load(str(out_dir))
+    ckpt = checkpoint.load(str(out_dir), which="best")
     ours = checkpoint.model_from(ckpt).eval()
     ours.crop_vocab(ckpt["meta"]["vocab_size"])
     return ours, GPT2LMHeadModel.from_pretrained(hf_dir).eval(), hf_dir

@@ -41,8 +41,8 @@ def random_model(block_size: int = 32, vocab_size: int = 64, seed: int = 0) -> G
 
 
 def load_model(out_dir: Path) -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer of a checkpoint, as sample.py loads them (padding rows cropped)."""
-    ckpt = checkpoint.load(str(out_dir))
+    """The model and tokenizer of a checkpoint, as sample.py loads them (best.pt, padding rows cropped)."""
+    ckpt = checkpoint.load(str(out_dir), which="best")
     tok = Tokenizer(ckpt["meta"])
     model = checkpoint.model_from(ckpt).eval()
     model.crop_vocab(tok.vocab_size)

@@ -54,7 +54,7 @@ def test_same_seed_same_samples(trained: Trained):
 def test_greedy_samples_are_the_reference_decoder_s(trained: Trained):
     samples = sample.main([f"--out_dir={trained.out_dir}", "--start=The", "--num_samples=2", "--max_new_tokens=40",
                            "--device=cpu", "--temperature=0"])
-    ckpt = checkpoint.load(str(trained.out_dir))
+    ckpt = checkpoint.load(str(trained.out_dir), which="best")  # what sample.py reads
     tok = Tokenizer(ckpt["meta"])
     model = checkpoint.model_from(ckpt).eval()
     model.crop_vocab(tok.vocab_size)

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 import checkpoint
 import runtime
+import sample
 import train
 from configurator import UserError
 from model import GPTConfig
@@ -255,3 +257,31 @@ def test_a_rank_reads_every_world_th_batch():
                                     batch=first, accum=3, grad_clip=1.0)
     assert data.asked == [13, 15, 17, 19]
     assert torch.equal(following[0], RecordingBatches().get(19, torch.device("cpu"))[0])
+
+
+def test_latest_and_best_checkpoints(char_data: CharData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # evaluations at 2, 4, 6 with scripted val losses 3.0, 2.0, 2.5: best.pt holds iteration 4, ckpt.pt 6
+    scripted = iter([4.0, 3.0, 2.0, 2.5])  # iteration 0's evaluation first
+    monkeypatch.setattr(train, "estimate_loss", lambda *args: {"train": 1.0, "val": next(scripted)})
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, max_iters=6, eval_interval=2))
+    assert checkpoint.load(str(out_dir))["iter_num"] == 6
+    assert checkpoint.load(str(out_dir), which="best")["iter_num"] == 4
+    assert sorted(p.name for p in out_dir.iterdir()) == ["best.pt", "ckpt.pt"]
+    best = sample.load(sample.SampleConfig(out_dir=str(out_dir)), torch.device("cpu"), torch.float32)[0]
+    latest = sample.load(sample.SampleConfig(out_dir=str(out_dir), checkpoint="latest"), torch.device("cpu"),
+                         torch.float32)[0]
+    weights = checkpoint.load(str(out_dir), which="best")["model"]["transformer.h.0.attn.c_attn.weight"]
+    assert torch.equal(best.transformer.h[0].attn.c_attn.weight, weights)  # sample.py reads best.pt by default
+    assert not torch.equal(latest.transformer.h[0].attn.c_attn.weight, weights)
+    with pytest.raises(UserError, match="checkpoint must be best or latest, got 'newest'"):
+        checkpoint.load(str(out_dir), which="newest")
+
+
+def test_the_best_is_a_second_name_for_the_latest_when_they_are_one(tmp_path: Path):
+    checkpoint.save({"x": torch.ones(3)}, str(tmp_path), best=True)
+    assert os.path.samefile(tmp_path / "ckpt.pt", tmp_path / "best.pt")  # one write, one copy on disk
+    checkpoint.save({"x": torch.zeros(3)}, str(tmp_path))
+    assert torch.equal(torch.load(tmp_path / "best.pt", weights_only=True)["x"], torch.ones(3))
+    assert torch.equal(torch.load(tmp_path / "ckpt.pt", weights_only=True)["x"], torch.zeros(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "ckpt.pt"]  # no temporary file left
