@@ -38,6 +38,7 @@ from tokenizer import GPT2_META, read_meta
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
 EVAL_PROGRESS_S = 10.0  # an evaluation prints its progress this often
 CPU_WARNING_FLOPS = 1e12  # training FLOPs per iteration above which a CPU run is warned that it is a GPU recipe
+CPU_FLOPS = 1e11  # a typical CPU's FLOP/s in float32 training, for that warning's estimate
 
 
 @dataclass
@@ -544,8 +545,9 @@ def warn_if_gpu_recipe_on_cpu(cfg: TrainConfig, model: GPT, device: torch.device
     evaluation, rather than leaving the user to wonder."""
     flops = model.flops_per_token() * cfg.gradient_accumulation_steps * cfg.batch_size * model.config.block_size
     if device.type == "cpu" and flops > CPU_WARNING_FLOPS:
-        print(f"warning: {flops / 1e12:,.1f} TFLOP per iteration on the CPU: this is a GPU recipe, expect minutes "
-              "per iteration (the first log line says how long max_iters would take)", flush=True)
+        print(f"warning: {flops / 1e12:,.1f} TFLOP per iteration on the CPU: this is a GPU recipe; at the 0.1 "
+              f"TFLOP/s of a typical CPU an iteration takes about {duration(flops / CPU_FLOPS)} (the first log line "
+              "says how long max_iters would take)", flush=True)
 
 
 def train(run: Run) -> None:
