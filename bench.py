@@ -132,8 +132,8 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
         if it == cfg.warmup:
             synchronize(device)
             t1 = time.perf_counter()
-        loss, batch = train.train_step(step_model, optimizer, scaler, ctx, data, index=index, stride=1, batch=batch,
-                                       accum=accum, grad_clip=cfg.grad_clip)
+        loss, _, batch = train.train_step(step_model, optimizer, scaler, ctx, data, index=index, stride=1,
+                                          batch=batch, accum=accum, grad_clip=cfg.grad_clip)
         index += accum
     final_loss = loss.item()  # waits for the device too
     synchronize(device)

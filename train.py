@@ -95,6 +95,7 @@ class TrainConfig:
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # 0 disables clipping
+    max_skipped_steps: int = 10  # updates skipped in a row (NaN/inf loss or gradients) that stop the run; 0: never
     # learning-rate schedule: linear warmup, cosine decay to min_lr
     decay_lr: bool = True  # False: a constant learning_rate
     warmup_iters: int = 2000  # linear warmup over this many iterations
@@ -397,12 +398,12 @@ class BatchSource(Protocol):
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ctx: Any,
                data: BatchSource, index: int, stride: int, batch: tuple[torch.Tensor, torch.Tensor], accum: int,
-               grad_clip: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+               grad_clip: float) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """One optimizer step over accum micro-batches. `batch` is data's batch number `index`, already on the device;
     each micro-batch after it is `stride` further on (stride = the number of processes: rank r reads batches
     r, r + world, ...), and each is read while the device still works on the one before. A DDP model syncs
-    gradients on the last micro-step only. Returns the mean loss (a device tensor: reading it waits for the
-    device) and the batch that follows, to start the next step with."""
+    gradients on the last micro-step only. Returns the mean loss and whether the update was applied (device
+    tensors: reading them waits for the device), and the batch that follows, to start the next step with."""
     loss_sum = torch.zeros((), device=batch[0].device)
     for m in range(accum):
         sync = model.no_sync() if isinstance(model, DDP) and m < accum - 1 else contextlib.nullcontext()
@@ -412,13 +413,71 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
             batch = data.get(index + (m + 1) * stride, batch[0].device)
             scaler.scale(loss).backward()
         loss_sum += loss.detach()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+    applied = apply_update(model, optimizer, scaler, loss_sum, grad_clip)
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, batch
+    return loss_sum, applied, batch
+
+
+def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
+    """Clip the gradients and step, unless the loss or the gradient norm is NaN or inf: then the update is skipped,
+    and the weights stay as they were. Returns whether it was applied, a device tensor. The fused AdamW (CUDA)
+    skips inside its kernel, told by found_inf as GradScaler tells it: no wait for the device."""
+    if scaler.is_enabled():  # float16: the scaler skips updates with inf/NaN gradients itself, and rescales
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        return torch.isfinite(loss)
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    applied = torch.isfinite(loss) & torch.isfinite(norm)  # the norm is the same on every DDP process
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~applied).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif applied:  # other optimizers need the answer on the host: one wait per step (on a CPU, none)
+        optimizer.step()
+    return applied
+
+
+class Watchdog:
+    """Counts the updates apply_update skipped, on the device; read when a log line syncs anyway. A run of
+    max_skipped_steps of them in a row means training diverged: the run stops with one line."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.in_a_row = torch.zeros((), device=device)
+        self.since_log = torch.zeros((), device=device)
+
+    def record(self, applied: torch.Tensor) -> None:
+        skipped = (~applied).float()
+        self.in_a_row = (self.in_a_row + 1) * skipped
+        self.since_log += skipped
+
+    def check(self, run: Run) -> None:
+        skipped = int(self.since_log.item())
+        self.since_log.zero_()
+        in_a_row = self.in_a_row.clone()
+        if run.proc.distributed:
+            dist.all_reduce(in_a_row, op=dist.ReduceOp.MAX)
+        in_a_row = int(in_a_row.item())
+        iter_num = run.progress.iter_num
+        if skipped and run.proc.master:
+            print(f"iter {iter_num}: {skipped} update(s) skipped since the last log line: the loss or the gradient "
+                  "norm was NaN or inf")
+        limit = run.cfg.max_skipped_steps
+        if limit and in_a_row >= limit:
+            if not run.proc.master:
+                raise SystemExit(2)  # rank 0 says why
+            raise UserError(f"the loss or the gradient norm was NaN or inf for {in_a_row} steps in a row, up to iter "
+                            f"{iter_num}: training diverged. Those updates were skipped, so the weights are still "
+                            f"finite; {os.path.join(run.cfg.out_dir, checkpoint.CKPT_FILE)} holds the last "
+                            "evaluation's state: resume from it with a lower learning_rate or more warmup_iters")
 
 
 @torch.no_grad()
@@ -560,6 +619,7 @@ def train(run: Run) -> None:
 def train_steps(run: Run, stop: StopRequest) -> None:
     cfg, proc, progress = run.cfg, run.proc, run.progress
     batch = run.train_data.get(progress.batch_pos + proc.rank, proc.device)
+    watchdog = Watchdog(proc.device)
     t_last = time.perf_counter()
     iters_since_log = 0
     while True:
@@ -573,9 +633,10 @@ def train_steps(run: Run, stop: StopRequest) -> None:
         if progress.iter_num >= cfg.max_iters or cfg.eval_only:
             return
         # rank r's micro-batches are batch_pos + r, + r + world, ...: the global batch is split across processes
-        loss_sum, batch = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data,
-                                     index=progress.batch_pos + proc.rank, stride=proc.world, batch=batch,
-                                     accum=run.accum, grad_clip=cfg.grad_clip)
+        loss_sum, applied, batch = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data,
+                                              index=progress.batch_pos + proc.rank, stride=proc.world, batch=batch,
+                                              accum=run.accum, grad_clip=cfg.grad_clip)
+        watchdog.record(applied)
         progress.iter_num += 1
         progress.batch_pos += cfg.gradient_accumulation_steps
         iters_since_log += 1
@@ -584,6 +645,7 @@ def train_steps(run: Run, stop: StopRequest) -> None:
             log_step(run, loss_sum, lr, (time.perf_counter() - t_last) / iters_since_log)
             t_last = time.perf_counter()
             iters_since_log = 0
+            watchdog.check(run)
         # a single process checks its flag every step; several vote when they log, as logging syncs them anyway
         reason = stop.agreed(run) if logged or not proc.distributed else None
         if reason:

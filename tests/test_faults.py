@@ -3,6 +3,7 @@ bad files are refused before any training time is spent, and the log's timings s
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import random
@@ -254,3 +255,44 @@ def test_training_killed_at_random_moments_always_resumes_to_the_same_model(char
     ours = checkpoint.load(str(out_dir))["model"]
     theirs = checkpoint.load(str(tmp_path / "straight"))["model"]
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def nan_losses_at(monkeypatch: pytest.MonkeyPatch, steps: set[int] | range) -> None:
+    """Make the training loss NaN at these steps (1-based; one micro-step per step), as a diverging run's."""
+    real_forward = train.GPT.forward
+    calls = []
+
+    def forward(self: train.GPT, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, loss = real_forward(self, *args, **kwargs)
+        if self.training and loss is not None:
+            calls.append(1)
+            if len(calls) in steps:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(train.GPT, "forward", forward)
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_a_nan_step_is_skipped_and_training_goes_on(char_data: CharData, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str], grad_clip: float):
+    nan_losses_at(monkeypatch, {3})
+    history = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=8, grad_clip=grad_clip))
+    assert "iter 3: 1 update(s) skipped since the last log line: the loss or the gradient norm was NaN or inf" in (
+        capsys.readouterr().out)
+    losses = dict(history["train_loss"])
+    assert math.isnan(losses[3]) and all(math.isfinite(losses[it]) for it in (1, 2, 4, 5, 6, 7, 8))
+    ckpt = checkpoint.load(str(tmp_path / "out"))
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())  # the NaN update never reached a weight
+
+
+def test_a_run_of_nan_steps_stops_training_with_one_line(char_data: CharData, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    nan_losses_at(monkeypatch, range(6, 100))
+    out_dir = tmp_path / "out"
+    with pytest.raises(UserError, match=r"NaN or inf for 3 steps in a row, up to iter 8: training diverged.*"
+                                        r"ckpt\.pt holds the last evaluation's state"):
+        train.main(tiny_flags(char_data, out_dir, max_iters=50, eval_interval=4, max_skipped_steps=3))
+    ckpt = checkpoint.load(str(out_dir))
+    assert ckpt["iter_num"] == 4 and all(torch.isfinite(t).all() for t in ckpt["model"].values())

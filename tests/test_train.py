@@ -253,8 +253,8 @@ def test_a_rank_reads_every_world_th_batch():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     data = RecordingBatches()
     first = data.get(13, torch.device("cpu"))
-    _, following = train.train_step(model, optimizer, scaler, contextlib.nullcontext(), data, index=13, stride=2,
-                                    batch=first, accum=3, grad_clip=1.0)
+    _, _, following = train.train_step(model, optimizer, scaler, contextlib.nullcontext(), data, index=13, stride=2,
+                                       batch=first, accum=3, grad_clip=1.0)
     assert data.asked == [13, 15, 17, 19]
     assert torch.equal(following[0], RecordingBatches().get(19, torch.device("cpu"))[0])
 
