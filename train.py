@@ -423,16 +423,15 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     """Clip the gradients and step, unless the loss or the gradient norm is NaN or inf: then the update is skipped,
     and the weights stay as they were. Returns whether it was applied, a device tensor. The fused AdamW (CUDA)
     skips inside its kernel, told by found_inf as GradScaler tells it: no wait for the device."""
+    norm = None
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)  # a no-op unless float16's scaler is on
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     if scaler.is_enabled():  # float16: the scaler skips updates with inf/NaN gradients itself, and rescales
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
         return torch.isfinite(loss)
-    if grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    else:
+    if norm is None:
         norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     applied = torch.isfinite(loss) & torch.isfinite(norm)  # the norm is the same on every DDP process
     if optimizer.defaults.get("fused"):
