@@ -28,7 +28,15 @@ T = TypeVar("T")
 
 
 class UserError(Exception):
-    """A mistake in the user's input or files: printed as one line, exit status 2, no traceback."""
+    """A mistake in the user's input or files: printed as one line, exit status 2, no traceback.
+
+    Under torchrun only rank 0 says it: the other processes raise it with no message and print nothing."""
+
+
+def user_error_status() -> int:
+    """2; but 0 under torchrun, which answers any other exit of a worker with a page of its own traceback that
+    would bury the one line saying what to fix (torchrun sets TORCHELASTIC_RUN_ID in its workers)."""
+    return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 2
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
@@ -36,8 +44,9 @@ def run(main: Callable[[list[str]], Any]) -> None:
     try:
         main(sys.argv[1:])
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if str(e):
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(user_error_status())
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)  # 128 + SIGINT, as a shell reports it

@@ -224,7 +224,7 @@ def setup_process(cfg: TrainConfig) -> Process:
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     if cfg.gradient_accumulation_steps % world:  # before the process group: every process can leave at once
         if rank:
-            raise SystemExit(2)  # rank 0 says why, once
+            raise UserError  # rank 0 says why, once
         raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible "
                         f"by the number of processes ({world})")
     dist.init_process_group(backend=cfg.backend)
@@ -472,7 +472,7 @@ class Watchdog:
         limit = run.cfg.max_skipped_steps
         if limit and in_a_row >= limit:
             if not run.proc.master:
-                raise SystemExit(2)  # rank 0 says why
+                raise UserError  # rank 0 says why
             raise UserError(f"the loss or the gradient norm was NaN or inf for {in_a_row} steps in a row, up to iter "
                             f"{iter_num}: training diverged. Those updates were skipped, so the weights are still "
                             f"finite; {os.path.join(run.cfg.out_dir, checkpoint.CKPT_FILE)} holds the last "

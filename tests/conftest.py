@@ -7,7 +7,9 @@ under a second per dozen iterations.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import io
 import os
 import subprocess
@@ -119,7 +121,8 @@ def tiny_flags(data: CharData, out_dir: Path | str, **overrides: Any) -> list[st
 def script_env(**extra: str) -> dict[str, str]:
     """The environment for a script run: no torchrun variables leaking in, one thread per process."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE",
+                                                             "TORCHELASTIC_RUN_ID")}
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONIOENCODING"] = "utf-8"  # prompts and error lines may hold any character
     env.update(extra)
@@ -132,6 +135,15 @@ def run_script(script: str, args: list[str], env: dict[str, str] | None = None, 
     proc = subprocess.run([sys.executable, *(prefix or []), script, *map(str, args)], cwd=REPO_ROOT, check=False,
                           capture_output=True, encoding="utf-8", timeout=timeout, env=env or script_env())
     return proc.returncode, proc.stdout, proc.stderr
+
+
+@functools.cache
+def prepare_module(name: str) -> ModuleType:
+    """data/<name>/prepare.py as a module (data/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"prepare_{name}", REPO_ROOT / "data" / name / "prepare.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_main(script: str | ModuleType, args: list[str]) -> tuple[int, str, str]:

@@ -3,20 +3,18 @@ openwebtext path for .txt/.jsonl/.parquet inputs, and user mistakes as one-line 
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
 import tokenizer
+from conftest import prepare_module as script
 from conftest import run_main
 from configurator import UserError
 
@@ -24,15 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 META_KEYS = {"tokenizer", "vocab_size", "dtype", "eot_id", "source"}
 SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
           "MENENIUS:\nWhy, masters, my good friends, mine honest neighbours,\nWill you undo yourselves?\n\n") * 7
-
-
-@functools.cache
-def script(name: str) -> ModuleType:
-    """data/<name>/prepare.py as a module (data/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"prepare_{name}", ROOT / "data" / name / "prepare.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)

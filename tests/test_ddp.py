@@ -1,8 +1,15 @@
-"""Two CPU processes under torchrun (gloo) train exactly like one process with the same global batch."""
+"""Two CPU processes under torchrun (gloo) train exactly like one process with the same global batch; SIGTERM
+to torchrun stops them at a step boundary with a checkpoint that resumes; a setting they cannot share is one line.
+
+The run is real: `python -m torch.distributed.run --nproc_per_node=2 train.py ...`, stopped as a scheduler
+stops it, by SIGTERM to torchrun (which passes it on to its workers)."""
 
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,18 +17,26 @@ import pytest
 import torch
 
 import train
-from conftest import CharData, make_char_dataset, run_script, script_env, tiny_flags
+from conftest import REPO_ROOT, CharData, make_char_dataset, script_env, tiny_flags
 
-ITERS = 6
+ITERS = 6  # compared with one process; the run goes on until SIGTERM, at least this far
+COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 4}
 
 
 @dataclass
 class Runs:
+    data: CharData
     single: dict[str, list]
-    ddp_rc: int
     ddp_out: str
     ddp_err: str
     ddp_dir: Path
+    refused: tuple[int, str]  # gradient_accumulation_steps=3 over 2 processes: exit status, stderr
+
+
+def torchrun(flags: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", *flags, "--backend=gloo"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=script_env(PYTHONUNBUFFERED="1"))
 
 
 def parse_log(out: str) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
@@ -35,41 +50,73 @@ def parse_log(out: str) -> tuple[list[tuple[int, float]], list[tuple[int, float,
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     root = tmp_path_factory.mktemp("ddp")
     data: CharData = make_char_dataset(root / "data")
-    common = {"gradient_accumulation_steps": 2, "dropout": 0.0, "max_iters": ITERS, "eval_interval": 3,
-              "eval_iters": 4}
-    single = train.main(tiny_flags(data, root / "single", **common))
-    rc, out, err = run_script("train.py", [*tiny_flags(data, root / "ddp", **common), "--backend=gloo"],
-                              prefix=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-                              env=script_env(OMP_NUM_THREADS="1"))
-    return Runs(single, rc, out, err, root / "ddp")
+    ddp = torchrun(tiny_flags(data, root / "ddp", **COMMON, max_iters=100_000))
+    refused = torchrun(tiny_flags(data, root / "refused", **COMMON | {"gradient_accumulation_steps": 3}))
+    single = train.main(tiny_flags(data, root / "single", **COMMON, max_iters=ITERS))
+    head = []
+    for line in ddp.stdout:
+        head.append(line)
+        if line.startswith(f"iter {ITERS + 1}:"):  # after the evaluation at ITERS
+            break
+    ddp.send_signal(signal.SIGTERM)
+    out, err = ddp.communicate(timeout=120)
+    _, refused_err = refused.communicate(timeout=120)
+    return Runs(data, single, "".join(head) + out, err, root / "ddp", (refused.returncode, refused_err))
+
+
+def stopped_at(out: str) -> int:
+    stop = re.search(r"^SIGTERM: stopped after iter (\d+), saved checkpoint to .*ckpt\.pt", out, re.M)
+    assert stop, out[-3000:]
+    return int(stop[1])
 
 
 @pytest.mark.slow
-def test_ddp_run_succeeds(runs: Runs):
-    assert runs.ddp_rc == 0, runs.ddp_err[-3000:]
+def test_ddp_run_stops_on_sigterm_at_a_step_boundary(runs: Runs):
     assert "2 process(es)" in runs.ddp_out
+    assert "ChildFailedError" not in runs.ddp_err, runs.ddp_err[-3000:]  # every worker left with status 0
+    n = stopped_at(runs.ddp_out)
+    assert n > ITERS
+    assert parse_log(runs.ddp_out)[0][-1][0] == n  # the last step logged is the one saved
 
 
 @pytest.mark.slow
 def test_ddp_train_losses_match_single_process(runs: Runs):
     ddp_losses, _ = parse_log(runs.ddp_out)
-    assert [it for it, _ in ddp_losses] == list(range(1, ITERS + 1))  # logged once, by rank 0
-    assert [it for it, _ in runs.single["train_loss"]] == list(range(1, ITERS + 1))
-    for (_, ours), (_, theirs) in zip(ddp_losses, runs.single["train_loss"]):
+    assert [it for it, _ in ddp_losses] == list(range(1, len(ddp_losses) + 1))  # logged once, by rank 0
+    for (_, ours), (_, theirs) in zip(ddp_losses[:ITERS], runs.single["train_loss"][:ITERS], strict=True):
         assert ours == pytest.approx(theirs, rel=1e-4)
 
 
 @pytest.mark.slow
 def test_ddp_eval_losses_match_single_process(runs: Runs):
-    _, ddp_evals = parse_log(runs.ddp_out)
-    assert [e[0] for e in ddp_evals] == [0, 3, 6]
-    assert [e[0] for e in runs.single["eval"]] == [0, 3, 6]
-    for ours, theirs in zip(ddp_evals, runs.single["eval"]):
+    ddp_evals = [e for e in parse_log(runs.ddp_out)[1] if e[0] <= ITERS]
+    single_evals = [e for e in runs.single["eval"] if e[0] <= ITERS]
+    assert [e[0] for e in ddp_evals] == [e[0] for e in single_evals] == [0, 3, 6]
+    for ours, theirs in zip(ddp_evals, single_evals, strict=True):
         assert ours[1:] == pytest.approx(theirs[1:], rel=1e-4)
 
 
 @pytest.mark.slow
 def test_ddp_checkpoint_has_no_module_prefix(runs: Runs):
     ckpt = torch.load(runs.ddp_dir / "ckpt.pt", map_location="cpu", weights_only=True)
-    assert ckpt["iter_num"] == ITERS
+    assert ckpt["iter_num"] == stopped_at(runs.ddp_out)
     assert not [k for k in ckpt["model"] if k.startswith(("module.", "_orig_mod."))]
+
+
+@pytest.mark.slow
+def test_the_checkpoint_saved_on_sigterm_resumes_where_one_process_would_be(runs: Runs):
+    n = stopped_at(runs.ddp_out)
+    resumed = train.main(tiny_flags(runs.data, runs.ddp_dir, **COMMON, max_iters=n + 2, init_from="resume"))
+    straight = train.main(tiny_flags(runs.data, runs.ddp_dir.parent / "straight", **COMMON, max_iters=n + 2))
+    assert [it for it, _ in resumed["train_loss"]] == [n + 1, n + 2]
+    for (_, ours), (_, theirs) in zip(resumed["train_loss"], straight["train_loss"][n:], strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-4)  # one process and two sum gradients in another order
+
+
+@pytest.mark.slow
+def test_accumulation_the_processes_cannot_share_is_one_line_and_no_traceback(runs: Runs):
+    # a worker's non-zero exit would make torchrun print a page of its own traceback under the line
+    status, err = runs.refused
+    assert status == 0, err[-3000:]
+    assert [line for line in err.splitlines() if not re.match(r"W\d{4} ", line)] == [  # torchrun's own notices
+        "error: gradient_accumulation_steps (3) must be divisible by the number of processes (2)"]
