@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+import configurator
 from configurator import UserError
 from model import GPT, GPTConfig
 
@@ -84,10 +85,10 @@ def pretrained(name: str, dropout: float = 0.0) -> GPT:
     """OpenAI's GPT-2 weights by name (downloaded by transformers on first use, then cached)."""
     if name not in GPT2_NAMES:
         raise UserError(f"unknown pretrained model '{name}' (one of {', '.join(GPT2_NAMES)})")
-    from transformers import GPT2LMHeadModel  # here: importing transformers takes seconds, and few runs need it
-
+    # here: importing transformers takes seconds, and few runs need it
+    transformers = configurator.need("transformers", f"init_from={name}")
     try:
-        return GPT.from_hf(GPT2LMHeadModel.from_pretrained(name), dropout)
+        return GPT.from_hf(transformers.GPT2LMHeadModel.from_pretrained(name), dropout)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load {name} weights (they download on first use): {e}".splitlines()[0]) from None
 

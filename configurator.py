@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import inspect
 import os
 import re
@@ -31,6 +32,17 @@ class UserError(Exception):
     """A mistake in the user's input or files: printed as one line, exit status 2, no traceback.
 
     Under torchrun only rank 0 says it: the other processes raise it with no message and print nothing."""
+
+
+def need(package: str, purpose: str) -> types.ModuleType:
+    """Import a package of requirements-extra.txt (a top-level name), or raise a UserError saying what needs it
+    and how to get it."""
+    try:
+        return importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        if e.name != package:
+            raise  # the package is there, something it imports is not: not the user's doing
+        raise UserError(f"{purpose} needs the {package} package: pip install -r requirements-extra.txt") from None
 
 
 def user_error_status() -> int:

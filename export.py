@@ -12,16 +12,18 @@ import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import checkpoint
 import configurator
 from configurator import UserError
 from model import GPT, HF_TRANSPOSED
 from runtime import DTYPES
+
+if TYPE_CHECKING:
+    import transformers
 
 # What GPT-2 needs of each architecture switch: a value, or (a test of the config, what it needs) for settings
 # whose default is derived. Only settings the config has are checked: a new switch is covered once listed here.
@@ -58,14 +60,15 @@ def hf_incompatibilities(config: Any) -> list[str]:
     return problems
 
 
-def to_hf(model: GPT, eot_id: int | None = None) -> GPT2LMHeadModel:
+def to_hf(model: GPT, eot_id: int | None = None) -> transformers.GPT2LMHeadModel:
     """The GPT2LMHeadModel computing the same function as model (dropout off). A model with bias=False maps
     exactly onto GPT-2 with every bias zero. Raises UserError for an architecture GPT-2 cannot express."""
     c = model.config
     problems = hf_incompatibilities(c)
     if problems:
         raise UserError(f"cannot export to GPT-2: {', '.join(problems)}")
-    hf = GPT2LMHeadModel(GPT2Config(
+    transformers = configurator.need("transformers", "export.py")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, vocab_size=c.vocab_size,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
         tie_word_embeddings=True, bos_token_id=eot_id, eos_token_id=eot_id,

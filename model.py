@@ -143,18 +143,21 @@ def make_norm(config: GPTConfig) -> nn.Module:
 
 
 def rope_tables(pos: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin (T, head_dim / 2) of the rotation angles pos * base^(-2i / head_dim) (Su et al. 2021), in
-    float32 whatever the model's dtype: rounded angles drift further the later the position."""
+    """cos, sin (T, head_dim) of the rotation angles pos * base^(-2i / head_dim) (Su et al. 2021), each angle
+    twice, for dimensions i and i + head_dim/2, with the sign of sin for the first half negated (as apply_rope
+    uses them); in float32 whatever the model's dtype: rounded angles drift further the later the position."""
     freqs = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
     angles = torch.outer(pos.float(), freqs)  # (T, head_dim / 2)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (B, nh, T, hd) pairwise: dimension i with i + hd/2 (the "rotate half" layout of GPT-NeoX/LLaMA),
-    by the angles of its position; cos, sin (T, hd/2)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+    by the angles of its position: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin); cos, sin from rope_tables."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat((x2, x1), dim=-1) * sin).type_as(x)  # 4 kernels eager, not 7
 
 
 class KVCache(nn.Module):
@@ -351,7 +354,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.hidden_states(idx, input_pos, span))  # (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+            # from the logits as they are (bf16 under autocast): a float32 copy of a (B*T, vocab) tensor and its
+            # gradient cost 10% of an eager GPT-2 step; compiled, the fused kernel works in float32 regardless
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     def hidden_states(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,

@@ -51,6 +51,7 @@ class TrainConfig:
     log_interval: int = 1  # print loss, timing and MFU every this many iterations
     eval_iters: int = 200  # batches per split in each evaluation
     eval_only: bool = False  # evaluate once and exit
+    eval_at_start: bool = False  # evaluate before the first step too (8.5 s of GPT-2 124M's start-up on an H100)
     always_save_checkpoint: bool = True  # ckpt.pt at every evaluation, else only when val loss improves (best.pt)
     init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     seed: int = 1337  # the data order and the initial weights are functions of it
@@ -479,19 +480,23 @@ class Watchdog:
                             "evaluation's state: resume from it with a lower learning_rate or more warmup_iters")
 
 
-@torch.no_grad()
 def estimate_loss(model: torch.nn.Module, evals: dict[str, Batches], cfg: TrainConfig, device: torch.device,
                   ctx: Any, rank: int, world: int) -> dict[str, float]:
-    """Mean loss over the same eval_iters batches of each split every time, shared out across DDP ranks."""
-    model.eval()
+    """Mean loss over the same eval_iters batches of each split every time, shared out across DDP ranks.
+
+    A compiled model without dropout is evaluated through its training graph (train mode, gradients on, nothing
+    kept): it computes the same loss, where an inference graph would be a second compile before the first step
+    (12 s for GPT-2 124M on an H100) to save ~1 ms a batch."""
+    same_graph = cfg.compile and not cfg.dropout
+    model.train(same_graph)
     out = {}
     shown = time.perf_counter()
     for split, batches in evals.items():
         total = torch.zeros((), device=device)
         for k in range(rank, cfg.eval_iters, world):
             x, y = batches.get(k, device)
-            with ctx:
-                total += model(x, y)[1].float()
+            with ctx, torch.set_grad_enabled(same_graph):
+                total += model(x, y)[1].detach().float()
             if rank == 0 and time.perf_counter() - shown > EVAL_PROGRESS_S:  # a long evaluation shows it is alive
                 print(f"evaluating the {split} split: batch {k + 1} of {cfg.eval_iters}", flush=True)
                 shown = time.perf_counter()
@@ -621,11 +626,13 @@ def train_steps(run: Run, stop: StopRequest) -> None:
     watchdog = Watchdog(proc.device)
     t_last = time.perf_counter()
     iters_since_log = 0
+    start = progress.iter_num
     while True:
         lr = get_lr(progress.iter_num, cfg)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        if progress.iter_num % cfg.eval_interval == 0 or progress.iter_num == cfg.max_iters or cfg.eval_only:
+        due = progress.iter_num % cfg.eval_interval == 0 or progress.iter_num == cfg.max_iters
+        if cfg.eval_only or (due and (progress.iter_num > start or cfg.eval_at_start)):
             evaluate_and_save(run, lr)
             t_last = time.perf_counter()  # evaluation time is not training time: the next log times the steps
             iters_since_log = 0  # after it only
@@ -671,6 +678,8 @@ def main(argv: list[str]) -> dict[str, list]:
         return {"train_loss": [], "eval": []}
     if proc.master and not cfg.eval_only:
         check_out_dir(cfg.out_dir)
+    if cfg.wandb_log and proc.master:
+        configurator.need("wandb", "wandb_log=True")  # now, not after the first evaluation
     if proc.master:
         warn_if_gpu_recipe_on_cpu(cfg, model, proc.device)
     run = start_run(cfg, proc, meta, model, ckpt, dtype)

@@ -28,3 +28,7 @@ lr_decay_iters = 5000  # usually equal to max_iters
 min_lr = 1e-4  # learning_rate / 10
 beta2 = 0.99  # a little higher since there are few tokens per iteration
 warmup_iters = 100
+
+# eager: on an H100 the first step comes 13 s after launch instead of 41 s, and the best validation loss 53 s after
+# it instead of 68 s. Compiled steps take 10.6 ms instead of 13.8, 16 s over the run; compiling costs 30 s (README)
+compile = False

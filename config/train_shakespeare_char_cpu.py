@@ -1,8 +1,10 @@
-# The quick start: a tiny character-level model that trains on a laptop CPU in a few minutes.
+# The quick start: a tiny character-level model that trains on a laptop CPU in about two minutes.
 # python data/shakespeare_char/prepare.py && python train.py config/train_shakespeare_char_cpu.py
+# LLaMA-style blocks (RoPE, RMSNorm, SwiGLU) learn faster per step than GPT-2's here: on 2 cores they reached
+# val loss 1.815 in 1000 iterations, where GPT-2's blocks needed 2000 for 1.821 (README).
 
 out_dir = "out-shakespeare-char-cpu"
-eval_interval = 250
+eval_interval = 500
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = False
@@ -16,11 +18,15 @@ n_layer = 4
 n_head = 6
 n_embd = 192
 dropout = 0.0
+bias = False
+pos_emb = "rope"
+norm = "rmsnorm"
+mlp = "swiglu"
 
-learning_rate = 1e-3
-max_iters = 2000
-lr_decay_iters = 2000
-min_lr = 1e-4
+learning_rate = 2e-3
+max_iters = 1000
+lr_decay_iters = 1000  # the schedule ends with the run
+min_lr = 2e-4
 beta2 = 0.99
 warmup_iters = 100
 

@@ -422,8 +422,10 @@ def test_rope_tables_are_float32_in_a_bfloat16_model(monkeypatch: pytest.MonkeyP
     pos = torch.arange(4000, 4096)
     cos, sin = rope_tables(pos, 64, 10000.0)
     angles = pos.double()[:, None] * 10000.0 ** (-torch.arange(0, 64, 2).double() / 64)
-    torch.testing.assert_close(cos.double(), angles.cos(), rtol=0, atol=1e-3)
-    torch.testing.assert_close(sin.double(), angles.sin(), rtol=0, atol=1e-3)
+    for half in (slice(0, 32), slice(32, 64)):  # each angle twice; sin negated for the first half
+        torch.testing.assert_close(cos[:, half].double(), angles.cos(), rtol=0, atol=1e-3)
+    torch.testing.assert_close(-sin[:, :32].double(), angles.sin(), rtol=0, atol=1e-3)
+    torch.testing.assert_close(sin[:, 32:].double(), angles.sin(), rtol=0, atol=1e-3)
     assert (pos.to(torch.bfloat16).long() != pos).any()
 
 
@@ -473,7 +475,7 @@ TRAIN_ARCHS = {
 def test_training_checkpoint_resume_and_sampling(arch: str, char_data: CharData, tmp_path: Path):
     switches = TRAIN_ARCHS[arch]
     out_dir = tmp_path / "out"
-    common = {"n_head": 4, "eval_interval": 30, **switches}
+    common = {"n_head": 4, "eval_interval": 30, "eval_at_start": True, **switches}
     history = train.main(tiny_flags(char_data, out_dir, max_iters=30, **common))
     losses = [loss for _, loss in history["train_loss"]]
     assert len(losses) == 30
@@ -566,6 +568,7 @@ def test_architecture_configs_train_resume_and_sample(name: str, char_data: Char
     config = f"config/train_shakespeare_char_{name}.py"
     small = ["--n_layer=2", "--n_embd=48", "--block_size=32", "--batch_size=8", "--eval_iters=2", "--log_interval=1",
              "--device=cpu", "--compile=False", "--dropout=0.0", "--warmup_iters=2", "--always_save_checkpoint=True",
+             "--eval_at_start=True",
              f"--data_root={char_data.root}", f"--dataset={char_data.name}", f"--out_dir={tmp_path}",
              *(["--window_size=8"] if name == "gpt3" else [])]  # the band must fit the shrunk context
     history = train.main([config, *small, "--max_iters=30", "--eval_interval=15", "--lr_decay_iters=40"])

@@ -20,7 +20,7 @@ import train
 from conftest import REPO_ROOT, CharData, make_char_dataset, script_env, tiny_flags
 
 ITERS = 6  # compared with one process; the run goes on until SIGTERM, at least this far
-COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 4}
+COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 4, "eval_at_start": True}
 
 
 @dataclass

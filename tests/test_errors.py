@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -269,3 +270,24 @@ def test_checkpoint_that_is_not_ours(tmp_path: Path):
     torch.save({"weights": torch.ones(2)}, tmp_path / "ckpt.pt")
     with pytest.raises(UserError, match="not one of ours: missing model, model_args, iter_num"):
         checkpoint.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("package", ["wandb", "transformers", "datasets"])
+def test_a_missing_optional_package_is_one_line_naming_it(char_data: CharData, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, package: str):
+    # requirements-extra.txt is not part of the quick start's install
+    script: str | ModuleType = "train.py"
+    args = {"wandb": tiny_flags(char_data, tmp_path / "out", wandb_log=True),
+            "transformers": ["--init_from=gpt2", "--device=cpu", "--max_new_tokens=2"],
+            "datasets": [f"--out_dir={tmp_path / 'out'}"]}[package]
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` fails as if it were not installed
+    if package == "transformers":
+        script = "sample.py"
+    if package == "datasets":
+        script = prepare_module("openwebtext")
+        monkeypatch.setattr(script, "datasets", None)  # as its guarded import leaves it
+    purpose = {"wandb": "wandb_log=True", "transformers": "init_from=gpt2",
+               "datasets": "data/openwebtext/prepare.py"}[package]
+    check_one_line_exit_2(run_main(script, args),
+                          f"{purpose} needs the {package} package: pip install -r requirements-extra.txt")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing trained or written

@@ -122,7 +122,7 @@ def test_batches_refuse_token_ids_beyond_vocab(tmp_path: Path):
 
 
 def test_tiny_run_loss_falls(char_data: CharData, tmp_path: Path):
-    history = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=60, eval_interval=60))
+    history = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=60, eval_interval=60, eval_at_start=True))
     losses = [loss for _, loss in history["train_loss"]]
     assert [it for it, _ in history["train_loss"]] == list(range(1, 61))
     assert all(math.isfinite(v) for v in losses)
@@ -131,6 +131,16 @@ def test_tiny_run_loss_falls(char_data: CharData, tmp_path: Path):
     (it0, _, val0), (it1, _, val1) = history["eval"]
     assert (it0, it1) == (0, 60)
     assert val1 < val0 - 0.75, (val0, val1)
+
+
+@pytest.mark.parametrize("at_start", [False, True])
+def test_evaluation_before_the_first_step_only_when_asked(char_data: CharData, tmp_path: Path, at_start: bool):
+    history = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=4, eval_interval=2,
+                                    eval_at_start=at_start))
+    assert [it for it, _, _ in history["eval"]] == [0, 2, 4] if at_start else [2, 4]
+    resumed = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=6, eval_interval=2, init_from="resume",
+                                    eval_at_start=at_start))
+    assert [it for it, _, _ in resumed["eval"]] == [4, 6] if at_start else [6]
 
 
 def test_checkpoint_is_plain_data_without_prefixes(trained: Trained):
@@ -150,7 +160,8 @@ def test_checkpoint_records_the_run(trained: Trained):
     expected = {"vocab_size": padded, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0,
                 "bias": True}
     assert ckpt["model_args"] == dataclasses.asdict(GPTConfig(**expected))  # every switch at its GPT-2 default
-    assert ckpt["best_val_loss"] == min(val for _, _, val in trained.history["eval"][1:])
+    assert [it for it, _, _ in trained.history["eval"]] == [6, 12]  # none before the first step
+    assert ckpt["best_val_loss"] == min(val for _, _, val in trained.history["eval"])
     assert isinstance(ckpt["rng"]["torch"], torch.Tensor)
 
 
@@ -166,6 +177,26 @@ def test_checkpoint_model_from_reproduces_the_trained_model(trained: Trained):
                                  torch.float32), 0, 1)
     _, train_loss, val_loss = trained.history["eval"][-1]
     assert (losses["train"], losses["val"]) == pytest.approx((train_loss, val_loss), rel=1e-6)
+
+
+def test_a_compiled_model_without_dropout_is_evaluated_through_its_training_graph(trained: Trained):
+    # the same losses as in eval mode without gradients, and nothing left behind: no gradients, train mode after
+    ckpt = checkpoint.load(str(trained.out_dir))
+    model = checkpoint.model_from(ckpt)
+    vocab = ckpt["model_args"]["vocab_size"]
+    evals = {split: train.Batches(str(trained.data.dir / f"{split}.bin"), "uint16", 32, 8, vocab, 0)
+             for split in ("train", "val")}
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append((module.training, torch.is_grad_enabled())))
+    ctx = runtime.autocast(torch.device("cpu"), torch.float32)
+    losses = {}
+    for compiled in (False, True):
+        cfg = train.TrainConfig(**ckpt["config"] | {"compile": compiled, "dropout": 0.0})
+        losses[compiled] = train.estimate_loss(model, evals, cfg, torch.device("cpu"), ctx, 0, 1)
+        assert model.training
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+    assert set(seen) == {(False, False), (True, True)}  # eval mode without gradients; the training graph's mode
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_checkpoint_model_from_gives_identical_logits(trained: Trained):
@@ -261,7 +292,7 @@ def test_a_rank_reads_every_world_th_batch():
 
 def test_latest_and_best_checkpoints(char_data: CharData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # evaluations at 2, 4, 6 with scripted val losses 3.0, 2.0, 2.5: best.pt holds iteration 4, ckpt.pt 6
-    scripted = iter([4.0, 3.0, 2.0, 2.5])  # iteration 0's evaluation first
+    scripted = iter([3.0, 2.0, 2.5])
     monkeypatch.setattr(train, "estimate_loss", lambda *args: {"train": 1.0, "val": next(scripted)})
     out_dir = tmp_path / "out"
     train.main(tiny_flags(char_data, out_dir, max_iters=6, eval_interval=2))

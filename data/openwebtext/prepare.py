@@ -14,10 +14,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import numpy as np
-import pyarrow.compute as pc
 from tqdm import tqdm
+
+try:  # requirements-extra.txt; main() says so when they are missing
+    import datasets
+    import pyarrow.compute as pc
+except ModuleNotFoundError:
+    datasets = pc = None
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
@@ -96,6 +100,8 @@ def write_split(dset: datasets.Dataset, path: str, dtype: str) -> int:
 
 def main(argv: list[str]) -> None:
     args = configurator.load(Settings, argv)
+    if datasets is None:
+        configurator.need("datasets", "data/openwebtext/prepare.py")
     docs = load_documents(args.input, args.num_proc)
     source = f"local {args.input}" if args.input else f"hub {HUB_DATASET}"
     if len(docs) < 2:
