@@ -19,7 +19,7 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -107,6 +107,8 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
     compile: bool = True  # torch.compile the model; falls back to eager with a warning if it fails
+    cuda_graph: bool = False  # replay each eager step as one CUDA graph, one launch instead of hundreds (one GPU,
+    # bf16/fp32, compile=False; elsewhere the step runs without it, with a note)
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
@@ -201,6 +203,19 @@ def check_out_dir(out_dir: str) -> None:
             pass
     except OSError as e:
         raise UserError(f"out_dir {out_dir} cannot hold checkpoints: {e.strerror or e}") from None
+
+
+def graph_blocker(cfg: TrainConfig, proc: Process, dtype: torch.dtype) -> str | None:
+    """What keeps cuda_graph=True from capturing this run's step (the eager step of one GPU), or None."""
+    if proc.device.type != "cuda":
+        return f"no CUDA device ({proc.device})"
+    if cfg.compile:
+        return "compile=True (the graph holds the eager step)"
+    if proc.distributed:
+        return "several processes"
+    if dtype == torch.float16:
+        return "float16, whose gradient scaler waits on the host"
+    return None
 
 
 @dataclass
@@ -374,6 +389,7 @@ def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT,
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     progress = restore(ckpt, optimizer, scaler, device) if ckpt is not None else Progress()
+    set_capturable(optimizer, device, cfg.cuda_graph)  # either way: a checkpoint may come from the other
 
     def batches(split: str, seed: int) -> Batches:  # ids in the padding rows mean nothing to the tokenizer
         path = os.path.join(cfg.data_root, cfg.dataset, f"{split}.bin")
@@ -389,6 +405,25 @@ def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT,
     if proc.distributed:
         step_model = DDP(eval_model, device_ids=[proc.local_rank] if device.type == "cuda" else None)
     return Run(cfg, proc, meta, model, eval_model, step_model, optimizer, scaler, ctx, train_data, evals, progress)
+
+
+def set_capturable(optimizer: torch.optim.Optimizer, device: torch.device, on: bool) -> None:
+    """Whether a CUDA graph can hold the optimizer step: then its state and the learning rate live on the device
+    (the rate a tensor that set_lr fills, so the schedule reaches the replayed step); else the rate is a number."""
+    for group in optimizer.param_groups:
+        group["capturable"] = on
+        group["lr"] = torch.tensor(float(group["lr"]), device=device) if on else float(group["lr"])
+    for state in optimizer.state.values():
+        if on and "step" in state:
+            state["step"] = state["step"].to(device, torch.float32)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 class BatchSource(Protocol):
@@ -444,6 +479,62 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     elif applied:  # other optimizers need the answer on the host: one wait per step (on a CPU, none)
         optimizer.step()
     return applied
+
+
+class GraphedStep:
+    """train_step as one CUDA graph (cuda_graph=True): the first WARMUP steps run eager on a side stream (they are
+    training steps; capture needs the kernels' workspaces made first), the next is captured and every step from
+    then on is a replay: the batch is copied into fixed buffers, the loss and the update flag come out of fixed
+    ones. The gradients live in the graph's memory, written anew by every replay."""
+
+    WARMUP = 3
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.eager_steps = 0
+        self.side = torch.cuda.Stream(run.proc.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.outputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        ctx = run.ctx  # autocast's cache of cast weights would be captured stale: off while capturing
+        self.ctx = torch.autocast("cuda", ctx.fast_dtype, cache_enabled=False) if isinstance(ctx, torch.autocast) \
+            else ctx
+
+    def __call__(self, index: int, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                        tuple[torch.Tensor, ...]]:
+        run, accum = self.run, self.run.accum
+        if self.eager_steps < self.WARMUP:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                out = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data, index=index,
+                                 stride=1, batch=batch, accum=accum, grad_clip=run.cfg.grad_clip)
+            torch.cuda.current_stream().wait_stream(self.side)
+            self.eager_steps += 1
+            return out
+        batches = [batch] + [run.train_data.get(index + m, batch[0].device) for m in range(1, accum)]
+        if self.graph is None:
+            self.inputs = [(x.clone(), y.clone()) for x, y in batches]
+            self.capture()
+        else:
+            for (x, y), (bx, by) in zip(self.inputs, batches, strict=True):
+                x.copy_(bx, non_blocking=True)
+                y.copy_(by, non_blocking=True)
+        self.graph.replay()
+        return *self.outputs, run.train_data.get(index + accum, batch[0].device)
+
+    def capture(self) -> None:
+        run = self.run
+        run.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them in the graph's memory
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            loss_sum = torch.zeros((), device=run.proc.device)
+            for x, y in self.inputs:
+                with self.ctx:
+                    loss = run.step_model(x, y)[1] / run.accum
+                loss.backward()
+                loss_sum += loss.detach()
+            applied = apply_update(run.step_model, run.optimizer, run.scaler, loss_sum, run.cfg.grad_clip)
+        self.outputs = (loss_sum, applied)
 
 
 class Watchdog:
@@ -530,11 +621,13 @@ def evaluate_and_save(run: Run, lr: float) -> None:
                                                    else ""))
 
 
-def log_step(run: Run, loss_sum: torch.Tensor, lr: float, dt: float) -> None:
-    """Record the mean training loss of the step (over all processes) and print it with its speed."""
+def log_step(run: Run, loss_sum: torch.Tensor, lr: float, since: float, iters: int) -> None:
+    """Record the mean training loss of the step (over all processes) and print it with its speed: the time per
+    iteration of the `iters` steps since `since` (a perf_counter reading)."""
     if run.proc.distributed:
         dist.all_reduce(loss_sum)  # gloo has no AVG: sum, then divide
-    loss = loss_sum.item() / run.proc.world  # waits for the device, so the caller's timing is real
+    loss = loss_sum.item() / run.proc.world  # waits for the device: the steps queued are done
+    dt = (time.perf_counter() - since) / iters  # only now: a CUDA graph's steps are queued in microseconds
     run.history["train_loss"].append((run.progress.iter_num, loss))
     if run.proc.master:
         tokens_per_iter = run.cfg.gradient_accumulation_steps * run.cfg.batch_size * run.model.config.block_size
@@ -624,13 +717,13 @@ def train_steps(run: Run, stop: StopRequest) -> None:
     cfg, proc, progress = run.cfg, run.proc, run.progress
     batch = run.train_data.get(progress.batch_pos + proc.rank, proc.device)
     watchdog = Watchdog(proc.device)
+    graphed = GraphedStep(run) if cfg.cuda_graph else None
     t_last = time.perf_counter()
     iters_since_log = 0
     start = progress.iter_num
     while True:
         lr = get_lr(progress.iter_num, cfg)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(run.optimizer, lr)
         due = progress.iter_num % cfg.eval_interval == 0 or progress.iter_num == cfg.max_iters
         if cfg.eval_only or (due and (progress.iter_num > start or cfg.eval_at_start)):
             evaluate_and_save(run, lr)
@@ -639,16 +732,19 @@ def train_steps(run: Run, stop: StopRequest) -> None:
         if progress.iter_num >= cfg.max_iters or cfg.eval_only:
             return
         # rank r's micro-batches are batch_pos + r, + r + world, ...: the global batch is split across processes
-        loss_sum, applied, batch = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data,
-                                              index=progress.batch_pos + proc.rank, stride=proc.world, batch=batch,
-                                              accum=run.accum, grad_clip=cfg.grad_clip)
+        if graphed:
+            loss_sum, applied, batch = graphed(progress.batch_pos, batch)
+        else:
+            loss_sum, applied, batch = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data,
+                                                  index=progress.batch_pos + proc.rank, stride=proc.world,
+                                                  batch=batch, accum=run.accum, grad_clip=cfg.grad_clip)
         watchdog.record(applied)
         progress.iter_num += 1
         progress.batch_pos += cfg.gradient_accumulation_steps
         iters_since_log += 1
         logged = progress.iter_num % cfg.log_interval == 0
         if logged:
-            log_step(run, loss_sum, lr, (time.perf_counter() - t_last) / iters_since_log)
+            log_step(run, loss_sum, lr, t_last, iters_since_log)
             t_last = time.perf_counter()
             iters_since_log = 0
             watchdog.check(run)
@@ -678,6 +774,10 @@ def main(argv: list[str]) -> dict[str, list]:
         return {"train_loss": [], "eval": []}
     if proc.master and not cfg.eval_only:
         check_out_dir(cfg.out_dir)
+    if cfg.cuda_graph and (blocker := graph_blocker(cfg, proc, dtype)):  # a recipe's hint, as compile is
+        if proc.master:
+            print(f"cuda_graph=True: the step runs without a CUDA graph here: {blocker}")
+        cfg = replace(cfg, cuda_graph=False)
     if cfg.wandb_log and proc.master:
         configurator.need("wandb", "wandb_log=True")  # now, not after the first evaluation
     if proc.master:

@@ -95,6 +95,7 @@ def issue_9_cases(root: Path, trained: Trained) -> dict[str, Case]:
                                                                "--init_from=resume", "--preset=gpt2"],
                                                   "the settings ask for block_size=1024 (from preset 'gpt2')"),
         "setting_without_dashes": ("train.py", ["batch_size=3"], "did you mean --batch_size=3?"),
+
     }
 
 

@@ -199,6 +199,32 @@ def test_a_compiled_model_without_dropout_is_evaluated_through_its_training_grap
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_cuda_graph_where_it_cannot_capture_trains_as_without_it_and_says_why(char_data: CharData, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]):
+    graphed = train.main(tiny_flags(char_data, tmp_path / "a", cuda_graph=True))
+    assert "cuda_graph=True: the step runs without a CUDA graph here: no CUDA device (cpu)" in capsys.readouterr().out
+    plain = train.main(tiny_flags(char_data, tmp_path / "b"))
+    assert graphed["train_loss"] == plain["train_loss"]
+    assert checkpoint.load(str(tmp_path / "a"))["config"]["cuda_graph"] is False
+
+
+def test_a_capturable_optimizer_takes_the_schedule_through_its_rate_tensor_and_goes_back(trained: Trained):
+    # cuda_graph=True: the replayed step reads the rate from a tensor; a checkpoint from either kind resumes in both
+    model = checkpoint.model_from(checkpoint.load(str(trained.out_dir)))
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    train.set_capturable(optimizer, torch.device("cpu"), True)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    train.set_lr(optimizer, 2e-4)
+    assert all(group["lr"] is rate and rate.item() == pytest.approx(2e-4) for group, rate in
+               zip(optimizer.param_groups, rates, strict=True))  # filled in place: the graph keeps reading it
+    assert all(group["capturable"] for group in optimizer.param_groups)
+    train.set_capturable(optimizer, torch.device("cpu"), False)
+    back = [(group["lr"], group["capturable"]) for group in optimizer.param_groups]
+    assert back == [(pytest.approx(2e-4), False)] * 2 and all(type(rate) is float for rate, _ in back)
+    train.set_lr(optimizer, 3e-4)
+    assert [group["lr"] for group in optimizer.param_groups] == [3e-4, 3e-4]
+
+
 def test_checkpoint_model_from_gives_identical_logits(trained: Trained):
     ckpt = checkpoint.load(str(trained.out_dir))
     a, b = checkpoint.model_from(ckpt).eval(), checkpoint.model_from(ckpt).eval()
