@@ -51,7 +51,7 @@ class TrainConfig:
     log_interval: int = 1  # print loss, timing and MFU every this many iterations
     eval_iters: int = 200  # batches per split in each evaluation
     eval_only: bool = False  # evaluate once and exit
-    eval_at_start: bool = False  # evaluate before the first step too (8.5 s of GPT-2 124M's start-up on an H100)
+    eval_at_start: bool = False  # evaluate before the first step from scratch too (8.5 s of GPT-2's start-up, H100)
     always_save_checkpoint: bool = True  # ckpt.pt at every evaluation, else only when val loss improves (best.pt)
     init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     seed: int = 1337  # the data order and the initial weights are functions of it
@@ -205,6 +205,27 @@ def check_out_dir(out_dir: str) -> None:
         raise UserError(f"out_dir {out_dir} cannot hold checkpoints: {e.strerror or e}") from None
 
 
+def rank_0_checks(cfg: TrainConfig, proc: Process) -> None:
+    """What only rank 0 will need, checked before any training time is spent: out_dir can hold checkpoints, and
+    wandb is installed when it logs there. Under DDP every process learns the answer, so all of them leave
+    together (rank 0 saying why) rather than the others waiting on it, or failing in its place."""
+    message = None
+    if proc.master:
+        try:
+            if not cfg.eval_only:
+                check_out_dir(cfg.out_dir)
+            if cfg.wandb_log:
+                configurator.need("wandb", "wandb_log=True")
+        except UserError as e:
+            message = str(e)
+    if proc.distributed:
+        shared = [message]
+        dist.broadcast_object_list(shared, src=0)
+        message = shared[0]
+    if message is not None:
+        raise UserError(message if proc.master else "")
+
+
 def graph_blocker(cfg: TrainConfig, proc: Process, dtype: torch.dtype) -> str | None:
     """What keeps cuda_graph=True from capturing this run's step (the eager step of one GPU), or None."""
     if proc.device.type != "cuda":
@@ -215,6 +236,8 @@ def graph_blocker(cfg: TrainConfig, proc: Process, dtype: torch.dtype) -> str | 
         return "several processes"
     if dtype == torch.float16:
         return "float16, whose gradient scaler waits on the host"
+    if cfg.activation_checkpointing:
+        return "activation_checkpointing (its recomputation reads the RNG state, which a capture cannot)"
     return None
 
 
@@ -329,8 +352,16 @@ class Progress:
 
 def restore(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
             device: torch.device) -> Progress:
-    """Optimizer, gradient scaler and random state as the checkpoint left them; returns its progress."""
+    """Optimizer, gradient scaler and random state as the checkpoint left them; returns its progress. How the
+    optimizer steps (fused, foreach, capturable) stays this machine's choice: the checkpoint may come from another."""
+    how = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:
+        group.update(how)
+        if group.get("fused") or group.get("capturable"):  # their step counts live beside the weights
+            for p in group["params"]:
+                if "step" in optimizer.state.get(p, {}):
+                    optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device, torch.float32)
     scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"].cpu())
     if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
@@ -720,12 +751,12 @@ def train_steps(run: Run, stop: StopRequest) -> None:
     graphed = GraphedStep(run) if cfg.cuda_graph else None
     t_last = time.perf_counter()
     iters_since_log = 0
-    start = progress.iter_num
     while True:
         lr = get_lr(progress.iter_num, cfg)
         set_lr(run.optimizer, lr)
         due = progress.iter_num % cfg.eval_interval == 0 or progress.iter_num == cfg.max_iters
-        if cfg.eval_only or (due and (progress.iter_num > start or cfg.eval_at_start)):
+        # a resumed run evaluates where it starts, if due: a stop may have come between a step and its evaluation
+        if cfg.eval_only or (due and (progress.iter_num > 0 or cfg.eval_at_start)):
             evaluate_and_save(run, lr)
             t_last = time.perf_counter()  # evaluation time is not training time: the next log times the steps
             iters_since_log = 0  # after it only
@@ -772,14 +803,11 @@ def main(argv: list[str]) -> dict[str, list]:
         print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, proc.world, dtype,
                                  cfg.activation_checkpointing))
         return {"train_loss": [], "eval": []}
-    if proc.master and not cfg.eval_only:
-        check_out_dir(cfg.out_dir)
+    rank_0_checks(cfg, proc)
     if cfg.cuda_graph and (blocker := graph_blocker(cfg, proc, dtype)):  # a recipe's hint, as compile is
         if proc.master:
             print(f"cuda_graph=True: the step runs without a CUDA graph here: {blocker}")
         cfg = replace(cfg, cuda_graph=False)
-    if cfg.wandb_log and proc.master:
-        configurator.need("wandb", "wandb_log=True")  # now, not after the first evaluation
     if proc.master:
         warn_if_gpu_recipe_on_cpu(cfg, model, proc.device)
     run = start_run(cfg, proc, meta, model, ckpt, dtype)

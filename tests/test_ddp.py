@@ -31,6 +31,7 @@ class Runs:
     ddp_err: str
     ddp_dir: Path
     refused: tuple[int, str]  # gradient_accumulation_steps=3 over 2 processes: exit status, stderr
+    no_out_dir: tuple[int, str]  # an out_dir under a file, which only rank 0 writes to: exit status, stderr
 
 
 def torchrun(flags: list[str]) -> subprocess.Popen:
@@ -52,6 +53,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     data: CharData = make_char_dataset(root / "data")
     ddp = torchrun(tiny_flags(data, root / "ddp", **COMMON, max_iters=100_000))
     refused = torchrun(tiny_flags(data, root / "refused", **COMMON | {"gradient_accumulation_steps": 3}))
+    (root / "a_file").write_text("not a folder", encoding="utf-8")
+    no_out_dir = torchrun(tiny_flags(data, root / "a_file" / "out", **COMMON))
     single = train.main(tiny_flags(data, root / "single", **COMMON, max_iters=ITERS))
     head = []
     for line in ddp.stdout:
@@ -61,7 +64,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     ddp.send_signal(signal.SIGTERM)
     out, err = ddp.communicate(timeout=120)
     _, refused_err = refused.communicate(timeout=120)
-    return Runs(data, single, "".join(head) + out, err, root / "ddp", (refused.returncode, refused_err))
+    _, no_out_dir_err = no_out_dir.communicate(timeout=120)
+    return Runs(data, single, "".join(head) + out, err, root / "ddp", (refused.returncode, refused_err),
+                (no_out_dir.returncode, no_out_dir_err))
 
 
 def stopped_at(out: str) -> int:
@@ -113,10 +118,22 @@ def test_the_checkpoint_saved_on_sigterm_resumes_where_one_process_would_be(runs
         assert ours == pytest.approx(theirs, rel=1e-4)  # one process and two sum gradients in another order
 
 
+def ours(err: str) -> list[str]:
+    return [line for line in err.splitlines() if not re.match(r"W\d{4} ", line)]  # not torchrun's own notices
+
+
 @pytest.mark.slow
 def test_accumulation_the_processes_cannot_share_is_one_line_and_no_traceback(runs: Runs):
     # a worker's non-zero exit would make torchrun print a page of its own traceback under the line
     status, err = runs.refused
     assert status == 0, err[-3000:]
-    assert [line for line in err.splitlines() if not re.match(r"W\d{4} ", line)] == [  # torchrun's own notices
-        "error: gradient_accumulation_steps (3) must be divisible by the number of processes (2)"]
+    assert ours(err) == ["error: gradient_accumulation_steps (3) must be divisible by the number of processes (2)"]
+
+
+@pytest.mark.slow
+def test_what_only_rank_0_checks_stops_every_process_with_one_line(runs: Runs):
+    # the others learn rank 0's answer: none of them goes on to wait for it, or fails in its place
+    status, err = runs.no_out_dir
+    assert status == 0, err[-3000:]
+    assert len(ours(err)) == 1 and re.fullmatch(r"error: out_dir .*a_file/out cannot hold checkpoints: .*",
+                                                 ours(err)[0]), err[-3000:]

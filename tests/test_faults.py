@@ -254,8 +254,7 @@ def test_training_killed_at_random_moments_always_resumes_to_the_same_model(char
         else:
             pytest.fail(f"the run failed with exit code {child.exitcode}")
     start = "resume" if (out_dir / "ckpt.pt").exists() else "scratch"  # the last kill may have come before any save
-    # evaluated at the start too: the last kill may have come after the final checkpoint, leaving nothing to train
-    final = train.main(tiny_flags(char_data, out_dir, init_from=start, eval_at_start=True, **common))
+    final = train.main(tiny_flags(char_data, out_dir, init_from=start, **common))
     straight = train.main(tiny_flags(char_data, tmp_path / "straight", **common))
     assert final["eval"][-1] == straight["eval"][-1]
     ours = checkpoint.load(str(out_dir))["model"]

@@ -138,9 +138,10 @@ def test_evaluation_before_the_first_step_only_when_asked(char_data: CharData, t
     history = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=4, eval_interval=2,
                                     eval_at_start=at_start))
     assert [it for it, _, _ in history["eval"]] == [0, 2, 4] if at_start else [2, 4]
+    # a resumed run evaluates where it starts (a stop may have come between a step and its evaluation)
     resumed = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=6, eval_interval=2, init_from="resume",
                                     eval_at_start=at_start))
-    assert [it for it, _, _ in resumed["eval"]] == [4, 6] if at_start else [6]
+    assert [it for it, _, _ in resumed["eval"]] == [4, 6]
 
 
 def test_checkpoint_is_plain_data_without_prefixes(trained: Trained):
@@ -206,6 +207,37 @@ def test_cuda_graph_where_it_cannot_capture_trains_as_without_it_and_says_why(ch
     plain = train.main(tiny_flags(char_data, tmp_path / "b"))
     assert graphed["train_loss"] == plain["train_loss"]
     assert checkpoint.load(str(tmp_path / "a"))["config"]["cuda_graph"] is False
+
+
+@pytest.mark.parametrize(("settings", "blocker"), [
+    ({}, None), ({"compile": True}, "compile=True"), ({"activation_checkpointing": True}, "activation_checkpointing"),
+    ({"dtype": "float16"}, "float16")])
+def test_what_keeps_a_cuda_graph_from_capturing_the_step(settings: dict, blocker: str | None):
+    cfg = train.TrainConfig(**{"compile": False} | settings)
+    gpu = train.Process(0, 0, 1, torch.device("cuda"), distributed=False)
+    dtype = torch.float16 if cfg.dtype == "float16" else torch.bfloat16
+    found = train.graph_blocker(cfg, gpu, dtype)
+    assert found is None if blocker is None else found.startswith(blocker)
+    assert train.graph_blocker(cfg, train.Process(0, 0, 1, torch.device("cpu"), False), dtype) is not None
+
+
+def test_a_checkpoint_resumes_with_this_machines_way_of_stepping(char_data: CharData, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    # saved by the plain AdamW (a CPU), resumed where the fused one steps (a GPU; fused AdamW runs on CPUs too)
+    flags = tiny_flags(char_data, tmp_path / "out", max_iters=4, eval_interval=4)
+    train.main(flags)
+    plain = train.main(tiny_flags(char_data, tmp_path / "plain", max_iters=6, eval_interval=4))
+    real = train.GPT.configure_optimizers
+
+    def fused(self: train.GPT, *args: object) -> torch.optim.AdamW:
+        optimizer = real(self, *args)
+        return torch.optim.AdamW(optimizer.param_groups, fused=True)
+
+    monkeypatch.setattr(train.GPT, "configure_optimizers", fused)
+    resumed = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=6, eval_interval=4, init_from="resume"))
+    assert [it for it, _ in resumed["train_loss"]] == [5, 6]
+    for (_, ours), (_, theirs) in zip(resumed["train_loss"], plain["train_loss"][4:], strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-4)  # the same update, by another kernel
 
 
 def test_a_capturable_optimizer_takes_the_schedule_through_its_rate_tensor_and_goes_back(trained: Trained):
