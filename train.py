@@ -357,11 +357,7 @@ def restore(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torc
     how = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
     optimizer.load_state_dict(ckpt["optimizer"])
     for group in optimizer.param_groups:
-        group.update(how)
-        if group.get("fused") or group.get("capturable"):  # their step counts live beside the weights
-            for p in group["params"]:
-                if "step" in optimizer.state.get(p, {}):
-                    optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device, torch.float32)
+        group.update(how)  # set_capturable then puts the step counts where these kernels want them
     scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"].cpu())
     if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
@@ -444,9 +440,10 @@ def set_capturable(optimizer: torch.optim.Optimizer, device: torch.device, on: b
     for group in optimizer.param_groups:
         group["capturable"] = on
         group["lr"] = torch.tensor(float(group["lr"]), device=device) if on else float(group["lr"])
-    for state in optimizer.state.values():
-        if on and "step" in state:
-            state["step"] = state["step"].to(device, torch.float32)
+        if group.get("fused") or on:  # these kernels keep their step counts beside the weights
+            for p in group["params"]:
+                if "step" in optimizer.state.get(p, {}):
+                    optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device, torch.float32)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
