@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import checkpoint
 import runtime
@@ -118,6 +119,45 @@ def test_batches_refuse_token_ids_beyond_vocab(tmp_path: Path):
         train.Batches(str(path), "uint16", 16, 4, 7, seed=0).read(0)
 
 
+def test_eval_windows_cover_a_small_split_exactly_once(tmp_path: Path):
+    path = counting_file(tmp_path, n=100)  # 99 targets: 6 whole windows of 16, the last 3 tokens unread
+    windows = train.Windows(str(path), "uint16", 16, 4, 1000, max_batches=10)
+    assert windows.n_batches == 2
+    xs, ys = zip(*(windows.read(k) for k in range(2)))
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert torch.equal(x[:6].flatten(), torch.arange(96)) and torch.equal(y[:6].flatten(), torch.arange(1, 97))
+    assert (y[6:] == -1).all() and x.shape == (8, 16)  # the last batch filled out with ignored rows
+
+
+def test_eval_windows_spread_over_a_large_split_in_the_same_places(tmp_path: Path):
+    path = str(counting_file(tmp_path, n=1000))  # 62 windows of 16, 3 batches of 4 wanted
+    windows = train.Windows(path, "uint16", 16, 4, 1000, max_batches=3)
+    assert windows.n_batches == 3
+    starts = [int(s) for k in range(3) for s in windows.read(k)[0][:, 0]]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(s % 16 == 0 for s in starts) and min(gaps) >= 16 and max(gaps) - min(gaps) <= 16  # evenly spread
+    assert starts[0] == 0 and starts[-1] >= 1000 - 2 * max(gaps)  # from the start to the end
+    assert starts == [int(s) for k in range(3) for s in train.Windows(path, "uint16", 16, 4, 1000, 3).read(k)[0][:, 0]]
+
+
+def test_estimate_loss_is_the_mean_token_loss_of_the_whole_split(trained: Trained):
+    ckpt = checkpoint.load(str(trained.out_dir))
+    model = checkpoint.model_from(ckpt).eval()
+    T, vocab = ckpt["model_args"]["block_size"], ckpt["model_args"]["vocab_size"]
+    cfg = train.TrainConfig(**ckpt["config"] | {"eval_iters": 1000, "batch_size": 3})  # 3 does not divide the split
+    evals = {split: train.Windows(str(trained.data.dir / f"{split}.bin"), "uint16", T, 3, vocab, 1000)
+             for split in ("train", "val")}
+    losses = train.estimate_loss(model, evals, cfg, torch.device("cpu"), contextlib.nullcontext(), 0, 1)
+    val = torch.from_numpy(np.fromfile(trained.data.dir / "val.bin", dtype=np.uint16).astype(np.int64))
+    n = (len(val) - 1) // T
+    assert n % 3  # the padding rows are exercised
+    x, y = val[:n * T].view(n, T), val[1:n * T + 1].view(n, T)
+    with torch.no_grad():
+        logits = model(x, y)[0]
+    exact = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+    assert losses["val"] == pytest.approx(exact, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -172,7 +212,7 @@ def test_checkpoint_model_from_reproduces_the_trained_model(trained: Trained):
     cfg = train.TrainConfig(**ckpt["config"])
     data_dir = trained.data.dir
     vocab = ckpt["model_args"]["vocab_size"]
-    evals = {split: train.Batches(str(data_dir / f"{split}.bin"), "uint16", 32, 8, vocab, cfg.seed + 1)
+    evals = {split: train.Windows(str(data_dir / f"{split}.bin"), "uint16", 32, 8, vocab, cfg.eval_iters)
              for split in ("train", "val")}
     losses = train.estimate_loss(model, evals, cfg, torch.device("cpu"), runtime.autocast(torch.device("cpu"),
                                  torch.float32), 0, 1)
@@ -185,7 +225,7 @@ def test_a_compiled_model_without_dropout_is_evaluated_through_its_training_grap
     ckpt = checkpoint.load(str(trained.out_dir))
     model = checkpoint.model_from(ckpt)
     vocab = ckpt["model_args"]["vocab_size"]
-    evals = {split: train.Batches(str(trained.data.dir / f"{split}.bin"), "uint16", 32, 8, vocab, 0)
+    evals = {split: train.Windows(str(trained.data.dir / f"{split}.bin"), "uint16", 32, 8, vocab, 2)
              for split in ("train", "val")}
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append((module.training, torch.is_grad_enabled())))
@@ -210,7 +250,7 @@ def test_cuda_graph_where_it_cannot_capture_trains_as_without_it_and_says_why(ch
 
 
 @pytest.mark.parametrize(("settings", "blocker"), [
-    ({}, None), ({"compile": True}, "compile=True"), ({"activation_checkpointing": True}, "activation_checkpointing"),
+    ({}, None), ({"compile": True}, None), ({"activation_checkpointing": True}, "activation_checkpointing"),
     ({"dtype": "float16"}, "float16")])
 def test_what_keeps_a_cuda_graph_from_capturing_the_step(settings: dict, blocker: str | None):
     cfg = train.TrainConfig(**{"compile": False} | settings)
