@@ -3,13 +3,14 @@
 
     python bench.py --batch_size=12,32                          # GPT-2 124M, random tokens, eager and compiled
     python bench.py --dataset=openwebtext --compile=on --json=bench.json
-    python bench.py --mode=sample --batch_size=1,8 --compile=on  # decode speed, 256 and 1000 new tokens
+    python bench.py --mode=sample --batch_size=1,8  # decode speed as sample.py decodes, 256 and 1000 new tokens
     python bench.py --mode=attention --batch_size=8 --seq_lens=2048,4096 --band=256  # GPT-3's banded layers
 
 train: each row builds a fresh model, optimizer and GradScaler, runs `warmup` untimed steps (compilation
 included), then times `iters` calls of train.train_step, the very step the training loop runs.
 sample: each row builds a fresh model in the working dtype (as sample.py loads it), runs generate.generate_tokens
-once untimed (compilation, a CUDA graph per attention span), then times the same run from a random prompt.
+once untimed (compilation or capture, a CUDA graph per attention span), then times the same run from a random
+prompt.
 attention: one attention layer, dense (SDPA) and banded (model.banded_attention), timed forward and forward +
 backward on random activations; the banded output is checked against dense attention with the explicit mask.
 Timings run between device synchronizations. Prints a markdown table for the README; --json writes the rows.
@@ -35,7 +36,8 @@ from model import GPT, CausalSelfAttention, GPTConfig, banded_attention, resolve
 from runtime import synchronize
 from tokenizer import read_meta
 
-KEYS = {"compile": "compile", "kv_cache": "KV cache", "batch_size": "batch", "new_tokens": "new tokens",
+KEYS = {"compile": "compile", "cuda_graph": "CUDA graph", "kv_cache": "KV cache", "batch_size": "batch",
+        "new_tokens": "new tokens",
         "seq_len": "T", "attention": "attention"}
 COLUMNS = {  # per mode, the table's numeric columns: row key -> (header, format)
     "train": {"ms_per_iter": ("ms/iter", ".1f"), "tokens_per_s": ("tokens/s", ",.0f"), "mfu": ("MFU", ".1%"),
@@ -63,9 +65,12 @@ class BenchConfig:
     vocab_size: int | None = None  # None: the preset's (GPT-2's), padded to a multiple of 64 to train, as train.py
     bias: bool | None = None  # biases in linear layers and norms
     dropout: float | None = None  # dropout probability
-    # rows: train, one per (compile, batch size); sample, one per (compile, kv_cache, batch size, new_tokens)
+    # rows: train, one per (compile, batch size); sample, one per (kv_cache, compile, cuda_graph, batch size,
+    # new_tokens)
     batch_size: str = "12"  # comma list of (micro-)batch sizes, e.g. 12,32
-    compile: str = "both"  # on | off | both; sample: the one-token decode step (CUDA graphs on a GPU)
+    compile: str = ""  # on | off | both; empty: both to train, off to sample (sample.py's default)
+    cuda_graph: str = "on"  # sample: on | off | both; on: the eager decode step as CUDA graphs captured by hand
+    # (sample.py's default on a GPU); CPU rows run without
     warmup: int = 10  # train: untimed steps (compilation, autotuning); sample runs the timed generation untimed first
     iters: int = 20  # train: timed steps
     gradient_accumulation_steps: int = 1  # train
@@ -146,17 +151,18 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
 
 
 def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dtype: torch.dtype, compiled: bool,
-               kv_cache: bool, batch_size: int, new_tokens: int) -> dict[str, Any]:
+               graphed: bool, kv_cache: bool, batch_size: int, new_tokens: int) -> dict[str, Any]:
     """Fresh model in the working dtype; an untimed warm-up generation, then one timed one. Returns the metrics."""
     model = GPT(model_cfg).to(device=device, dtype=dtype).eval()  # decoding reads every weight per token
     prompt = torch.randint(model_cfg.vocab_size, (batch_size, cfg.prompt_tokens), device=device)  # (B, T)
     plain = Sampling(temperature=1.0)
     t0 = time.perf_counter()
-    list(generate_tokens(model, prompt, new_tokens, plain, use_cache=kv_cache, compiled=compiled))  # compiles and
-    # records every span the timed run uses
+    how = {"use_cache": kv_cache, "compiled": compiled, "cuda_graph": graphed}
+    list(generate_tokens(model, prompt, new_tokens, plain, **how))  # compiles (or captures) and records every
+    # span the timed run uses
     synchronize(device)
     t1 = time.perf_counter()
-    tokens = generate_tokens(model, prompt, new_tokens, plain, use_cache=kv_cache, compiled=compiled)
+    tokens = generate_tokens(model, prompt, new_tokens, plain, **how)
     next(tokens)  # prefill and the first sampled token
     synchronize(device)
     t2 = time.perf_counter()
@@ -227,7 +233,7 @@ CHOICES = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}
 def check(cfg: BenchConfig) -> None:
     if cfg.mode not in COLUMNS:
         raise UserError(f"mode must be train, sample or attention, got '{cfg.mode}'")
-    for name in ("compile", "kv_cache"):
+    for name in ("compile", "cuda_graph", "kv_cache"):
         if getattr(cfg, name) not in CHOICES:
             raise UserError(f"{name} must be on, off or both, got '{getattr(cfg, name)}'")
     for name, low in (("gradient_accumulation_steps", 1), ("iters", 1), ("warmup", 0), ("prompt_tokens", 1),
@@ -255,7 +261,7 @@ def bench_model(cfg: BenchConfig, meta: dict[str, Any] | None) -> GPTConfig:
     return replace(model_cfg, vocab_size=vocab)
 
 
-def plan(cfg: BenchConfig) -> list[dict[str, Any]]:
+def plan(cfg: BenchConfig, device: torch.device) -> list[dict[str, Any]]:
     """The rows to run: their settings, one dict each."""
     sizes = parse_ints("batch_size", cfg.batch_size)
     if cfg.mode == "train":
@@ -264,10 +270,17 @@ def plan(cfg: BenchConfig) -> list[dict[str, Any]]:
         seq_lens = parse_ints("seq_lens", cfg.seq_lens)
         return [{"seq_len": t, "attention": a, "batch_size": b} for b in sizes for t in seq_lens
                 for a in ("dense", "banded")]
-    new = parse_ints("new_tokens", cfg.new_tokens)  # compile applies to the cached decode step: no-cache rows run
-    # eager, once
-    return [{"compile": c, "kv_cache": kv, "batch_size": b, "new_tokens": n} for kv in CHOICES[cfg.kv_cache][::-1]
-            for c in (CHOICES[cfg.compile] if kv == "on" else ["off"]) for b in sizes for n in new]
+    new = parse_ints("new_tokens", cfg.new_tokens)
+    decoders = []  # (compile, cuda_graph): a graph holds the eager step; compiled, inductor makes its own graphs
+    for c in CHOICES[cfg.compile]:
+        graphs = CHOICES[cfg.cuda_graph] if c == "off" and device.type == "cuda" else ["off"]
+        decoders += [(c, g) for g in graphs]
+    rows = []
+    for kv in CHOICES[cfg.kv_cache][::-1]:  # without the cache the window is recomputed every token: eager, once
+        for c, g in decoders if kv == "on" else [("off", "off")]:
+            rows += [{"compile": c, "cuda_graph": g, "kv_cache": kv, "batch_size": b, "new_tokens": n}
+                     for b in sizes for n in new]
+    return rows
 
 
 def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, device: torch.device,
@@ -286,8 +299,8 @@ def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None,
             row |= attention_row(cfg, model_cfg, device, dtype, run["seq_len"], run["attention"] == "banded",
                                  run["batch_size"])
         else:
-            row |= sample_row(cfg, model_cfg, device, dtype, run["compile"] == "on", run["kv_cache"] == "on",
-                              run["batch_size"], run["new_tokens"])
+            row |= sample_row(cfg, model_cfg, device, dtype, run["compile"] == "on", run["cuda_graph"] == "on",
+                              run["kv_cache"] == "on", run["batch_size"], run["new_tokens"])
         if device.type == "cuda":  # the peak since the reset: this row's model, optimizer and activations
             row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     except torch.OutOfMemoryError:
@@ -300,9 +313,11 @@ def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None,
 
 def main(argv: list[str]) -> list[dict[str, Any]]:
     cfg = configurator.load(BenchConfig, argv)
+    if not cfg.compile:
+        cfg = replace(cfg, compile="both" if cfg.mode == "train" else "off")
     check(cfg)
-    runs = plan(cfg)
     device = runtime.resolve_device(cfg.device)
+    runs = plan(cfg, device)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     meta = read_meta(os.path.join(cfg.data_root, cfg.dataset)) if cfg.dataset else None
     model_cfg = bench_model(cfg, meta)

