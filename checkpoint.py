@@ -95,13 +95,13 @@ def pretrained(name: str, dropout: float = 0.0) -> GPT:
         raise UserError(f"could not load {name} weights (they download on first use): {e}".splitlines()[0]) from None
 
 
-def model_from(ckpt: dict[str, Any], **overrides: Any) -> GPT:
+def model_from(ckpt: dict[str, Any], device: str | torch.device = "cpu", **overrides: Any) -> GPT:
     """Rebuild the model a checkpoint describes (settings that change no weight, like dropout, overridable) and
-    load its weights (strictly: every key must match)."""
-    with torch.device("meta"):  # no random initialisation of weights about to be overwritten (2.7 s for 124M)
+    load its weights (strictly: every key must match). Built on `device`: a GPU draws the initial weights that
+    the checkpoint then replaces in milliseconds, where a CPU takes seconds (2.7 s for GPT-2 124M). Those draws
+    leave the random generators as they were: a seed set before loading decides what follows."""
+    cuda = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.device(device):
         model = GPT(GPTConfig(**ckpt["model_args"] | overrides))
-    model.to_empty(device="cpu")  # memory, uninitialised; this makes new tensors, so the tied pair is tied again
-    if model.config.tie_embeddings:
-        model.transformer.wte.weight = model.lm_head.weight
     model.load_state_dict(ckpt["model"])
     return model

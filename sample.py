@@ -81,7 +81,7 @@ def load(cfg: SampleConfig, device: torch.device, dtype: torch.dtype) -> tuple[G
         if "meta" not in ckpt:
             raise UserError(f"checkpoint in {cfg.out_dir} does not record its tokenizer; refusing to guess one")
         tok = Tokenizer(ckpt["meta"])
-        model = checkpoint.model_from(ckpt)
+        model = checkpoint.model_from(ckpt, device)
         model.crop_vocab(tok.vocab_size)  # never sample the padding rows train.py added
     else:
         tok = Tokenizer(GPT2_META)

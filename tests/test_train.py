@@ -220,14 +220,13 @@ def test_checkpoint_model_from_reproduces_the_trained_model(trained: Trained):
     assert (losses["train"], losses["val"]) == pytest.approx((train_loss, val_loss), rel=1e-6)
 
 
-def test_model_from_builds_without_random_init_and_keeps_the_embedding_tied(trained: Trained):
+def test_model_from_leaves_the_random_generator_as_it_was(trained: Trained):
     ckpt = checkpoint.load(str(trained.out_dir))
-    model = checkpoint.model_from(ckpt)  # built on the meta device, then memory, then the weights
-    assert model.lm_head.weight is model.transformer.wte.weight  # one matrix, as in training
-    fresh = train.GPT(GPTConfig(**ckpt["model_args"]))
-    assert [n for n, _ in model.named_parameters()] == [n for n, _ in fresh.named_parameters()]
-    assert all(torch.equal(t, ckpt["model"][k]) for k, t in model.state_dict().items())
-    assert all(p.device.type == "cpu" for p in model.parameters())
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    checkpoint.model_from(ckpt)  # draws initial weights, which the checkpoint then replaces
+    assert torch.equal(torch.rand(4), expected)  # so sample.py's seed, set before loading, decides the samples
 
 
 def test_a_compiled_model_without_dropout_is_evaluated_through_its_training_graph(trained: Trained):
