@@ -37,8 +37,7 @@ from runtime import synchronize
 from tokenizer import read_meta
 
 KEYS = {"compile": "compile", "cuda_graph": "CUDA graph", "kv_cache": "KV cache", "batch_size": "batch",
-        "new_tokens": "new tokens",
-        "seq_len": "T", "attention": "attention"}
+        "new_tokens": "new tokens", "seq_len": "T", "attention": "attention"}
 COLUMNS = {  # per mode, the table's numeric columns: row key -> (header, format)
     "train": {"ms_per_iter": ("ms/iter", ".1f"), "tokens_per_s": ("tokens/s", ",.0f"), "mfu": ("MFU", ".1%"),
               "peak_mem_gib": ("peak mem (GiB)", ".2f"), "warmup_s": ("warm-up (s)", ".1f"), "loss": ("loss", ".3f")},

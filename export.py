@@ -105,7 +105,7 @@ def main(argv: list[str]) -> str:
     if cfg.dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got '{cfg.dtype}'")
     hf_dir = cfg.hf_dir or os.path.join(cfg.out_dir, "hf")
-    ckpt = checkpoint.load(cfg.out_dir, map_location="cpu", which=cfg.checkpoint)
+    ckpt = checkpoint.load(cfg.out_dir, map_location="cpu", which=cfg.checkpoint, mmap=True)
     if "meta" not in ckpt:
         raise UserError(f"checkpoint in {cfg.out_dir} does not record its tokenizer; cannot crop its vocabulary")
     meta = ckpt["meta"]

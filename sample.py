@@ -77,7 +77,7 @@ def sampling(cfg: SampleConfig, vocab_size: int) -> Sampling:
 
 def load(cfg: SampleConfig, device: torch.device, dtype: torch.dtype) -> tuple[GPT, Tokenizer]:
     if cfg.init_from == "resume":
-        ckpt = checkpoint.load(cfg.out_dir, map_location="cpu", which=cfg.checkpoint)
+        ckpt = checkpoint.load(cfg.out_dir, map_location="cpu", which=cfg.checkpoint, mmap=True)
         if "meta" not in ckpt:
             raise UserError(f"checkpoint in {cfg.out_dir} does not record its tokenizer; refusing to guess one")
         tok = Tokenizer(ckpt["meta"])
