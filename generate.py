@@ -165,7 +165,8 @@ class GraphedDecode:
             self.step(self.model, self.token, self.pos, self.seen, sampling, span)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # on the model's device, whichever is current (sample.py --device=cuda:1 sets none)
+        with torch.cuda.device(device), torch.cuda.graph(graph, pool=self.pool, stream=side):
             out = self.step(self.model, self.token, self.pos, self.seen, sampling, span)
         self.pool = graph.pool()
         torch.cuda.set_rng_state(rng, device)

@@ -563,8 +563,8 @@ class GraphedStep:
         run, accum = self.run, self.run.accum
         if self.eager_steps < self.WARMUP:
             self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
-                out = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data, index=index,
+            with torch.cuda.stream(self.side):  # under the capture's autocast: a compiled model compiles for it
+                out = train_step(run.step_model, run.optimizer, run.scaler, self.ctx, run.train_data, index=index,
                                  stride=1, batch=batch, accum=accum, grad_clip=run.cfg.grad_clip)
             torch.cuda.current_stream().wait_stream(self.side)
             self.eager_steps += 1
