@@ -11,6 +11,7 @@ Used by sample.py, bench.py and the tests.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -186,12 +187,34 @@ def decode_step(model: GPT, batch_size: int, compiled: bool, cuda_graph: bool) -
     """The one-token step generate_tokens calls: decode_one as it is, compiled, or replayed as CUDA graphs."""
     device = model.lm_head.weight.device
     if compiled:
-        return compiled_decode_one(device.type == "cuda")
+        return eager_if_compile_fails(compiled_decode_one(device.type == "cuda"))
     if cuda_graph:
         if device.type != "cuda":
             raise ValueError(f"cuda_graph needs a CUDA device, not {device}")
         return GraphedDecode(model, batch_size)
     return decode_one
+
+
+def eager_if_compile_fails(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """The compiled step, or decode_one from the call on which compiling it fails (no C compiler, no Triton, an
+    unsupported op), with one warning, as training does; running out of memory is not a compiler problem."""
+    current = compiled
+
+    def step(*args: object) -> torch.Tensor:
+        nonlocal current
+        try:
+            return current(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # any compiler failure
+            if current is decode_one:
+                raise
+            reason = str(e).splitlines()[0][:200] if str(e) else ""
+            warnings.warn(f"torch.compile failed, decoding eager: {type(e).__name__}: {reason}", stacklevel=2)
+            current = decode_one
+            return decode_one(*args)
+
+    return step
 
 
 def cache_span(filled: int, block_size: int) -> int:

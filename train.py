@@ -682,9 +682,10 @@ def evaluate_and_save(run: Run, lr: float) -> None:
                                                    else ""))
 
 
-def log_step(run: Run, loss_sum: torch.Tensor, lr: float, since: float, iters: int) -> None:
+def log_step(run: Run, loss_sum: torch.Tensor, lr: float, since: float, iters: int, steady: bool = True) -> None:
     """Record the mean training loss of the step (over all processes) and print it with its speed: the time per
-    iteration of the `iters` steps since `since` (a perf_counter reading)."""
+    iteration of the `iters` steps since `since` (a perf_counter reading). The first steady interval (not one
+    holding a CUDA graph's warm-up and capture) also says how long the rest will take."""
     if run.proc.distributed:
         dist.all_reduce(loss_sum)  # gloo has no AVG: sum, then divide
     loss = loss_sum.item() / run.proc.world  # waits for the device: the steps queued are done
@@ -696,7 +697,7 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, since: float, iters: i
         mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
         print(f"iter {run.progress.iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tok/s{mfu_text}")
-        if not run.pace_shown:
+        if steady and not run.pace_shown:
             remaining = (run.cfg.max_iters - run.progress.iter_num) * dt
             print(f"at this pace the remaining {run.cfg.max_iters - run.progress.iter_num:,} iterations take about "
                   f"{duration(remaining)}, evaluations not included", flush=True)
@@ -781,6 +782,7 @@ def train_steps(run: Run, stop: StopRequest) -> None:
     graphed = GraphedStep(run) if cfg.cuda_graph else None
     t_last = time.perf_counter()
     iters_since_log = 0
+    steady = graphed is None  # whether the steps since t_last are all replays of a captured graph (or plain)
     while True:
         lr = get_lr(progress.iter_num, cfg)
         set_lr(run.optimizer, lr)
@@ -790,6 +792,7 @@ def train_steps(run: Run, stop: StopRequest) -> None:
             evaluate_and_save(run, lr)
             t_last = time.perf_counter()  # evaluation time is not training time: the next log times the steps
             iters_since_log = 0  # after it only
+            steady = graphed is None or graphed.graph is not None
         if progress.iter_num >= cfg.max_iters or cfg.eval_only:
             return
         # rank r's micro-batches are batch_pos + r, + r + world, ...: the global batch is split across processes
@@ -805,9 +808,10 @@ def train_steps(run: Run, stop: StopRequest) -> None:
         iters_since_log += 1
         logged = progress.iter_num % cfg.log_interval == 0
         if logged:
-            log_step(run, loss_sum, lr, t_last, iters_since_log)
+            log_step(run, loss_sum, lr, t_last, iters_since_log, steady)
             t_last = time.perf_counter()
             iters_since_log = 0
+            steady = graphed is None or graphed.graph is not None
             watchdog.check(run)
         # a single process checks its flag every step; several vote when they log, as logging syncs them anyway
         reason = stop.agreed(run) if logged or not proc.distributed else None

@@ -154,6 +154,24 @@ def test_cuda_graph_decoding_is_refused_without_cuda_and_moot_without_the_cache(
     assert torch.equal(generate.generate(model, idx, 3, GREEDY, use_cache=False, cuda_graph=True), plain)
 
 
+def test_a_decode_step_that_fails_to_compile_decodes_eager_with_one_warning(monkeypatch: pytest.MonkeyPatch):
+    calls = []
+
+    def broken(cuda: bool) -> Callable[..., torch.Tensor]:
+        def step(*args: object) -> torch.Tensor:
+            calls.append(1)
+            raise RuntimeError("no working C compiler found\nmore detail")
+        return step
+
+    monkeypatch.setattr(generate, "compiled_decode_one", broken)
+    model = random_model()
+    idx = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(4))
+    with pytest.warns(UserWarning, match="torch.compile failed, decoding eager: RuntimeError: no working C compiler"):
+        out = generate.generate(model, idx, 20, GREEDY, compiled=True)
+    assert torch.equal(out, reference_tokens(model, idx, 20))
+    assert calls == [1]  # tried once, then eager for the rest
+
+
 def test_cache_is_kept_for_the_next_generation_and_clear_cache_frees_it():
     model = random_model()
     idx = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(1))
