@@ -684,8 +684,8 @@ def evaluate_and_save(run: Run, lr: float) -> None:
 
 def log_step(run: Run, loss_sum: torch.Tensor, lr: float, since: float, iters: int, steady: bool = True) -> None:
     """Record the mean training loss of the step (over all processes) and print it with its speed: the time per
-    iteration of the `iters` steps since `since` (a perf_counter reading). The first steady interval (not one
-    holding a CUDA graph's warm-up and capture) also says how long the rest will take."""
+    iteration of the `iters` steps since `since` (a perf_counter reading). The first steady interval (not the
+    first steps of the run, nor a CUDA graph's warm-up and capture) also says how long the rest will take."""
     if run.proc.distributed:
         dist.all_reduce(loss_sum)  # gloo has no AVG: sum, then divide
     loss = loss_sum.item() / run.proc.world  # waits for the device: the steps queued are done
@@ -782,7 +782,8 @@ def train_steps(run: Run, stop: StopRequest) -> None:
     graphed = GraphedStep(run) if cfg.cuda_graph else None
     t_last = time.perf_counter()
     iters_since_log = 0
-    steady = graphed is None  # whether the steps since t_last are all replays of a captured graph (or plain)
+    steady = False  # whether the steps since t_last ran at their lasting speed: not the first ones (start-up
+    # work: kernel loading, the allocator), nor a CUDA graph's warm-up and capture
     while True:
         lr = get_lr(progress.iter_num, cfg)
         set_lr(run.optimizer, lr)

@@ -207,11 +207,12 @@ def test_a_gpu_recipe_on_the_cpu_is_warned_and_the_pace_is_told(char_data: CharD
                                                                capsys: pytest.CaptureFixture[str]):
     monkeypatch.setattr(train, "CPU_WARNING_FLOPS", 1e6)  # the tiny model stands for GPT-2 124M
     monkeypatch.setattr(train, "EVAL_PROGRESS_S", -1.0)  # and every evaluation batch for a long wait
-    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=3, eval_iters=2))
+    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=4, eval_iters=2))
     out = capsys.readouterr().out
     assert re.search(r"^warning: [\d.]+ TFLOP per iteration on the CPU: this is a GPU recipe", out, re.MULTILINE)
-    assert re.search(r"^at this pace the remaining 2 iterations take about \d+ s, evaluations not included$", out,
-                     re.MULTILINE)
+    # told after the second step: the first one's time holds start-up work
+    assert re.search(r"^iter 2: .*\nat this pace the remaining 2 iterations take about \d+ s, evaluations not "
+                     r"included$", out, re.MULTILINE)
     assert out.count("at this pace") == 1
     assert "evaluating the train split: batch 2 of 2" in out and "evaluating the val split: batch 1 of 2" in out
 
