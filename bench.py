@@ -75,6 +75,7 @@ class BenchConfig:
     gradient_accumulation_steps: int = 1  # train
     grad_clip: float = 1.0  # train, as train.py: clipping costs an unscale and a norm per step; 0 disables
     activation_checkpointing: bool = False  # train: recompute each block in the backward pass
+    fp8: bool = False  # train: FP8 matrix multiplies (torchao's float8 training, as train.py --fp8=True)
     new_tokens: str = "256,1000"  # sample: comma list of tokens generated per timed run
     prompt_tokens: int = 16  # sample: length of the random prompt
     kv_cache: str = "on"  # sample: on | off | both; off recomputes the window every token (eager: compile moot)
@@ -117,6 +118,8 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
     opt = train.TrainConfig()  # the optimizer settings training uses by default
     model = GPT(model_cfg).to(device)
     model.activation_checkpointing = cfg.activation_checkpointing
+    if cfg.fp8:
+        runtime.to_float8(model)
     optimizer = model.configure_optimizers(opt.weight_decay, opt.learning_rate, (opt.beta1, opt.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ctx = runtime.autocast(device, dtype)
@@ -316,6 +319,8 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         cfg = replace(cfg, compile="both" if cfg.mode == "train" else "off")
     check(cfg)
     device = runtime.resolve_device(cfg.device)
+    if cfg.fp8:
+        runtime.check_fp8(device)
     runs = plan(cfg, device)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     meta = read_meta(os.path.join(cfg.data_root, cfg.dataset)) if cfg.dataset else None

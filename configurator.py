@@ -34,15 +34,15 @@ class UserError(Exception):
     Under torchrun only rank 0 says it: the other processes raise it with no message and print nothing."""
 
 
-def need(package: str, purpose: str) -> types.ModuleType:
-    """Import a package of requirements-extra.txt (a top-level name), or raise a UserError saying what needs it
-    and how to get it."""
+def need(package: str, purpose: str, install: str = "-r requirements-extra.txt") -> types.ModuleType:
+    """Import an optional package (a top-level name; by default one of requirements-extra.txt), or raise a
+    UserError saying what needs it and how to get it (pip install `install`)."""
     try:
         return importlib.import_module(package)
     except ModuleNotFoundError as e:
         if e.name != package:
             raise  # the package is there, something it imports is not: not the user's doing
-        raise UserError(f"{purpose} needs the {package} package: pip install -r requirements-extra.txt") from None
+        raise UserError(f"{purpose} needs the {package} package: pip install {install}") from None
 
 
 def user_error_status() -> int:

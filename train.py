@@ -110,6 +110,8 @@ class TrainConfig:
     compile: bool = True  # torch.compile the model; falls back to eager with a warning if it fails
     cuda_graph: bool = False  # replay each step as one CUDA graph, one launch instead of hundreds (one GPU,
     # bf16/fp32; elsewhere the step runs without it, with a note)
+    fp8: bool = False  # FP8 matrix multiplies (torchao's float8 training; H100-class GPUs): faster, other numerics,
+    # so opt-in (README: its convergence check); needs pip install torchao
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
@@ -438,6 +440,8 @@ def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT,
     device = proc.device
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
+    if cfg.fp8:
+        runtime.to_float8(model)
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"{os.path.join(cfg.data_root, cfg.dataset)} has {meta['vocab_size']} token ids, the model "
                         f"only {model.config.vocab_size}")
@@ -826,6 +830,11 @@ def main(argv: list[str]) -> dict[str, list]:
     cfg = configurator.load(TrainConfig, argv)
     check_settings(cfg)
     proc = setup_process(cfg)
+    if cfg.fp8:
+        try:
+            runtime.check_fp8(proc.device)
+        except UserError as e:
+            raise UserError(str(e) if proc.master else "") from None  # every process stops; rank 0 says why
     dtype = runtime.resolve_dtype(cfg.dtype, proc.device)
     torch.manual_seed(cfg.seed + proc.rank)
     runtime.enable_tf32(proc.device)
