@@ -131,6 +131,12 @@ def test_attention_rows_dense_and_banded(capsys: pytest.CaptureFixture[str]) -> 
         bench.main(["--mode=attention", "--device=cpu", "--band=0"])
 
 
+def test_fp8_is_refused_in_one_line_where_it_cannot_run() -> None:
+    with pytest.raises(UserError, match=r"^fp8=True needs (the torchao package: pip install torchao|a CUDA GPU with "
+                                        r"FP8 matrix multiplies \(H100, L4, RTX 40xx\), not cpu)$"):
+        bench.main([*TINY, "--fp8=True"])
+
+
 @pytest.mark.parametrize(("flag", "message"), [
     ("--kv_cache=maybe", "kv_cache must be on, off or both, got 'maybe'"),
     ("--cuda_graph=maybe", "cuda_graph must be on, off or both, got 'maybe'"),
