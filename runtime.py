@@ -115,14 +115,15 @@ def device_name(device: torch.device) -> str:
 
 
 def check_fp8(device: torch.device) -> None:
-    """Refuse fp8=True, with one line, where it cannot run: without torchao, or without FP8 matrix multiplies."""
-    configurator.need("torchao", "fp8=True", install="torchao")
+    """Refuse fp8=True, with one line, where it cannot run: without FP8 matrix multiplies (said first: installing
+    torchao would not help), or without torchao."""
     if device.type != "cuda":
         raise UserError(f"fp8=True needs a CUDA GPU with FP8 matrix multiplies (H100, L4, RTX 40xx), not {device}")
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < (8, 9):
         raise UserError(f"fp8=True needs FP8 matrix multiplies (compute capability 8.9 or later: H100, L4, RTX 40xx); "
                         f"{torch.cuda.get_device_name(device)} has {major}.{minor}")
+    configurator.need("torchao", "fp8=True", install="torchao")
 
 
 def to_float8(model: torch.nn.Module) -> None:

@@ -132,8 +132,8 @@ def test_attention_rows_dense_and_banded(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_fp8_is_refused_in_one_line_where_it_cannot_run() -> None:
-    with pytest.raises(UserError, match=r"^fp8=True needs (the torchao package: pip install torchao|a CUDA GPU with "
-                                        r"FP8 matrix multiplies \(H100, L4, RTX 40xx\), not cpu)$"):
+    with pytest.raises(UserError, match=r"^fp8=True needs a CUDA GPU with FP8 matrix multiplies \(H100, L4, RTX "
+                                        r"40xx\), not cpu$"):  # first: torchao would not help
         bench.main([*TINY, "--fp8=True"])
 
 
