@@ -65,7 +65,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
 
 def _nearest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.0)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)  # no far-fetched guess
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

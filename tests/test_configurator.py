@@ -110,6 +110,11 @@ def test_unknown_flag_names_the_nearest_setting():
         load("--lerning_rate=1e-3")
 
 
+def test_unknown_setting_with_nothing_close_gets_no_guess():
+    with pytest.raises(UserError, match=r"^unknown setting 'fp8' in flags$"):  # not "did you mean 'stop'?"
+        load("--fp8=True")
+
+
 def test_unknown_key_in_config_file_names_file_and_nearest_setting(tmp_path: Path):
     cfg = write(tmp_path / "c.py", "max_iter = 10\n")
     with pytest.raises(UserError, match=r"unknown setting 'max_iter' in .*c\.py.*did you mean 'max_iters'"):
