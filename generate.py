@@ -11,13 +11,13 @@ Used by sample.py, bench.py and the tests.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
+import runtime
 from model import GPT, KVCache
 
 
@@ -134,10 +134,9 @@ class GraphedDecode:
     fixed already (setup_cache keeps its buffers). The generator state is put back after a capture, and a replay
     advances it as the eager step would: seeded samples are the eager path's."""
 
-    def __init__(self, model: GPT, batch_size: int, step: Callable[..., torch.Tensor] = decode_one) -> None:
+    def __init__(self, model: GPT, batch_size: int) -> None:
         device = model.lm_head.weight.device
         self.model = model
-        self.step = step
         self.token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.seen = torch.zeros(batch_size, model.config.vocab_size, dtype=torch.bool, device=device)
@@ -163,12 +162,12 @@ class GraphedDecode:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            self.step(self.model, self.token, self.pos, self.seen, sampling, span)
+            decode_one(self.model, self.token, self.pos, self.seen, sampling, span)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # on the model's device, whichever is current (sample.py --device=cuda:1 sets none)
         with torch.cuda.device(device), torch.cuda.graph(graph, pool=self.pool, stream=side):
-            out = self.step(self.model, self.token, self.pos, self.seen, sampling, span)
+            out = decode_one(self.model, self.token, self.pos, self.seen, sampling, span)
         self.pool = graph.pool()
         torch.cuda.set_rng_state(rng, device)
         return graph, out
@@ -209,8 +208,7 @@ def eager_if_compile_fails(compiled: Callable[..., torch.Tensor]) -> Callable[..
         except Exception as e:  # any compiler failure
             if current is decode_one:
                 raise
-            reason = str(e).splitlines()[0][:200] if str(e) else ""
-            warnings.warn(f"torch.compile failed, decoding eager: {type(e).__name__}: {reason}", stacklevel=2)
+            runtime.warn_compile_failed(e, "decoding eager")
             current = decode_one
             return decode_one(*args)
 

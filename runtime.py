@@ -83,11 +83,16 @@ def maybe_compile(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx:
     except torch.OutOfMemoryError:
         raise  # the batch does not fit: not a compiler problem, and eager would not fit either
     except Exception as e:  # noqa: BLE001 (any compiler failure: no C compiler, unsupported op, ...)
-        reason = str(e).splitlines()[0][:200] if str(e) else ""
-        warnings.warn(f"torch.compile failed, running eager: {type(e).__name__}: {reason}", stacklevel=2)
+        warn_compile_failed(e, "running eager")
         compiled = model
     model.zero_grad(set_to_none=True)
     return compiled
+
+
+def warn_compile_failed(e: Exception, instead: str) -> None:
+    """One warning that torch.compile failed and what runs instead, with the first line of the reason."""
+    reason = str(e).splitlines()[0][:200] if str(e) else ""
+    warnings.warn(f"torch.compile failed, {instead}: {type(e).__name__}: {reason}", stacklevel=3)
 
 
 def synchronize(device: torch.device) -> None:

@@ -110,8 +110,8 @@ class TrainConfig:
     compile: bool = True  # torch.compile the model; falls back to eager with a warning if it fails
     cuda_graph: bool = False  # replay each step as one CUDA graph, one launch instead of hundreds (one GPU,
     # bf16/fp32; elsewhere the step runs without it, with a note)
-    fp8: bool = False  # FP8 matrix multiplies (torchao's float8 training; H100-class GPUs): faster, other numerics,
-    # so opt-in (README: its convergence check); needs pip install torchao
+    fp8: bool = False  # FP8 matrix multiplies (torchao's float8 training; H100-class GPUs): less memory, faster only
+    # for wide models (0.92x for GPT-2 124M, 1.03x for 1.56B), other numerics, so opt-in; needs pip install torchao
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
