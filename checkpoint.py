@@ -6,48 +6,77 @@ temporary file that is renamed over the old one, so a crash mid-save leaves the 
 
 out_dir holds two: ckpt.pt, the latest state, which init_from=resume continues from; and best.pt, the one with the
 best validation loss so far, which sample.py and export.py read unless told otherwise.
+
+A sharded run (fsdp=True, tensor_parallel > 1) saves instead with torch.distributed.checkpoint: every process writes
+its own shards, in parallel, into a directory of its own (ckpt-<iter>-<id>/, with the rest of the state in
+header.pt), and ckpt.dcp / best.dcp are symbolic links to such directories, swapped atomically once a directory is
+complete. Reading one needs no processes: any script (and a run on another number of GPUs) loads it whole, and
+`python checkpoint.py --out_dir=DIR` writes the single files ckpt.pt / best.pt from it. The optimizer state of a
+sharded checkpoint is keyed by parameter name, that of ckpt.pt by position; `optimizer_by_name` and
+`optimizer_by_position` turn one into the other.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 import configurator
+import parallel
 from configurator import UserError
 from model import GPT, GPTConfig
 
 CKPT_FILE = "ckpt.pt"  # the latest state
 BEST_FILE = "best.pt"  # the best validation loss so far
+SHARDED = {CKPT_FILE: "ckpt.dcp", BEST_FILE: "best.dcp"}  # their sharded counterparts: links to directories
+HEADER_FILE = "header.pt"  # in a sharded checkpoint's directory: everything but the model and optimizer tensors
 
 
 def save(ckpt: dict[str, Any], out_dir: str, best: bool = False) -> str:
     """Write ckpt as out_dir/ckpt.pt; with best, also as out_dir/best.pt: a second name for the same file (a hard
-    link: no second write, no second copy on disk), or a copy where the filesystem has no links."""
+    link: no second write, no second copy on disk), or a copy where the filesystem has no links. A sharded
+    checkpoint these replace (ckpt.dcp, and with best best.dcp) is removed once they are in place."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, CKPT_FILE)
     tmp = f"{path}.tmp.{os.getpid()}"
     best_tmp = f"{os.path.join(out_dir, BEST_FILE)}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_file(ckpt, tmp)
         if best:
             link_or_copy(tmp, best_tmp)
             os.replace(best_tmp, os.path.join(out_dir, BEST_FILE))
         os.replace(tmp, path)  # atomic on POSIX and Windows
     except OSError as e:  # a full disk, a vanished mount: the run ends, the last good checkpoint stays
-        previous = "the previous one is left as it was" if os.path.exists(path) else "there is none yet"
-        raise UserError(f"could not write a checkpoint to {path} ({e.strerror or e}); {previous}") from None
+        raise UserError(save_failed(path, e)) from None
     finally:
         for name in (tmp, best_tmp):
             if os.path.exists(name):
                 os.remove(name)
+    for name in (CKPT_FILE, BEST_FILE) if best else (CKPT_FILE,):
+        remove_link(out_dir, SHARDED[name])
     return path
+
+
+def write_file(ckpt: dict[str, Any], path: str) -> None:
+    with open(path, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_failed(path: str, e: BaseException) -> str:
+    previous = "the previous one is left as it was" if os.path.exists(path) else "there is none yet"
+    reason = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return f"could not write a checkpoint to {path} ({reason}); {previous}"
 
 
 def link_or_copy(source: str, target: str) -> None:
@@ -57,28 +86,161 @@ def link_or_copy(source: str, target: str) -> None:
         shutil.copyfile(source, target)
 
 
-def load(out_dir: str, map_location: str | torch.device = "cpu", which: str = "latest",
-         mmap: bool = False) -> dict[str, Any]:
-    """out_dir's latest checkpoint (ckpt.pt), or with which="best" its best (best.pt; ckpt.pt where a run made
-    none, as runs before best.pt existed did). mmap, for readers of the weights only: a tensor is read from disk
-    when it is used, so sampling never reads the optimizer state (1 GB of GPT-2 124M's 1.5 GB). Training does
-    not map: its run replaces the file it resumed from."""
+def save_sharded(state: dict[str, Any], header: dict[str, Any], out_dir: str, best: bool, rank: int) -> str:
+    """Every process calls this with its shards (state: the model's and optimizer's sharded state dicts) and the
+    same header: each writes its shards into a new directory, rank 0 adds header.pt, then points ckpt.dcp (and
+    with best, best.dcp) at it. A save that fails on any process leaves the previous checkpoint as it was, and
+    every process raises the same UserError (rank 0 saying why)."""
+    link = os.path.join(out_dir, SHARDED[CKPT_FILE])
+    name = [f"ckpt-{header['iter_num']}-{uuid.uuid4().hex[:8]}" if rank == 0 else None]
+    dist.broadcast_object_list(name, src=0)
+    directory = os.path.join(out_dir, name[0])
+    tmp = f"{directory}.tmp"
+    message = None
+    try:
+        dcp.save(state, checkpoint_id=tmp)  # collective: it fails on every process if it fails on one
+    except Exception as e:  # noqa: BLE001 (OSError, or DCP's CheckpointException wrapping one)
+        message = save_failed(link, e)
+    if rank == 0 and message is None:
+        try:
+            write_file(header, os.path.join(tmp, HEADER_FILE))
+            os.replace(tmp, directory)
+            point(out_dir, SHARDED[CKPT_FILE], name[0])
+            if best:
+                point(out_dir, SHARDED[BEST_FILE], name[0])
+        except OSError as e:
+            message = save_failed(link, e)
+    shared = [message]
+    dist.broadcast_object_list(shared, src=0)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if shared[0] is None:
+            for single in (CKPT_FILE, BEST_FILE) if best else (CKPT_FILE,):  # superseded
+                if os.path.exists(os.path.join(out_dir, single)):
+                    os.remove(os.path.join(out_dir, single))
+            prune(out_dir)
+    if shared[0] is not None:
+        raise UserError(shared[0] if rank == 0 else "")
+    return link
+
+
+def point(out_dir: str, link: str, target: str) -> None:
+    """Make out_dir/link a symbolic link to out_dir/target, atomically: a reader sees the old one or the new."""
+    tmp = os.path.join(out_dir, f".{link}.{os.getpid()}")
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, os.path.join(out_dir, link))
+
+
+def remove_link(out_dir: str, link: str) -> None:
+    if os.path.islink(os.path.join(out_dir, link)):
+        os.remove(os.path.join(out_dir, link))
+        prune(out_dir)
+
+
+def prune(out_dir: str) -> None:
+    """Remove the sharded checkpoint directories that no link points to (superseded, or left by a failed save)."""
+    kept = {os.path.realpath(os.path.join(out_dir, link)) for link in SHARDED.values()}
+    for entry in os.listdir(out_dir):
+        path = os.path.join(out_dir, entry)
+        if entry.startswith("ckpt-") and os.path.isdir(path) and os.path.realpath(path) not in kept:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def locate(out_dir: str, which: str = "latest") -> str:
+    """The path of out_dir's latest checkpoint (ckpt.pt or ckpt.dcp), or with which="best" its best (best.pt or
+    best.dcp; the latest where a run made none, as runs before best.pt existed did). Where a single file and a
+    sharded checkpoint both exist (a conversion keeps the sharded one), the one written last."""
     if which not in ("latest", "best"):
         raise UserError(f"checkpoint must be best or latest, got '{which}'")
-    path = os.path.join(out_dir, BEST_FILE)
-    if which == "latest" or not os.path.isfile(path):
-        path = os.path.join(out_dir, CKPT_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}: train one first (init_from=scratch) or set out_dir")
+    for name in (BEST_FILE, CKPT_FILE) if which == "best" else (CKPT_FILE,):
+        found = [p for p in (os.path.join(out_dir, name), os.path.join(out_dir, SHARDED[name])) if os.path.exists(p)]
+        if found:
+            return max(found, key=os.path.getmtime)
+    raise UserError(f"no checkpoint at {os.path.join(out_dir, CKPT_FILE)}: train one first (init_from=scratch) or "
+                    "set out_dir")
+
+
+def load(out_dir: str, map_location: str | torch.device = "cpu", which: str = "latest",
+         mmap: bool = False, optimizer: bool = True) -> dict[str, Any]:
+    """out_dir's latest checkpoint, or with which="best" its best (see locate). mmap, for readers of the weights
+    only: a tensor is read from disk when it is used, so sampling never reads the optimizer state (1 GB of GPT-2
+    124M's 1.5 GB). Training does not map: its run replaces the file it resumed from. A sharded checkpoint is read
+    whole, on the CPU, its optimizer state (keyed by name) only with optimizer=True."""
+    path = locate(out_dir, which)
+    if os.path.isdir(path):
+        return load_sharded(path, optimizer)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 (torch raises many types for a damaged zip or pickle)
-        reason = str(e).splitlines()[0] if str(e) else ""
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {reason})") from None
+        raise UserError(corrupt(path, e)) from None
     missing = [k for k in ("model", "model_args", "iter_num") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UserError(f"checkpoint {path} is not one of ours: missing {', '.join(missing)}")
     return ckpt
+
+
+def corrupt(path: str, e: Exception) -> str:
+    reason = str(e).splitlines()[0] if str(e) else ""
+    return f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {reason})"
+
+
+def load_header(path: str) -> dict[str, Any]:
+    """A sharded checkpoint's header: everything but the model and optimizer tensors."""
+    try:
+        return torch.load(os.path.join(path, HEADER_FILE), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(corrupt(path, e)) from None
+
+
+def load_sharded(path: str, optimizer: bool = True) -> dict[str, Any]:
+    """A sharded checkpoint read whole by this one process, its rows in the model's own order whatever tensor
+    parallelism saved it."""
+    header = load_header(path)
+    state: dict[str, Any] = {}
+    try:  # as DCP's own dcp_to_torch_save reads one (public dcp.load fills only the keys given it): tensors of
+        # the saved sizes, filled from every shard
+        _load_state_dict(state, storage_reader=dcp.FileSystemReader(path), no_dist=True,
+                         planner=_EmptyStateDictLoadPlanner(keys={"model", "optimizer"} if optimizer else {"model"}))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(corrupt(path, e)) from None
+    config, tp = GPTConfig(**header["model_args"]), header["tensor_parallel"]
+    ckpt = header | {"model": parallel.reorder_rows(state["model"], config, tp, to_rank_major=False)}
+    if optimizer:
+        moments = parallel.reorder_rows(state["optimizer"]["state"], config, tp, to_rank_major=False)
+        ckpt["optimizer"] = state["optimizer"] | {"state": moments}
+    return ckpt
+
+
+def load_into(path: str, state: dict[str, Any]) -> None:
+    """Fill this process's shards (state: sharded state dicts of the layout that saved the checkpoint at path,
+    any number of processes) from it: every process calls this."""
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(corrupt(path, e)) from None
+
+
+def optimizer_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each parameter of the optimizer, in its order (the positions of its state dict)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def optimizer_by_name(osd: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An optimizer state dict keyed by position (optimizer.state_dict()) keyed by parameter name instead."""
+    return {"state": {names[i]: s for i, s in osd["state"].items()},
+            "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
+
+
+def optimizer_by_position(osd: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The reverse of optimizer_by_name; a state dict keyed by position already is returned as it is."""
+    if all(isinstance(i, int) for g in osd["param_groups"] for i in g["params"]):
+        return osd
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: s for n, s in osd["state"].items()},
+            "param_groups": [g | {"params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
 
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -106,3 +268,44 @@ def model_from(ckpt: dict[str, Any], device: str | torch.device = "cpu", **overr
         model = GPT(GPTConfig(**ckpt["model_args"] | overrides))
     model.load_state_dict(ckpt["model"])
     return model
+
+
+@dataclass
+class ConvertConfig:
+    """Write a sharded checkpoint (out_dir/ckpt.dcp, best.dcp) as the single files ckpt.pt and best.pt, which any
+    script reads and a run on one GPU resumes from. The sharded checkpoint is kept."""
+
+    out_dir: str = "out"  # the run's folder
+
+
+def to_single_file(path: str) -> dict[str, Any]:
+    """The sharded checkpoint at path as ckpt.pt holds it: its optimizer state keyed by position."""
+    ckpt = load_sharded(path)
+    with torch.device("meta"):  # shapes only: the parameter order the optimizer of this model has
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+    optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu")
+    ckpt["optimizer"] = optimizer_by_position(ckpt["optimizer"], optimizer_names(model, optimizer))
+    return ckpt
+
+
+def main(argv: list[str]) -> list[str]:
+    cfg = configurator.load(ConvertConfig, argv)
+    written = []
+    for single, sharded in SHARDED.items():
+        path = os.path.join(cfg.out_dir, sharded)
+        if os.path.isdir(path):
+            target = os.path.join(cfg.out_dir, single)
+            try:
+                write_file(to_single_file(path), f"{target}.tmp.{os.getpid()}")
+                os.replace(f"{target}.tmp.{os.getpid()}", target)
+            except OSError as e:
+                raise UserError(save_failed(target, e)) from None
+            print(f"{path} -> {target}")
+            written.append(target)
+    if not written:
+        raise UserError(f"no sharded checkpoint in {cfg.out_dir} ({', '.join(SHARDED.values())})")
+    return written
+
+
+if __name__ == "__main__":
+    configurator.run(main)

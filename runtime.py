@@ -73,11 +73,14 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def maybe_compile(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Any) -> torch.nn.Module:
+def maybe_compile(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Any,
+                  regions: list[torch.nn.Module] | None = None) -> torch.nn.Module:
     """torch.compile the model and run one forward/backward to build it; if that fails, warn once and return
-    the eager model. The trial runs under fork_rng and its gradients are dropped, so it changes no state."""
+    the eager model. The trial runs under fork_rng and its gradients are dropped, so it changes no state.
+    regions: submodules already compiled in place (Module.compile: a sharded model's blocks), tried through the
+    model, and made eager again if that fails."""
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model) if regions is None else model
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), ctx:
             compiled(x, y)[1].backward()
     except torch.OutOfMemoryError:
@@ -85,6 +88,8 @@ def maybe_compile(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx:
     except Exception as e:  # noqa: BLE001 (any compiler failure: no C compiler, unsupported op, ...)
         warn_compile_failed(e, "running eager")
         compiled = model
+        for region in regions or []:
+            region._compiled_call_impl = None  # what Module.compile set: calls go to the eager forward again
     model.zero_grad(set_to_none=True)
     return compiled
 

@@ -2,6 +2,7 @@
 
     python train.py config/train_shakespeare_char.py --device=cpu --compile=False
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+    torchrun --standalone --nproc_per_node=2 train.py config/train_gpt2_xl.py  # FSDP: a model too big for one GPU
     python train.py config/train_gpt2.py --dry_run=True  # the model's accounting and the batch arithmetic only
 
 Data are data/<dataset>/{train,val}.bin with their meta.json (see data/*/prepare.py). Checkpoints go to
@@ -26,11 +27,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import accounting
 import checkpoint
 import configurator
+import parallel
 import runtime
 from configurator import UserError
 from model import GPT, PRESETS, GPTConfig, resolve_config
@@ -88,6 +94,10 @@ class TrainConfig:
     parallel_block: bool | None = None  # PaLM's parallel attention + MLP
     tie_embeddings: bool | None = None  # lm_head shares the token embedding (GPT-2); False: its own matrix
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, more time
+    fsdp: bool = False  # under torchrun: shard the weights, gradients and AdamW state over the processes (FSDP2),
+    # for models whose 16 bytes per parameter do not fit one GPU; checkpoints are then sharded too (ckpt.dcp)
+    tensor_parallel: int = 1  # under torchrun: split each block's matrices over this many processes (Megatron);
+    # fewer than all of them needs fsdp=True (e.g. 4 processes = FSDP 2 x TP 2)
     dry_run: bool = False  # print the model, batch arithmetic and memory estimate, then exit
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (faster matmuls); 1 = no padding
     # AdamW
@@ -214,7 +224,7 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.init_from not in ("scratch", "resume", *checkpoint.GPT2_NAMES):
         raise UserError(f"init_from must be scratch, resume or one of {checkpoint.GPT2_NAMES}, got '{cfg.init_from}'")
     for name in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
-                 "log_interval", "vocab_multiple"):
+                 "log_interval", "vocab_multiple", "tensor_parallel"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_iters", "warmup_iters",
@@ -258,6 +268,21 @@ def rank_0_checks(cfg: TrainConfig, proc: Process) -> None:
         raise UserError(message if proc.master else "")
 
 
+def check_run(cfg: TrainConfig, proc: Process, config: GPTConfig, dtype: torch.dtype) -> None:
+    """Refuse fp8=True where it cannot run, a sharded layout that cannot be built (parallel.check_layout), or what
+    that does not combine with."""
+    if cfg.fp8:
+        runtime.check_fp8(proc.device)
+    parallel.check_layout(config, proc.world, cfg.tensor_parallel, cfg.fsdp, proc.distributed)
+    if not proc.sharded:
+        return
+    what = "fsdp=True" if cfg.fsdp else f"tensor_parallel={cfg.tensor_parallel}"
+    if dtype == torch.float16:
+        raise UserError(f"{what} needs dtype bfloat16 or float32: float16's gradient scaler does not take shards")
+    if cfg.fp8:
+        raise UserError(f"fp8=True with {what} is not supported: train FP8 on one GPU or with DDP")
+
+
 def graph_blocker(cfg: TrainConfig, proc: Process, dtype: torch.dtype) -> str | None:
     """What keeps cuda_graph=True from capturing this run's step (the step of one GPU), or None."""
     if proc.device.type != "cuda":
@@ -279,11 +304,25 @@ class Process:
     local_rank: int
     world: int
     device: torch.device
-    distributed: bool  # started by torchrun: a process group, and the model wrapped in DDP
+    distributed: bool  # started by torchrun: a process group, and the model wrapped in DDP (or sharded)
+    tp: int = 1  # tensor-parallel degree: ranks dp * tp .. dp * tp + tp - 1 share a batch and split the model
+    mesh: DeviceMesh | None = None  # (dp, tp), for a sharded model (fsdp or tensor parallelism)
 
     @property
     def master(self) -> bool:  # rank 0 logs and saves
         return self.rank == 0
+
+    @property
+    def dp_rank(self) -> int:  # which share of the batch this process reads
+        return self.rank // self.tp
+
+    @property
+    def dp_world(self) -> int:  # how many shares there are
+        return self.world // self.tp
+
+    @property
+    def sharded(self) -> bool:
+        return self.mesh is not None
 
 
 def setup_process(cfg: TrainConfig) -> Process:
@@ -291,16 +330,20 @@ def setup_process(cfg: TrainConfig) -> Process:
     if "RANK" not in os.environ:
         return Process(0, 0, 1, runtime.resolve_device(cfg.device), distributed=False)
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    if cfg.gradient_accumulation_steps % world:  # before the process group: every process can leave at once
-        if rank:
-            raise UserError  # rank 0 says why, once
-        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible "
-                        f"by the number of processes ({world})")
+    tp = cfg.tensor_parallel
+    # before the process group: every process can leave at once (rank 0 says why, once)
+    if world % tp:
+        raise UserError("" if rank else f"tensor_parallel={tp} must divide the number of processes ({world})")
+    if cfg.gradient_accumulation_steps % (world // tp):
+        shares = f"the number of processes ({world})" if tp == 1 else f"the data-parallel share ({world // tp})"
+        raise UserError("" if rank else f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be "
+                        f"divisible by {shares}")
     dist.init_process_group(backend=cfg.backend)
     device = runtime.resolve_device(f"cuda:{local_rank}" if cfg.backend == "nccl" else cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    return Process(rank, local_rank, world, device, distributed=True)
+    mesh = parallel.make_mesh(device.type, world, tp) if cfg.fsdp or tp > 1 else None
+    return Process(rank, local_rank, world, device, distributed=True, tp=tp, mesh=mesh)
 
 
 def data_meta(cfg: TrainConfig, required: bool = True) -> dict[str, Any]:
@@ -345,19 +388,29 @@ def check_resume(cfg: TrainConfig, model_args: dict[str, Any]) -> None:
                             "elsewhere")
 
 
-def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device) -> tuple[GPT, dict[str, Any] | None]:
+def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
+                sharded: bool = False) -> tuple[GPT, dict[str, Any] | None]:
     """The model from scratch, from the checkpoint in out_dir (settings given must match it), or OpenAI's GPT-2;
-    and the checkpoint when resuming. A dry run builds it on the meta device: shapes only, no memory."""
+    and the checkpoint when resuming. A dry run builds it on the meta device: shapes only, no memory. A model to
+    be sharded is built on its device (a CPU takes minutes to draw billions of weights), and when resuming its
+    weights are left to `restore`, which reads each process's shards only: here the checkpoint's header is read."""
     data_dir = os.path.join(cfg.data_root, cfg.dataset)
     if cfg.init_from == "scratch":
-        with torch.device("meta") if cfg.dry_run else contextlib.nullcontext():
+        with torch.device("meta" if cfg.dry_run else device) if cfg.dry_run or sharded else contextlib.nullcontext():
             return GPT(model_config(cfg, meta)), None
     if cfg.init_from == "resume":
-        ckpt = checkpoint.load(cfg.out_dir, map_location=device)
+        path = checkpoint.locate(cfg.out_dir)
+        if sharded and os.path.isdir(path):
+            ckpt = checkpoint.load_header(path)
+        else:  # mapped when sharded: restore reads the weights it needs
+            ckpt = checkpoint.load(cfg.out_dir, map_location="cpu" if sharded else device, mmap=sharded)
         if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
             raise UserError(f"the checkpoint was trained on {ckpt['meta']['tokenizer']} tokens, {data_dir} has "
                             f"{meta['tokenizer']} tokens")
         check_resume(cfg, ckpt["model_args"])
+        if sharded:
+            with torch.device(device):
+                return GPT(GPTConfig(**ckpt["model_args"] | {"dropout": cfg.dropout})), ckpt | {"path": path}
         return checkpoint.model_from(ckpt, dropout=cfg.dropout), ckpt
     if meta["tokenizer"] != "gpt2":
         raise UserError(f"{cfg.init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
@@ -380,19 +433,50 @@ class Progress:
     batch_pos: int = 0  # global index of the first training batch of the next iteration
 
 
-def restore(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-            device: torch.device) -> Progress:
-    """Optimizer, gradient scaler and random state as the checkpoint left them; returns its progress. How the
-    optimizer steps (fused, foreach, capturable) stays this machine's choice: the checkpoint may come from another."""
+def restore(ckpt: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            proc: Process) -> Progress:
+    """Optimizer (and for a sharded model, the weights), gradient scaler and random state as the checkpoint left
+    them; returns its progress. How the optimizer steps (fused, foreach, capturable) stays this machine's choice:
+    the checkpoint may come from another."""
     how = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
-    optimizer.load_state_dict(ckpt["optimizer"])
+    names = checkpoint.optimizer_names(model, optimizer)
+    if proc.sharded:
+        restore_shards(ckpt, model, optimizer, proc, names)
+    else:  # a sharded checkpoint's optimizer state, read whole, is keyed by name
+        optimizer.load_state_dict(checkpoint.optimizer_by_position(ckpt["optimizer"], names))
     for group in optimizer.param_groups:
         group.update(how)  # set_capturable then puts the step counts where these kernels want them
     scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+    rng = ckpt["rng"]  # rank 0's; a sharded checkpoint has every process's, used where the layout is the same
+    if len(ckpt.get("rng_ranks", [])) == proc.world:
+        rng = ckpt["rng_ranks"][proc.rank]
+    torch.set_rng_state(rng["torch"].cpu())
+    if proc.device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), proc.device)
     return Progress(ckpt["iter_num"], ckpt["best_val_loss"], ckpt["batch_pos"])
+
+
+def restore_shards(ckpt: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer, proc: Process,
+                   names: list[str]) -> None:
+    """A sharded model's weights and optimizer state from the checkpoint. Saved sharded with the same tensor-
+    parallel degree (any number of FSDP processes), each process reads just its shards; otherwise (a single file,
+    another degree) each reads the whole state and keeps its part."""
+    path = ckpt["path"]
+    if os.path.isdir(path) and ckpt["tensor_parallel"] == proc.tp:
+        state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        checkpoint.load_into(path, state)
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+        return
+    whole = checkpoint.load_sharded(path) if os.path.isdir(path) else ckpt
+    weights = parallel.reorder_rows(whole["model"], model.config, proc.tp, to_rank_major=True)
+    osd = whole["optimizer"]
+    if all(isinstance(i, int) for group in osd["param_groups"] for i in group["params"]):  # ckpt.pt's
+        osd = checkpoint.optimizer_by_name(osd, names)
+    osd = osd | {"state": parallel.reorder_rows(osd["state"], model.config, proc.tp, to_rank_major=True)}
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, osd, options=options)
 
 
 @dataclass
@@ -418,25 +502,49 @@ class Run:
 
     @property
     def accum(self) -> int:  # micro-steps per iteration in this process
-        return self.cfg.gradient_accumulation_steps // self.proc.world
+        return self.cfg.gradient_accumulation_steps // self.proc.dp_world
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:
     """The checkpoint: plain data (model_from rebuilds the model from it), saved from the unwrapped model."""
-    device = run.proc.device
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict()} | checkpoint_header(run)
+
+
+def checkpoint_header(run: Run) -> dict[str, Any]:
+    """All of the checkpoint but the model and optimizer tensors."""
     return {
-        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-        "model_args": asdict(run.model.config), "config": asdict(run.cfg), "meta": run.meta,
-        "iter_num": run.progress.iter_num, "best_val_loss": run.progress.best_val_loss,
-        "batch_pos": run.progress.batch_pos,
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "scaler": run.scaler.state_dict(), "model_args": asdict(run.model.config), "config": asdict(run.cfg),
+        "meta": run.meta, "iter_num": run.progress.iter_num, "best_val_loss": run.progress.best_val_loss,
+        "batch_pos": run.progress.batch_pos, "rng": rng_state(run.proc.device),
     }
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def save_checkpoint(run: Run, best: bool = False) -> str | None:
+    """Every process calls this. A sharded model is saved sharded, each process writing its own part (with the
+    random state of each process, and the model's original config: the tensor-parallel split changes the head
+    counts of its attention modules, not of the config); any other by rank 0 as one file. Returns the path on
+    rank 0."""
+    cfg, proc = run.cfg, run.proc
+    if proc.sharded:
+        rngs: list[Any] = [None] * proc.world
+        dist.all_gather_object(rngs, rng_state(proc.device))
+        header = checkpoint_header(run) | {"tensor_parallel": proc.tp, "rng_ranks": rngs}
+        state = {"model": get_model_state_dict(run.model),
+                 "optimizer": get_optimizer_state_dict(run.model, run.optimizer)}
+        return checkpoint.save_sharded(state, header, cfg.out_dir, best, proc.rank)
+    if proc.master:
+        return checkpoint.save(checkpoint_state(run), cfg.out_dir, best=best)
+    return None
 
 
 def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT, ckpt: dict[str, Any] | None,
               dtype: torch.dtype) -> Run:
-    """Optimizer, scaler and progress (restored when resuming), the batches, the compiled and DDP-wrapped model."""
+    """Optimizer, scaler and progress (restored when resuming), the batches, the compiled and DDP-wrapped (or
+    sharded: parallel.parallelize) model."""
     device = proc.device
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
@@ -445,9 +553,12 @@ def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT,
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"{os.path.join(cfg.data_root, cfg.dataset)} has {meta['vocab_size']} token ids, the model "
                         f"only {model.config.vocab_size}")
+    regions = []
+    if proc.sharded:
+        regions = parallel.parallelize(model, proc.mesh, cfg.fsdp, cfg.activation_checkpointing, cfg.compile, dtype)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    progress = restore(ckpt, optimizer, scaler, device) if ckpt is not None else Progress()
+    progress = restore(ckpt, model, optimizer, scaler, proc) if ckpt is not None else Progress()
     set_capturable(optimizer, device, cfg.cuda_graph)  # either way: a checkpoint may come from the other
 
     def path(split: str) -> str:
@@ -460,9 +571,10 @@ def start_run(cfg: TrainConfig, proc: Process, meta: dict[str, Any], model: GPT,
     ctx = runtime.autocast(device, dtype)
     eval_model = model
     if cfg.compile:
-        eval_model = runtime.maybe_compile(model, *train_data.get(progress.batch_pos + proc.rank, device), ctx)
+        batch = train_data.get(progress.batch_pos + proc.dp_rank, device)
+        eval_model = runtime.maybe_compile(model, *batch, ctx, regions=regions if proc.sharded else None)
     step_model = eval_model
-    if proc.distributed:
+    if proc.distributed and not proc.sharded:
         step_model = DDP(eval_model, device_ids=[proc.local_rank] if device.type == "cuda" else None)
     return Run(cfg, proc, meta, model, eval_model, step_model, optimizer, scaler, ctx, train_data, evals, progress)
 
@@ -500,10 +612,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     each micro-batch after it is `stride` further on (stride = the number of processes: rank r reads batches
     r, r + world, ...), and each is read while the device still works on the one before. A DDP model syncs
     gradients on the last micro-step only. Returns the mean loss and whether the update was applied (device
-    tensors: reading them waits for the device), and the batch that follows, to start the next step with."""
+    tensors: reading them waits for the device), and the batch that follows, to start the next step with. So does
+    an FSDP model, keeping whole gradients until then (more memory, one reduction per step)."""
     loss_sum = torch.zeros((), device=batch[0].device)
     for m in range(accum):
         sync = model.no_sync() if isinstance(model, DDP) and m < accum - 1 else contextlib.nullcontext()
+        if isinstance(model, FSDPModule):  # the gradients are reduce-scattered once, after the last micro-step
+            model.set_requires_gradient_sync(m == accum - 1)
         with sync:
             with ctx:
                 loss = model(*batch)[1] / accum
@@ -523,13 +638,13 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     norm = None
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # a no-op unless float16's scaler is on
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = parallel.plain(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
     if scaler.is_enabled():  # float16: the scaler skips updates with inf/NaN gradients itself, and rescales
         scaler.step(optimizer)
         scaler.update()
         return torch.isfinite(loss)
     if norm is None:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        norm = parallel.total_norm([p.grad for p in model.parameters() if p.grad is not None])
     applied = torch.isfinite(loss) & torch.isfinite(norm)  # the norm is the same on every DDP process
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = (~applied).float()
@@ -634,13 +749,16 @@ class Watchdog:
 
 
 def estimate_loss(model: torch.nn.Module, evals: dict[str, Windows], cfg: TrainConfig, device: torch.device,
-                  ctx: Any, rank: int, world: int) -> dict[str, float]:
-    """Mean loss per token over the same windows of each split every time, shared out across DDP ranks.
+                  ctx: Any, rank: int, world: int, show: bool | None = None) -> dict[str, float]:
+    """Mean loss per token over the same windows of each split every time, shared out across the data-parallel
+    shares (rank of world; the processes of a tensor-parallel group evaluate the same batches, and so add the same
+    sums and counts alike). show: whether this process prints the progress of a long evaluation (rank 0's).
 
     A compiled model without dropout is evaluated through its training graph (train mode, gradients on, nothing
     kept): it computes the same loss, where an inference graph would be a second compile before the first step
     (12 s for GPT-2 124M on an H100) to save ~1 ms a batch."""
     same_graph = cfg.compile and not cfg.dropout
+    show = rank == 0 if show is None else show
     model.train(same_graph)
     out = {}
     shown = time.perf_counter()
@@ -652,10 +770,10 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Windows], cfg: TrainC
                 loss = model(x, y)[1].detach().float()  # the mean over the tokens whose target is not -1
             counted = (y != -1).sum()
             total += torch.stack([loss * counted, counted])
-            if rank == 0 and time.perf_counter() - shown > EVAL_PROGRESS_S:  # a long evaluation shows it is alive
+            if show and time.perf_counter() - shown > EVAL_PROGRESS_S:  # a long evaluation shows it is alive
                 print(f"evaluating the {split} split: batch {k + 1} of {windows.n_batches}", flush=True)
                 shown = time.perf_counter()
-        if world > 1:
+        if world > 1:  # over every process: a tensor-parallel group adds its identical sums tp times, and its counts
             dist.all_reduce(total)
         loss_sum, count = total.tolist()
         out[split] = loss_sum / count
@@ -666,7 +784,8 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Windows], cfg: TrainC
 def evaluate_and_save(run: Run, lr: float) -> None:
     """Evaluate, log, and save a checkpoint if val loss improved (or always_save_checkpoint), rank 0 only."""
     cfg, proc, progress = run.cfg, run.proc, run.progress
-    losses = estimate_loss(run.eval_model, run.evals, cfg, proc.device, run.ctx, proc.rank, proc.world)
+    losses = estimate_loss(run.eval_model, run.evals, cfg, proc.device, run.ctx, proc.dp_rank, proc.dp_world,
+                           proc.master)
     run.history["eval"].append((progress.iter_num, losses["train"], losses["val"]))
     if proc.master:
         peak = ""
@@ -680,10 +799,10 @@ def evaluate_and_save(run: Run, lr: float) -> None:
     improved = losses["val"] < progress.best_val_loss
     if (improved or cfg.always_save_checkpoint) and progress.iter_num > 0 and not cfg.eval_only:
         progress.best_val_loss = min(progress.best_val_loss, losses["val"])
+        path = save_checkpoint(run, best=improved)
         if proc.master:
-            path = checkpoint.save(checkpoint_state(run), cfg.out_dir, best=improved)
-            print(f"saved checkpoint to {path}" + (f" (the best so far, also {checkpoint.BEST_FILE})" if improved
-                                                   else ""))
+            best = checkpoint.SHARDED[checkpoint.BEST_FILE] if proc.sharded else checkpoint.BEST_FILE
+            print(f"saved checkpoint to {path}" + (f" (the best so far, also {best})" if improved else ""))
 
 
 def log_step(run: Run, loss_sum: torch.Tensor, lr: float, since: float, iters: int, steady: bool = True) -> None:
@@ -745,8 +864,8 @@ class StopRequest:
 
 def stop_and_save(run: Run, reason: str) -> None:
     """Save the state after the step just taken, so that --init_from=resume continues exactly from it."""
+    path = save_checkpoint(run)
     if run.proc.master:
-        path = checkpoint.save(checkpoint_state(run), run.cfg.out_dir)
         print(f"{reason}: stopped after iter {run.progress.iter_num}, saved checkpoint to {path}; continue with "
               "--init_from=resume", flush=True)
 
@@ -781,7 +900,7 @@ def train(run: Run) -> None:
 
 def train_steps(run: Run, stop: StopRequest) -> None:
     cfg, proc, progress = run.cfg, run.proc, run.progress
-    batch = run.train_data.get(progress.batch_pos + proc.rank, proc.device)
+    batch = run.train_data.get(progress.batch_pos + proc.dp_rank, proc.device)
     watchdog = Watchdog(proc.device)
     graphed = GraphedStep(run) if cfg.cuda_graph else None
     t_last = time.perf_counter()
@@ -800,12 +919,13 @@ def train_steps(run: Run, stop: StopRequest) -> None:
             steady = graphed is None or graphed.graph is not None
         if progress.iter_num >= cfg.max_iters or cfg.eval_only:
             return
-        # rank r's micro-batches are batch_pos + r, + r + world, ...: the global batch is split across processes
+        # share r's micro-batches are batch_pos + r, + r + dp_world, ...: the global batch is split across the
+        # data-parallel shares (the processes of a tensor-parallel group read the same batches)
         if graphed:
             loss_sum, applied, batch = graphed(progress.batch_pos, batch)
         else:
             loss_sum, applied, batch = train_step(run.step_model, run.optimizer, run.scaler, run.ctx, run.train_data,
-                                                  index=progress.batch_pos + proc.rank, stride=proc.world,
+                                                  index=progress.batch_pos + proc.dp_rank, stride=proc.dp_world,
                                                   batch=batch, accum=run.accum, grad_clip=cfg.grad_clip)
         watchdog.record(applied)
         progress.iter_num += 1
@@ -830,17 +950,18 @@ def main(argv: list[str]) -> dict[str, list]:
     cfg = configurator.load(TrainConfig, argv)
     check_settings(cfg)
     proc = setup_process(cfg)
-    if cfg.fp8:
-        try:
-            runtime.check_fp8(proc.device)
-        except UserError as e:
-            raise UserError(str(e) if proc.master else "") from None  # every process stops; rank 0 says why
     dtype = runtime.resolve_dtype(cfg.dtype, proc.device)
-    torch.manual_seed(cfg.seed + proc.rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
     runtime.enable_tf32(proc.device)
     meta = data_meta(cfg, required=not cfg.dry_run)
 
-    model, ckpt = build_model(cfg, meta, proc.device)
+    model, ckpt = build_model(cfg, meta, proc.device, sharded=proc.sharded and not cfg.dry_run)
+    try:
+        check_run(cfg, proc, model.config, dtype)
+    except UserError as e:
+        raise UserError(str(e) if proc.master else "") from None  # every process stops; rank 0 says why
+    if proc.dp_rank:  # each data-parallel share its own dropout masks; a tensor-parallel group the same ones
+        torch.manual_seed(cfg.seed + proc.dp_rank)
     if proc.master:
         print(accounting.table(model))
     if cfg.dry_run:
@@ -862,8 +983,9 @@ def main(argv: list[str]) -> dict[str, list]:
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
     if proc.master:
         tokens = cfg.gradient_accumulation_steps * cfg.batch_size * model.config.block_size
+        layout = f" (FSDP {proc.dp_world} x TP {proc.tp})" if cfg.fsdp else f" (TP {proc.tp})" if proc.tp > 1 else ""
         print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {proc.device}, {dtype}, "
-              f"{proc.world} process(es), {tokens:,} tokens per iteration")
+              f"{proc.world} process(es){layout}, {tokens:,} tokens per iteration")
 
     train(run)
 

@@ -1,0 +1,165 @@
+"""Spreading one model over several processes beyond DDP: Megatron-style tensor parallelism and FSDP2 sharding, on
+PyTorch's own engine (DTensor, fully_shard). model.py knows nothing of it: `parallelize` takes a finished model and
+applies tensor parallelism, activation checkpointing, compile, then FSDP, in that order (torchtitan's), on a 2-D
+mesh of processes, (dp, tp): rank = dp_rank * tp + tp_rank. train.py and checkpoint.py share it.
+
+Tensor parallelism (Shoeybi et al. 2019, Megatron-LM): in each block, the q/k/v projection and the MLP's first
+matrix are split by output columns (whole heads per process), the attention and MLP output projections by input
+rows, so one all-reduce ends each half-block; the vocabulary is split in the token embedding and the head (whose
+logits are gathered for the loss). Norms and the position table are replicated: the processes of a tensor-parallel
+group compute them alike on the same inputs.
+
+Two weights stack parts that must be split separately: c_attn holds [q; k; v] and a SwiGLU c_fc holds [W; V]. A
+plain split of rows would give one process all of q and the other k and v, so before sharding their rows are put in
+rank-major order, [q_0; k_0; v_0; q_1; k_1; v_1]: process r then holds its own heads of each. Checkpoints store the
+rows in the model's own order (`reorder_rows`), whatever the degree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Replicate, distribute_module
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from configurator import UserError
+from model import GPT, GPTConfig
+
+
+def check_layout(config: GPTConfig, world: int, tp: int, fsdp: bool, distributed: bool) -> None:
+    """Refuse, in one line, a layout that cannot be built: before any process builds a model."""
+    if (fsdp or tp > 1) and not distributed:
+        what = "fsdp=True" if fsdp else f"tensor_parallel={tp}"
+        raise UserError(f"{what} needs several processes: start it with torchrun --nproc_per_node=N train.py ...")
+    if fsdp and world // tp < 2:
+        raise UserError(f"fsdp=True shards over the data-parallel processes, and there is {world // tp} "
+                        f"({world} process(es) / tensor_parallel={tp}): use more processes, or leave fsdp off")
+    if tp == 1:
+        return
+    if world % tp:
+        raise UserError(f"tensor_parallel={tp} must divide the number of processes ({world})")
+    if tp < world and not fsdp:
+        raise UserError(f"tensor_parallel={tp} on {world} processes needs fsdp=True for the other "
+                        f"{world // tp}-way split (tensor parallelism composes with FSDP, not DDP)")
+    sizes = {"n_head": config.n_head, "n_kv_head": config.kv_heads, "the MLP width": config.hidden,
+             "the vocabulary (vocab_multiple)": config.vocab_size}
+    for name, size in sizes.items():
+        if size % tp:
+            raise UserError(f"tensor_parallel={tp} must divide {name} ({size})")
+
+
+def make_mesh(device_type: str, world: int, tp: int) -> DeviceMesh:
+    return init_device_mesh(device_type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
+
+
+def stacked_parts(config: GPTConfig) -> dict[str, list[int]]:
+    """The weights (by name suffix, bias too) whose rows stack parts that tensor parallelism splits separately."""
+    hd = config.head_dim
+    parts = {"attn.c_attn": [config.n_head * hd, config.kv_heads * hd, config.kv_heads * hd]}
+    if config.mlp == "swiglu":
+        parts["mlp.c_fc"] = [config.hidden, config.hidden]
+    return parts
+
+
+def rank_major_rows(parts: list[int], tp: int) -> torch.Tensor:
+    """The row order that gives process r the r-th tp-th of every part: [p0_0; p1_0; ...; p0_1; p1_1; ...]."""
+    starts = [sum(parts[:i]) for i in range(len(parts))]
+    return torch.tensor([start + r * (n // tp) + i for r in range(tp) for start, n in zip(starts, parts)
+                         for i in range(n // tp)])
+
+
+def reorder_rows(state: dict[str, Any], config: GPTConfig, tp: int, to_rank_major: bool) -> dict[str, Any]:
+    """A state dict's stacked weights (and any per-parameter dicts of them: AdamW's moments) reordered to the
+    rank-major order of tensor_parallel=tp, or back to the model's own order. Other entries are left alone."""
+    if tp == 1:
+        return state
+    out = {}
+    for name, value in state.items():
+        suffix = next((s for s in stacked_parts(config) if name.endswith((f"{s}.weight", f"{s}.bias"))), None)
+        if suffix is None:
+            out[name] = value
+            continue
+        order = rank_major_rows(stacked_parts(config)[suffix], tp)
+        if not to_rank_major:
+            order = torch.argsort(order)
+
+        def reorder(t: Any, order: torch.Tensor = order) -> Any:
+            return t[order.to(t.device)] if isinstance(t, torch.Tensor) and t.dim() > 0 else t
+
+        out[name] = {k: reorder(v) for k, v in value.items()} if isinstance(value, dict) else reorder(value)
+    return out
+
+
+def _replicated_inputs(module: nn.Module, inputs: tuple, mesh: DeviceMesh) -> tuple:
+    return tuple(DTensor.from_local(x, mesh, [Replicate()]) if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def _local_output(module: nn.Module, output: Any, mesh: DeviceMesh) -> Any:
+    return output.to_local() if isinstance(output, DTensor) else output
+
+
+def apply_tensor_parallel(model: GPT, mesh: DeviceMesh) -> None:
+    """Megatron's split over the processes of `mesh`, in place (see the module docstring)."""
+    tp = mesh.size()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            reordered = reorder_rows({name: p}, model.config, tp, to_rank_major=True)[name]
+            if reordered is not p:
+                p.copy_(reordered)
+    block_plan = {"attn.c_attn": ColwiseParallel(), "attn.c_proj": RowwiseParallel(),
+                  "mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()}
+    for block in model.transformer.h:
+        parallelize_module(block, mesh, block_plan)
+        block.attn.n_head //= tp  # each process now holds these heads: the attention reshapes by them
+        block.attn.n_kv_head //= tp
+    parallelize_module(model, mesh, {
+        "transformer.wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        "lm_head": ColwiseParallel(output_layouts=Replicate()),  # the logits gathered: the loss as it is
+    })
+    if model.config.tie_embeddings:  # each was given its own sharded copy of the shared matrix: one again
+        model.transformer.wte.weight = model.lm_head.weight
+    for module in model.modules():  # norms, the position table: replicated, so that every parameter is a DTensor
+        if any(not isinstance(p, DTensor) for p in module.parameters(recurse=False)):  # (one optimizer, one norm)
+            distribute_module(module, mesh, input_fn=_replicated_inputs, output_fn=_local_output)
+
+
+def apply_fsdp(model: GPT, mesh: DeviceMesh, dtype: torch.dtype) -> None:
+    """FSDP2 over the processes of `mesh`: each block a unit (its weights gathered just before it runs, freed after
+    it), the rest at the root. Parameters gathered in dtype, gradients reduced in float32."""
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 \
+        else MixedPrecisionPolicy()
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
+def parallelize(model: GPT, mesh: DeviceMesh, fsdp: bool, activation_checkpointing: bool, compile: bool,
+                dtype: torch.dtype) -> list[nn.Module]:
+    """Tensor parallelism (over mesh["tp"], when larger than 1), activation checkpointing, compile, FSDP (over
+    mesh["dp"]), in place. Compilation is per block (regional: one graph serves every block, and FSDP's hooks
+    stay outside it); returns the compiled blocks, for the caller to try and to undo if compiling fails."""
+    if mesh["tp"].size() > 1:
+        apply_tensor_parallel(model, mesh["tp"])
+    model.activation_checkpointing = activation_checkpointing
+    compiled = []
+    if compile:
+        for block in model.transformer.h:
+            block.compile()
+            compiled.append(block)
+    if fsdp:
+        apply_fsdp(model, mesh["dp"], dtype)
+    return compiled
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all these tensors together, a plain tensor even when they are shards (DTensors)."""
+    return plain(torch.nn.utils.get_total_norm(tensors))
+
+
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value as a plain tensor (a norm of shards, say); a plain tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t

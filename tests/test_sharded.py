@@ -1,0 +1,205 @@
+"""FSDP2 and tensor parallelism on CPU processes under torchrun (gloo) train like one process with the same global
+batch, and their sharded checkpoints resume exactly: on the same layout, and on another number of processes
+(one process's ckpt.pt under FSDP; FSDP's and FSDP x TP's ckpt.dcp in one process).
+
+The runs are real `python -m torch.distributed.run train.py ...` launches, started together in two waves (the
+second resumes what the first saved), while this process trains the single-process references. Tolerance: the
+processes add their partial sums in another order than one process does (rel 1e-4, as in test_ddp)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+import parallel
+import train
+from configurator import UserError
+from conftest import REPO_ROOT, CharData, make_char_dataset, run_main, script_env, tiny_flags
+from model import GPTConfig
+
+COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 4, "eval_at_start": True}
+# LLaMA's blocks: q/k/v and SwiGLU's stacked matrices, grouped-query heads, rotary positions, RMSNorm, untied head
+LLAMA = {"n_head": 4, "n_kv_head": 2, "mlp": "swiglu", "norm": "rmsnorm", "pos_emb": "rope", "bias": False,
+         "tie_embeddings": False}
+
+
+@dataclass
+class Runs:
+    data: CharData
+    root: Path
+    logs: dict[str, tuple[int, str, str]]  # launch name: exit status, stdout, stderr
+    single: dict[str, dict[str, list]]  # the single-process references
+
+
+def launch(nproc: int, flags: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                             "train.py", *flags, "--backend=gloo"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=script_env(PYTHONUNBUFFERED="1"))
+
+
+def finish(procs: dict[str, subprocess.Popen]) -> dict[str, tuple[int, str, str]]:
+    outputs = {name: p.communicate(timeout=300) for name, p in procs.items()}
+    return {name: (procs[name].returncode, *outputs[name]) for name in procs}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    root = tmp_path_factory.mktemp("sharded")
+    data = make_char_dataset(root / "data")
+
+    def flags(out: str, **more: object) -> list[str]:
+        return tiny_flags(data, root / out, **COMMON | more)
+
+    train.main(flags("fsdp", max_iters=3))  # one process's ckpt.pt at iter 3, for FSDP to resume
+    first = {"fsdp_from_single": launch(2, flags("fsdp", max_iters=6, fsdp=True, init_from="resume")),
+             "tp": launch(2, flags("tp", max_iters=6, tensor_parallel=2, **LLAMA)),
+             "fsdp_tp": launch(4, flags("fsdp_tp", max_iters=6, fsdp=True, tensor_parallel=2, **LLAMA))}
+    single = {"gpt2": train.main(flags("single", max_iters=8)),
+              "llama": train.main(flags("llama", max_iters=8, **LLAMA))}
+    logs = finish(first)
+    shutil.copytree(root / "fsdp", root / "fsdp_at_6", symlinks=True)  # as the first wave left it
+    second = {"fsdp_resumed": launch(2, flags("fsdp", max_iters=8, fsdp=True, init_from="resume")),
+              "tp_of_3_heads": launch(2, flags("bad", tensor_parallel=2, n_head=3, n_embd=24))}
+    logs |= finish(second)
+    return Runs(data, root, logs, single)
+
+
+def parse_log(out: str) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
+    train_losses = [(int(i), float(v)) for i, v in re.findall(r"^iter (\d+): loss ([\d.]+)", out, re.M)]
+    evals = [(int(i), float(t), float(v))
+             for i, t, v in re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)]
+    return train_losses, evals
+
+
+def same_losses(log: tuple[int, str, str], reference: dict[str, list], first: int, last: int) -> None:
+    status, out, err = log
+    assert status == 0, err[-3000:]
+    losses, evals = parse_log(out)
+    assert [i for i, _ in losses] == list(range(first, last + 1)), out[-3000:]
+    expected = dict(reference["train_loss"])
+    for i, loss in losses:
+        assert loss == pytest.approx(expected[i], rel=1e-4), (i, out[-3000:])
+    expected_evals = {i: (t, v) for i, t, v in reference["eval"]}
+    assert evals and all(e[1:] == pytest.approx(expected_evals[e[0]], rel=1e-4) for e in evals), out[-3000:]
+
+
+@pytest.mark.slow
+def test_fsdp_resumes_one_process_checkpoint_and_trains_like_it(runs: Runs):
+    same_losses(runs.logs["fsdp_from_single"], runs.single["gpt2"], 4, 6)
+    assert "2 process(es) (FSDP 2 x TP 1)" in runs.logs["fsdp_from_single"][1]
+
+
+@pytest.mark.slow
+def test_tensor_parallel_trains_like_one_process(runs: Runs):
+    same_losses(runs.logs["tp"], runs.single["llama"], 1, 6)
+    assert "2 process(es) (TP 2)" in runs.logs["tp"][1]
+
+
+@pytest.mark.slow
+def test_fsdp_with_tensor_parallel_trains_like_one_process(runs: Runs):
+    same_losses(runs.logs["fsdp_tp"], runs.single["llama"], 1, 6)
+    assert "4 process(es) (FSDP 2 x TP 2)" in runs.logs["fsdp_tp"][1]
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resumes_exactly_on_the_same_layout(runs: Runs):
+    same_losses(runs.logs["fsdp_resumed"], runs.single["gpt2"], 7, 8)
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_is_a_directory_the_links_point_to(runs: Runs):
+    out = runs.root / "fsdp"
+    assert (out / "ckpt.dcp").is_symlink() and (out / "ckpt.dcp" / checkpoint.HEADER_FILE).is_file()
+    assert not (out / "ckpt.pt").exists()  # the single file it resumed from is superseded
+    dirs = {p.name for p in out.iterdir() if p.name.startswith("ckpt-")}
+    assert dirs == {(out / link).resolve().name for link in ("ckpt.dcp", "best.dcp")}  # the others pruned
+    assert checkpoint.load_header(str(out / "ckpt.dcp"))["iter_num"] == 8
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_in_one_process(runs: Runs, tmp_path: Path):
+    out = tmp_path / "fsdp"
+    shutil.copytree(runs.root / "fsdp_at_6", out, symlinks=True)  # FSDP's ckpt.dcp at iter 6
+    history = train.main(tiny_flags(runs.data, out, **COMMON, max_iters=8, init_from="resume"))
+    for i, loss in history["train_loss"]:
+        assert loss == pytest.approx(dict(runs.single["gpt2"]["train_loss"])[i], rel=1e-4)
+    assert [i for i, _ in history["train_loss"]] == [7, 8]
+    assert (out / "ckpt.pt").is_file() and not (out / "ckpt.dcp").exists()  # a single file now
+
+
+@pytest.mark.slow
+def test_fsdp_x_tp_checkpoint_resumes_in_one_process(runs: Runs, tmp_path: Path):
+    out = tmp_path / "fsdp_tp"
+    shutil.copytree(runs.root / "fsdp_tp", out, symlinks=True)
+    history = train.main(tiny_flags(runs.data, out, **COMMON, **LLAMA, max_iters=8, init_from="resume"))
+    assert [i for i, _ in history["train_loss"]] == [7, 8]
+    for i, loss in history["train_loss"]:
+        assert loss == pytest.approx(dict(runs.single["llama"]["train_loss"])[i], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_conversion_writes_the_single_files_scripts_read(runs: Runs, tmp_path: Path):
+    out = tmp_path / "tp"
+    shutil.copytree(runs.root / "tp", out, symlinks=True)
+    sharded = checkpoint.load(str(out))
+    assert run_main(checkpoint, [f"--out_dir={out}"])[0] == 0
+    single = torch.load(out / "ckpt.pt", weights_only=True)
+    assert (out / "best.pt").is_file() and (out / "ckpt.dcp").is_dir()  # the sharded checkpoint is kept
+    assert sorted(single["model"]) == sorted(sharded["model"])
+    assert all(torch.equal(single["model"][k], sharded["model"][k]) for k in single["model"])
+    assert sorted(single["optimizer"]["state"]) == list(range(len(single["optimizer"]["state"])))
+    rc, out_text, _ = run_main("sample.py", [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=5",
+                                             "--num_samples=1"])
+    assert rc == 0 and out_text.strip()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_that_does_not_divide_the_heads_is_one_line(runs: Runs):
+    status, _, err = runs.logs["tp_of_3_heads"]
+    ours = [line for line in err.splitlines() if not re.match(r"W\d{4} ", line)]
+    assert status == 0, err[-3000:]  # every worker left cleanly: torchrun adds no traceback of its own
+    assert ours == ["error: tensor_parallel=2 must divide n_head (3)"]
+
+
+def test_rank_major_rows_give_each_process_its_own_part_of_every_stacked_matrix():
+    order = parallel.rank_major_rows([4, 2, 2], tp=2)  # q (4 rows), k, v (2 each)
+    assert order.tolist() == [0, 1, 4, 6, 2, 3, 5, 7]
+    config = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=16, vocab_size=32, block_size=8, mlp="swiglu")
+    state = {"h.0.attn.c_attn.weight": torch.randn(32, 16), "h.0.mlp.c_fc.weight": torch.randn(2 * config.hidden, 16),
+             "h.0.ln_1.weight": torch.randn(16)}
+    there = parallel.reorder_rows(state, config, 2, to_rank_major=True)
+    back = parallel.reorder_rows(there, config, 2, to_rank_major=False)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+    assert there["h.0.ln_1.weight"] is state["h.0.ln_1.weight"]
+    half = config.hidden // 2  # process 0's rows of c_fc: the first half of W, then the first half of V
+    assert torch.equal(there["h.0.mlp.c_fc.weight"][:2 * half],
+                       torch.cat([state["h.0.mlp.c_fc.weight"][:half],
+                                  state["h.0.mlp.c_fc.weight"][config.hidden:config.hidden + half]]))
+
+
+@pytest.mark.parametrize(("world", "tp", "fsdp", "distributed", "message"), [
+    (1, 1, True, False, "fsdp=True needs several processes: start it with torchrun"),
+    (1, 2, False, False, "tensor_parallel=2 needs several processes: start it with torchrun"),
+    (2, 2, True, True, "fsdp=True shards over the data-parallel processes, and there is 1"),
+    (4, 3, False, True, "tensor_parallel=3 must divide the number of processes (4)"),
+    (4, 2, False, True, "tensor_parallel=2 on 4 processes needs fsdp=True"),
+    (4, 4, False, True, "tensor_parallel=4 must divide n_kv_head (2)"),
+])
+def test_a_layout_that_cannot_be_built_is_one_line(world: int, tp: int, fsdp: bool, distributed: bool, message: str):
+    config = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=16, vocab_size=64, block_size=8)
+    with pytest.raises(UserError, match=re.escape(message)):
+        parallel.check_layout(config, world, tp, fsdp, distributed)
+
+
+def test_fsdp_in_one_process_is_one_line(char_data: CharData, tmp_path: Path):
+    rc, _, err = run_main("train.py", tiny_flags(char_data, tmp_path, fsdp=True))
+    assert rc == 2 and err == ("error: fsdp=True needs several processes: start it with torchrun "
+                               "--nproc_per_node=N train.py ...\n")
