@@ -26,9 +26,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 import configurator
 import parallel
@@ -91,6 +88,8 @@ def save_sharded(state: dict[str, Any], header: dict[str, Any], out_dir: str, be
     same header: each writes its shards into a new directory, rank 0 adds header.pt, then points ckpt.dcp (and
     with best, best.dcp) at it. A save that fails on any process leaves the previous checkpoint as it was, and
     every process raises the same UserError (rank 0 saying why)."""
+    import torch.distributed.checkpoint as dcp  # here: a second to import, which only sharded runs need
+
     link = os.path.join(out_dir, SHARDED[CKPT_FILE])
     name = [f"ckpt-{header['iter_num']}-{uuid.uuid4().hex[:8]}" if rank == 0 else None]
     dist.broadcast_object_list(name, src=0)
@@ -197,6 +196,10 @@ def load_header(path: str) -> dict[str, Any]:
 def load_sharded(path: str, optimizer: bool = True) -> dict[str, Any]:
     """A sharded checkpoint read whole by this one process, its rows in the model's own order whatever tensor
     parallelism saved it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
     header = load_header(path)
     state: dict[str, Any] = {}
     try:  # as DCP's own dcp_to_torch_save reads one (public dcp.load fills only the keys given it): tensors of
@@ -216,6 +219,8 @@ def load_sharded(path: str, optimizer: bool = True) -> dict[str, Any]:
 def load_into(path: str, state: dict[str, Any]) -> None:
     """Fill this process's shards (state: sharded state dicts of the layout that saved the checkpoint at path,
     any number of processes) from it: every process calls this."""
+    import torch.distributed.checkpoint as dcp
+
     try:
         dcp.load(state, checkpoint_id=path)
     except Exception as e:  # noqa: BLE001

@@ -17,17 +17,23 @@ rows in the model's own order (`reorder_rows`), whatever the degree.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import functools
+import sys
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Replicate, distribute_module
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from configurator import UserError
 from model import GPT, GPTConfig
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
+# torch.distributed.tensor, fsdp and checkpoint take a second to import: here they are imported by the functions
+# that shard, so that a run of one process (and sample.py, export.py) never pays for them.
 
 
 def check_layout(config: GPTConfig, world: int, tp: int, fsdp: bool, distributed: bool) -> None:
@@ -53,6 +59,8 @@ def check_layout(config: GPTConfig, world: int, tp: int, fsdp: bool, distributed
 
 
 def make_mesh(device_type: str, world: int, tp: int) -> DeviceMesh:
+    from torch.distributed.device_mesh import init_device_mesh
+
     return init_device_mesh(device_type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
 
 
@@ -95,15 +103,20 @@ def reorder_rows(state: dict[str, Any], config: GPTConfig, tp: int, to_rank_majo
 
 
 def _replicated_inputs(module: nn.Module, inputs: tuple, mesh: DeviceMesh) -> tuple:
+    from torch.distributed.tensor import DTensor, Replicate
+
     return tuple(DTensor.from_local(x, mesh, [Replicate()]) if isinstance(x, torch.Tensor) else x for x in inputs)
 
 
 def _local_output(module: nn.Module, output: Any, mesh: DeviceMesh) -> Any:
-    return output.to_local() if isinstance(output, DTensor) else output
+    return output.to_local() if is_sharded(output) else output
 
 
 def apply_tensor_parallel(model: GPT, mesh: DeviceMesh) -> None:
     """Megatron's split over the processes of `mesh`, in place (see the module docstring)."""
+    from torch.distributed.tensor import Replicate, distribute_module
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
     tp = mesh.size()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -123,13 +136,15 @@ def apply_tensor_parallel(model: GPT, mesh: DeviceMesh) -> None:
     if model.config.tie_embeddings:  # each was given its own sharded copy of the shared matrix: one again
         model.transformer.wte.weight = model.lm_head.weight
     for module in model.modules():  # norms, the position table: replicated, so that every parameter is a DTensor
-        if any(not isinstance(p, DTensor) for p in module.parameters(recurse=False)):  # (one optimizer, one norm)
+        if any(not is_sharded(p) for p in module.parameters(recurse=False)):  # (one optimizer, one gradient norm)
             distribute_module(module, mesh, input_fn=_replicated_inputs, output_fn=_local_output)
 
 
 def apply_fsdp(model: GPT, mesh: DeviceMesh, dtype: torch.dtype) -> None:
     """FSDP2 over the processes of `mesh`: each block a unit (its weights gathered just before it runs, freed after
     it), the rest at the root. Parameters gathered in dtype, gradients reduced in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 \
         else MixedPrecisionPolicy()
     for block in model.transformer.h:
@@ -144,7 +159,11 @@ def parallelize(model: GPT, mesh: DeviceMesh, fsdp: bool, activation_checkpointi
     stay outside it); returns the compiled blocks, for the caller to try and to undo if compiling fails."""
     if mesh["tp"].size() > 1:
         apply_tensor_parallel(model, mesh["tp"])
-    model.activation_checkpointing = activation_checkpointing
+    if activation_checkpointing:  # inside each block, so inside FSDP's gathering of its weights (torchtitan's
+        # order), where the model's own switch would wrap the sharded block, FSDP's hooks and all
+        model.activation_checkpointing = False
+        for block in model.transformer.h:
+            block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
     compiled = []
     if compile:
         for block in model.transformer.h:
@@ -162,4 +181,20 @@ def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def plain(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's whole value as a plain tensor (a norm of shards, say); a plain tensor as it is."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def is_sharded(t: Any) -> bool:
+    """Whether t is a DTensor. Without importing DTensor: a process whose model has DTensors has imported it."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
+def plain_tensors_replicated(sharded: bool) -> contextlib.AbstractContextManager:
+    """Where the parameters are DTensors, plain tensors beside them (the fused AdamW's found_inf) count as the
+    same value on every process."""
+    if not sharded:
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.experimental import implicit_replication
+
+    return implicit_replication()

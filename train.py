@@ -22,15 +22,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import accounting
@@ -41,6 +37,9 @@ import runtime
 from configurator import UserError
 from model import GPT, PRESETS, GPTConfig, resolve_config
 from tokenizer import GPT2_META, read_meta
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
 EVAL_PROGRESS_S = 10.0  # an evaluation prints its progress this often
@@ -461,6 +460,10 @@ def restore_shards(ckpt: dict[str, Any], model: GPT, optimizer: torch.optim.Opti
     """A sharded model's weights and optimizer state from the checkpoint. Saved sharded with the same tensor-
     parallel degree (any number of FSDP processes), each process reads just its shards; otherwise (a single file,
     another degree) each reads the whole state and keeps its part."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
     path = ckpt["path"]
     if os.path.isdir(path) and ckpt["tensor_parallel"] == proc.tp:
         state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
@@ -530,6 +533,8 @@ def save_checkpoint(run: Run, best: bool = False) -> str | None:
     rank 0."""
     cfg, proc = run.cfg, run.proc
     if proc.sharded:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
         rngs: list[Any] = [None] * proc.world
         dist.all_gather_object(rngs, rng_state(proc.device))
         header = checkpoint_header(run) | {"tensor_parallel": proc.tp, "rng_ranks": rngs}
@@ -617,7 +622,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     loss_sum = torch.zeros((), device=batch[0].device)
     for m in range(accum):
         sync = model.no_sync() if isinstance(model, DDP) and m < accum - 1 else contextlib.nullcontext()
-        if isinstance(model, FSDPModule):  # the gradients are reduce-scattered once, after the last micro-step
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP: the gradients are reduce-scattered once, after
+            # the last micro-step
             model.set_requires_gradient_sync(m == accum - 1)
         with sync:
             with ctx:
@@ -649,7 +655,8 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = (~applied).float()
         try:
-            optimizer.step()
+            with parallel.plain_tensors_replicated(parallel.is_sharded(optimizer.param_groups[0]["params"][0])):
+                optimizer.step()
         finally:
             del optimizer.found_inf
     elif applied:  # other optimizers need the answer on the host: one wait per step (on a CPU, none)
@@ -764,11 +771,14 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Windows], cfg: TrainC
     shown = time.perf_counter()
     for split, windows in evals.items():
         total = torch.zeros(2, device=device)  # the sum of the token losses, the number of tokens
-        for k in range(rank, windows.n_batches, world):
-            x, y = windows.get(k, device)
+        n = windows.n_batches
+        # every process runs as many forward passes (a sharded model gathers its weights in each, all together):
+        # where the batches run out, batch 0 again, not counted
+        for k in range(rank, -(-n // world) * world, world):
+            x, y = windows.get(k if k < n else 0, device)
             with ctx, torch.set_grad_enabled(same_graph):
                 loss = model(x, y)[1].detach().float()  # the mean over the tokens whose target is not -1
-            counted = (y != -1).sum()
+            counted = (y != -1).sum() * (k < n)
             total += torch.stack([loss * counted, counted])
             if show and time.perf_counter() - shown > EVAL_PROGRESS_S:  # a long evaluation shows it is alive
                 print(f"evaluating the {split} split: batch {k + 1} of {windows.n_batches}", flush=True)
@@ -818,6 +828,8 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, since: float, iters: i
         tokens_per_iter = run.cfg.gradient_accumulation_steps * run.cfg.batch_size * run.model.config.block_size
         mfu = run.model.estimate_mfu(tokens_per_iter // run.proc.world, dt, runtime.peak_flops(run.proc.device))
         mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
+        if run.proc.device.type == "cuda":  # rank 0's: under FSDP or tensor parallelism the others' are alike
+            mfu_text += f", peak mem {torch.cuda.max_memory_allocated(run.proc.device) / 2**30:.1f} GiB"
         print(f"iter {run.progress.iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
               f"{tokens_per_iter / dt:,.0f} tok/s{mfu_text}")
         if steady and not run.pace_shown:

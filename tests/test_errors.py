@@ -283,12 +283,12 @@ def test_a_missing_optional_package_is_one_line_naming_it(char_data: CharData, t
     args = {"wandb": tiny_flags(char_data, tmp_path / "out", wandb_log=True),
             "transformers": ["--init_from=gpt2", "--device=cpu", "--max_new_tokens=2"],
             "datasets": [f"--out_dir={tmp_path / 'out'}"]}[package]
-    monkeypatch.setitem(sys.modules, package, None)  # `import package` fails as if it were not installed
     if package == "transformers":
         script = "sample.py"
     if package == "datasets":
-        script = prepare_module("openwebtext")
+        script = prepare_module("openwebtext")  # loaded (and cached) with datasets, before it goes missing
         monkeypatch.setattr(script, "datasets", None)  # as its guarded import leaves it
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` fails as if it were not installed
     purpose = {"wandb": "wandb_log=True", "transformers": "init_from=gpt2",
                "datasets": "data/openwebtext/prepare.py"}[package]
     check_one_line_exit_2(run_main(script, args),

@@ -1,10 +1,11 @@
 """FSDP2 and tensor parallelism on CPU processes under torchrun (gloo) train like one process with the same global
-batch, and their sharded checkpoints resume exactly: on the same layout, and on another number of processes
-(one process's ckpt.pt under FSDP; FSDP's and FSDP x TP's ckpt.dcp in one process).
+batch, and their checkpoints resume exactly on other layouts: one process's ckpt.pt under FSDP 2; TP 2's ckpt.dcp
+under FSDP 2 x TP 2 (each process reading its own shards); FSDP's and FSDP x TP's ckpt.dcp in one process.
 
-The runs are real `python -m torch.distributed.run train.py ...` launches, started together in two waves (the
-second resumes what the first saved), while this process trains the single-process references. Tolerance: the
-processes add their partial sums in another order than one process does (rel 1e-4, as in test_ddp)."""
+The runs are real `python -m torch.distributed.run train.py ...` launches, in two waves (the second resumes what
+the first saved), while this process trains the single-process references. Tolerance: the processes add their
+partial sums in another order than one process does (rel 1e-4, as in test_ddp). Each launch costs seconds of CPU
+(every process imports torch), so there are three."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from configurator import UserError
 from conftest import REPO_ROOT, CharData, make_char_dataset, run_main, script_env, tiny_flags
 from model import GPTConfig
 
-COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 4, "eval_at_start": True}
+# eval_iters 1: 1 batch for 2 processes, which must still run as many forward passes as each other
+COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 1, "eval_at_start": True}
 # LLaMA's blocks: q/k/v and SwiGLU's stacked matrices, grouped-query heads, rotary positions, RMSNorm, untied head
 LLAMA = {"n_head": 4, "n_kv_head": 2, "mlp": "swiglu", "norm": "rmsnorm", "pos_emb": "rope", "bias": False,
          "tie_embeddings": False}
@@ -60,15 +62,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
     train.main(flags("fsdp", max_iters=3))  # one process's ckpt.pt at iter 3, for FSDP to resume
     first = {"fsdp_from_single": launch(2, flags("fsdp", max_iters=6, fsdp=True, init_from="resume")),
-             "tp": launch(2, flags("tp", max_iters=6, tensor_parallel=2, **LLAMA)),
-             "fsdp_tp": launch(4, flags("fsdp_tp", max_iters=6, fsdp=True, tensor_parallel=2, **LLAMA))}
+             "tp": launch(2, flags("tp", max_iters=6, tensor_parallel=2, **LLAMA))}
     single = {"gpt2": train.main(flags("single", max_iters=8)),
-              "llama": train.main(flags("llama", max_iters=8, **LLAMA))}
+              "llama": train.main(flags("llama", max_iters=10, **LLAMA))}
     logs = finish(first)
-    shutil.copytree(root / "fsdp", root / "fsdp_at_6", symlinks=True)  # as the first wave left it
-    second = {"fsdp_resumed": launch(2, flags("fsdp", max_iters=8, fsdp=True, init_from="resume")),
-              "tp_of_3_heads": launch(2, flags("bad", tensor_parallel=2, n_head=3, n_embd=24))}
-    logs |= finish(second)
+    shutil.copytree(root / "tp", root / "tp_at_6", symlinks=True)  # as the first wave left it
+    logs |= finish({"fsdp_tp": launch(4, flags("tp", max_iters=8, fsdp=True, tensor_parallel=2, **LLAMA,
+                                                activation_checkpointing=True, init_from="resume"))})
     return Runs(data, root, logs, single)
 
 
@@ -88,7 +88,8 @@ def same_losses(log: tuple[int, str, str], reference: dict[str, list], first: in
     for i, loss in losses:
         assert loss == pytest.approx(expected[i], rel=1e-4), (i, out[-3000:])
     expected_evals = {i: (t, v) for i, t, v in reference["eval"]}
-    assert evals and all(e[1:] == pytest.approx(expected_evals[e[0]], rel=1e-4) for e in evals), out[-3000:]
+    compared = [e for e in evals if e[0] in expected_evals]  # a run's last one may fall between the reference's
+    assert compared and all(e[1:] == pytest.approx(expected_evals[e[0]], rel=1e-4) for e in compared), out[-3000:]
 
 
 @pytest.mark.slow
@@ -104,14 +105,11 @@ def test_tensor_parallel_trains_like_one_process(runs: Runs):
 
 
 @pytest.mark.slow
-def test_fsdp_with_tensor_parallel_trains_like_one_process(runs: Runs):
-    same_losses(runs.logs["fsdp_tp"], runs.single["llama"], 1, 6)
+def test_fsdp_with_tensor_parallel_resumes_tp_checkpoint_and_trains_like_one_process(runs: Runs):
+    # the same tensor-parallel degree: each process reads its shards of TP 2's checkpoint, now split over 2 x 2;
+    # activation checkpointing changes no loss
+    same_losses(runs.logs["fsdp_tp"], runs.single["llama"], 7, 8)
     assert "4 process(es) (FSDP 2 x TP 2)" in runs.logs["fsdp_tp"][1]
-
-
-@pytest.mark.slow
-def test_sharded_checkpoint_resumes_exactly_on_the_same_layout(runs: Runs):
-    same_losses(runs.logs["fsdp_resumed"], runs.single["gpt2"], 7, 8)
 
 
 @pytest.mark.slow
@@ -121,13 +119,13 @@ def test_sharded_checkpoint_is_a_directory_the_links_point_to(runs: Runs):
     assert not (out / "ckpt.pt").exists()  # the single file it resumed from is superseded
     dirs = {p.name for p in out.iterdir() if p.name.startswith("ckpt-")}
     assert dirs == {(out / link).resolve().name for link in ("ckpt.dcp", "best.dcp")}  # the others pruned
-    assert checkpoint.load_header(str(out / "ckpt.dcp"))["iter_num"] == 8
+    assert checkpoint.load_header(str(out / "ckpt.dcp"))["iter_num"] == 6
 
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_resumes_in_one_process(runs: Runs, tmp_path: Path):
     out = tmp_path / "fsdp"
-    shutil.copytree(runs.root / "fsdp_at_6", out, symlinks=True)  # FSDP's ckpt.dcp at iter 6
+    shutil.copytree(runs.root / "fsdp", out, symlinks=True)  # FSDP's ckpt.dcp at iter 6
     history = train.main(tiny_flags(runs.data, out, **COMMON, max_iters=8, init_from="resume"))
     for i, loss in history["train_loss"]:
         assert loss == pytest.approx(dict(runs.single["gpt2"]["train_loss"])[i], rel=1e-4)
@@ -138,9 +136,9 @@ def test_fsdp_checkpoint_resumes_in_one_process(runs: Runs, tmp_path: Path):
 @pytest.mark.slow
 def test_fsdp_x_tp_checkpoint_resumes_in_one_process(runs: Runs, tmp_path: Path):
     out = tmp_path / "fsdp_tp"
-    shutil.copytree(runs.root / "fsdp_tp", out, symlinks=True)
-    history = train.main(tiny_flags(runs.data, out, **COMMON, **LLAMA, max_iters=8, init_from="resume"))
-    assert [i for i, _ in history["train_loss"]] == [7, 8]
+    shutil.copytree(runs.root / "tp", out, symlinks=True)  # FSDP 2 x TP 2's ckpt.dcp at iter 8
+    history = train.main(tiny_flags(runs.data, out, **COMMON, **LLAMA, max_iters=10, init_from="resume"))
+    assert [i for i, _ in history["train_loss"]] == [9, 10]
     for i, loss in history["train_loss"]:
         assert loss == pytest.approx(dict(runs.single["llama"]["train_loss"])[i], rel=1e-4)
 
@@ -148,7 +146,7 @@ def test_fsdp_x_tp_checkpoint_resumes_in_one_process(runs: Runs, tmp_path: Path)
 @pytest.mark.slow
 def test_conversion_writes_the_single_files_scripts_read(runs: Runs, tmp_path: Path):
     out = tmp_path / "tp"
-    shutil.copytree(runs.root / "tp", out, symlinks=True)
+    shutil.copytree(runs.root / "tp_at_6", out, symlinks=True)
     sharded = checkpoint.load(str(out))
     assert run_main(checkpoint, [f"--out_dir={out}"])[0] == 0
     single = torch.load(out / "ckpt.pt", weights_only=True)
@@ -159,14 +157,6 @@ def test_conversion_writes_the_single_files_scripts_read(runs: Runs, tmp_path: P
     rc, out_text, _ = run_main("sample.py", [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=5",
                                              "--num_samples=1"])
     assert rc == 0 and out_text.strip()
-
-
-@pytest.mark.slow
-def test_tensor_parallel_that_does_not_divide_the_heads_is_one_line(runs: Runs):
-    status, _, err = runs.logs["tp_of_3_heads"]
-    ours = [line for line in err.splitlines() if not re.match(r"W\d{4} ", line)]
-    assert status == 0, err[-3000:]  # every worker left cleanly: torchrun adds no traceback of its own
-    assert ours == ["error: tensor_parallel=2 must divide n_head (3)"]
 
 
 def test_rank_major_rows_give_each_process_its_own_part_of_every_stacked_matrix():
