@@ -272,6 +272,8 @@ def check_run(cfg: TrainConfig, proc: Process, config: GPTConfig, dtype: torch.d
     that does not combine with."""
     if cfg.fp8:
         runtime.check_fp8(proc.device)
+    if cfg.dry_run:  # a dry run accounts the model in one process, whatever the layout
+        return
     parallel.check_layout(config, proc.world, cfg.tensor_parallel, cfg.fsdp, proc.distributed)
     if not proc.sharded:
         return
@@ -334,7 +336,8 @@ def setup_process(cfg: TrainConfig) -> Process:
     if world % tp:
         raise UserError("" if rank else f"tensor_parallel={tp} must divide the number of processes ({world})")
     if cfg.gradient_accumulation_steps % (world // tp):
-        shares = f"the number of processes ({world})" if tp == 1 else f"the data-parallel share ({world // tp})"
+        shares = f"the number of processes ({world})" if tp == 1 else \
+            f"the number of data-parallel processes ({world} / tensor_parallel {tp} = {world // tp})"
         raise UserError("" if rank else f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be "
                         f"divisible by {shares}")
     dist.init_process_group(backend=cfg.backend)
