@@ -19,6 +19,7 @@ sharded checkpoint is keyed by parameter name, that of ckpt.pt by position; `opt
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ CKPT_FILE = "ckpt.pt"  # the latest state
 BEST_FILE = "best.pt"  # the best validation loss so far
 SHARDED = {CKPT_FILE: "ckpt.dcp", BEST_FILE: "best.dcp"}  # their sharded counterparts: links to directories
 HEADER_FILE = "header.pt"  # in a sharded checkpoint's directory: everything but the model and optimizer tensors
+SHARDED_DIR = re.compile(r"ckpt-\d+-[0-9a-f]{8}(\.tmp)?")  # the directories save_sharded writes
 
 
 def save(ckpt: dict[str, Any], out_dir: str, best: bool = False) -> str:
@@ -72,8 +74,24 @@ def write_file(ckpt: dict[str, Any], path: str) -> None:
 
 def save_failed(path: str, e: BaseException) -> str:
     previous = "the previous one is left as it was" if os.path.exists(path) else "there is none yet"
-    reason = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-    return f"could not write a checkpoint to {path} ({reason}); {previous}"
+    return f"could not write a checkpoint to {path} ({reason(e)}); {previous}"
+
+
+def reason(e: BaseException) -> str:
+    """The first line of what went wrong; for DCP's CheckpointException, of the first failed process's exception."""
+    failures = getattr(e, "failures", None)  # CheckpointException: {rank: (its exception, its traceback)}
+    if failures:
+        e = next(iter(failures.values()))[0]
+    if getattr(e, "strerror", None):
+        return e.strerror
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def dcp_errors() -> tuple[type[BaseException], ...]:
+    """What a DCP save or load raises: any exception, or its CheckpointException (a BaseException)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
 
 
 def link_or_copy(source: str, target: str) -> None:
@@ -98,7 +116,7 @@ def save_sharded(state: dict[str, Any], header: dict[str, Any], out_dir: str, be
     message = None
     try:
         dcp.save(state, checkpoint_id=tmp)  # collective: it fails on every process if it fails on one
-    except Exception as e:  # noqa: BLE001 (OSError, or DCP's CheckpointException wrapping one)
+    except dcp_errors() as e:  # an OSError, or DCP's CheckpointException of one on any process
         message = save_failed(link, e)
     if rank == 0 and message is None:
         try:
@@ -143,7 +161,7 @@ def prune(out_dir: str) -> None:
     kept = {os.path.realpath(os.path.join(out_dir, link)) for link in SHARDED.values()}
     for entry in os.listdir(out_dir):
         path = os.path.join(out_dir, entry)
-        if entry.startswith("ckpt-") and os.path.isdir(path) and os.path.realpath(path) not in kept:
+        if SHARDED_DIR.fullmatch(entry) and os.path.isdir(path) and os.path.realpath(path) not in kept:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -155,18 +173,18 @@ def locate(out_dir: str, which: str = "latest") -> str:
         raise UserError(f"checkpoint must be best or latest, got '{which}'")
     for name in (BEST_FILE, CKPT_FILE) if which == "best" else (CKPT_FILE,):
         found = [p for p in (os.path.join(out_dir, name), os.path.join(out_dir, SHARDED[name])) if os.path.exists(p)]
-        if found:
-            return max(found, key=os.path.getmtime)
+        if found:  # a link resolved now: a run that moves it on meanwhile does not mix two checkpoints in a read
+            return os.path.realpath(max(found, key=os.path.getmtime))
     raise UserError(f"no checkpoint at {os.path.join(out_dir, CKPT_FILE)}: train one first (init_from=scratch) or "
                     "set out_dir")
 
 
 def load(out_dir: str, map_location: str | torch.device = "cpu", which: str = "latest",
-         mmap: bool = False, optimizer: bool = True) -> dict[str, Any]:
+         mmap: bool = False, optimizer: bool = False) -> dict[str, Any]:
     """out_dir's latest checkpoint, or with which="best" its best (see locate). mmap, for readers of the weights
     only: a tensor is read from disk when it is used, so sampling never reads the optimizer state (1 GB of GPT-2
     124M's 1.5 GB). Training does not map: its run replaces the file it resumed from. A sharded checkpoint is read
-    whole, on the CPU, its optimizer state (keyed by name) only with optimizer=True."""
+    whole, on the CPU, and its optimizer state (keyed by name) only with optimizer=True."""
     path = locate(out_dir, which)
     if os.path.isdir(path):
         return load_sharded(path, optimizer)
@@ -180,16 +198,15 @@ def load(out_dir: str, map_location: str | torch.device = "cpu", which: str = "l
     return ckpt
 
 
-def corrupt(path: str, e: Exception) -> str:
-    reason = str(e).splitlines()[0] if str(e) else ""
-    return f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {reason})"
+def corrupt(path: str, e: BaseException) -> str:
+    return f"checkpoint {path} is corrupt or truncated ({reason(e)})"
 
 
 def load_header(path: str) -> dict[str, Any]:
     """A sharded checkpoint's header: everything but the model and optimizer tensors."""
     try:
         return torch.load(os.path.join(path, HEADER_FILE), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 (a missing, truncated or foreign file)
         raise UserError(corrupt(path, e)) from None
 
 
@@ -206,7 +223,7 @@ def load_sharded(path: str, optimizer: bool = True) -> dict[str, Any]:
         # the saved sizes, filled from every shard
         _load_state_dict(state, storage_reader=dcp.FileSystemReader(path), no_dist=True,
                          planner=_EmptyStateDictLoadPlanner(keys={"model", "optimizer"} if optimizer else {"model"}))
-    except Exception as e:  # noqa: BLE001
+    except dcp_errors() as e:
         raise UserError(corrupt(path, e)) from None
     config, tp = GPTConfig(**header["model_args"]), header["tensor_parallel"]
     ckpt = header | {"model": parallel.reorder_rows(state["model"], config, tp, to_rank_major=False)}
@@ -223,7 +240,7 @@ def load_into(path: str, state: dict[str, Any]) -> None:
 
     try:
         dcp.load(state, checkpoint_id=path)
-    except Exception as e:  # noqa: BLE001
+    except dcp_errors() as e:
         raise UserError(corrupt(path, e)) from None
 
 

@@ -36,23 +36,25 @@ if TYPE_CHECKING:
 # that shard, so that a run of one process (and sample.py, export.py) never pays for them.
 
 
-def check_layout(config: GPTConfig, world: int, tp: int, fsdp: bool, distributed: bool) -> None:
-    """Refuse, in one line, a layout that cannot be built: before any process builds a model."""
+def check_layout(world: int, tp: int, fsdp: bool, distributed: bool) -> None:
+    """Refuse, in one line, a layout that cannot be built on these processes: before any process builds a model."""
     if (fsdp or tp > 1) and not distributed:
         what = "fsdp=True" if fsdp else f"tensor_parallel={tp}"
         raise UserError(f"{what} needs several processes: start it with torchrun --nproc_per_node=N train.py ...")
+    if world % tp:
+        raise UserError(f"tensor_parallel={tp} must divide the number of processes ({world})")
     if fsdp and world // tp < 2:
         raise UserError(f"fsdp=True shards over the data-parallel processes, and there is {world // tp} "
                         f"({world} process(es) / tensor_parallel={tp}): use more processes, or leave fsdp off")
-    if tp == 1:
-        return
-    if world % tp:
-        raise UserError(f"tensor_parallel={tp} must divide the number of processes ({world})")
-    if tp < world and not fsdp:
+    if 1 < tp < world and not fsdp:
         raise UserError(f"tensor_parallel={tp} on {world} processes needs fsdp=True for the other "
                         f"{world // tp}-way split (tensor parallelism composes with FSDP, not DDP)")
+
+
+def check_sizes(config: GPTConfig, tp: int) -> None:
+    """Refuse, in one line, a tensor-parallel degree that does not divide what it splits."""
     sizes = {"n_head": config.n_head, "n_kv_head": config.kv_heads, "the MLP width": config.hidden,
-             "the vocabulary (vocab_multiple)": config.vocab_size}
+             "the vocabulary (padded to vocab_multiple)": config.vocab_size}
     for name, size in sizes.items():
         if size % tp:
             raise UserError(f"tensor_parallel={tp} must divide {name} ({size})")

@@ -1,4 +1,4 @@
-"""Train a GPT on one device or several under torchrun (DDP).
+"""Train a GPT on one device or several under torchrun (DDP; FSDP and tensor parallelism: parallel.py).
 
     python train.py config/train_shakespeare_char.py --device=cpu --compile=False
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
@@ -20,7 +20,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,7 +68,7 @@ class TrainConfig:
     # data
     dataset: str = "openwebtext"  # the folder under data_root with train.bin, val.bin, meta.json
     data_root: str = "data"  # where the dataset folders are
-    gradient_accumulation_steps: int = 5 * 8  # in total, divided among DDP processes
+    gradient_accumulation_steps: int = 5 * 8  # in total, divided among the data-parallel processes
     batch_size: int = 12  # micro-batch size per process
     # model: a preset (model.PRESETS: gpt1, gpt2, gpt3-xl, llama-small, ...) and settings that override it; a
     # setting left at None is the preset's, else model.GPTConfig's default (GPT-2 124M, here without biases)
@@ -267,14 +267,22 @@ def rank_0_checks(cfg: TrainConfig, proc: Process) -> None:
         raise UserError(message if proc.master else "")
 
 
-def check_run(cfg: TrainConfig, proc: Process, config: GPTConfig, dtype: torch.dtype) -> None:
-    """Refuse fp8=True where it cannot run, a sharded layout that cannot be built (parallel.check_layout), or what
-    that does not combine with."""
+def refuse_together(proc: Process, check: Callable[..., None], *args: Any) -> None:
+    """Run a check that every process makes alike; if it refuses, every process stops, and rank 0 says why."""
+    try:
+        check(*args)
+    except UserError as e:
+        raise UserError(str(e) if proc.master else "") from None
+
+
+def check_run(cfg: TrainConfig, proc: Process, dtype: torch.dtype) -> None:
+    """Refuse, before a model is built, fp8=True where it cannot run, a sharded layout that cannot be built
+    (parallel.check_layout), or what that does not combine with."""
     if cfg.fp8:
         runtime.check_fp8(proc.device)
     if cfg.dry_run:  # a dry run accounts the model in one process, whatever the layout
         return
-    parallel.check_layout(config, proc.world, cfg.tensor_parallel, cfg.fsdp, proc.distributed)
+    parallel.check_layout(proc.world, cfg.tensor_parallel, cfg.fsdp, proc.distributed)
     if not proc.sharded:
         return
     what = "fsdp=True" if cfg.fsdp else f"tensor_parallel={cfg.tensor_parallel}"
@@ -405,7 +413,8 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
         if sharded and os.path.isdir(path):
             ckpt = checkpoint.load_header(path)
         else:  # mapped when sharded: restore reads the weights it needs
-            ckpt = checkpoint.load(cfg.out_dir, map_location="cpu" if sharded else device, mmap=sharded)
+            ckpt = checkpoint.load(cfg.out_dir, map_location="cpu" if sharded else device, mmap=sharded,
+                                   optimizer=True)
         if ckpt["meta"]["tokenizer"] != meta["tokenizer"]:
             raise UserError(f"the checkpoint was trained on {ckpt['meta']['tokenizer']} tokens, {data_dir} has "
                             f"{meta['tokenizer']} tokens")
@@ -450,7 +459,7 @@ def restore(ckpt: dict[str, Any], model: GPT, optimizer: torch.optim.Optimizer, 
         group.update(how)  # set_capturable then puts the step counts where these kernels want them
     scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]  # rank 0's; a sharded checkpoint has every process's, used where the layout is the same
-    if len(ckpt.get("rng_ranks", [])) == proc.world:
+    if len(ckpt.get("rng_ranks", [])) == proc.world and ckpt.get("tensor_parallel") == proc.tp:
         rng = ckpt["rng_ranks"][proc.rank]
     torch.set_rng_state(rng["torch"].cpu())
     if proc.device.type == "cuda" and rng.get("cuda") is not None:
@@ -489,7 +498,7 @@ def restore_shards(ckpt: dict[str, Any], model: GPT, optimizer: torch.optim.Opti
 class Run:
     """What the training loop works with: three views of one set of weights. `model` is the plain module (what is
     saved), `eval_model` the same compiled (what is evaluated), `step_model` that wrapped in DDP when distributed
-    (what is trained)."""
+    (what is trained). A sharded model is all three: sharded and compiled in place."""
 
     cfg: TrainConfig
     proc: Process
@@ -786,7 +795,8 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Windows], cfg: TrainC
             if show and time.perf_counter() - shown > EVAL_PROGRESS_S:  # a long evaluation shows it is alive
                 print(f"evaluating the {split} split: batch {k + 1} of {windows.n_batches}", flush=True)
                 shown = time.perf_counter()
-        if world > 1:  # over every process: a tensor-parallel group adds its identical sums tp times, and its counts
+        if dist.is_initialized():  # over every process, so that all agree (on a checkpoint to save, say): a
+            # tensor-parallel group adds its identical sums tp times, and its counts
             dist.all_reduce(total)
         loss_sum, count = total.tolist()
         out[split] = loss_sum / count
@@ -795,7 +805,7 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, Windows], cfg: TrainC
 
 
 def evaluate_and_save(run: Run, lr: float) -> None:
-    """Evaluate, log, and save a checkpoint if val loss improved (or always_save_checkpoint), rank 0 only."""
+    """Evaluate, log (rank 0), and save a checkpoint if val loss improved (or always_save_checkpoint)."""
     cfg, proc, progress = run.cfg, run.proc, run.progress
     losses = estimate_loss(run.eval_model, run.evals, cfg, proc.device, run.ctx, proc.dp_rank, proc.dp_world,
                            proc.master)
@@ -966,15 +976,14 @@ def main(argv: list[str]) -> dict[str, list]:
     check_settings(cfg)
     proc = setup_process(cfg)
     dtype = runtime.resolve_dtype(cfg.dtype, proc.device)
+    refuse_together(proc, check_run, cfg, proc, dtype)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     runtime.enable_tf32(proc.device)
     meta = data_meta(cfg, required=not cfg.dry_run)
 
     model, ckpt = build_model(cfg, meta, proc.device, sharded=proc.sharded and not cfg.dry_run)
-    try:
-        check_run(cfg, proc, model.config, dtype)
-    except UserError as e:
-        raise UserError(str(e) if proc.master else "") from None  # every process stops; rank 0 says why
+    if proc.tp > 1:  # the sizes the split must divide, known now (from the checkpoint, when resuming)
+        refuse_together(proc, parallel.check_sizes, model.config, proc.tp)
     if proc.dp_rank:  # each data-parallel share its own dropout masks; a tensor-parallel group the same ones
         torch.manual_seed(cfg.seed + proc.dp_rank)
     if proc.master:

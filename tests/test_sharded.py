@@ -24,7 +24,7 @@ import parallel
 import train
 from configurator import UserError
 from conftest import REPO_ROOT, CharData, make_char_dataset, run_main, script_env, tiny_flags
-from model import GPTConfig
+from model import GPTConfig, resolve_config
 
 # eval_iters 1: 1 batch for 2 processes, which must still run as many forward passes as each other
 COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 1, "eval_at_start": True}
@@ -181,15 +181,50 @@ def test_rank_major_rows_give_each_process_its_own_part_of_every_stacked_matrix(
     (2, 2, True, True, "fsdp=True shards over the data-parallel processes, and there is 1"),
     (4, 3, False, True, "tensor_parallel=3 must divide the number of processes (4)"),
     (4, 2, False, True, "tensor_parallel=2 on 4 processes needs fsdp=True"),
-    (4, 4, False, True, "tensor_parallel=4 must divide n_kv_head (2)"),
 ])
 def test_a_layout_that_cannot_be_built_is_one_line(world: int, tp: int, fsdp: bool, distributed: bool, message: str):
-    config = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=16, vocab_size=64, block_size=8)
     with pytest.raises(UserError, match=re.escape(message)):
-        parallel.check_layout(config, world, tp, fsdp, distributed)
+        parallel.check_layout(world, tp, fsdp, distributed)
+
+
+@pytest.mark.parametrize(("config", "tp", "message"), [
+    ({"preset": "gpt2-xl"}, 2, "tensor_parallel=2 must divide n_head (25)"),
+    ({"n_head": 4, "n_kv_head": 2, "n_embd": 32}, 4, "tensor_parallel=4 must divide n_kv_head (2)"),
+    ({"n_head": 4, "n_embd": 32, "vocab_size": 65}, 2, "must divide the vocabulary (padded to vocab_multiple) (65)"),
+])
+def test_a_degree_that_does_not_divide_the_model_is_one_line(config: dict, tp: int, message: str):
+    with pytest.raises(UserError, match=re.escape(message)):
+        parallel.check_sizes(resolve_config(**config), tp)
+    parallel.check_sizes(resolve_config(**config), 1)
 
 
 def test_fsdp_in_one_process_is_one_line(char_data: CharData, tmp_path: Path):
     rc, _, err = run_main("train.py", tiny_flags(char_data, tmp_path, fsdp=True))
     assert rc == 2 and err == ("error: fsdp=True needs several processes: start it with torchrun "
                                "--nproc_per_node=N train.py ...\n")
+
+
+def test_a_failed_sharded_save_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    (tmp_path / "ckpt-1000-keep").mkdir()  # a folder of the user's: not one of ours to prune
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        state = {"model": {"w": torch.ones(2)}}
+        checkpoint.save_sharded(state, {"iter_num": 1}, str(tmp_path), best=False, rank=0)
+        first = (tmp_path / "ckpt.dcp").resolve()
+
+        def full_disk(*args: object, **kwargs: object) -> None:  # as DCP reports a failure on one process
+            raise CheckpointException("save", {0: (OSError(28, "No space left on device"), [])})
+
+        monkeypatch.setattr(dcp, "save", full_disk)
+        with pytest.raises(UserError, match=r"could not write a checkpoint to .*ckpt\.dcp \(No space left on device\); "
+                                            r"the previous one is left as it was"):
+            checkpoint.save_sharded(state, {"iter_num": 2}, str(tmp_path), best=False, rank=0)
+    finally:
+        dist.destroy_process_group()
+    assert (tmp_path / "ckpt.dcp").resolve() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.dcp", first.name, "ckpt-1000-keep"])
+    assert checkpoint.load_header(str(tmp_path / "ckpt.dcp")) == {"iter_num": 1}
