@@ -31,8 +31,12 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(cache))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    if "datasets" in sys.modules:  # datasets reads the variable once, at import
+    if "datasets" in sys.modules:  # datasets reads the variables once, at import (another test file may have)
         monkeypatch.setattr(sys.modules["datasets"].config, "HF_DATASETS_CACHE", cache / "datasets")
+        for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # else the hub is tried: a network timeout
+            monkeypatch.setattr(sys.modules["datasets"].config, name, True)
+    if "huggingface_hub" in sys.modules:
+        monkeypatch.setattr(sys.modules["huggingface_hub"].constants, "HF_HUB_OFFLINE", True)
     return cache
 
 
