@@ -5,9 +5,12 @@
     python bench.py --dataset=openwebtext --compile=on --json=bench.json
     python bench.py --mode=sample --batch_size=1,8  # decode speed as sample.py decodes, 256 and 1000 new tokens
     python bench.py --mode=attention --batch_size=8 --seq_lens=2048,4096 --band=256  # GPT-3's banded layers
+    torchrun --standalone --nproc_per_node=2 bench.py --preset=gpt2-xl --batch_size=16 --compile=on --fsdp=True
 
 train: each row builds a fresh model, optimizer and GradScaler, runs `warmup` untimed steps (compilation
-included), then times `iters` calls of train.train_step, the very step the training loop runs.
+included), then times `iters` calls of train.train_step, the very step the training loop runs. Under torchrun the
+model is wrapped in DDP or sharded (--fsdp, --tensor_parallel) as train.py does it, gradient_accumulation_steps is
+the total over the data-parallel processes, tokens/s counts all GPUs, MFU and memory are per GPU (rank 0's).
 sample: each row builds a fresh model in the working dtype (as sample.py loads it), runs generate.generate_tokens
 once untimed (compilation or capture, a CUDA graph per attention span), then times the same run from a random
 prompt.
@@ -17,6 +20,7 @@ Timings run between device synchronizations. Prints a markdown table for the REA
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -26,8 +30,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
+import parallel
 import runtime
 import train
 from configurator import UserError
@@ -36,8 +43,8 @@ from model import GPT, CausalSelfAttention, GPTConfig, banded_attention, resolve
 from runtime import synchronize
 from tokenizer import read_meta
 
-KEYS = {"compile": "compile", "cuda_graph": "CUDA graph", "kv_cache": "KV cache", "batch_size": "batch",
-        "new_tokens": "new tokens", "seq_len": "T", "attention": "attention"}
+KEYS = {"layout": "layout", "compile": "compile", "cuda_graph": "CUDA graph", "kv_cache": "KV cache",
+        "batch_size": "batch", "new_tokens": "new tokens", "seq_len": "T", "attention": "attention"}
 COLUMNS = {  # per mode, the table's numeric columns: row key -> (header, format)
     "train": {"ms_per_iter": ("ms/iter", ".1f"), "tokens_per_s": ("tokens/s", ",.0f"), "mfu": ("MFU", ".1%"),
               "peak_mem_gib": ("peak mem (GiB)", ".2f"), "warmup_s": ("warm-up (s)", ".1f"), "loss": ("loss", ".3f")},
@@ -76,6 +83,9 @@ class BenchConfig:
     grad_clip: float = 1.0  # train, as train.py: clipping costs an unscale and a norm per step; 0 disables
     activation_checkpointing: bool = False  # train: recompute each block in the backward pass
     fp8: bool = False  # train: FP8 matrix multiplies (torchao's float8 training, as train.py --fp8=True)
+    fsdp: bool = False  # train, under torchrun: FSDP2, as train.py --fsdp=True
+    tensor_parallel: int = 1  # train, under torchrun: Megatron's split over this many processes, as train.py
+    backend: str = "nccl"  # train, under torchrun: nccl on GPUs, gloo on CPUs
     new_tokens: str = "256,1000"  # sample: comma list of tokens generated per timed run
     prompt_tokens: int = 16  # sample: length of the random prompt
     kv_cache: str = "on"  # sample: on | off | both; off recomputes the window every token (eager: compile moot)
@@ -112,14 +122,19 @@ class RandomBatch:
         return self.batch
 
 
-def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, device: torch.device,
+def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, proc: train.Process,
               dtype: torch.dtype, compiled: bool, batch_size: int) -> dict[str, Any]:
     """Fresh model, optimizer and scaler; warm up, then time cfg.iters training steps. Returns the metrics."""
     opt = train.TrainConfig()  # the optimizer settings training uses by default
-    model = GPT(model_cfg).to(device)
+    device = proc.device
+    with torch.device(device) if proc.sharded else contextlib.nullcontext():  # as train.py builds it
+        model = GPT(model_cfg).to(device)
     model.activation_checkpointing = cfg.activation_checkpointing
     if cfg.fp8:
         runtime.to_float8(model)
+    regions = []
+    if proc.sharded:
+        regions = parallel.parallelize(model, proc.mesh, cfg.fsdp, cfg.activation_checkpointing, compiled, dtype)
     optimizer = model.configure_optimizers(opt.weight_decay, opt.learning_rate, (opt.beta1, opt.beta2), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ctx = runtime.autocast(device, dtype)
@@ -129,12 +144,15 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
     else:  # train.bin's batches in turn, as training reads them
         path = os.path.join(cfg.data_root, cfg.dataset, "train.bin")
         data = train.Batches(path, meta["dtype"], T, batch_size, model_cfg.vocab_size, cfg.seed)
-    accum = cfg.gradient_accumulation_steps
+    accum = cfg.gradient_accumulation_steps // proc.dp_world
     index = 0
     batch = data.get(index, device)
 
     t0 = time.perf_counter()
-    step_model = runtime.maybe_compile(model, *batch, ctx) if compiled else model
+    step_model = runtime.maybe_compile(model, *batch, ctx, regions=regions if proc.sharded else None) if compiled \
+        else model
+    if proc.distributed and not proc.sharded:
+        step_model = DDP(step_model, device_ids=[proc.local_rank] if device.type == "cuda" else None)
     for it in range(cfg.warmup + cfg.iters):
         if it == cfg.warmup:
             synchronize(device)
@@ -145,11 +163,12 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
     final_loss = loss.item()  # waits for the device too
     synchronize(device)
     dt = (time.perf_counter() - t1) / cfg.iters  # seconds per iteration
-    tokens_per_iter = batch_size * T * accum
-    return {"status": "compile failed: eager" if compiled and step_model is model else "ok",
+    tokens_per_iter = batch_size * T * cfg.gradient_accumulation_steps  # over every process
+    failed = compiled and (step_model is model if not regions else regions[0]._compiled_call_impl is None)
+    return {"status": "compile failed: eager" if failed else "ok",
             "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt,
-            "mfu": model.estimate_mfu(tokens_per_iter, dt, runtime.peak_flops(device)), "warmup_s": t1 - t0,
-            "loss": final_loss}
+            "mfu": model.estimate_mfu(tokens_per_iter // proc.world, dt, runtime.peak_flops(device)),
+            "warmup_s": t1 - t0, "loss": final_loss}
 
 
 def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dtype: torch.dtype, compiled: bool,
@@ -285,10 +304,11 @@ def plan(cfg: BenchConfig, device: torch.device) -> list[dict[str, Any]]:
     return rows
 
 
-def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, device: torch.device,
+def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, proc: train.Process,
             dtype: torch.dtype, run: dict[str, Any]) -> dict[str, Any]:
     """One row's metrics, from a clean start: no earlier row's graphs, seed reset, peak memory reset. A row that
     runs out of memory is recorded as OOM and the benchmark goes on: the next (smaller or eager) row may fit."""
+    device = proc.device
     torch.compiler.reset()  # fresh compile, no recompile limit reached
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
@@ -296,7 +316,7 @@ def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None,
     row: dict[str, Any] = dict.fromkeys(["status", *COLUMNS[cfg.mode]])
     try:
         if cfg.mode == "train":
-            row |= bench_row(cfg, model_cfg, meta, device, dtype, run["compile"] == "on", run["batch_size"])
+            row |= bench_row(cfg, model_cfg, meta, proc, dtype, run["compile"] == "on", run["batch_size"])
         elif cfg.mode == "attention":
             row |= attention_row(cfg, model_cfg, device, dtype, run["seq_len"], run["attention"] == "banded",
                                  run["batch_size"])
@@ -318,31 +338,64 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     if not cfg.compile:
         cfg = replace(cfg, compile="both" if cfg.mode == "train" else "off")
     check(cfg)
-    device = runtime.resolve_device(cfg.device)
-    if cfg.fp8:
-        runtime.check_fp8(device)
+    proc = processes(cfg)
+    device = proc.device
     runs = plan(cfg, device)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
+    train.refuse_together(proc, train.check_run, train_settings(cfg), proc, dtype)  # fp8, the layout, as train.py
     meta = read_meta(os.path.join(cfg.data_root, cfg.dataset)) if cfg.dataset else None
     model_cfg = bench_model(cfg, meta)
+    if proc.tp > 1:
+        train.refuse_together(proc, parallel.check_sizes, model_cfg, proc.tp)
     runtime.enable_tf32(device)
     with torch.device("meta"):  # shape only, no memory
         n_params = GPT(model_cfg).get_num_params()
     common = {"mode": cfg.mode, "device": runtime.device_name(device), "torch": torch.__version__,
               "dtype": str(dtype).removeprefix("torch."), "n_params": n_params,
-              "command": shlex.join(["python", "bench.py", *argv]), "data": cfg.dataset or "synthetic",
+              "command": shlex.join([*launcher(proc), "bench.py", *argv]), "data": cfg.dataset or "synthetic",
               **asdict(model_cfg), **({"accum": cfg.gradient_accumulation_steps} if cfg.mode == "train"
                                       else {"prompt_tokens": cfg.prompt_tokens})}
+    if proc.distributed:
+        common["layout"] = layout(cfg, proc)
     rows = []
     for run in runs:
-        rows.append(common | run | run_row(cfg, model_cfg, meta, device, dtype, run))
-        print(" ".join(f"{k}={v}" for k, v in run.items()) + f": {rows[-1]['status']}", flush=True)
-    print("\n" + table(rows, cfg, model_cfg, n_params))
-    if cfg.json:
+        rows.append(common | run | run_row(cfg, model_cfg, meta, proc, dtype, run))
+        if proc.master:
+            print(" ".join(f"{k}={v}" for k, v in run.items()) + f": {rows[-1]['status']}", flush=True)
+    if proc.master:
+        print("\n" + table(rows, cfg, model_cfg, n_params))
+    if cfg.json and proc.master:
         with open(cfg.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
         print(f"wrote {len(rows)} rows to {cfg.json}")
+    if proc.distributed:
+        dist.destroy_process_group()
     return rows
+
+
+def train_settings(cfg: BenchConfig) -> train.TrainConfig:
+    """The settings of train.py that set up the processes and their layout, taken from ours."""
+    return train.TrainConfig(device=cfg.device, backend=cfg.backend, fsdp=cfg.fsdp, tensor_parallel=cfg.tensor_parallel,
+                             gradient_accumulation_steps=cfg.gradient_accumulation_steps, fp8=cfg.fp8)
+
+
+def processes(cfg: BenchConfig) -> train.Process:
+    """This process, as train.py sets it up: one, or one of torchrun's, with its share of the layout."""
+    if cfg.mode != "train" and "RANK" in os.environ:
+        raise UserError(f"mode={cfg.mode} runs in one process: start it with python, not torchrun")
+    if cfg.tensor_parallel < 1:
+        raise UserError(f"tensor_parallel must be at least 1, got {cfg.tensor_parallel}")
+    return train.setup_process(train_settings(cfg))
+
+
+def launcher(proc: train.Process) -> list[str]:
+    return ["torchrun", "--standalone", f"--nproc_per_node={proc.world}"] if proc.distributed else ["python"]
+
+
+def layout(cfg: BenchConfig, proc: train.Process) -> str:
+    if cfg.fsdp:
+        return f"FSDP {proc.dp_world}" + (f" x TP {proc.tp}" if proc.tp > 1 else "")
+    return f"TP {proc.tp}" if proc.tp > 1 else f"DDP {proc.world}"
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ from model import GPTConfig, resolve_config
 # eval_iters 1: 1 batch for 2 processes, which must still run as many forward passes as each other
 COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 1, "eval_at_start": True}
 # LLaMA's blocks: q/k/v and SwiGLU's stacked matrices, grouped-query heads, rotary positions, RMSNorm, untied head
+BENCH = ["--device=cpu", "--dtype=float32", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
+         "--vocab_size=64", "--batch_size=4", "--gradient_accumulation_steps=2", "--compile=off", "--warmup=1",
+         "--iters=2"]
 LLAMA = {"n_head": 4, "n_kv_head": 2, "mlp": "swiglu", "norm": "rmsnorm", "pos_emb": "rope", "bias": False,
          "tie_embeddings": False}
 
@@ -41,9 +44,9 @@ class Runs:
     single: dict[str, dict[str, list]]  # the single-process references
 
 
-def launch(nproc: int, flags: list[str]) -> subprocess.Popen:
+def launch(nproc: int, flags: list[str], script: str = "train.py") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                             "train.py", *flags, "--backend=gloo"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                             script, *flags, "--backend=gloo"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=script_env(PYTHONUNBUFFERED="1"))
 
 
@@ -62,7 +65,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
     train.main(flags("fsdp", max_iters=3))  # one process's ckpt.pt at iter 3, for FSDP to resume
     first = {"fsdp_from_single": launch(2, flags("fsdp", max_iters=6, fsdp=True, init_from="resume")),
-             "tp": launch(2, flags("tp", max_iters=6, tensor_parallel=2, **LLAMA))}
+             "tp": launch(2, flags("tp", max_iters=6, tensor_parallel=2, **LLAMA)),
+             "bench": launch(2, [*BENCH, "--fsdp=True"], script="bench.py")}
     single = {"gpt2": train.main(flags("single", max_iters=8)),
               "llama": train.main(flags("llama", max_iters=10, **LLAMA))}
     logs = finish(first)
@@ -110,6 +114,15 @@ def test_fsdp_with_tensor_parallel_resumes_tp_checkpoint_and_trains_like_one_pro
     # activation checkpointing changes no loss
     same_losses(runs.logs["fsdp_tp"], runs.single["llama"], 7, 8)
     assert "4 process(es) (FSDP 2 x TP 2)" in runs.logs["fsdp_tp"][1]
+
+
+@pytest.mark.slow
+def test_bench_times_the_sharded_step_under_torchrun(runs: Runs):
+    status, out, err = runs.logs["bench"]
+    assert status == 0, err[-3000:]
+    row = re.search(r"^\| FSDP 2 \| off \| 4 \| ([\d.]+) \| ([\d,]+) \|", out, re.M)  # one table, rank 0's
+    assert row and float(row[1]) > 0 and out.count("| layout |") == 1, out[-3000:]
+    assert "`torchrun --standalone --nproc_per_node=2 bench.py" in out
 
 
 @pytest.mark.slow
