@@ -1,7 +1,7 @@
 """Spreading one model over several processes beyond DDP: Megatron-style tensor parallelism and FSDP2 sharding, on
 PyTorch's own engine (DTensor, fully_shard). model.py knows nothing of it: `parallelize` takes a finished model and
 applies tensor parallelism, activation checkpointing, compile, then FSDP, in that order (torchtitan's), on a 2-D
-mesh of processes, (dp, tp): rank = dp_rank * tp + tp_rank. train.py and checkpoint.py share it.
+mesh of processes, (dp, tp): rank = dp_rank * tp + tp_rank. train.py, bench.py and checkpoint.py share it.
 
 Tensor parallelism (Shoeybi et al. 2019, Megatron-LM): in each block, the q/k/v projection and the MLP's first
 matrix are split by output columns (whole heads per process), the attention and MLP output projections by input

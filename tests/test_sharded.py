@@ -5,7 +5,7 @@ under FSDP 2 x TP 2 (each process reading its own shards); FSDP's and FSDP x TP'
 The runs are real `python -m torch.distributed.run train.py ...` launches, in two waves (the second resumes what
 the first saved), while this process trains the single-process references. Tolerance: the processes add their
 partial sums in another order than one process does (rel 1e-4, as in test_ddp). Each launch costs seconds of CPU
-(every process imports torch), so there are three."""
+(every process imports torch), so there are four, bench.py's among them."""
 
 from __future__ import annotations
 
