@@ -191,3 +191,9 @@ def _no_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process train.main must run single-process even if the test runner sits under torchrun."""
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files that start torchrun processes run first, one on each xdist worker: their launches then overlap the
+    rest of the suite instead of trailing it on one worker."""
+    items.sort(key=lambda item: item.path.name not in ("test_sharded.py", "test_ddp.py"))  # stable: order kept
