@@ -137,7 +137,7 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
 
 class Batches:
     """Random windows (x, y = x shifted by one) of a token file. Batch k is a pure function of (seed, k), so the
-    sampler's whole state is the index of the next batch: resuming, or splitting batches across DDP ranks,
+    sampler's whole state is the index of the next batch: resuming, or splitting batches across data-parallel ranks,
     gives exactly the batches an unbroken single process would see.
 
     Rows are read with seek + fromfile from one open file handle: an np.memmap held for the whole run makes
@@ -248,7 +248,7 @@ def check_out_dir(out_dir: str) -> None:
 
 def rank_0_checks(cfg: TrainConfig, proc: Process) -> None:
     """What only rank 0 will need, checked before any training time is spent: out_dir can hold checkpoints, and
-    wandb is installed when it logs there. Under DDP every process learns the answer, so all of them leave
+    wandb is installed when it logs there. Under torchrun every process learns the answer, so all of them leave
     together (rank 0 saying why) rather than the others waiting on it, or failing in its place."""
     message = None
     if proc.master:
@@ -879,7 +879,7 @@ class StopRequest:
         self.signal = signal.Signals(signum).name
 
     def agreed(self, run: Run) -> str | None:
-        """The signal to stop for, the same on every process: under DDP they vote (rank 0's signal names it)."""
+        """The signal to stop for, the same on every process: under torchrun they vote (rank 0's signal names it)."""
         if not run.proc.distributed:
             return self.signal
         vote = torch.tensor(float(self.signal is not None), device=run.proc.device)
