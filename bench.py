@@ -383,9 +383,9 @@ def processes(cfg: BenchConfig) -> train.Process:
     """This process, as train.py sets it up: one, or one of torchrun's, with its share of the layout."""
     if cfg.mode != "train" and "RANK" in os.environ:
         raise UserError(f"mode={cfg.mode} runs in one process: start it with python, not torchrun")
-    if cfg.tensor_parallel < 1:
-        raise UserError(f"tensor_parallel must be at least 1, got {cfg.tensor_parallel}")
-    return train.setup_process(train_settings(cfg))
+    settings = train_settings(cfg)
+    train.check_settings(settings)  # tensor_parallel, gradient_accumulation_steps at least 1, as train.py
+    return train.setup_process(settings)
 
 
 def launcher(proc: train.Process) -> list[str]:

@@ -251,14 +251,21 @@ def optimizer_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 def optimizer_by_name(osd: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """An optimizer state dict keyed by position (optimizer.state_dict()) keyed by parameter name instead."""
+    """An optimizer state dict keyed by position (optimizer.state_dict()) keyed by parameter name instead; one
+    keyed by name already is returned as it is."""
+    if not by_position(osd):
+        return osd
     return {"state": {names[i]: s for i, s in osd["state"].items()},
             "param_groups": [g | {"params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
 
 
+def by_position(osd: dict[str, Any]) -> bool:
+    return all(isinstance(i, int) for group in osd["param_groups"] for i in group["params"])
+
+
 def optimizer_by_position(osd: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """The reverse of optimizer_by_name; a state dict keyed by position already is returned as it is."""
-    if all(isinstance(i, int) for g in osd["param_groups"] for i in g["params"]):
+    if by_position(osd):
         return osd
     index = {n: i for i, n in enumerate(names)}
     return {"state": {index[n]: s for n, s in osd["state"].items()},
@@ -317,11 +324,15 @@ def main(argv: list[str]) -> list[str]:
         path = os.path.join(cfg.out_dir, sharded)
         if os.path.isdir(path):
             target = os.path.join(cfg.out_dir, single)
+            tmp = f"{target}.tmp.{os.getpid()}"
             try:
-                write_file(to_single_file(path), f"{target}.tmp.{os.getpid()}")
-                os.replace(f"{target}.tmp.{os.getpid()}", target)
+                write_file(to_single_file(path), tmp)
+                os.replace(tmp, target)
             except OSError as e:
                 raise UserError(save_failed(target, e)) from None
+            finally:
+                if os.path.exists(tmp):  # a half-written file, after a failure
+                    os.remove(tmp)
             print(f"{path} -> {target}")
             written.append(target)
     if not written:

@@ -485,9 +485,7 @@ def restore_shards(ckpt: dict[str, Any], model: GPT, optimizer: torch.optim.Opti
         return
     whole = checkpoint.load_sharded(path) if os.path.isdir(path) else ckpt
     weights = parallel.reorder_rows(whole["model"], model.config, proc.tp, to_rank_major=True)
-    osd = whole["optimizer"]
-    if all(isinstance(i, int) for group in osd["param_groups"] for i in group["params"]):  # ckpt.pt's
-        osd = checkpoint.optimizer_by_name(osd, names)
+    osd = checkpoint.optimizer_by_name(whole["optimizer"], names)  # ckpt.pt's is keyed by position
     osd = osd | {"state": parallel.reorder_rows(osd["state"], model.config, proc.tp, to_rank_major=True)}
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, weights, options=options)

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import io
 import os
+import re
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -135,6 +136,14 @@ def run_script(script: str, args: list[str], env: dict[str, str] | None = None, 
     proc = subprocess.run([sys.executable, *(prefix or []), script, *map(str, args)], cwd=REPO_ROOT, check=False,
                           capture_output=True, encoding="utf-8", timeout=timeout, env=env or script_env())
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def parse_log(out: str) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
+    """train.py's log (as torchrun runs print it): the (iter, loss) lines and the (step, train, val) evaluations."""
+    train_losses = [(int(i), float(v)) for i, v in re.findall(r"^iter (\d+): loss ([\d.]+)", out, re.M)]
+    evals = [(int(i), float(t), float(v))
+             for i, t, v in re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)]
+    return train_losses, evals
 
 
 @functools.cache

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import train
-from conftest import REPO_ROOT, CharData, make_char_dataset, script_env, tiny_flags
+from conftest import REPO_ROOT, CharData, make_char_dataset, parse_log, script_env, tiny_flags
 
 ITERS = 6  # compared with one process; the run goes on until SIGTERM, at least this far
 COMMON = {"gradient_accumulation_steps": 2, "dropout": 0.0, "eval_interval": 3, "eval_iters": 4, "eval_at_start": True}
@@ -38,13 +38,6 @@ def torchrun(flags: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "train.py", *flags, "--backend=gloo"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=script_env(PYTHONUNBUFFERED="1"))
-
-
-def parse_log(out: str) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
-    train_losses = [(int(i), float(v)) for i, v in re.findall(r"^iter (\d+): loss ([\d.]+)", out, re.M)]
-    evals = [(int(i), float(t), float(v))
-             for i, t, v in re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)]
-    return train_losses, evals
 
 
 @pytest.fixture(scope="module")

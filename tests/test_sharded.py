@@ -23,7 +23,7 @@ import checkpoint
 import parallel
 import train
 from configurator import UserError
-from conftest import REPO_ROOT, CharData, make_char_dataset, run_main, script_env, tiny_flags
+from conftest import REPO_ROOT, CharData, make_char_dataset, parse_log, run_main, script_env, tiny_flags
 from model import GPTConfig, resolve_config
 
 # eval_iters 1: 1 batch for 2 processes, which must still run as many forward passes as each other
@@ -74,13 +74,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     logs |= finish({"fsdp_tp": launch(4, flags("tp", max_iters=8, fsdp=True, tensor_parallel=2, **LLAMA,
                                                 activation_checkpointing=True, init_from="resume"))})
     return Runs(data, root, logs, single)
-
-
-def parse_log(out: str) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
-    train_losses = [(int(i), float(v)) for i, v in re.findall(r"^iter (\d+): loss ([\d.]+)", out, re.M)]
-    evals = [(int(i), float(t), float(v))
-             for i, t, v in re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)]
-    return train_losses, evals
 
 
 def same_losses(log: tuple[int, str, str], reference: dict[str, list], first: int, last: int) -> None:
@@ -135,25 +128,25 @@ def test_sharded_checkpoint_is_a_directory_the_links_point_to(runs: Runs):
     assert checkpoint.load_header(str(out / "ckpt.dcp"))["iter_num"] == 6
 
 
+def resume_in_one_process(runs: Runs, saved: str, out: Path, reference: str, iters: list[int],
+                          **model: object) -> None:
+    """Copy a sharded run's out_dir, resume it in this process to iters[-1]: the single-process reference's losses."""
+    shutil.copytree(runs.root / saved, out, symlinks=True)
+    history = train.main(tiny_flags(runs.data, out, **COMMON, **model, max_iters=iters[-1], init_from="resume"))
+    assert [i for i, _ in history["train_loss"]] == iters
+    for i, loss in history["train_loss"]:
+        assert loss == pytest.approx(dict(runs.single[reference]["train_loss"])[i], rel=1e-4)
+
+
 @pytest.mark.slow
 def test_fsdp_checkpoint_resumes_in_one_process(runs: Runs, tmp_path: Path):
-    out = tmp_path / "fsdp"
-    shutil.copytree(runs.root / "fsdp", out, symlinks=True)  # FSDP's ckpt.dcp at iter 6
-    history = train.main(tiny_flags(runs.data, out, **COMMON, max_iters=8, init_from="resume"))
-    for i, loss in history["train_loss"]:
-        assert loss == pytest.approx(dict(runs.single["gpt2"]["train_loss"])[i], rel=1e-4)
-    assert [i for i, _ in history["train_loss"]] == [7, 8]
-    assert (out / "ckpt.pt").is_file() and not (out / "ckpt.dcp").exists()  # a single file now
+    resume_in_one_process(runs, "fsdp", tmp_path / "fsdp", "gpt2", [7, 8])  # FSDP's ckpt.dcp at iter 6
+    assert (tmp_path / "fsdp" / "ckpt.pt").is_file() and not (tmp_path / "fsdp" / "ckpt.dcp").exists()  # one file
 
 
 @pytest.mark.slow
 def test_fsdp_x_tp_checkpoint_resumes_in_one_process(runs: Runs, tmp_path: Path):
-    out = tmp_path / "fsdp_tp"
-    shutil.copytree(runs.root / "tp", out, symlinks=True)  # FSDP 2 x TP 2's ckpt.dcp at iter 8
-    history = train.main(tiny_flags(runs.data, out, **COMMON, **LLAMA, max_iters=10, init_from="resume"))
-    assert [i for i, _ in history["train_loss"]] == [9, 10]
-    for i, loss in history["train_loss"]:
-        assert loss == pytest.approx(dict(runs.single["llama"]["train_loss"])[i], rel=1e-4)
+    resume_in_one_process(runs, "tp", tmp_path / "fsdp_tp", "llama", [9, 10], **LLAMA)  # FSDP 2 x TP 2's, iter 8
 
 
 @pytest.mark.slow
