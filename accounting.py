@@ -4,7 +4,7 @@ built on the meta device, so gpt3-175b costs no memory.
 
     python accounting.py gpt2                                          # 124,439,808
     python accounting.py gpt2 --qkv_bias=False --tie_embeddings=False  # 163,009,536 = 621.83 MB in float32
-    python train.py config/train_shakespeare_char_llama.py --dry_run=True  # the model a config file trains
+    python train.py config/train_shakespeare_char.py config/arch/llama.py --dry_run=True  # what a config trains
 """
 
 from __future__ import annotations

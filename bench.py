@@ -8,9 +8,10 @@
     torchrun --standalone --nproc_per_node=2 bench.py --preset=gpt2-xl --batch_size=16 --compile=on --fsdp=True
 
 train: each row builds a fresh model, optimizer and GradScaler, runs `warmup` untimed steps (compilation
-included), then times `iters` calls of train.train_step, the very step the training loop runs. Under torchrun the
-model is wrapped in DDP or sharded (--fsdp, --tensor_parallel) as train.py does it, gradient_accumulation_steps is
-the total over the data-parallel processes, tokens/s counts all GPUs, MFU and memory are per GPU (rank 0's).
+included), then times `iters` calls of step.Step, the very step the training loop runs. Under torchrun the
+model is wrapped in DDP or sharded (--fsdp, --tensor_parallel) as train.py does it (parallel.place and wrap),
+gradient_accumulation_steps is the total over the data-parallel processes, tokens/s counts all GPUs, MFU and
+memory are per GPU (rank 0's).
 sample: each row builds a fresh model in the working dtype (as sample.py loads it), runs generate.generate_tokens
 once untimed (compilation or capture, a CUDA graph per attention span), then times the same run from a random
 prompt.
@@ -31,16 +32,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 import parallel
 import runtime
-import train
 from configurator import UserError
+from dataloader import Batches
 from generate import Sampling, generate_tokens
-from model import GPT, CausalSelfAttention, GPTConfig, banded_attention, resolve_config
+from model import GPT, CausalSelfAttention, GPTConfig, ModelSettings, banded_attention
+from parallel import Layout
 from runtime import synchronize
+from step import Step
 from tokenizer import read_meta
 
 KEYS = {"layout": "layout", "compile": "compile", "cuda_graph": "CUDA graph", "kv_cache": "KV cache",
@@ -56,21 +58,15 @@ COLUMNS = {  # per mode, the table's numeric columns: row key -> (header, format
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(ModelSettings):
     """Benchmark GPT training steps (ms/iter, tokens/s, MFU, peak memory), sampling (tokens/s, ms/token), or one
-    attention layer, dense against banded (ms forward and forward + backward)."""
+    attention layer, dense against banded (ms forward and forward + backward). The model settings (preset,
+    n_layer, ..., model.ModelSettings) come first, as train.py takes them; by default GPT-2 124M without biases."""
 
     mode: str = "train"  # train: time training steps | sample: time token generation | attention: one layer
-    # model: a preset (model.PRESETS) with these settings over it, as train.py builds it; default GPT-2 124M
-    # without biases. Any other model setting: --preset=NAME, or train.py --dry_run=True to check a config first
-    preset: str = ""  # a named model (model.PRESETS); empty: GPT-2 124M without biases
-    n_layer: int | None = None  # transformer blocks
-    n_head: int | None = None  # attention heads
-    n_embd: int | None = None  # model width
-    block_size: int | None = None  # context length
-    vocab_size: int | None = None  # None: the preset's (GPT-2's), padded to a multiple of 64 to train, as train.py
-    bias: bool | None = None  # biases in linear layers and norms
-    dropout: float | None = None  # dropout probability
+    vocab_size: int | None = None  # None: the dataset's, else the preset's (GPT-2's); padded to vocab_multiple to
+    # train, as train.py pads it
+
     # rows: train, one per (compile, batch size); sample, one per (kv_cache, compile, cuda_graph, batch size,
     # new_tokens)
     batch_size: str = "12"  # comma list of (micro-)batch sizes, e.g. 12,32
@@ -85,15 +81,17 @@ class BenchConfig:
     fp8: bool = False  # train: FP8 matrix multiplies (torchao's float8 training, as train.py --fp8=True)
     fsdp: bool = False  # train, under torchrun: FSDP2, as train.py --fsdp=True
     tensor_parallel: int = 1  # train, under torchrun: Megatron's split over this many processes, as train.py
-    backend: str = "nccl"  # train, under torchrun: nccl on GPUs, gloo on CPUs
+    backend: str = "auto"  # train, under torchrun: auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
     new_tokens: str = "256,1000"  # sample: comma list of tokens generated per timed run
     prompt_tokens: int = 16  # sample: length of the random prompt
     kv_cache: str = "on"  # sample: on | off | both; off recomputes the window every token (eager: compile moot)
     seq_lens: str = "2048,4096"  # attention: comma list of sequence lengths
-    band: int = 256  # attention: the window of the banded rows
+    band: int = 256  # attention: the band of the banded rows
+
     # data
-    dataset: str = ""  # train: empty for random tokens, else data_root/dataset/train.bin read by train.Batches
+    dataset: str = ""  # train: empty for random tokens, else data_root/dataset/train.bin, read as train.py reads it
     data_root: str = "data"  # where the dataset folders are
+
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
@@ -122,20 +120,15 @@ class RandomBatch:
         return self.batch
 
 
-def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, proc: train.Process,
+def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, layout: Layout,
               dtype: torch.dtype, compiled: bool, batch_size: int) -> dict[str, Any]:
     """Fresh model, optimizer and scaler; warm up, then time cfg.iters training steps. Returns the metrics."""
-    opt = train.TrainConfig()  # the optimizer settings training uses by default
-    device = proc.device
-    with torch.device(device) if proc.sharded else contextlib.nullcontext():  # as train.py builds it
-        model = GPT(model_cfg).to(device)
-    model.activation_checkpointing = cfg.activation_checkpointing
-    if cfg.fp8:
-        runtime.to_float8(model)
-    regions = []
-    if proc.sharded:
-        regions = parallel.parallelize(model, proc.mesh, cfg.fsdp, cfg.activation_checkpointing, compiled, dtype)
-    optimizer = model.configure_optimizers(opt.weight_decay, opt.learning_rate, (opt.beta1, opt.beta2), device.type)
+    device = layout.device
+    with torch.device(device) if layout.sharded else contextlib.nullcontext():  # as train.py builds it
+        model = GPT(model_cfg)
+    regions = parallel.place(model, layout, dtype, cfg.fsdp, cfg.activation_checkpointing, compiled, cfg.fp8)
+    # nanoGPT's AdamW settings (train.py's defaults): the values do not change the time of a step
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ctx = runtime.autocast(device, dtype)
     T = model_cfg.block_size
@@ -143,31 +136,28 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
         data = RandomBatch(model_cfg.vocab_size, batch_size, T, device)
     else:  # train.bin's batches in turn, as training reads them
         path = os.path.join(cfg.data_root, cfg.dataset, "train.bin")
-        data = train.Batches(path, meta["dtype"], T, batch_size, model_cfg.vocab_size, cfg.seed)
-    accum = cfg.gradient_accumulation_steps // proc.dp_world
+        data = Batches(path, meta["dtype"], T, batch_size, model_cfg.vocab_size, cfg.seed)
+    accum = cfg.gradient_accumulation_steps // layout.dp_world
     index = 0
     batch = data.get(index, device)
 
     t0 = time.perf_counter()
-    step_model = runtime.maybe_compile(model, *batch, ctx, regions=regions if proc.sharded else None) if compiled \
-        else model
-    if proc.distributed and not proc.sharded:
-        step_model = DDP(step_model, device_ids=[proc.local_rank] if device.type == "cuda" else None)
+    eval_model, step_model = parallel.wrap(model, layout, regions, compiled, batch, ctx)
+    step = Step(step_model, optimizer, scaler, ctx, data, accum, stride=1, grad_clip=cfg.grad_clip)
     for it in range(cfg.warmup + cfg.iters):
         if it == cfg.warmup:
             synchronize(device)
             t1 = time.perf_counter()
-        loss, _, batch = train.train_step(step_model, optimizer, scaler, ctx, data, index=index, stride=1,
-                                          batch=batch, accum=accum, grad_clip=cfg.grad_clip)
+        loss, _, batch = step(index, batch)
         index += accum
     final_loss = loss.item()  # waits for the device too
     synchronize(device)
     dt = (time.perf_counter() - t1) / cfg.iters  # seconds per iteration
     tokens_per_iter = batch_size * T * cfg.gradient_accumulation_steps  # over every process
-    failed = compiled and (step_model is model if not regions else regions[0]._compiled_call_impl is None)
+    failed = compiled and (eval_model is model if not regions else regions[0]._compiled_call_impl is None)
     return {"status": "compile failed: eager" if failed else "ok",
             "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt,
-            "mfu": model.estimate_mfu(tokens_per_iter // proc.world, dt, runtime.peak_flops(device)),
+            "mfu": model.estimate_mfu(tokens_per_iter // layout.world, dt, runtime.peak_flops(device)),
             "warmup_s": t1 - t0, "loss": final_loss}
 
 
@@ -176,14 +166,14 @@ def sample_row(cfg: BenchConfig, model_cfg: GPTConfig, device: torch.device, dty
     """Fresh model in the working dtype; an untimed warm-up generation, then one timed one. Returns the metrics."""
     model = GPT(model_cfg).to(device=device, dtype=dtype).eval()  # decoding reads every weight per token
     prompt = torch.randint(model_cfg.vocab_size, (batch_size, cfg.prompt_tokens), device=device)  # (B, T)
-    plain = Sampling(temperature=1.0)
+    unmodified = Sampling(temperature=1.0)  # the model's own distribution
     t0 = time.perf_counter()
     how = {"use_cache": kv_cache, "compiled": compiled, "cuda_graph": graphed}
-    list(generate_tokens(model, prompt, new_tokens, plain, **how))  # compiles (or captures) and records every
+    list(generate_tokens(model, prompt, new_tokens, unmodified, **how))  # compiles (or captures) and records every
     # span the timed run uses
     synchronize(device)
     t1 = time.perf_counter()
-    tokens = generate_tokens(model, prompt, new_tokens, plain, **how)
+    tokens = generate_tokens(model, prompt, new_tokens, unmodified, **how)
     next(tokens)  # prefill and the first sampled token
     synchronize(device)
     t2 = time.perf_counter()
@@ -258,27 +248,25 @@ def check(cfg: BenchConfig) -> None:
         if getattr(cfg, name) not in CHOICES:
             raise UserError(f"{name} must be on, off or both, got '{getattr(cfg, name)}'")
     for name, low in (("gradient_accumulation_steps", 1), ("iters", 1), ("warmup", 0), ("prompt_tokens", 1),
-                      ("band", 1)):
+                      ("band", 1), ("tensor_parallel", 1), ("vocab_multiple", 1)):
         if getattr(cfg, name) < low:
             raise UserError(f"{name} must be at least {low}, got {getattr(cfg, name)}")
     if cfg.mode == "sample" and cfg.dataset:
         raise UserError("mode=sample times random prompts: drop --dataset")
+    if cfg.vocab_size is not None and cfg.vocab_size < 1:
+        raise UserError(f"vocab_size must be at least 1 (or None), got {cfg.vocab_size}")
 
 
 def bench_model(cfg: BenchConfig, meta: dict[str, Any] | None) -> GPTConfig:
-    """The model, as train.py resolves it (model.resolve_config); to train, the vocabulary padded to 64 as train.py
-    pads it (GPT-2's 50257 -> 50304)."""
-    settings = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")}
+    """The model, as train.py resolves it (model.ModelSettings); to train, the vocabulary padded to vocab_multiple
+    as train.py pads it (GPT-2's 50257 -> 50304). Sampling decodes with the vocabulary unpadded, as sample.py."""
     try:
-        model_cfg = resolve_config(cfg.preset, **settings)
+        model_cfg = cfg.resolve()
+        vocab = cfg.vocab_size or (meta["vocab_size"] if meta else model_cfg.vocab_size)
+        if cfg.mode == "train":
+            return cfg.resolve(vocab)
     except ValueError as e:
         raise UserError(str(e)) from None
-    vocab = cfg.vocab_size or model_cfg.vocab_size
-    if cfg.mode == "train" and not cfg.vocab_size:
-        vocab = -(-vocab // 64) * 64
-    if meta is not None and meta["vocab_size"] > vocab:
-        raise UserError(f"{cfg.dataset} has {meta['vocab_size']} tokens, more than vocab_size {vocab}: "
-                        f"use --vocab_size={-(-meta['vocab_size'] // 64) * 64}")
     return replace(model_cfg, vocab_size=vocab)
 
 
@@ -304,11 +292,11 @@ def plan(cfg: BenchConfig, device: torch.device) -> list[dict[str, Any]]:
     return rows
 
 
-def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, proc: train.Process,
+def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, layout: Layout,
             dtype: torch.dtype, run: dict[str, Any]) -> dict[str, Any]:
     """One row's metrics, from a clean start: no earlier row's graphs, seed reset, peak memory reset. A row that
     runs out of memory is recorded as OOM and the benchmark goes on: the next (smaller or eager) row may fit."""
-    device = proc.device
+    device = layout.device
     torch.compiler.reset()  # fresh compile, no recompile limit reached
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
@@ -316,7 +304,7 @@ def run_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None,
     row: dict[str, Any] = dict.fromkeys(["status", *COLUMNS[cfg.mode]])
     try:
         if cfg.mode == "train":
-            row |= bench_row(cfg, model_cfg, meta, proc, dtype, run["compile"] == "on", run["batch_size"])
+            row |= bench_row(cfg, model_cfg, meta, layout, dtype, run["compile"] == "on", run["batch_size"])
         elif cfg.mode == "attention":
             row |= attention_row(cfg, model_cfg, device, dtype, run["seq_len"], run["attention"] == "banded",
                                  run["batch_size"])
@@ -338,64 +326,65 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     if not cfg.compile:
         cfg = replace(cfg, compile="both" if cfg.mode == "train" else "off")
     check(cfg)
-    proc = processes(cfg)
-    device = proc.device
+    if cfg.json:  # fail now, not after the whole benchmark
+        check_writable(cfg.json)
+    layout = setup(cfg)
+    device = layout.device
     runs = plan(cfg, device)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
-    train.refuse_together(proc, train.check_run, train_settings(cfg), proc, dtype)  # fp8, the layout, as train.py
+    parallel.refuse_together(layout, check_run, cfg, layout, dtype)
     meta = read_meta(os.path.join(cfg.data_root, cfg.dataset)) if cfg.dataset else None
     model_cfg = bench_model(cfg, meta)
-    if proc.tp > 1:
-        train.refuse_together(proc, parallel.check_sizes, model_cfg, proc.tp)
+    if layout.tp > 1:
+        parallel.refuse_together(layout, parallel.check_sizes, model_cfg, layout.tp)
     runtime.enable_tf32(device)
     with torch.device("meta"):  # shape only, no memory
         n_params = GPT(model_cfg).get_num_params()
     common = {"mode": cfg.mode, "device": runtime.device_name(device), "torch": torch.__version__,
               "dtype": str(dtype).removeprefix("torch."), "n_params": n_params,
-              "command": shlex.join([*launcher(proc), "bench.py", *argv]), "data": cfg.dataset or "synthetic",
+              "command": shlex.join([*launcher(layout), "bench.py", *argv]), "data": cfg.dataset or "synthetic",
               **asdict(model_cfg), **({"accum": cfg.gradient_accumulation_steps} if cfg.mode == "train"
                                       else {"prompt_tokens": cfg.prompt_tokens})}
-    if proc.distributed:
-        common["layout"] = layout(cfg, proc)
+    if layout.distributed:
+        common["layout"] = layout.describe(cfg.fsdp)
     rows = []
     for run in runs:
-        rows.append(common | run | run_row(cfg, model_cfg, meta, proc, dtype, run))
-        if proc.master:
+        rows.append(common | run | run_row(cfg, model_cfg, meta, layout, dtype, run))
+        if layout.master:
             print(" ".join(f"{k}={v}" for k, v in run.items()) + f": {rows[-1]['status']}", flush=True)
-    if proc.master:
+    if layout.master:
         print("\n" + table(rows, cfg, model_cfg, n_params))
-    if cfg.json and proc.master:
+    if cfg.json and layout.master:
         with open(cfg.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
         print(f"wrote {len(rows)} rows to {cfg.json}")
-    if proc.distributed:
+    if layout.distributed:
         dist.destroy_process_group()
     return rows
 
 
-def train_settings(cfg: BenchConfig) -> train.TrainConfig:
-    """The settings of train.py that set up the processes and their layout, taken from ours."""
-    return train.TrainConfig(device=cfg.device, backend=cfg.backend, fsdp=cfg.fsdp, tensor_parallel=cfg.tensor_parallel,
-                             gradient_accumulation_steps=cfg.gradient_accumulation_steps, fp8=cfg.fp8)
+def check_writable(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise UserError(f"json={path}: cannot write into {directory}")
 
 
-def processes(cfg: BenchConfig) -> train.Process:
+def check_run(cfg: BenchConfig, layout: Layout, dtype: torch.dtype) -> None:
+    """fp8 and the layout, refused as train.py refuses them."""
+    if cfg.fp8:
+        runtime.check_fp8(layout.device)
+    parallel.check_run(layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
+
+
+def setup(cfg: BenchConfig) -> Layout:
     """This process, as train.py sets it up: one, or one of torchrun's, with its share of the layout."""
     if cfg.mode != "train" and "RANK" in os.environ:
         raise UserError(f"mode={cfg.mode} runs in one process: start it with python, not torchrun")
-    settings = train_settings(cfg)
-    train.check_settings(settings)  # tensor_parallel, gradient_accumulation_steps at least 1, as train.py
-    return train.setup_process(settings)
+    return parallel.setup(cfg.device, cfg.backend, cfg.tensor_parallel, cfg.fsdp, cfg.gradient_accumulation_steps)
 
 
-def launcher(proc: train.Process) -> list[str]:
-    return ["torchrun", "--standalone", f"--nproc_per_node={proc.world}"] if proc.distributed else ["python"]
-
-
-def layout(cfg: BenchConfig, proc: train.Process) -> str:
-    if cfg.fsdp:
-        return f"FSDP {proc.dp_world}" + (f" x TP {proc.tp}" if proc.tp > 1 else "")
-    return f"TP {proc.tp}" if proc.tp > 1 else f"DDP {proc.world}"
+def launcher(layout: Layout) -> list[str]:
+    return ["torchrun", "--standalone", f"--nproc_per_node={layout.world}"] if layout.distributed else ["python"]
 
 
 if __name__ == "__main__":

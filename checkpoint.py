@@ -1,16 +1,18 @@
-"""Checkpoint I/O shared by train.py, sample.py and export.py, and OpenAI's GPT-2 weights by name.
+"""The checkpoint: its format, atomic saving, exact resume of a run, and a ready model for any script. This file
+is the only one that knows the checkpoint's keys; the others get a Header, a model or a tokenizer from it.
 
-A checkpoint is plain data (tensors, numbers, strings, lists, dicts), loadable with torch.load(weights_only=True),
-saved from the unwrapped, uncompiled model so its keys carry no `_orig_mod.` / `module.` prefixes. Writes go to a
-temporary file that is renamed over the old one, so a crash mid-save leaves the last good checkpoint intact.
+A checkpoint is plain data (tensors, numbers, strings, lists, dicts), loadable with torch.load(weights_only=True):
+the Header's fields (asdict) beside "model" (the weights, saved from the unwrapped, uncompiled model, so its keys
+carry no `_orig_mod.` / `module.` prefixes) and "optimizer". Writes go to a temporary file that is renamed over
+the old one, so a crash mid-save leaves the last good checkpoint intact.
 
 out_dir holds two: ckpt.pt, the latest state, which init_from=resume continues from; and best.pt, the one with the
-best validation loss so far, which sample.py and export.py read unless told otherwise.
+best validation loss so far, which sample.py and export.py read unless told otherwise (load_model).
 
 A sharded run (fsdp=True, tensor_parallel > 1) saves instead with torch.distributed.checkpoint: every process writes
-its own shards, in parallel, into a directory of its own (ckpt-<iter>-<id>/, with the rest of the state in
-header.pt), and ckpt.dcp / best.dcp are symbolic links to such directories, swapped atomically once a directory is
-complete. Reading one needs no processes: any script (and a run on another number of GPUs) loads it whole, and
+its own shards, in parallel, into a directory of its own (ckpt-<iter>-<id>/, with the header in header.pt), and
+ckpt.dcp / best.dcp are symbolic links to such directories, swapped atomically once a directory is complete.
+Reading one needs no processes: any script (and a run on another number of GPUs) loads it whole, and
 `python checkpoint.py --out_dir=DIR` writes the single files ckpt.pt / best.pt from it. The optimizer state of a
 sharded checkpoint is keyed by parameter name, that of ckpt.pt by position; `optimizer_by_name` and
 `optimizer_by_position` turn one into the other.
@@ -22,7 +24,7 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -32,6 +34,8 @@ import configurator
 import parallel
 from configurator import UserError
 from model import GPT, GPTConfig
+from parallel import Layout
+from tokenizer import Tokenizer
 
 CKPT_FILE = "ckpt.pt"  # the latest state
 BEST_FILE = "best.pt"  # the best validation loss so far
@@ -40,7 +44,81 @@ HEADER_FILE = "header.pt"  # in a sharded checkpoint's directory: everything but
 SHARDED_DIR = re.compile(r"ckpt-\d+-[0-9a-f]{8}(\.tmp)?")  # the directories save_sharded writes
 
 
-def save(ckpt: dict[str, Any], out_dir: str, best: bool = False) -> str:
+TENSORS = ("model", "optimizer")  # the keys beside the header's fields
+
+
+@dataclass
+class Header:
+    """Everything in a checkpoint but the weights and the optimizer state: what the model is, what data it was
+    trained on, and where its run stood."""
+
+    model_args: dict[str, Any]  # GPTConfig's fields
+    iter_num: int  # optimizer steps taken
+    meta: dict[str, Any] | None = None  # the dataset's meta.json: the tokenizer that sample.py decodes with
+    config: dict[str, Any] = field(default_factory=dict)  # the run's settings, for the record
+    best_val_loss: float = float("inf")
+    batch_pos: int = 0  # global index of the first training batch of the next iteration
+    rng: dict[str, Any] | None = None  # rank 0's random state: {"torch": tensor, "cuda": tensor or None}
+    scaler: dict[str, Any] | None = None  # float16's gradient scaler
+    tensor_parallel: int = 1  # the degree a sharded checkpoint was saved with
+    rng_ranks: list[dict[str, Any]] | None = None  # a sharded checkpoint: every process's random state
+
+    @classmethod
+    def read(cls, data: Any, path: str) -> Header:
+        """The header of a loaded checkpoint dict (or header.pt); a UserError naming what a foreign one lacks."""
+        missing = [k for k in ("model_args", "iter_num") if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise UserError(f"checkpoint {path} is not one of ours: missing {', '.join(missing)}")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def model_config(self, **overrides: Any) -> GPTConfig:
+        return GPTConfig(**self.model_args | overrides)
+
+    def tokenizer(self, path: str) -> Tokenizer:
+        if self.meta is None:
+            raise UserError(f"checkpoint {path} does not record its tokenizer; refusing to guess one")
+        return Tokenizer(self.meta)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint as read: its path, its header, and its tensors (model None where a sharded checkpoint is left
+    for each process to read its own shards; optimizer None where it was not asked for)."""
+
+    path: str
+    header: Header
+    model: dict[str, torch.Tensor] | None = None
+    optimizer: dict[str, Any] | None = None
+
+    def build_model(self, device: str | torch.device = "cpu", **overrides: Any) -> GPT:
+        """The model the header describes (settings that change no weight, like dropout, overridable) with these
+        weights, loaded strictly: every key must match. Built on `device`: a GPU draws the initial weights that the
+        checkpoint then replaces at once, where a CPU takes seconds. Those draws leave the random generators as
+        they were: a seed set before loading decides what follows."""
+        cuda = [device] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.device(device):
+            model = GPT(self.header.model_config(**overrides))
+        model.load_state_dict(self.model)
+        return model
+
+    def to_dict(self) -> dict[str, Any]:
+        """What is saved: plain data."""
+        return asdict(self.header) | {"model": self.model, "optimizer": self.optimizer}
+
+
+def load_model(out_dir: str, which: str = "best", device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> tuple[GPT, Tokenizer]:
+    """out_dir's best (or latest) checkpoint as a model ready to decode, in eval mode on `device`, its weights in
+    `dtype` (None: as saved), without the vocabulary rows train.py padded on; and its tokenizer. Weights are read
+    from disk as they are used (mmap): the optimizer state is never read."""
+    ckpt = read(out_dir, which, mmap=True)
+    tok = ckpt.header.tokenizer(ckpt.path)
+    model = ckpt.build_model(device)
+    model.crop_vocab(tok.vocab_size)  # no token id maps to the padding rows: never sample them
+    return model.eval().to(device=device, dtype=dtype), tok
+
+
+def save(ckpt: Checkpoint, out_dir: str, best: bool = False) -> str:
     """Write ckpt as out_dir/ckpt.pt; with best, also as out_dir/best.pt: a second name for the same file (a hard
     link: no second write, no second copy on disk), or a copy where the filesystem has no links. A sharded
     checkpoint these replace (ckpt.dcp, and with best best.dcp) is removed once they are in place."""
@@ -49,7 +127,7 @@ def save(ckpt: dict[str, Any], out_dir: str, best: bool = False) -> str:
     tmp = f"{path}.tmp.{os.getpid()}"
     best_tmp = f"{os.path.join(out_dir, BEST_FILE)}.tmp.{os.getpid()}"
     try:
-        write_file(ckpt, tmp)
+        write_file(ckpt.to_dict(), tmp)
         if best:
             link_or_copy(tmp, best_tmp)
             os.replace(best_tmp, os.path.join(out_dir, BEST_FILE))
@@ -101,7 +179,7 @@ def link_or_copy(source: str, target: str) -> None:
         shutil.copyfile(source, target)
 
 
-def save_sharded(state: dict[str, Any], header: dict[str, Any], out_dir: str, best: bool, rank: int) -> str:
+def save_sharded(state: dict[str, Any], header: Header, out_dir: str, best: bool, rank: int) -> str:
     """Every process calls this with its shards (state: the model's and optimizer's sharded state dicts) and the
     same header: each writes its shards into a new directory, rank 0 adds header.pt, then points ckpt.dcp (and
     with best, best.dcp) at it. A save that fails on any process leaves the previous checkpoint as it was, and
@@ -109,7 +187,7 @@ def save_sharded(state: dict[str, Any], header: dict[str, Any], out_dir: str, be
     import torch.distributed.checkpoint as dcp  # here: a second to import, which only sharded runs need
 
     link = os.path.join(out_dir, SHARDED[CKPT_FILE])
-    name = [f"ckpt-{header['iter_num']}-{uuid.uuid4().hex[:8]}" if rank == 0 else None]
+    name = [f"ckpt-{header.iter_num}-{uuid.uuid4().hex[:8]}" if rank == 0 else None]
     dist.broadcast_object_list(name, src=0)
     directory = os.path.join(out_dir, name[0])
     tmp = f"{directory}.tmp"
@@ -120,7 +198,7 @@ def save_sharded(state: dict[str, Any], header: dict[str, Any], out_dir: str, be
         message = save_failed(link, e)
     if rank == 0 and message is None:
         try:
-            write_file(header, os.path.join(tmp, HEADER_FILE))
+            write_file(asdict(header), os.path.join(tmp, HEADER_FILE))
             os.replace(tmp, directory)
             point(out_dir, SHARDED[CKPT_FILE], name[0])
             if best:
@@ -165,6 +243,80 @@ def prune(out_dir: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def save_run(out_dir: str, layout: Layout, model: GPT, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, header: Header, best: bool = False) -> str | None:
+    """Save a run's state, from every process: header's progress with the random state and the scaler added. A
+    sharded model is saved sharded, each process writing its own part (with the random state of each process, and
+    the model's original config: the tensor-parallel split changes the head counts of its attention modules, not
+    of the config); any other by rank 0 as one file. Returns the path on rank 0."""
+    header.rng = rng_state(layout.device)
+    header.scaler = scaler.state_dict()
+    if layout.sharded:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        header.rng_ranks = [None] * layout.world
+        dist.all_gather_object(header.rng_ranks, header.rng)
+        header.tensor_parallel = layout.tp
+        state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        return save_sharded(state, header, out_dir, best, layout.rank)
+    if layout.master:
+        return save(Checkpoint(out_dir, header, model.state_dict(), optimizer.state_dict()), out_dir, best=best)
+    return None
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_run(ckpt: Checkpoint, layout: Layout, model: GPT, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler) -> None:
+    """Optimizer (and for a sharded model, the weights), gradient scaler and random state as the checkpoint left
+    them. How the optimizer steps (fused, foreach, capturable) stays this machine's choice: the checkpoint may come
+    from another."""
+    how = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
+    names = optimizer_names(model, optimizer)
+    if layout.sharded:
+        restore_shards(ckpt, layout, model, optimizer, names)
+    else:  # a sharded checkpoint's optimizer state, read whole, is keyed by name
+        optimizer.load_state_dict(optimizer_by_position(ckpt.optimizer, names))
+    for group in optimizer.param_groups:
+        group.update(how)  # set_capturable then puts the step counts where these kernels want them
+    header = ckpt.header
+    if header.scaler is not None:
+        scaler.load_state_dict(header.scaler)
+    rng = header.rng  # rank 0's; a sharded checkpoint has every process's, used where the layout is the same
+    if header.rng_ranks and len(header.rng_ranks) == layout.world and header.tensor_parallel == layout.tp:
+        rng = header.rng_ranks[layout.rank]
+    if rng is not None:
+        torch.set_rng_state(rng["torch"].cpu())
+        if layout.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), layout.device)
+
+
+def restore_shards(ckpt: Checkpoint, layout: Layout, model: GPT, optimizer: torch.optim.Optimizer,
+                   names: list[str]) -> None:
+    """A sharded model's weights and optimizer state from the checkpoint. Saved sharded with the same tensor-
+    parallel degree (any number of FSDP processes), each process reads just its shards; otherwise (a single file,
+    another degree) each reads the whole state and keeps its part."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    if os.path.isdir(ckpt.path) and ckpt.header.tensor_parallel == layout.tp:
+        state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        load_into(ckpt.path, state)
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+        return
+    whole = read_sharded(ckpt.path) if os.path.isdir(ckpt.path) else ckpt
+    weights = parallel.reorder_rows(whole.model, model.config, layout.tp, to_rank_major=True)
+    osd = optimizer_by_name(whole.optimizer, names)  # ckpt.pt's is keyed by position
+    osd = osd | {"state": parallel.reorder_rows(osd["state"], model.config, layout.tp, to_rank_major=True)}
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, osd, options=options)
+
+
 def locate(out_dir: str, which: str = "latest") -> str:
     """The path of out_dir's latest checkpoint (ckpt.pt or ckpt.dcp), or with which="best" its best (best.pt or
     best.dcp; the latest where a run made none, as runs before best.pt existed did). Where a single file and a
@@ -179,57 +331,59 @@ def locate(out_dir: str, which: str = "latest") -> str:
                     "set out_dir")
 
 
-def load(out_dir: str, map_location: str | torch.device = "cpu", which: str = "latest",
-         mmap: bool = False, optimizer: bool = False) -> dict[str, Any]:
+def read(out_dir: str, which: str = "latest", map_location: str | torch.device = "cpu", mmap: bool = False,
+         optimizer: bool = False, shards_later: bool = False) -> Checkpoint:
     """out_dir's latest checkpoint, or with which="best" its best (see locate). mmap, for readers of the weights
-    only: a tensor is read from disk when it is used, so sampling never reads the optimizer state (1 GB of GPT-2
-    124M's 1.5 GB). Training does not map: its run replaces the file it resumed from. A sharded checkpoint is read
-    whole, on the CPU, and its optimizer state (keyed by name) only with optimizer=True."""
+    only: a tensor is read from disk when it is used, so sampling never reads the optimizer state. Training does
+    not map: its run replaces the file it resumed from. A sharded checkpoint is read whole, on the CPU, its
+    optimizer state (keyed by name) only with optimizer=True; with shards_later only its header is read, for
+    each process of a sharded run to read its own shards (restore_run)."""
     path = locate(out_dir, which)
     if os.path.isdir(path):
-        return load_sharded(path, optimizer)
+        return Checkpoint(path, read_header(path)) if shards_later else read_sharded(path, optimizer)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 (torch raises many types for a damaged zip or pickle)
         raise UserError(corrupt(path, e)) from None
-    missing = [k for k in ("model", "model_args", "iter_num") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise UserError(f"checkpoint {path} is not one of ours: missing {', '.join(missing)}")
-    return ckpt
+    header = Header.read(data, path)
+    if "model" not in data:
+        raise UserError(f"checkpoint {path} is not one of ours: missing model")
+    return Checkpoint(path, header, data["model"], data.get("optimizer") if optimizer else None)
 
 
 def corrupt(path: str, e: BaseException) -> str:
     return f"checkpoint {path} is corrupt or truncated ({reason(e)})"
 
 
-def load_header(path: str) -> dict[str, Any]:
-    """A sharded checkpoint's header: everything but the model and optimizer tensors."""
+def read_header(path: str) -> Header:
+    """A sharded checkpoint's header."""
     try:
-        return torch.load(os.path.join(path, HEADER_FILE), map_location="cpu", weights_only=True)
+        data = torch.load(os.path.join(path, HEADER_FILE), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (a missing, truncated or foreign file)
         raise UserError(corrupt(path, e)) from None
+    return Header.read(data, path)
 
 
-def load_sharded(path: str, optimizer: bool = True) -> dict[str, Any]:
+def read_sharded(path: str, optimizer: bool = True) -> Checkpoint:
     """A sharded checkpoint read whole by this one process, its rows in the model's own order whatever tensor
     parallelism saved it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    header = load_header(path)
+    header = read_header(path)
     state: dict[str, Any] = {}
     try:  # as DCP's own dcp_to_torch_save reads one (public dcp.load fills only the keys given it): tensors of
         # the saved sizes, filled from every shard
         _load_state_dict(state, storage_reader=dcp.FileSystemReader(path), no_dist=True,
-                         planner=_EmptyStateDictLoadPlanner(keys={"model", "optimizer"} if optimizer else {"model"}))
+                         planner=_EmptyStateDictLoadPlanner(keys=set(TENSORS) if optimizer else {"model"}))
     except dcp_errors() as e:
         raise UserError(corrupt(path, e)) from None
-    config, tp = GPTConfig(**header["model_args"]), header["tensor_parallel"]
-    ckpt = header | {"model": parallel.reorder_rows(state["model"], config, tp, to_rank_major=False)}
+    config, tp = header.model_config(), header.tensor_parallel
+    ckpt = Checkpoint(path, header, parallel.reorder_rows(state["model"], config, tp, to_rank_major=False))
     if optimizer:
         moments = parallel.reorder_rows(state["optimizer"]["state"], config, tp, to_rank_major=False)
-        ckpt["optimizer"] = state["optimizer"] | {"state": moments}
+        ckpt.optimizer = state["optimizer"] | {"state": moments}
     return ckpt
 
 
@@ -272,33 +426,6 @@ def optimizer_by_position(osd: dict[str, Any], names: list[str]) -> dict[str, An
             "param_groups": [g | {"params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
 
 
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-
-def pretrained(name: str, dropout: float = 0.0) -> GPT:
-    """OpenAI's GPT-2 weights by name (downloaded by transformers on first use, then cached)."""
-    if name not in GPT2_NAMES:
-        raise UserError(f"unknown pretrained model '{name}' (one of {', '.join(GPT2_NAMES)})")
-    # here: importing transformers takes seconds, and few runs need it
-    transformers = configurator.need("transformers", f"init_from={name}")
-    try:
-        return GPT.from_hf(transformers.GPT2LMHeadModel.from_pretrained(name), dropout)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load {name} weights (they download on first use): {e}".splitlines()[0]) from None
-
-
-def model_from(ckpt: dict[str, Any], device: str | torch.device = "cpu", **overrides: Any) -> GPT:
-    """Rebuild the model a checkpoint describes (settings that change no weight, like dropout, overridable) and
-    load its weights (strictly: every key must match). Built on `device`: a GPU draws the initial weights that
-    the checkpoint then replaces in milliseconds, where a CPU takes seconds (2.7 s for GPT-2 124M). Those draws
-    leave the random generators as they were: a seed set before loading decides what follows."""
-    cuda = [device] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), torch.device(device):
-        model = GPT(GPTConfig(**ckpt["model_args"] | overrides))
-    model.load_state_dict(ckpt["model"])
-    return model
-
-
 @dataclass
 class ConvertConfig:
     """Write a sharded checkpoint (out_dir/ckpt.dcp, best.dcp) as the single files ckpt.pt and best.pt, which any
@@ -307,13 +434,13 @@ class ConvertConfig:
     out_dir: str = "out"  # the run's folder
 
 
-def to_single_file(path: str) -> dict[str, Any]:
+def to_single_file(path: str) -> Checkpoint:
     """The sharded checkpoint at path as ckpt.pt holds it: its optimizer state keyed by position."""
-    ckpt = load_sharded(path)
+    ckpt = read_sharded(path)
     with torch.device("meta"):  # shapes only: the parameter order the optimizer of this model has
-        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model = GPT(ckpt.header.model_config())
     optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu")
-    ckpt["optimizer"] = optimizer_by_position(ckpt["optimizer"], optimizer_names(model, optimizer))
+    ckpt.optimizer = optimizer_by_position(ckpt.optimizer, optimizer_names(model, optimizer))
     return ckpt
 
 
@@ -326,7 +453,7 @@ def main(argv: list[str]) -> list[str]:
             target = os.path.join(cfg.out_dir, single)
             tmp = f"{target}.tmp.{os.getpid()}"
             try:
-                write_file(to_single_file(path), tmp)
+                write_file(to_single_file(path).to_dict(), tmp)
                 os.replace(tmp, target)
             except OSError as e:
                 raise UserError(save_failed(target, e)) from None

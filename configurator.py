@@ -122,7 +122,17 @@ def run_config_file(path: str) -> dict[str, Any]:
 
 
 def descriptions(cls: type) -> dict[str, str]:
-    """Each field's one-line description: the comment at the end of its line in the class's source."""
+    """Each field's description: the comment at the end of its line in the source of the class (or of the
+    dataclass it inherits the field from), with the comment-only lines right below it, which continue it. A
+    section's heading comment stands after a blank line."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out |= own_descriptions(klass)
+    return out
+
+
+def own_descriptions(cls: type) -> dict[str, str]:
     try:
         lines, _ = inspect.getsourcelines(cls)
     except (OSError, TypeError):  # no source at hand (an interactive session)
@@ -130,13 +140,23 @@ def descriptions(cls: type) -> dict[str, str]:
     comments = {tok.start[0]: tok.string.lstrip("#").strip()
                 for tok in tokenize.generate_tokens(iter(lines).__next__) if tok.type == tokenize.COMMENT}
     fields = {i + 1: m[1] for i, line in enumerate(lines) if (m := re.match(r"\s+(\w+)\s*:", line))}
-    return {fields[n]: text for n, text in comments.items() if n in fields}
+    out = {}
+    for n, name in fields.items():
+        if n not in comments:
+            continue
+        text = [comments[n]]
+        below = n + 1
+        while below <= len(lines) and lines[below - 1].strip().startswith("#"):
+            text.append(comments[below])
+            below += 1
+        out[name] = " ".join(text)
+    return out
 
 
 def help_text(cls: type) -> str:
     hints = typing.get_type_hints(cls)
     about = descriptions(cls)
-    lines = [(cls.__doc__ or cls.__name__).strip(), "", "settings (--key=value; defaults shown):"]
+    lines = [inspect.cleandoc(cls.__doc__ or cls.__name__), "", "settings (--key=value; defaults shown):"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         tp = hints[f.name]

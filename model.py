@@ -18,7 +18,7 @@ import difflib
 import functools
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -93,7 +93,7 @@ class GPTConfig:
         if self.mlp_hidden:
             return self.mlp_hidden
         if self.mlp == "swiglu":  # 2/3 of 4 * n_embd keeps the parameter count of a 4x GELU MLP (LLaMA)
-            return -(-(8 * self.n_embd // 3) // 256) * 256
+            return round_up(8 * self.n_embd // 3, 256)
         return 4 * self.n_embd
 
 
@@ -122,18 +122,74 @@ PRESETS: dict[str, dict[str, Any]] = {
 NO_PRESET = {"bias": False}  # without a preset: GPT-2 124M without biases, nanoGPT's training default
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least n."""
+    return -(-n // multiple) * multiple
+
+
 def resolve_config(preset: str = "", **settings: Any) -> GPTConfig:
-    """The one way settings become a model: the named preset ("" for none: GPT-2 124M without biases), every
-    GPTConfig field given in settings laid over it; a setting of None is not given. Raises ValueError for an
-    unknown preset (naming the nearest), an unknown field, or a value GPTConfig refuses."""
+    """Settings laid over a named preset ("" for none: GPT-2 124M without biases), every GPTConfig field given in
+    settings laid over it; a setting of None is not given. GPT-3's banded layers attend to a quarter of the
+    context where no window_size is given. Raises ValueError for an unknown preset (naming the nearest), an
+    unknown field, or a value GPTConfig refuses."""
     if preset and preset not in PRESETS:
         nearest = difflib.get_close_matches(preset, PRESETS, n=1, cutoff=0.0)
         raise ValueError(f"unknown preset '{preset}' (did you mean '{nearest[0]}'?)")
     unknown = set(settings) - set(GPTConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"not a model setting: {', '.join(sorted(unknown))}")
-    given = {k: v for k, v in settings.items() if v is not None}
-    return GPTConfig(**(PRESETS[preset] if preset else NO_PRESET) | given)
+    given = (PRESETS[preset] if preset else NO_PRESET) | {k: v for k, v in settings.items() if v is not None}
+    if given.get("attn_pattern") == "alternating" and given.get("window_size") is None:
+        given["window_size"] = given.get("block_size", GPTConfig.block_size) // 4
+    return GPTConfig(**given)
+
+
+@dataclass
+class ModelSettings:
+    """The model settings of a script (train.py's and bench.py's settings inherit them): a preset, and any GPTConfig
+    field laid over it. A field left at None is the preset's, else GPTConfig's default (GPT-2 124M, here without
+    biases). The vocabulary is the data's, padded to vocab_multiple."""
+
+    preset: str = ""  # a named model (model.PRESETS): gpt2, gpt2-xl, gpt3-xl, llama-small, ...
+    block_size: int | None = None  # context length; None: 1024
+    n_layer: int | None = None  # transformer blocks
+    n_head: int | None = None  # attention heads
+    n_embd: int | None = None  # model width
+    dropout: float = 0.0  # dropout probability while training (0.1+ for finetuning)
+    bias: bool | None = None  # biases in linear layers and norms; None: the preset's, else False (nanoGPT's default)
+    qkv_bias: bool | None = None  # bias of the q/k/v projection alone; None: as bias
+    n_kv_head: int | None = None  # key/value heads; None: n_head; 1: multi-query; in between: grouped-query
+    head_size: int | None = None  # width of each attention head; None: n_embd // n_head
+    attn_pattern: str | None = None  # dense | alternating (GPT-3: every other layer attends to a band)
+    window_size: int | None = None  # the band of GPT-3's banded layers; None: block_size // 4
+    norm: str | None = None  # layernorm | rmsnorm
+    post_norm: bool | None = None  # GPT-1's norm placement: after each residual add
+    mlp: str | None = None  # gelu | relu | swiglu
+    mlp_hidden: int | None = None  # the MLP's width; None: 4 * n_embd (swiglu: 2/3 of that, rounded up to 256)
+    pos_emb: str | None = None  # learned | rope | none
+    rope_base: float | None = None  # rotary positions: the base of the angle frequencies (10000)
+    parallel_block: bool | None = None  # PaLM's parallel attention + MLP
+    tie_embeddings: bool | None = None  # lm_head shares the token embedding (GPT-2); False: a matrix of its own
+    vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (faster matmuls); 1: no padding
+
+    def model_fields(self) -> dict[str, Any]:
+        """The GPTConfig fields given (not None), to be laid over the preset."""
+        names = [name for name in GPTConfig.__dataclass_fields__ if name != "vocab_size"]
+        return {name: value for name in names if (value := getattr(self, name)) is not None}
+
+    def resolve(self, vocab_size: int | None = None) -> GPTConfig:
+        """The model these settings describe, for data of vocab_size token ids (None: the preset's vocabulary,
+        unpadded). Raises ValueError as resolve_config does."""
+        vocab = None if vocab_size is None else round_up(vocab_size, self.vocab_multiple)
+        return resolve_config(self.preset, **self.model_fields(), vocab_size=vocab)
+
+    def conflicts(self, model_args: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(field, the model's value, these settings' value) for each setting that would build another model than
+        the one model_args describe: every field a preset resolves to, and every field given. The vocabulary and
+        dropout (which changes no weight) may differ. Raises ValueError as resolve_config does."""
+        asked = asdict(self.resolve()) if self.preset else self.model_fields()
+        return [(k, model_args.get(k), v) for k, v in asked.items()
+                if k not in ("vocab_size", "dropout") and model_args.get(k) != v]
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -317,10 +373,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-# HF's GPT-2 uses Conv1D layers, which store these weights as (in, out); nn.Linear stores (out, in)
-HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -394,20 +446,6 @@ class GPT(nn.Module):
         if "ln_f" in self.transformer:
             x = self.transformer.ln_f(x)
         return x
-
-    @classmethod
-    def from_hf(cls, hf_model: nn.Module, dropout: float = 0.0) -> GPT:
-        """Convert a transformers GPT2LMHeadModel. Its Conv1D layers store weights as (in, out), so the four
-        linear maps per block are transposed; every other tensor maps by name unchanged."""
-        c = hf_model.config
-        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
-                              n_head=c.n_head, n_embd=c.n_embd, dropout=dropout, bias=True))
-        hf_sd = hf_model.state_dict()
-        with torch.no_grad():
-            for name, tensor in model.state_dict().items():
-                source = hf_sd[name]
-                tensor.copy_(source.t() if name.endswith(HF_TRANSPOSED) else source)
-        return model
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameters, each shared tensor counted once. non_embedding drops the position embedding, and the

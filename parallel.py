@@ -1,7 +1,9 @@
 """Spreading one model over several processes beyond DDP: Megatron-style tensor parallelism and FSDP2 sharding, on
 PyTorch's own engine (DTensor, fully_shard). model.py knows nothing of it: `parallelize` takes a finished model and
 applies tensor parallelism, activation checkpointing, compile, then FSDP, in that order (torchtitan's), on a 2-D
-mesh of processes, (dp, tp): rank = dp_rank * tp + tp_rank. train.py, bench.py and checkpoint.py share it.
+mesh of processes, (dp, tp): rank = dp_rank * tp + tp_rank. It also sets up the processes themselves (`Layout`,
+`setup`: one, or one per device under torchrun) and lets them refuse a bad setting together. train.py, bench.py
+and checkpoint.py share it.
 
 Tensor parallelism (Shoeybi et al. 2019, Megatron-LM): in each block, the q/k/v projection and the MLP's first
 matrix are split by output columns (whole heads per process), the attention and MLP output projections by input
@@ -19,13 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+import runtime
 from configurator import UserError
 from model import GPT, GPTConfig
 
@@ -34,6 +42,107 @@ if TYPE_CHECKING:
 
 # torch.distributed.tensor, fsdp and checkpoint take a second to import: here they are imported by the functions
 # that shard, so that a run of one process (and sample.py, export.py) never pays for them.
+
+
+@dataclass
+class Layout:
+    """How a run is spread over processes, and this process's place in it: its rank among `world` processes (one
+    per device under torchrun) and its device."""
+
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    distributed: bool  # started by torchrun: a process group, and the model wrapped in DDP (or sharded)
+    tp: int = 1  # tensor-parallel degree: ranks dp * tp .. dp * tp + tp - 1 share a batch and split the model
+    mesh: DeviceMesh | None = None  # (dp, tp), for a sharded model (fsdp or tensor parallelism)
+
+    @property
+    def master(self) -> bool:  # rank 0 logs and saves
+        return self.rank == 0
+
+    @property
+    def dp_rank(self) -> int:  # which share of the batch this process reads
+        return self.rank // self.tp
+
+    @property
+    def dp_world(self) -> int:  # how many shares there are
+        return self.world // self.tp
+
+    @property
+    def sharded(self) -> bool:
+        return self.mesh is not None
+
+    def describe(self, fsdp: bool) -> str:
+        """The layout in words: 'DDP 8', 'FSDP 2 x TP 2', 'TP 2', or '1 process'."""
+        if fsdp:
+            return f"FSDP {self.dp_world}" + (f" x TP {self.tp}" if self.tp > 1 else "")
+        if self.tp > 1:
+            return f"TP {self.tp}"
+        return f"DDP {self.world}" if self.distributed else "1 process"
+
+
+def setup(device: str, backend: str, tensor_parallel: int, fsdp: bool, accum: int) -> Layout:
+    """One process per device under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE), with its process group and,
+    for a sharded model, the (dp, tp) mesh; else a single process on `device`. backend auto: nccl on GPUs, gloo
+    on CPUs. accum, the total micro-steps per iteration, must divide among the data-parallel processes."""
+    if "RANK" not in os.environ:
+        return Layout(0, 0, 1, runtime.resolve_device(device), distributed=False)
+    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    tp = tensor_parallel
+    # before the process group: every process can leave at once (rank 0 says why, once)
+    if world % tp:
+        raise UserError("" if rank else f"tensor_parallel={tp} must divide the number of processes ({world})")
+    if accum % (world // tp):
+        shares = f"the number of processes ({world})" if tp == 1 else \
+            f"the number of data-parallel processes ({world} / tensor_parallel {tp} = {world // tp})"
+        raise UserError("" if rank else f"gradient_accumulation_steps ({accum}) must be divisible by {shares}")
+    if backend == "auto":
+        backend = "nccl" if device in ("auto", "cuda") and torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    resolved = runtime.resolve_device(f"cuda:{local_rank}" if backend == "nccl" else device)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    mesh = make_mesh(resolved.type, world, tp) if fsdp or tp > 1 else None
+    return Layout(rank, local_rank, world, resolved, distributed=True, tp=tp, mesh=mesh)
+
+
+def refuse_together(layout: Layout, check: Callable[..., None], *args: Any) -> None:
+    """Run a check that every process makes alike; if it refuses, every process stops, and rank 0 says why."""
+    try:
+        check(*args)
+    except UserError as e:
+        raise UserError(str(e) if layout.master else "") from None
+
+
+def rank_0_decides(layout: Layout, check: Callable[[], None]) -> None:
+    """Run a check that only rank 0 makes (its files, its packages) and share the answer: if it refuses, every
+    process stops together, rank 0 saying why, rather than the others waiting on it or failing in its place."""
+    message = None
+    if layout.master:
+        try:
+            check()
+        except UserError as e:
+            message = str(e)
+    if layout.distributed:
+        shared = [message]
+        dist.broadcast_object_list(shared, src=0)
+        message = shared[0]
+    if message is not None:
+        raise UserError(message if layout.master else "")
+
+
+def check_run(layout: Layout, dtype: torch.dtype, fsdp: bool, tp: int, fp8: bool) -> None:
+    """Refuse, before a model is built, a sharded layout that cannot be built (check_layout), or what that does
+    not combine with."""
+    check_layout(layout.world, tp, fsdp, layout.distributed)
+    if not layout.sharded:
+        return
+    what = "fsdp=True" if fsdp else f"tensor_parallel={tp}"
+    if dtype == torch.float16:
+        raise UserError(f"{what} needs dtype bfloat16 or float32: float16's gradient scaler does not take shards")
+    if fp8:
+        raise UserError(f"fp8=True with {what} is not supported: train FP8 on one GPU or with DDP")
 
 
 def check_layout(world: int, tp: int, fsdp: bool, distributed: bool) -> None:
@@ -174,6 +283,34 @@ def parallelize(model: GPT, mesh: DeviceMesh, fsdp: bool, activation_checkpointi
     if fsdp:
         apply_fsdp(model, mesh["dp"], dtype)
     return compiled
+
+
+def place(model: GPT, layout: Layout, dtype: torch.dtype, fsdp: bool, activation_checkpointing: bool,
+          compile: bool, fp8: bool) -> list[nn.Module]:
+    """Make the model ready for its optimizer, in place, as train.py and bench.py train it: on this process's
+    device, activation checkpointing on if asked, FP8 layers if asked, and on a sharded layout split and sharded
+    (parallelize). Returns the regions parallelize compiled (see wrap)."""
+    model.activation_checkpointing = activation_checkpointing
+    model.to(layout.device)
+    if fp8:
+        runtime.to_float8(model)
+    if layout.sharded:
+        return parallelize(model, layout.mesh, fsdp, activation_checkpointing, compile, dtype)
+    return []
+
+
+def wrap(model: GPT, layout: Layout, regions: list[nn.Module], compile: bool, batch: tuple[torch.Tensor, ...],
+         ctx: Any) -> tuple[nn.Module, nn.Module]:
+    """The placed model as it is evaluated and as it is trained: compiled (tried on one batch; eager, with a
+    warning, if that fails), and the second wrapped in DDP on a data-parallel layout. A sharded model is already
+    both (its regions compiled in place)."""
+    eval_model = model
+    if compile:
+        eval_model = runtime.maybe_compile(model, *batch, ctx, regions=regions if layout.sharded else None)
+    step_model = eval_model
+    if layout.distributed and not layout.sharded:
+        step_model = DDP(eval_model, device_ids=[layout.local_rank] if layout.device.type == "cuda" else None)
+    return eval_model, step_model
 
 
 def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:

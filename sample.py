@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 import checkpoint
 import configurator
+import hf
 import runtime
 from configurator import UserError
 from generate import Sampling, generate_tokens
@@ -63,7 +64,7 @@ def read_text(arg: str) -> str:
     return arg
 
 
-def sampling(cfg: SampleConfig, vocab_size: int) -> Sampling:
+def controls(cfg: SampleConfig, vocab_size: int) -> Sampling:
     """The sampling controls of the settings, checked."""
     if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
         raise UserError("num_samples and max_new_tokens must be at least 1")
@@ -76,18 +77,11 @@ def sampling(cfg: SampleConfig, vocab_size: int) -> Sampling:
 
 
 def load(cfg: SampleConfig, device: torch.device, dtype: torch.dtype) -> tuple[GPT, Tokenizer]:
+    """The model and its tokenizer, the weights in the working dtype (no autocast): decoding reads every weight per
+    token, half the bytes in bf16."""
     if cfg.init_from == "resume":
-        ckpt = checkpoint.load(cfg.out_dir, map_location="cpu", which=cfg.checkpoint, mmap=True)
-        if "meta" not in ckpt:
-            raise UserError(f"checkpoint in {cfg.out_dir} does not record its tokenizer; refusing to guess one")
-        tok = Tokenizer(ckpt["meta"])
-        model = checkpoint.model_from(ckpt, device)
-        model.crop_vocab(tok.vocab_size)  # never sample the padding rows train.py added
-    else:
-        tok = Tokenizer(GPT2_META)
-        model = checkpoint.pretrained(cfg.init_from)
-    # weights in the working dtype (no autocast): decoding reads every weight per token, half the bytes in bf16
-    return model.eval().to(device=device, dtype=dtype), tok
+        return checkpoint.load_model(cfg.out_dir, cfg.checkpoint, device, dtype)
+    return hf.pretrained(cfg.init_from).eval().to(device=device, dtype=dtype), Tokenizer(GPT2_META)
 
 
 @torch.no_grad()
@@ -111,7 +105,8 @@ def token_losses(model: GPT, ids: list[int], device: torch.device) -> torch.Tens
     return losses
 
 
-def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], device: torch.device) -> list[str]:
+def continuations(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int],
+                  device: torch.device) -> list[str]:
     """Sample cfg.num_samples continuations of ids as one batch; returns their texts (without the prompt).
     With stream, the single sample is printed as it grows, held back by the longest stop string's length."""
     # escapes such as \n become characters; other non-ASCII text is kept as it is
@@ -125,7 +120,7 @@ def generate(model: GPT, tok: Tokenizer, cfg: SampleConfig, ids: list[int], devi
     stream = cfg.stream and n == 1
     hold = max(map(len, stops), default=1) - 1  # the tail that may still become a stop string
     x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(n, 1)
-    steps = generate_tokens(model, x, cfg.max_new_tokens, sampling(cfg, tok.vocab_size), stop_ids,
+    steps = generate_tokens(model, x, cfg.max_new_tokens, controls(cfg, tok.vocab_size), stop_ids,
                             use_cache=cfg.kv_cache, compiled=cfg.compile,
                             cuda_graph=cfg.cuda_graph and device.type == "cuda")
     for next_ids in steps:
@@ -156,7 +151,7 @@ def main(argv: list[str]) -> list[str]:
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
     model, tok = load(cfg, device, dtype)
-    sampling(cfg, tok.vocab_size)  # bad settings fail before any work
+    controls(cfg, tok.vocab_size)  # bad settings fail before any work
 
     if cfg.score:
         ids = tok.encode(read_text(cfg.score))
@@ -178,7 +173,7 @@ def main(argv: list[str]) -> list[str]:
         ids = [tok.eot_id]
     if cfg.stream and cfg.num_samples == 1:
         print(prompt, end="", flush=True)
-    samples = [prompt + text for text in generate(model, tok, cfg, ids, device)]
+    samples = [prompt + text for text in continuations(model, tok, cfg, ids, device)]
     if not (cfg.stream and cfg.num_samples == 1):
         for text in samples:
             print(text)

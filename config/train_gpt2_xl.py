@@ -1,7 +1,7 @@
 # GPT-2 XL (1.56B) from scratch on OpenWebText, FSDP: weights, gradients and AdamW state sharded over the GPUs.
 # python data/openwebtext/prepare.py
 # torchrun --standalone --nproc_per_node=2 train.py config/train_gpt2_xl.py
-# Measured on 2 H200s at this micro-batch (with 8 accumulation steps): 47.7% MFU, 60 GiB per GPU (README: Several GPUs)
+# Its speed and memory per GPU: docs/results.md
 
 wandb_log = False
 wandb_project = "owt"

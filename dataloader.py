@@ -1,0 +1,107 @@
+"""Batches of token sequences read from a prepared token file (data/<name>/train.bin, val.bin): training's random
+batches, each a pure function of (seed, index), and evaluation's fixed ones. train.py and bench.py read through
+these.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from configurator import UserError
+from model import round_up
+
+
+class BatchSource(Protocol):
+    """Anything that gives batch number k on a device: Batches, or bench.py's one fixed random batch."""
+
+    def get(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class Batches:
+    """Random sequences (x, y = x shifted by one) of a token file. Batch k is a pure function of (seed, k), so the
+    sampler's whole state is the index of the next batch: resuming, or splitting batches across data-parallel ranks,
+    gives exactly the batches an unbroken single process would see.
+
+    Rows are read with seek + fromfile from one open file handle: an np.memmap held for the whole run makes
+    resident memory grow with every page touched, and reopening one per batch costs a mapping each time."""
+
+    def __init__(self, path: str, dtype: str, block_size: int, batch_size: int, vocab_size: int, seed: int) -> None:
+        if not os.path.isfile(path):
+            raise UserError(f"{path} not found: run python {os.path.join(os.path.dirname(path), 'prepare.py')}")
+        self.dtype = np.dtype(dtype)
+        size = os.path.getsize(path)
+        if size % self.dtype.itemsize:
+            raise UserError(f"{path} is {size} bytes, not a whole number of {dtype} token ids: it is damaged, or its "
+                            "meta.json names the wrong dtype")
+        self.n_tokens = size // self.dtype.itemsize
+        if self.n_tokens < block_size + 1:
+            raise UserError(f"{path} has {self.n_tokens} tokens, fewer than block_size + 1 = {block_size + 1}")
+        self.path = path
+        self.file = open(path, "rb")  # noqa: SIM115 (held for the run)
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.vocab_size = vocab_size
+        self.seed = seed
+        highest = max_token(path, dtype, size, os.path.getmtime(path))
+        if highest >= vocab_size:
+            raise UserError(f"{path} holds token id {highest} >= vocab_size {vocab_size}: it was prepared for "
+                            "another vocabulary")
+
+    def read(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch k on the CPU: x, y of shape (batch_size, block_size), int64."""
+        starts = np.random.default_rng((self.seed, k)).integers(0, self.n_tokens - self.block_size,
+                                                                size=self.batch_size)
+        return self.rows(starts)
+
+    def rows(self, starts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y for the sequences that begin at these token offsets, one row each."""
+        T = self.block_size
+        rows = np.empty((len(starts), T + 1), dtype=np.int64)
+        for row, start in zip(rows, starts):
+            self.file.seek(int(start) * self.dtype.itemsize)
+            row[:] = np.fromfile(self.file, dtype=self.dtype, count=T + 1)
+        data = torch.from_numpy(rows)
+        return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+    def get(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.read(k)
+        if device.type == "cuda":  # pinned memory lets the copy overlap the GPU's work
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.to(device), y.to(device)
+
+
+class EvalBatches(Batches):
+    """The evaluation's batches: non-overlapping sequences spread evenly over a token file, in order, at
+    most max_batches batches of them (the whole file when it holds fewer). Every evaluation reads the same tokens,
+    and a split that fits is measured exactly rather than sampled: random batches would move the val loss between
+    evaluations by more than the gains being compared. The last batch is filled out to full size
+    (one shape, so no recompilation) with rows whose targets are -1, which the loss ignores."""
+
+    def __init__(self, path: str, dtype: str, block_size: int, batch_size: int, vocab_size: int,
+                 max_batches: int) -> None:
+        super().__init__(path, dtype, block_size, batch_size, vocab_size, seed=0)
+        available = (self.n_tokens - 1) // block_size
+        count = min(available, max_batches * batch_size)
+        self.starts = [i * available // count * block_size for i in range(count)]
+        self.n_batches = round_up(count, batch_size) // batch_size
+
+    def read(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.rows(self.starts[k * self.batch_size:(k + 1) * self.batch_size])
+        missing = self.batch_size - len(x)
+        if missing:
+            x = torch.cat([x, x.new_zeros(missing, self.block_size)])
+            y = torch.cat([y, y.new_full((missing, self.block_size), -1)])
+        return x, y
+
+
+@functools.lru_cache(maxsize=8)  # train.bin is read by the training and the evaluation batches: scan it once
+def max_token(path: str, dtype: str, size: int, mtime: float) -> int:
+    """The largest token id in a token file (size and mtime key the cache): one pass over a memory map, so
+    that one id beyond the vocabulary is found before training rather than at its batch."""
+    return int(np.memmap(path, dtype=dtype, mode="r").max()) if size else 0

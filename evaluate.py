@@ -1,0 +1,51 @@
+"""How good the model is: its mean loss per token on the train and val splits, over the same batches at every
+evaluation (dataloader.EvalBatches), shared out across the data-parallel processes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dataloader import EvalBatches
+from model import round_up
+
+PROGRESS_S = 10.0  # a long evaluation prints its progress this often
+
+
+def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device: torch.device, ctx: Any,
+                  rank: int = 0, world: int = 1, train_graph: bool = False, show: bool = False) -> dict[str, float]:
+    """Mean loss per token over each split's batches, batch k read by data-parallel rank k % world (the processes
+    of a tensor-parallel group evaluate the same batches, and so add the same sums and counts alike). show: print
+    the progress of a long evaluation (rank 0's).
+
+    train_graph: run the model in train mode with gradients on (nothing is kept). A compiled model without
+    dropout computes the same loss through the graph it was compiled for, where an inference graph would be a
+    second compilation before the first step, for a small saving per batch."""
+    model.train(train_graph)
+    out = {}
+    shown = time.perf_counter()
+    for split, batches in evals.items():
+        total = torch.zeros(2, device=device)  # the sum of the token losses, the number of tokens
+        n = batches.n_batches
+        # every process runs as many forward passes (a sharded model gathers its weights in each, all together):
+        # where the batches run out, batch 0 again, not counted
+        for k in range(rank, round_up(n, world), world):
+            x, y = batches.get(k if k < n else 0, device)
+            with ctx, torch.set_grad_enabled(train_graph):
+                loss = model(x, y)[1].detach().float()  # the mean over the tokens whose target is not -1
+            counted = (y != -1).sum() * (k < n)
+            total += torch.stack([loss * counted, counted])
+            if show and time.perf_counter() - shown > PROGRESS_S:  # a long evaluation shows it is alive
+                print(f"evaluating the {split} split: batch {k + 1} of {n}", flush=True)
+                shown = time.perf_counter()
+        if dist.is_initialized():  # over every process, so that all agree (on a checkpoint to save, say): a
+            # tensor-parallel group adds its identical sums tp times, and its counts
+            dist.all_reduce(total)
+        loss_sum, count = total.tolist()
+        out[split] = loss_sum / count
+    model.train()
+    return out
