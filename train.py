@@ -270,16 +270,16 @@ class Progress:
 
 @dataclass
 class Run:
-    """What the training loop works with: three views of one set of weights. `model` is the plain module (what is
-    saved), `eval_model` the same compiled (what is evaluated), `step_model` that wrapped in DDP when distributed
-    (what is trained). A sharded model is all three: sharded and compiled in place."""
+    """What the training loop works with. Three views of one set of weights: `model`, the plain module (what is
+    saved); `eval_model`, the same compiled (what is evaluated); and inside `step`, that wrapped in DDP when
+    distributed (what is trained). A sharded model is all three: sharded and compiled in place."""
 
     cfg: TrainConfig
     layout: Layout
     meta: dict[str, Any]
     model: GPT
     eval_model: torch.nn.Module
-    step_model: torch.nn.Module
+    step: Step  # one optimizer step: step(index, batch)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ctx: contextlib.AbstractContextManager
@@ -325,7 +325,12 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     ctx = runtime.autocast(device, dtype)
     batch = train_data.get(progress.batch_pos + layout.dp_rank, device)  # to compile with
     eval_model, step_model = parallel.wrap(model, layout, regions, cfg.compile, batch, ctx)
-    return Run(cfg, layout, meta, model, eval_model, step_model, optimizer, scaler, ctx, train_data, evals, progress)
+    # data-parallel share r reads micro-batches batch_pos + r, + r + dp_world, ...: the global batch split across
+    # the shares (the processes of a tensor-parallel group read the same batches)
+    accum = cfg.gradient_accumulation_steps // layout.dp_world
+    step = (GraphedStep if cfg.cuda_graph else Step)(step_model, optimizer, scaler, ctx, train_data, accum,
+                                                       stride=layout.dp_world, grad_clip=cfg.grad_clip)
+    return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress)
 
 
 def save(run: Run, best: bool = False) -> str | None:
@@ -461,13 +466,7 @@ class StopRequest:
 def train(run: Run) -> None:
     """Until max_iters or a stop request: the learning rate -> evaluation and checkpoint -> the accumulated
     micro-steps and the update -> the log line and the watchdog -> a stop request, if any."""
-    cfg, layout, progress = run.cfg, run.layout, run.progress
-    # data-parallel share r reads micro-batches batch_pos + r, + r + dp_world, ...: the global batch split across
-    # the shares (the processes of a tensor-parallel group read the same batches)
-    step = (GraphedStep if cfg.cuda_graph else Step)(run.step_model, run.optimizer, run.scaler, run.ctx,
-                                                       run.train_data, accum=cfg.gradient_accumulation_steps //
-                                                       layout.dp_world, stride=layout.dp_world,
-                                                       grad_clip=cfg.grad_clip)
+    cfg, layout, progress, step = run.cfg, run.layout, run.progress, run.step
     ckpt_path = os.path.join(cfg.out_dir, checkpoint.CKPT_FILE)
     watchdog = Watchdog(layout.device, cfg.max_skipped_steps, layout.distributed, layout.master, ckpt_path)
     batch = run.train_data.get(progress.batch_pos + layout.dp_rank, layout.device)
