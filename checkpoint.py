@@ -260,7 +260,8 @@ def save_run(out_dir: str, layout: Layout, model: GPT, optimizer: torch.optim.Op
         state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
         return save_sharded(state, header, out_dir, best, layout.rank)
     if layout.master:
-        return save(Checkpoint(out_dir, header, model.state_dict(), optimizer.state_dict()), out_dir, best=best)
+        ckpt = Checkpoint(os.path.join(out_dir, CKPT_FILE), header, model.state_dict(), optimizer.state_dict())
+        return save(ckpt, out_dir, best=best)
     return None
 
 
