@@ -17,7 +17,7 @@ once untimed (compilation or capture, a CUDA graph per attention span), then tim
 prompt.
 attention: one attention layer, dense (SDPA) and banded (model.banded_attention), timed forward and forward +
 backward on random activations; the banded output is checked against dense attention with the explicit mask.
-Timings run between device synchronizations. Prints a markdown table for the README; --json writes the rows.
+Timings run between device synchronizations. Prints a markdown table; --json writes the rows.
 """
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ class BenchConfig(ModelSettings):
     n_layer, ..., model.ModelSettings) come first, as train.py takes them; by default GPT-2 124M without biases."""
 
     mode: str = "train"  # train: time training steps | sample: time token generation | attention: one layer
-    vocab_size: int | None = None  # None: the dataset's, else the preset's (GPT-2's); padded to vocab_multiple to
-    # train, as train.py pads it
+    vocab_size: int | None = None  # as given; None: the dataset's, else the preset's (GPT-2's), padded to
+    # vocab_multiple to train, as train.py pads it
 
     # rows: train, one per (compile, batch size); sample, one per (kv_cache, compile, cuda_graph, batch size,
     # new_tokens)
@@ -258,11 +258,14 @@ def check(cfg: BenchConfig) -> None:
 
 
 def bench_model(cfg: BenchConfig, meta: dict[str, Any] | None) -> GPTConfig:
-    """The model, as train.py resolves it (model.ModelSettings); to train, the vocabulary padded to vocab_multiple
-    as train.py pads it (GPT-2's 50257 -> 50304). Sampling decodes with the vocabulary unpadded, as sample.py."""
+    """The model, as train.py resolves it (model.ModelSettings). Its vocabulary: --vocab_size as given, else the
+    dataset's (as train.py trains on it), else the preset's; to train, the latter two padded to vocab_multiple as
+    train.py pads them (GPT-2's 50257 -> 50304). Sampling decodes with the vocabulary unpadded, as sample.py."""
     try:
         model_cfg = cfg.resolve()
-        vocab = cfg.vocab_size or (meta["vocab_size"] if meta else model_cfg.vocab_size)
+        if cfg.vocab_size:
+            return replace(model_cfg, vocab_size=cfg.vocab_size)
+        vocab = meta["vocab_size"] if meta else model_cfg.vocab_size
         if cfg.mode == "train":
             return cfg.resolve(vocab)
     except ValueError as e:

@@ -74,10 +74,18 @@ class Header:
     def model_config(self, **overrides: Any) -> GPTConfig:
         return GPTConfig(**self.model_args | overrides)
 
-    def tokenizer(self, path: str) -> Tokenizer:
-        if self.meta is None:
+    def tokenizer_kind(self, path: str) -> str:
+        """The kind of tokenizer the model was trained with (gpt2, char), without building it."""
+        if self.meta is None or "tokenizer" not in self.meta:
             raise UserError(f"checkpoint {path} does not record its tokenizer; refusing to guess one")
-        return Tokenizer(self.meta)
+        return self.meta["tokenizer"]
+
+    def tokenizer(self, path: str) -> Tokenizer:
+        self.tokenizer_kind(path)
+        try:
+            return Tokenizer(self.meta)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"checkpoint {path} records a tokenizer that cannot be built: {e}") from None
 
 
 @dataclass
@@ -102,8 +110,10 @@ class Checkpoint:
         return model
 
     def to_dict(self) -> dict[str, Any]:
-        """What is saved: plain data."""
-        return asdict(self.header) | {"model": self.model, "optimizer": self.optimizer}
+        """What is saved: plain data. Fields a checkpoint of one process leaves at None are left out, as they always
+        were."""
+        header = {k: v for k, v in asdict(self.header).items() if v is not None}
+        return header | {"model": self.model, "optimizer": self.optimizer}
 
 
 def load_model(out_dir: str, which: str = "best", device: str | torch.device = "cpu",

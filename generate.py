@@ -80,7 +80,7 @@ def sample_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor |
 def argmax_rows(x: torch.Tensor, chunks: int = 64) -> torch.Tensor:
     """torch.argmax(x, dim=-1) for x (B, n), the first maximum included, in two stages: the maximum of each of
     `chunks` slices, then across them. Compiled at batch 1, a one-stage argmax over 50k logits runs in a single
-    thread block (36 us per GPT-2 step on an H100); two stages spread it over many (2 us)."""
+    thread block, a long serial kernel; two stages spread it over many."""
     B, n = x.shape
     x = F.pad(x, (0, -n % chunks), value=float("-inf")).view(B, chunks, -1)
     best, where = x.max(dim=-1)  # (B, chunks): the first maximum of each slice
@@ -127,9 +127,9 @@ def decode_one(model: GPT, token: torch.Tensor, input_pos: torch.Tensor, seen: t
 
 class GraphedDecode:
     """decode_one captured by hand as CUDA graphs, one per (span, sampling), and replayed: one launch per token,
-    where eager Python launches some 215 kernels (4-6 ms a token for GPT-2 124M on an H100, host-bound). A capture
-    is one eager step on a side stream (cuBLAS and the allocator set up; it writes the same keys and values the
-    step will) and one recorded step: milliseconds, where compiling takes minutes. The graph reads fixed buffers,
+    where eager Python launches hundreds of small kernels and the host, not the GPU, sets the pace. A capture is
+    one eager step on a side stream (cuBLAS and the allocator set up; it writes the same keys and values the step
+    will) and one recorded step: far quicker than compiling. The graph reads fixed buffers,
     so each call copies the token, its position and (with a repetition penalty) the seen-mask in; the KV cache is
     fixed already (setup_cache keeps its buffers). The generator state is put back after a capture, and a replay
     advances it as the eager step would: seeded samples are the eager path's."""

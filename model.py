@@ -41,7 +41,8 @@ class GPTConfig:
     n_kv_head: int | None = None  # key/value heads: None = n_head; 1 = multi-query; in between = grouped-query
     head_size: int | None = None  # None: n_embd // n_head (GPT-3 13B has heads of their own width)
     attn_pattern: str = "dense"  # dense | alternating: GPT-3's, every other layer (2nd, 4th, ...) locally banded
-    window_size: int | None = None  # banded layers: a token attends to itself and the window_size - 1 before it
+    window_size: int | None = None  # banded layers: a token attends to itself and the window_size - 1 before it;
+    # None with attn_pattern="alternating": block_size // 4 (the paper gives no width)
     norm: str = "layernorm"  # layernorm | rmsnorm
     post_norm: bool = False  # normalise after each residual add (GPT-1, the original Transformer); no final norm
     mlp: str = "gelu"  # gelu | relu | swiglu
@@ -66,8 +67,10 @@ class GPTConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'")
-        if (self.attn_pattern == "alternating") != (self.window_size is not None):
-            raise ValueError("window_size and attn_pattern='alternating' go together: set both or neither")
+        if self.attn_pattern == "alternating" and self.window_size is None:
+            self.window_size = max(1, self.block_size // 4)
+        if self.attn_pattern != "alternating" and self.window_size is not None:
+            raise ValueError("window_size is the band of attn_pattern='alternating': set that too, or drop it")
         if self.window_size is not None and not 1 <= self.window_size <= self.block_size:
             raise ValueError(f"window_size must be in [1, block_size={self.block_size}], got {self.window_size}")
         if self.post_norm and self.parallel_block:
@@ -128,9 +131,8 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def resolve_config(preset: str = "", **settings: Any) -> GPTConfig:
-    """Settings laid over a named preset ("" for none: GPT-2 124M without biases), every GPTConfig field given in
-    settings laid over it; a setting of None is not given. GPT-3's banded layers attend to a quarter of the
-    context where no window_size is given. Raises ValueError for an unknown preset (naming the nearest), an
+    """A named preset ("" for none: GPT-2 124M without biases) with every GPTConfig field given in settings laid
+    over it; a setting of None is not given. Raises ValueError for an unknown preset (naming the nearest), an
     unknown field, or a value GPTConfig refuses."""
     if preset and preset not in PRESETS:
         nearest = difflib.get_close_matches(preset, PRESETS, n=1, cutoff=0.0)
@@ -138,10 +140,8 @@ def resolve_config(preset: str = "", **settings: Any) -> GPTConfig:
     unknown = set(settings) - set(GPTConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"not a model setting: {', '.join(sorted(unknown))}")
-    given = (PRESETS[preset] if preset else NO_PRESET) | {k: v for k, v in settings.items() if v is not None}
-    if given.get("attn_pattern") == "alternating" and given.get("window_size") is None:
-        given["window_size"] = given.get("block_size", GPTConfig.block_size) // 4
-    return GPTConfig(**given)
+    values = (PRESETS[preset] if preset else NO_PRESET) | {k: v for k, v in settings.items() if v is not None}
+    return GPTConfig(**values)
 
 
 @dataclass
@@ -213,7 +213,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     by the angles of its position: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin); cos, sin from rope_tables."""
     xf = x.float()
     x1, x2 = xf.chunk(2, dim=-1)
-    return (xf * cos + torch.cat((x2, x1), dim=-1) * sin).type_as(x)  # 4 kernels eager, not 7
+    return (xf * cos + torch.cat((x2, x1), dim=-1) * sin).type_as(x)  # fewer eager kernels than a rotate_half
 
 
 class KVCache(nn.Module):
@@ -289,9 +289,9 @@ class CausalSelfAttention(nn.Module):
         if self.window:  # and of those, the band
             mask = mask.masked_fill(input_pos[:, None] - torch.arange(span, device=mask.device) >= self.window,
                                     float("-inf"))
-        # three kernels rather than SDPA's fused one, which costs ~8 us a layer at T=1 (H100, GPT-2 124M): the
-        # scores, scaled and masked in one baddbmm, their softmax, the values. The `group` query heads that share
-        # a key/value head are rows of one matrix: (B * nkv, group * T, hd).
+        # three kernels rather than SDPA's fused one, whose fixed cost dominates at T=1: the scores, scaled and
+        # masked in one baddbmm, their softmax, the values. The `group` query heads that share a key/value head are
+        # rows of one matrix: (B * nkv, group * T, hd).
         qg = q.reshape(B * nkv, group * T, hd)
         att = torch.baddbmm(mask.repeat(group, 1) if group > 1 else mask, qg, k.transpose(1, 2),
                             alpha=1.0 / math.sqrt(hd))  # (B * nkv, group * T, span)
@@ -410,7 +410,7 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             # from the logits as they are (bf16 under autocast): a float32 copy of a (B*T, vocab) tensor and its
-            # gradient cost 10% of an eager GPT-2 step; compiled, the fused kernel works in float32 regardless
+            # gradient are a large share of an eager step; compiled, the fused kernel works in float32 regardless
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 

@@ -98,7 +98,7 @@ def setup(device: str, backend: str, tensor_parallel: int, fsdp: bool, accum: in
             f"the number of data-parallel processes ({world} / tensor_parallel {tp} = {world // tp})"
         raise UserError("" if rank else f"gradient_accumulation_steps ({accum}) must be divisible by {shares}")
     if backend == "auto":
-        backend = "nccl" if device in ("auto", "cuda") and torch.cuda.is_available() else "gloo"
+        backend = "nccl" if (device == "auto" or device.startswith("cuda")) and torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
     resolved = runtime.resolve_device(f"cuda:{local_rank}" if backend == "nccl" else device)
     if resolved.type == "cuda":

@@ -50,7 +50,7 @@ class SampleConfig:
     seed: int = 1337  # the same seed gives the same samples
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
-    cuda_graph: bool = True  # on a GPU, replay the one-token decode step as CUDA graphs (captured in milliseconds)
+    cuda_graph: bool = True  # on a GPU, replay the one-token decode step as CUDA graphs (no compile wait)
     compile: bool = False  # compile the decode step instead, with autotuning: minutes of warm-up
 
 

@@ -119,7 +119,7 @@ class GraphedStep(Step):
             torch.cuda.current_stream().wait_stream(self.side)
             self.eager_steps += 1
             return out
-        batches = [batch] + [self.data.get(index + m, batch[0].device) for m in range(1, self.accum)]
+        batches = [batch] + [self.data.get(index + m * self.stride, batch[0].device) for m in range(1, self.accum)]
         if self.graph is None:
             self.inputs = [(x.clone(), y.clone()) for x, y in batches]
             self.capture()
@@ -128,7 +128,7 @@ class GraphedStep(Step):
                 x.copy_(bx, non_blocking=True)
                 y.copy_(by, non_blocking=True)
         self.graph.replay()
-        return *self.outputs, self.data.get(index + self.accum, batch[0].device)
+        return *self.outputs, self.data.get(index + self.accum * self.stride, batch[0].device)
 
     def capture(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them in the graph's memory

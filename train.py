@@ -58,7 +58,7 @@ class TrainConfig(ModelSettings):
     out_dir: str = "out"  # where ckpt.pt is written (and read by init_from=resume)
     eval_interval: int = 2000  # evaluate, and maybe checkpoint, every this many iterations
     log_interval: int = 1  # print loss, timing and MFU every this many iterations
-    eval_iters: int = 200  # batches per split in each evaluation, at most: fewer when the split holds fewer
+    eval_iters: int = 200  # batches per split in each evaluation, at most: fewer where the split holds fewer batches
     eval_only: bool = False  # evaluate once and exit
     eval_at_start: bool = False  # evaluate before the first step from scratch too (it delays the first step)
     always_save_checkpoint: bool = True  # ckpt.pt at every evaluation, else only when val loss improves (best.pt)
@@ -96,7 +96,8 @@ class TrainConfig(ModelSettings):
     # learning-rate schedule: linear warmup, cosine decay to min_lr
     decay_lr: bool = True  # False: a constant learning_rate
     warmup_iters: int = 2000  # linear warmup over this many iterations
-    lr_decay_iters: int | None = None  # cosine decay to min_lr ends here; None: at max_iters
+    lr_decay_iters: int | None = None  # cosine decay to min_lr ends here; None: at max_iters (a resumed run with
+    # another max_iters then decays to its own)
     min_lr: float = 6e-5  # the learning rate after decay (usually learning_rate / 10)
 
     # system
@@ -234,7 +235,7 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
     if cfg.init_from == "resume":  # mapped when sharded: restore_run reads the weights it needs
         ckpt = checkpoint.read(cfg.out_dir, map_location="cpu" if sharded else device, mmap=sharded,
                                optimizer=True, shards_later=sharded)
-        trained_on = ckpt.header.tokenizer(ckpt.path).kind
+        trained_on = ckpt.header.tokenizer_kind(ckpt.path)
         if trained_on != meta["tokenizer"]:
             raise UserError(f"the checkpoint was trained on {trained_on} tokens, {data_dir} has "
                             f"{meta['tokenizer']} tokens")
@@ -388,6 +389,9 @@ class Pace:
         self.iters = 0
         self.steady = steady
 
+    def tick(self) -> None:
+        self.iters += 1
+
     def seconds_per_iter(self) -> float:  # only when read: a CUDA graph's steps are queued in microseconds
         return (time.perf_counter() - self.since) / self.iters
 
@@ -467,7 +471,8 @@ def train(run: Run) -> None:
     """Until max_iters or a stop request: the learning rate -> evaluation and checkpoint -> the accumulated
     micro-steps and the update -> the log line and the watchdog -> a stop request, if any."""
     cfg, layout, progress, step = run.cfg, run.layout, run.progress, run.step
-    ckpt_path = os.path.join(cfg.out_dir, checkpoint.CKPT_FILE)
+    latest = checkpoint.SHARDED[checkpoint.CKPT_FILE] if layout.sharded else checkpoint.CKPT_FILE
+    ckpt_path = os.path.join(cfg.out_dir, latest)
     watchdog = Watchdog(layout.device, cfg.max_skipped_steps, layout.distributed, layout.master, ckpt_path)
     batch = run.train_data.get(progress.batch_pos + layout.dp_rank, layout.device)
     pace = Pace()
@@ -490,7 +495,7 @@ def train(run: Run) -> None:
             watchdog.record(applied)
             progress.iter_num += 1
             progress.batch_pos += cfg.gradient_accumulation_steps
-            pace.iters += 1
+            pace.tick()
 
             # log, and stop a run whose updates keep being skipped
             logged = progress.iter_num % cfg.log_interval == 0

@@ -8,7 +8,8 @@ wandb_run_name = "gpt2-124M"
 
 dataset = "openwebtext"
 # 30 sequences x 1024 tokens x 16 accumulation steps = 491,520 tokens per step (spread over the processes).
-# nanoGPT's 12 x 40 is the same batch; 30 keeps a large GPU busier per micro-step (docs/results.md) and fits in 40 GB
+# nanoGPT's 12 x 40 is the same batch; 30 keeps a large GPU busier per micro-step (docs/results.md), and a 40 GB
+# one still holds it
 batch_size = 30
 block_size = 1024
 gradient_accumulation_steps = 2 * 8
