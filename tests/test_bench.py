@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +14,13 @@ import torch
 
 import bench
 import generate
+import train
 from configurator import UserError
+from model import GPT
 from tokenizer import write_meta
 
-TINY = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_size=64",
-        "--compile=off", "--warmup=1", "--iters=2"]
+SHAPE = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32"]  # the vocabulary left open
+TINY = [*SHAPE, "--vocab_size=64", "--compile=off", "--warmup=1", "--iters=2"]
 SAMPLE = ["--mode=sample", "--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=64",
           "--compile=off", "--prompt_tokens=4", "--warmup=4"]
 
@@ -29,7 +32,8 @@ def timed(argv: list[str]) -> tuple[list[dict], float]:
     return rows, time.perf_counter() - t0
 
 
-def test_synthetic_rows_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_rows_on_random_tokens_fill_the_table_and_the_json(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     rows, seconds = timed([*TINY, "--batch_size=2,4", f"--json={out}"])
     assert [(r["compile"], r["batch_size"], r["status"]) for r in rows] == [("off", 2, "ok"), ("off", 4, "ok")]
@@ -47,22 +51,62 @@ def test_synthetic_rows_table_and_json(tmp_path: Path, capsys: pytest.CaptureFix
     assert "| off | 4 |" in printed and "| - | - |" in printed  # MFU and memory shown as "-"
 
 
-def test_real_data(tmp_path: Path) -> None:
-    chars = "abcdefgh"
-    data_dir = tmp_path / "tiny"
+def write_dataset(root: Path, chars: str = "abcdefgh") -> None:
+    """root/tiny: random characters as train.bin and val.bin, with their meta.json."""
+    data_dir = root / "tiny"
     data_dir.mkdir()
     tokens = np.random.default_rng(0).integers(0, len(chars), size=2000).astype(np.uint16)
     for split in ("train", "val"):
         tokens.tofile(data_dir / f"{split}.bin")
     write_meta(str(data_dir), {"tokenizer": "char", "vocab_size": len(chars), "dtype": "uint16", "eot_id": None,
                                "chars": chars, "source": "test"})
-    rows, seconds = timed([*TINY, "--batch_size=2", "--gradient_accumulation_steps=2", f"--data_root={tmp_path}",
-                           "--dataset=tiny"])
+
+
+def test_train_rows_read_a_dataset_as_training_does(tmp_path: Path) -> None:
+    write_dataset(tmp_path)
+    rows, seconds = timed([*SHAPE, "--compile=off", "--warmup=1", "--iters=2", "--batch_size=2",
+                           "--gradient_accumulation_steps=2", f"--data_root={tmp_path}", "--dataset=tiny"])
     (row,) = rows
     assert row["status"] == "ok" and row["data"] == "tiny" and row["accum"] == 2
+    assert row["vocab_size"] == 64  # the dataset's 8 characters, padded to vocab_multiple as train.py pads them
     assert row["tokens_per_s"] > 2 * (2 * 32 * 2) / seconds  # 2 timed steps of 2 micro-batches of 2 x 32
-    with pytest.raises(UserError, match="vocab_size=64"):  # 8 chars fit vocab 64, not vocab 4
-        bench.main([*TINY, "--vocab_size=4", f"--data_root={tmp_path}", "--dataset=tiny"])
+
+
+@pytest.mark.parametrize(("vocab_flags", "vocab_size"), [
+    ([], 64), (["--vocab_multiple=1"], 8), (["--vocab_size=50"], 50)])  # 8 characters: padded, not, as given
+def test_the_vocabulary_is_the_datasets_padded_or_as_given(tmp_path: Path, vocab_flags: list[str],
+                                                           vocab_size: int) -> None:
+    write_dataset(tmp_path)
+    flags = [*SHAPE, "--compile=off", "--warmup=0", "--iters=1", "--batch_size=2", *vocab_flags]
+    (row,) = bench.main([*flags, f"--data_root={tmp_path}", "--dataset=tiny"])
+    assert row["vocab_size"] == vocab_size
+
+
+def test_a_vocabulary_too_small_for_the_dataset_is_refused(tmp_path: Path) -> None:
+    write_dataset(tmp_path)
+    with pytest.raises(UserError, match="holds token id 7 >= vocab_size 4: it was prepared for another vocabulary"):
+        bench.main([*TINY, "--vocab_size=4", f"--data_root={tmp_path}", "--dataset=tiny"])  # as given: unpadded
+
+
+def test_every_model_switch_is_taken_as_train_py_takes_it() -> None:
+    switches = {"norm": "rmsnorm", "mlp": "swiglu", "pos_emb": "rope", "n_kv_head": 1, "bias": False,
+                "tie_embeddings": False, "qkv_bias": True, "parallel_block": True, "attn_pattern": "alternating",
+                "window_size": 8, "head_size": 8, "mlp_hidden": 48, "rope_base": 500.0}
+    (row,) = bench.main([*TINY, "--batch_size=2", *(f"--{k}={v}" for k, v in switches.items())])
+    assert row["status"] == "ok" and np.isfinite(row["loss"])
+    assert {k: row[k] for k in switches} == switches  # the model the row timed
+    resolved = train.TrainConfig(**switches, n_layer=2, n_head=2, n_embd=32, block_size=32).resolve(64)
+    assert row["n_params"] == GPT(resolved).get_num_params()  # the model train.py would build from them
+
+
+@pytest.mark.parametrize("where", ["missing_folder", "under_a_file"])
+def test_a_json_path_that_cannot_be_written_is_refused_before_running(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch, where: str):
+    (tmp_path / "a_file").write_text("not a folder", encoding="utf-8")
+    path = {"missing_folder": tmp_path / "nowhere" / "rows.json", "under_a_file": tmp_path / "a_file" / "rows.json"}
+    monkeypatch.setattr(bench, "run_row", lambda *args: pytest.fail("a row ran"))
+    with pytest.raises(UserError, match=f"^json={re.escape(str(path[where]))}: cannot write into "):
+        bench.main([*TINY, f"--json={path[where]}"])
 
 
 @pytest.mark.parametrize(("flag", "message"), [
@@ -73,13 +117,17 @@ def test_real_data(tmp_path: Path) -> None:
     ("--n_head=3", r"n_embd \(32\) must be divisible by n_head \(3\)"),
     ("--preset=gpt4", "unknown preset 'gpt4'"),
     ("--dataset=missing", "meta.json not found"),
-    ("--mode=serve", "mode must be train, sample or attention, got 'serve'")])
-def test_user_errors(flag: str, message: str, tmp_path: Path) -> None:
+    ("--mode=serve", "mode must be train, sample or attention, got 'serve'"),
+    ("--vocab_size=0", r"vocab_size must be at least 1 \(or None\), got 0"),
+    ("--vocab_multiple=0", "vocab_multiple must be at least 1, got 0")])
+def test_settings_it_cannot_run_are_one_line(flag: str, message: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "run_row", lambda *args: pytest.fail("a row ran"))
     with pytest.raises(UserError, match=message):
         bench.main([*TINY, f"--data_root={tmp_path}", flag])
 
 
-def test_sample_rows_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sample_rows_fill_the_table_and_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sample.json"
     rows, wall = timed([*SAMPLE, "--batch_size=1,2", "--new_tokens=8,16", "--kv_cache=both", f"--json={out}"])
     assert [(r["kv_cache"], r["batch_size"], r["new_tokens"]) for r in rows] == [
@@ -101,7 +149,7 @@ def test_sample_rows_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "| off | off | off | 2 | 16 |" in printed
 
 
-def test_sample_past_block_size_and_compile_only_with_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sample_rows_run_past_block_size_and_compile_only_with_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     compiled: list[bool] = []  # each time a compiled decode step was asked for (left eager: compiling takes seconds)
 
     def eager_step(cuda: bool) -> Callable[..., torch.Tensor]:
@@ -117,7 +165,7 @@ def test_sample_past_block_size_and_compile_only_with_cache(monkeypatch: pytest.
     assert compiled == [False, False]  # the cached row only: its untimed and timed generations
 
 
-def test_attention_rows_dense_and_banded(capsys: pytest.CaptureFixture[str]) -> None:
+def test_attention_rows_time_dense_and_banded_layers_alike(capsys: pytest.CaptureFixture[str]) -> None:
     rows = bench.main(["--mode=attention", "--device=cpu", "--n_head=2", "--n_embd=32", "--batch_size=2",
                        "--seq_lens=40,70", "--band=8", "--warmup=1", "--iters=2"])
     assert [(r["seq_len"], r["attention"], r["status"]) for r in rows] == [
@@ -144,12 +192,13 @@ def test_fp8_is_refused_in_one_line_where_it_cannot_run() -> None:
     ("--new_tokens=8,x", "new_tokens must be a comma list of integers"),
     ("--prompt_tokens=0", "prompt_tokens must be at least 1"),
     ("--dataset=tiny", "mode=sample times random prompts: drop --dataset")])
-def test_sample_user_errors(flag: str, message: str) -> None:
+def test_sample_settings_it_cannot_run_are_one_line(flag: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
         bench.main([*SAMPLE, flag])
 
 
-def test_oom_row_recorded_and_run_goes_on(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_row_out_of_memory_is_recorded_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     real_row = bench.bench_row
 
     def row_or_oom(*args: object) -> dict:

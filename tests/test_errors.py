@@ -2,13 +2,10 @@
 the last good checkpoint as it was.
 
 Each case runs through its script's entry point in this process (conftest.run_main); a few also run as real
-subprocesses, all started together, to check the scripts' wiring end to end.
-
-The cases walk every bad input of the "nothing lost" list (issue 9) besides the earlier ones. That list's other
-rows are behaviours with tests of their own: SIGTERM and Ctrl-C (test_faults: the saved step and an exact
-resume), an out_dir checked before training, timings around evaluations, the GPU-recipe warning, a gradient
-accumulation that processes cannot share (test_faults, and under a real torchrun in test_ddp), training without
-the tokenizer (test_data), and good data kept when input.txt is bad (test_data)."""
+subprocesses, all started together, to check the scripts' wiring end to end. The cases are grouped by what is
+wrong: a setting, the data, the checkpoint, or what sample.py is asked. Faults during a run (signals, kills,
+NaN losses, an out_dir that cannot hold checkpoints) are test_faults.py's; a torchrun launch's refusals,
+test_ddp.py's."""
 
 from __future__ import annotations
 
@@ -22,9 +19,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-import torch
 
-import checkpoint
 import runtime
 import train
 from configurator import UserError
@@ -60,87 +55,104 @@ def input_txt(root: Path, name: str, content: bytes) -> Path:
     return folder
 
 
-def issue_9_cases(root: Path, trained: Trained) -> dict[str, Case]:
-    """The bad inputs of the "nothing lost" list, in its order."""
+def bad_setting_cases(root: Path, trained: Trained) -> dict[str, Case]:
+    """Flags and config files that say something train.py cannot do."""
     data = trained.data
-    empty, latin1 = input_txt(root, "empty_in", b""), input_txt(root, "latin1_in", "Caf\u00e9\n".encode("latin-1"))
-    odd_bin = dataset_variant(root, trained, "odd_bin")
-    (odd_bin.dir / "train.bin").write_bytes((data.dir / "train.bin").read_bytes() + b"\0")
-    a_file = root / "a_file"
-    a_file.write_text("not a folder", encoding="utf-8")
     raising = root / "raising_config.py"
     raising.write_text("batch_size = 8\nx = 1 / 0\n", encoding="utf-8")
-    other_shape = corrupt_checkpoint(root, trained, "other_shape", lambda b: b)
-    no_text = "holds no text: nothing to prepare"
-    not_utf8 = "input.txt is not UTF-8 text: byte 3 (0xe9) is not valid UTF-8"
+    a_file = root / "a_file"
+    a_file.write_text("not a folder", encoding="utf-8")
     return {
-        "prepare_char_empty_input": (prepare_module("shakespeare_char"), [f"--out_dir={empty}", "--url="], no_text),
-        "prepare_bpe_empty_input": (prepare_module("shakespeare"), [f"--out_dir={empty}", "--url="], no_text),
-        "prepare_char_input_not_utf8": (prepare_module("shakespeare_char"), [f"--out_dir={latin1}", "--url="],
-                                        not_utf8),
-        "prepare_bpe_input_not_utf8": (prepare_module("shakespeare"), [f"--out_dir={latin1}", "--url="], not_utf8),
-        "out_dir_under_a_file": ("train.py", tiny_flags(data, a_file / "out"), "cannot hold checkpoints"),
-        "meta_dtype_float64": ("train.py", tiny_flags(meta_variant(root, trained, "f64", dtype="float64"), root / "o6"),
-                               "dtype must be one of uint16, uint32, got 'float64'"),
-        "meta_dtype_uint8": ("train.py", tiny_flags(meta_variant(root, trained, "u8", dtype="uint8"), root / "o7"),
-                             "dtype must be one of uint16, uint32, got 'uint8'"),
-        "meta_dtype_unknown": ("train.py", tiny_flags(meta_variant(root, trained, "i7", dtype="int7"), root / "o8"),
-                               "dtype must be one of uint16, uint32, got 'int7'"),
-        "bin_not_whole_token_ids": ("train.py", tiny_flags(odd_bin, root / "o9"), "not a whole number of uint16"),
+        "unknown_setting": ("train.py", ["--lerning_rate=1e-3"], "did you mean 'learning_rate'"),
+        "bad_int": ("train.py", ["--batch_size=abc"], "'batch_size' expects int, got 'abc'"),
+        "setting_without_dashes": ("train.py", ["batch_size=3"], "did you mean --batch_size=3?"),
+        "missing_config_file": ("train.py", [str(root / "no_such_config.py")], "config file not found"),
         "config_file_raises": ("train.py", [str(raising)], "raising_config.py, line 2: ZeroDivisionError"),
+        "heads_do_not_divide_width": ("train.py", tiny_flags(data, root / "o5", n_embd=30, n_head=4),
+                                      "n_embd (30) must be divisible by n_head (4)"),
         "negative_learning_rate": ("train.py", tiny_flags(data, root / "o10", learning_rate=-1),
                                    "learning_rate must be at least 0, got -1.0"),
-        "resume_with_a_preset_of_another_shape": ("train.py", [f"--data_root={data.root}", f"--dataset={data.name}",
-                                                               f"--out_dir={other_shape}", "--device=cpu",
-                                                               "--init_from=resume", "--preset=gpt2"],
-                                                  "the settings ask for block_size=1024 (from preset 'gpt2')"),
-        "setting_without_dashes": ("train.py", ["batch_size=3"], "did you mean --batch_size=3?"),
-
+        "out_dir_under_a_file": ("train.py", tiny_flags(data, a_file / "out"), "cannot hold checkpoints"),
+        "fp8_without_an_fp8_gpu": ("train.py", tiny_flags(data, root / "o6", fp8=True),  # with torchao or without
+                                   "fp8=True needs a CUDA GPU with FP8 matrix multiplies (H100, L4, RTX 40xx), not"),
+        "fsdp_in_one_process": ("train.py", tiny_flags(data, root / "o11", fsdp=True),
+                                "fsdp=True needs several processes: start it with torchrun --nproc_per_node=N "
+                                "train.py ..."),
     }
 
 
-def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
+def bad_data_cases(root: Path, trained: Trained) -> dict[str, Case]:
+    """Datasets missing, short, damaged or described wrongly, and prepare scripts' inputs that hold no text."""
     data = trained.data
-    resume = {"init_from": "resume"}
-
     no_bin = dataset_variant(root, trained, "no_bin")
     (no_bin.dir / "train.bin").unlink()
     short = dataset_variant(root, trained, "short")
     np.arange(20, dtype=np.uint16).tofile(short.dir / "train.bin")
     bad_ids = dataset_variant(root, trained, "bad_ids")
     np.full(5000, 60000, dtype=np.uint16).tofile(bad_ids.dir / "train.bin")
-
-    random_bytes = corrupt_checkpoint(root, trained, "random", lambda b: np.random.default_rng(0).bytes(len(b)))
-    truncated = corrupt_checkpoint(root, trained, "truncated", lambda b: b[: len(b) // 2])
-    out = trained.out_dir
-    vocab = data.meta["vocab_size"]
-    (root / "empty.txt").write_text("", encoding="utf-8")
-    latin1 = root / "latin1.txt"
-    latin1.write_bytes("Ros\u00e9 wine".encode("latin-1"))
-
-    def sample_args(*flags: str) -> list[str]:
-        return [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=2", *flags]
-
+    odd_bin = dataset_variant(root, trained, "odd_bin")
+    (odd_bin.dir / "train.bin").write_bytes((data.dir / "train.bin").read_bytes() + b"\0")
+    empty, latin1 = input_txt(root, "empty_in", b""), input_txt(root, "latin1_in", "Caf\u00e9\n".encode("latin-1"))
+    no_text = "holds no text: nothing to prepare"
+    not_utf8 = "input.txt is not UTF-8 text: byte 3 (0xe9) is not valid UTF-8"
     return {
-        "unknown_setting": ("train.py", ["--lerning_rate=1e-3"], "did you mean 'learning_rate'"),
-        "bad_int": ("train.py", ["--batch_size=abc"], "'batch_size' expects int, got 'abc'"),
-        "missing_config_file": ("train.py", ["config/no_such_config.py"], "config file not found"),
         "missing_dataset_dir": ("train.py", tiny_flags(CharData(root, "nothing_here", {}), root / "o1"),
                                 "python data/nothing_here/prepare.py"),
         "missing_bin": ("train.py", tiny_flags(no_bin, root / "o2"), "train.bin not found"),
         "short_dataset": ("train.py", tiny_flags(short, root / "o3"), "fewer than block_size + 1 = 33"),
         "token_id_beyond_vocab": ("train.py", tiny_flags(bad_ids, root / "o4"), "token id 60000 >= vocab_size"),
-        "heads_do_not_divide_width": ("train.py", tiny_flags(data, root / "o5", n_embd=30, n_head=4),
-                                      "n_embd (30) must be divisible by n_head (4)"),
+        "bin_not_whole_token_ids": ("train.py", tiny_flags(odd_bin, root / "o9"), "not a whole number of uint16"),
+        "meta_dtype_float64": ("train.py", tiny_flags(meta_variant(root, trained, "f64", dtype="float64"), root / "o6"),
+                               "dtype must be one of uint16, uint32, got 'float64'"),
+        "meta_dtype_uint8": ("train.py", tiny_flags(meta_variant(root, trained, "u8", dtype="uint8"), root / "o7"),
+                             "dtype must be one of uint16, uint32, got 'uint8'"),
+        "meta_dtype_unknown": ("train.py", tiny_flags(meta_variant(root, trained, "i7", dtype="int7"), root / "o8"),
+                               "dtype must be one of uint16, uint32, got 'int7'"),
+        "prepare_char_empty_input": (prepare_module("shakespeare_char"), [f"--out_dir={empty}", "--url="], no_text),
+        "prepare_bpe_empty_input": (prepare_module("shakespeare"), [f"--out_dir={empty}", "--url="], no_text),
+        "prepare_char_input_not_utf8": (prepare_module("shakespeare_char"), [f"--out_dir={latin1}", "--url="],
+                                        not_utf8),
+        "prepare_bpe_input_not_utf8": (prepare_module("shakespeare"), [f"--out_dir={latin1}", "--url="], not_utf8),
+    }
+
+
+def bad_checkpoint_cases(root: Path, trained: Trained) -> dict[str, Case]:
+    """A resume from no checkpoint, a damaged one, or into another shape."""
+    data = trained.data
+    resume = {"init_from": "resume"}
+    random_bytes = corrupt_checkpoint(root, trained, "random", lambda b: np.random.default_rng(0).bytes(len(b)))
+    truncated = corrupt_checkpoint(root, trained, "truncated", lambda b: b[: len(b) // 2])
+    other_shape = corrupt_checkpoint(root, trained, "other_shape", lambda b: b)
+    return {
         "resume_without_checkpoint": ("train.py", tiny_flags(data, root / "empty", **resume), "no checkpoint at"),
         "resume_random_bytes": ("train.py", tiny_flags(data, random_bytes, **resume), "corrupt or truncated"),
         "resume_truncated": ("train.py", tiny_flags(data, truncated, **resume), "corrupt or truncated"),
+        "resume_with_a_preset_of_another_shape": ("train.py", [f"--data_root={data.root}", f"--dataset={data.name}",
+                                                               f"--out_dir={other_shape}", "--device=cpu",
+                                                               "--init_from=resume", "--preset=gpt2"],
+                                                  "the settings ask for block_size=1024 (from preset 'gpt2')"),
+    }
+
+
+def bad_sampling_cases(root: Path, trained: Trained) -> dict[str, Case]:
+    """Prompts, texts to score and sampling controls that sample.py cannot use."""
+    out = trained.out_dir
+    vocab = trained.data.meta["vocab_size"]
+    (root / "empty.txt").write_text("", encoding="utf-8")
+    latin1 = root / "latin1.txt"
+    latin1.write_bytes("Ros\u00e9 wine".encode("latin-1"))
+    missing = root / "missing.txt"
+
+    def sample_args(*flags: str) -> list[str]:
+        return [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=2", *flags]
+
+    return {
         "sample_unknown_characters": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=snow\u2603man"],
                                       "characters not in the model's vocabulary: '\u2603'"),
         "sample_prompt_file_not_utf8": ("sample.py", [f"--out_dir={out}", "--device=cpu", f"--start=FILE:{latin1}"],
                                         "latin1.txt is not UTF-8 text: byte 3 (0xe9) is not valid UTF-8"),
-        "sample_missing_prompt_file": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--start=FILE:missing.txt"],
-                                       "file not found: missing.txt"),
+        "sample_missing_prompt_file": ("sample.py", [f"--out_dir={out}", "--device=cpu", f"--start=FILE:{missing}"],
+                                       f"file not found: {missing}"),
         "sample_top_p_zero": ("sample.py", sample_args("--top_p=0"), "top_p must be in (0, 1], got 0.0"),
         "sample_top_p_above_one": ("sample.py", sample_args("--top_p=1.5"), "top_p must be in (0, 1], got 1.5"),
         "sample_top_k_zero": ("sample.py", sample_args("--top_k=0"),
@@ -158,21 +170,26 @@ def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
         "score_empty_text": ("sample.py", sample_args(f"--score=FILE:{root / 'empty.txt'}"),
                              "--score needs a text of at least two tokens"),
         "score_single_token": ("sample.py", sample_args("--score=A"), "--score needs a text of at least two tokens"),
-        "fp8_without_an_fp8_gpu": ("train.py", tiny_flags(data, root / "o6", fp8=True),  # with torchao or without
-                                   "fp8=True needs a CUDA GPU with FP8 matrix multiplies (H100, L4, RTX 40xx), not"),
-    } | issue_9_cases(root, trained)
+    }
 
 
-CASES = ["unknown_setting", "bad_int", "missing_config_file", "missing_dataset_dir", "missing_bin", "short_dataset",
-         "token_id_beyond_vocab", "heads_do_not_divide_width", "resume_without_checkpoint", "resume_random_bytes",
-         "resume_truncated", "sample_unknown_characters", "sample_prompt_file_not_utf8", "sample_missing_prompt_file",
+def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
+    return (bad_setting_cases(root, trained) | bad_data_cases(root, trained) | bad_checkpoint_cases(root, trained)
+            | bad_sampling_cases(root, trained))
+
+
+CASES = ["unknown_setting", "bad_int", "setting_without_dashes", "missing_config_file", "config_file_raises",
+         "heads_do_not_divide_width", "negative_learning_rate", "out_dir_under_a_file", "fp8_without_an_fp8_gpu",
+         "fsdp_in_one_process",
+         "missing_dataset_dir", "missing_bin", "short_dataset", "token_id_beyond_vocab", "bin_not_whole_token_ids",
+         "meta_dtype_float64", "meta_dtype_uint8", "meta_dtype_unknown", "prepare_char_empty_input",
+         "prepare_bpe_empty_input", "prepare_char_input_not_utf8", "prepare_bpe_input_not_utf8",
+         "resume_without_checkpoint", "resume_random_bytes", "resume_truncated",
+         "resume_with_a_preset_of_another_shape",
+         "sample_unknown_characters", "sample_prompt_file_not_utf8", "sample_missing_prompt_file",
          "sample_top_p_zero", "sample_top_p_above_one", "sample_top_k_zero", "sample_top_k_beyond_vocab",
          "sample_negative_temperature", "sample_repetition_penalty_zero", "sample_no_new_tokens",
-         "sample_empty_prompt_without_end_of_text", "score_empty_text", "score_single_token",
-         "prepare_char_empty_input", "prepare_bpe_empty_input", "prepare_char_input_not_utf8",
-         "prepare_bpe_input_not_utf8", "out_dir_under_a_file", "meta_dtype_float64", "meta_dtype_uint8",
-         "meta_dtype_unknown", "bin_not_whole_token_ids", "config_file_raises", "negative_learning_rate",
-         "resume_with_a_preset_of_another_shape", "setting_without_dashes", "fp8_without_an_fp8_gpu"]
+         "sample_empty_prompt_without_end_of_text", "score_empty_text", "score_single_token"]
 
 
 @pytest.fixture(scope="module")
@@ -219,13 +236,14 @@ def test_bad_flag_stderr_is_exactly_one_line(script_runs: dict[str, tuple[int, s
     assert out == ""
 
 
-def test_bfloat16_without_support(char_data: CharData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_bfloat16_where_the_device_has_none_is_one_line(char_data: CharData, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(runtime, "bf16_supported", lambda device: False)
     with pytest.raises(UserError, match="dtype=bfloat16 but device cpu has no bfloat16 support"):
         train.main(tiny_flags(char_data, tmp_path / "out", dtype="bfloat16"))
 
 
-def test_float16_needs_cuda(char_data: CharData, tmp_path: Path):
+def test_float16_without_cuda_is_one_line(char_data: CharData, tmp_path: Path):
     with pytest.raises(UserError, match="dtype=float16 needs a CUDA device"):
         train.main(tiny_flags(char_data, tmp_path / "out", dtype="float16"))
 
@@ -250,29 +268,6 @@ def test_failed_resume_leaves_the_checkpoint_intact(trained: Trained, tmp_path: 
     with pytest.raises(UserError, match="token id"):
         train.main(tiny_flags(bad, out_dir, init_from="resume", max_iters=20, eval_interval=6))
     assert (out_dir / "ckpt.pt").read_bytes() == before
-
-
-def test_crash_while_saving_leaves_the_last_checkpoint(trained: Trained, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch):
-    out_dir = tmp_path / "out"
-    shutil.copytree(trained.out_dir, out_dir)
-    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}  # ckpt.pt and best.pt
-
-    def crash(obj: object, f: object) -> None:
-        f.write(b"half a checkpoint")  # type: ignore[attr-defined]
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(checkpoint.torch, "save", crash)
-    with pytest.raises(UserError, match=r"could not write a checkpoint to .*ckpt\.pt \(No space left on device\); "
-                                        r"the previous one is left as it was"):  # resumes at 12, evaluates, saves
-        train.main(tiny_flags(trained.data, out_dir, init_from="resume", max_iters=20, eval_interval=6))
-    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
-
-
-def test_checkpoint_that_is_not_ours(tmp_path: Path):
-    torch.save({"weights": torch.ones(2)}, tmp_path / "ckpt.pt")
-    with pytest.raises(UserError, match="not one of ours: missing model, model_args, iter_num"):
-        checkpoint.load(str(tmp_path))
 
 
 @pytest.mark.parametrize("package", ["wandb", "transformers", "datasets"])

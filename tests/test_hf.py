@@ -1,10 +1,22 @@
-"""OpenAI GPT-2 weights come in through transformers: the conversion is checked offline on a small random model."""
+"""hf.py: OpenAI's GPT-2 in through transformers (from_hf, pretrained) and our GPT out (to_hf), checked offline
+against transformers' GPT-2 at tiny random sizes; what GPT-2 cannot express (hf_incompatibilities); pretrained's
+refusals.
+"""
 
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
 import torch
+import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import hf
+from conftest import tiny_gpt
+from configurator import UserError
 from generate import GREEDY, generate
-from model import GPT
+from model import GPT, GPTConfig
 
 
 def small_hf_model() -> GPT2LMHeadModel:
@@ -14,21 +26,114 @@ def small_hf_model() -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config).eval()
 
 
-def test_converted_logits_match_transformers():
-    hf = small_hf_model()
-    ours = GPT.from_hf(hf).eval()
-    x = torch.randint(0, 101, (3, 40))
+def max_logit_diff(ours: GPT, theirs: GPT2LMHeadModel) -> float:
+    x = torch.randint(0, ours.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        diff = (hf(x).logits - ours(x)[0]).abs().max().item()
-    assert diff <= 1e-4
-    assert ours.get_num_params(non_embedding=False) == sum(p.numel() for p in hf.parameters())
+        return (ours(x)[0] - theirs(x).logits).abs().max().item()
+
+
+def test_converted_logits_match_transformers():
+    theirs = small_hf_model()
+    ours = hf.from_hf(theirs).eval()
+    assert max_logit_diff(ours, theirs) <= 1e-4
+    assert ours.get_num_params(non_embedding=False) == sum(p.numel() for p in theirs.parameters())
+    c = ours.config
+    assert (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd, c.bias) == (64, 101, 2, 4, 48, True)
 
 
 def test_converted_greedy_generation_matches_transformers():
-    hf = small_hf_model()
-    ours = GPT.from_hf(hf).eval()
-    x = torch.randint(1, 101, (2, 8))
+    theirs = small_hf_model()
+    ours = hf.from_hf(theirs).eval()
+    x = torch.randint(1, 101, (2, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False,
-                             min_new_tokens=12, pad_token_id=0)
-    assert torch.equal(generate(ours, x, 12, GREEDY), theirs)
+        expected = theirs.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False,
+                                   min_new_tokens=12, pad_token_id=0)
+    assert torch.equal(generate(ours, x, 12, GREEDY), expected)
+
+
+def test_from_hf_sets_the_dropout_asked_for():
+    model = hf.from_hf(small_hf_model(), dropout=0.1)
+    assert model.config.dropout == 0.1
+    assert model.transformer.drop.p == 0.1
+
+
+def test_gpt2_import_then_export_is_exact():
+    theirs = small_hf_model()
+    back = hf.to_hf(hf.from_hf(theirs))
+    original, exported = theirs.state_dict(), back.state_dict()
+    assert original.keys() == exported.keys()
+    assert [k for k in original if not torch.equal(original[k], exported[k])] == []
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_to_hf_computes_what_our_model_computes(bias: bool):
+    ours = tiny_gpt(bias=bias, block_size=40)
+    with torch.no_grad():
+        for p in ours.parameters():  # biases and norm gains away from their init (zeros, ones)
+            p.normal_(0.0, 0.1)
+    theirs = hf.to_hf(ours, eot_id=7)
+    assert (theirs.config.bos_token_id, theirs.config.eos_token_id) == (7, 7)
+    assert max_logit_diff(ours, theirs) <= 1e-5
+    # GPT-2 always has biases: a model without them maps onto zero ones
+    biases = [p for name, p in theirs.named_parameters() if name.endswith(".bias")]
+    assert len(biases) == 2 * 6 + 1  # ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj per layer; ln_f
+    assert [bool(p.any()) for p in biases] == [bias] * len(biases)
+
+
+def test_incompatibilities_name_the_setting():
+    config = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    assert hf.hf_incompatibilities(config) == []
+    llama_like = dataclasses.replace(config, norm="rmsnorm", n_kv_head=1, tie_embeddings=True)
+    assert hf.hf_incompatibilities(llama_like) == [
+        "norm='rmsnorm' (GPT-2 needs 'layernorm')", "n_kv_head=1 (GPT-2 needs n_head)"]
+    assert hf.hf_incompatibilities(dataclasses.replace(config, n_kv_head=config.n_head)) == []
+    banded = dataclasses.replace(config, attn_pattern="alternating", window_size=4)
+    assert hf.hf_incompatibilities(banded) == ["attn_pattern='alternating' (GPT-2 needs 'dense')"]
+    others = dataclasses.replace(config, post_norm=True, mlp="relu", pos_emb="rope", tie_embeddings=False,
+                                 head_size=8, mlp_hidden=64)
+    assert hf.hf_incompatibilities(others) == [
+        "post_norm=True (GPT-2 needs False)", "mlp='relu' (GPT-2 needs 'gelu')",
+        "pos_emb='rope' (GPT-2 needs 'learned')", "tie_embeddings=False (GPT-2 needs True)",
+        "head_size=8 (GPT-2 needs n_embd // n_head)", "mlp_hidden=64 (GPT-2 needs 4 * n_embd)"]
+    # a head size or MLP width given, but the one GPT-2 has anyway, is fine
+    assert hf.hf_incompatibilities(dataclasses.replace(config, head_size=16, mlp_hidden=128)) == []
+    assert hf.hf_incompatibilities(dataclasses.replace(config, parallel_block=True)) == [
+        "parallel_block=True (GPT-2 needs False)"]
+
+
+def test_to_hf_refuses_what_gpt2_cannot_express():
+    with pytest.raises(UserError, match=r"cannot export to GPT-2: norm='rmsnorm' \(GPT-2 needs 'layernorm'\), "
+                                        r"pos_emb='rope' \(GPT-2 needs 'learned'\)$"):
+        hf.to_hf(tiny_gpt(norm="rmsnorm", pos_emb="rope"))
+
+
+def test_pretrained_loads_the_named_weights_through_transformers(monkeypatch: pytest.MonkeyPatch):
+    theirs = small_hf_model()
+    asked = []
+
+    def from_pretrained(name: str) -> GPT2LMHeadModel:  # offline: the small model stands in for OpenAI's
+        asked.append(name)
+        return theirs
+
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", from_pretrained)
+    ours = hf.pretrained("gpt2-medium", dropout=0.1).eval()
+    assert asked == ["gpt2-medium"]
+    assert ours.config.dropout == 0.1
+    assert max_logit_diff(ours, theirs) <= 1e-4
+
+
+def test_pretrained_refuses_unknown_names():
+    with pytest.raises(UserError, match=r"^unknown pretrained model 'gpt5' \(one of gpt2, gpt2-medium, gpt2-large, "
+                                        r"gpt2-xl\)$"):
+        hf.pretrained("gpt5")
+
+
+@pytest.mark.parametrize("error", [OSError, ValueError])
+def test_pretrained_that_cannot_load_is_one_line(monkeypatch: pytest.MonkeyPatch, error: type[Exception]):
+    def offline(name: str) -> GPT2LMHeadModel:
+        raise error(f"We couldn't connect to 'https://huggingface.co' to load {name}.\nCheck your connection.")
+
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", offline)
+    with pytest.raises(UserError, match=r"^could not load gpt2 weights \(they download on first use\): We couldn't "
+                                        r"connect to 'https://huggingface.co' to load gpt2\.$"):
+        hf.pretrained("gpt2")

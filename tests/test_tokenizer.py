@@ -1,0 +1,60 @@
+"""tokenizer.py's token_bytes: a stream of token bytes through an incremental UTF-8 decoder, as sample.py prints a
+sample while it grows, never takes back what it printed and ends as decode() does, though many GPT-2 BPE tokens
+hold only part of a character.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+import numpy as np
+
+from tokenizer import GPT2_META, Tokenizer
+
+# short documents in several scripts; many of their characters take several GPT-2 tokens (🌶, 東, 寿, ...)
+DOCS = ["Café au lait 🙂 s'il vous plaît.", "Naïve résumé: jalapeño 🌶️ piñata!", "Grüße aus Köln 🙂 und Zürich.",
+        "東京で寿司を食べた 🍣.", "Voilà, déjà vu 😀 encore."]
+
+
+def streamed_decode(tok: Tokenizer, ids: list[int]) -> list[str]:
+    """The text after each token, decoded as sample.continuations does: token bytes through an incremental decoder."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    texts, text = [], ""
+    for token in ids:
+        text += decoder.decode(tok.token_bytes(token))
+        texts.append(text)
+    texts[-1] += decoder.decode(b"", final=True)
+    return texts
+
+
+def splits_a_character(tok: Tokenizer, token: int) -> bool:
+    try:
+        tok.token_bytes(token).decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def test_incremental_decoding_never_breaks_a_character():
+    tok = Tokenizer(GPT2_META)
+    split = 0
+    for text in [*DOCS, "naïve café — “quotes” 🙂🙃 👩‍👩‍👧 日本語のテキスト 한국어 ελληνικά ₿"]:
+        ids = tok.encode(text)
+        split += sum(splits_a_character(tok, t) for t in ids)
+        texts = streamed_decode(tok, ids)
+        assert texts[-1] == tok.decode(ids) == text
+        assert all(text.startswith(t) and "\ufffd" not in t for t in texts)  # nothing printed is ever taken back
+    assert split > 10  # many tokens hold only part of a character
+
+
+def test_incremental_decoding_of_arbitrary_tokens_matches_decode():
+    # random ids make invalid UTF-8 too: both decoders must replace the same bytes
+    tok = Tokenizer(GPT2_META)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ids = rng.integers(0, tok.vocab_size, 20).tolist()
+        assert streamed_decode(tok, ids)[-1] == tok.decode(ids)
+    bytes_only = [b for b in range(tok.vocab_size) if len(tok.token_bytes(b)) == 1 and splits_a_character(tok, b)]
+    for _ in range(50):
+        ids = rng.choice(bytes_only, 12).tolist()
+        assert streamed_decode(tok, ids)[-1] == tok.decode(ids)
