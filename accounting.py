@@ -68,7 +68,7 @@ def main(argv: list[str]) -> str:
         raise UserError(f"name a preset first: {', '.join(PRESETS)}")
     if argv[0].endswith(".py"):
         raise UserError(f"{argv[0]} is a config file: account it with python train.py {argv[0]} --dry_run=True")
-    settings = configurator.given(GPTConfig, argv[1:])  # coerced to GPTConfig's field types
+    settings = configurator.settings_from_args(GPTConfig, argv[1:])  # coerced to GPTConfig's field types
     try:  # over the preset, each flag as given: --n_kv_head=None means None here, not "the preset's"
         config = replace(resolve_config(argv[0]), **settings)
     except ValueError as e:

@@ -335,7 +335,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     device = layout.device
     runs = plan(cfg, device)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
-    parallel.refuse_together(layout, check_run, cfg, layout, dtype)
+    parallel.refuse_together(layout, parallel.check_run, layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
     meta = read_meta(os.path.join(cfg.data_root, cfg.dataset)) if cfg.dataset else None
     model_cfg = bench_model(cfg, meta)
     if layout.tp > 1:
@@ -370,13 +370,6 @@ def check_writable(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise UserError(f"json={path}: cannot write into {directory}")
-
-
-def check_run(cfg: BenchConfig, layout: Layout, dtype: torch.dtype) -> None:
-    """fp8 and the layout, refused as train.py refuses them."""
-    if cfg.fp8:
-        runtime.check_fp8(layout.device)
-    parallel.check_run(layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
 
 
 def setup(cfg: BenchConfig) -> Layout:

@@ -64,7 +64,7 @@ class Header:
     rng_ranks: list[dict[str, Any]] | None = None  # a sharded checkpoint: every process's random state
 
     @classmethod
-    def read(cls, data: Any, path: str) -> Header:
+    def from_dict(cls, data: Any, path: str) -> Header:
         """The header of a loaded checkpoint dict (or header.pt); a UserError naming what a foreign one lacks."""
         missing = [k for k in ("model_args", "iter_num") if not isinstance(data, dict) or k not in data]
         if missing:
@@ -210,9 +210,9 @@ def save_sharded(state: dict[str, Any], header: Header, out_dir: str, best: bool
         try:
             write_file(asdict(header), os.path.join(tmp, HEADER_FILE))
             os.replace(tmp, directory)
-            point(out_dir, SHARDED[CKPT_FILE], name[0])
+            swap_link(out_dir, SHARDED[CKPT_FILE], name[0])
             if best:
-                point(out_dir, SHARDED[BEST_FILE], name[0])
+                swap_link(out_dir, SHARDED[BEST_FILE], name[0])
         except OSError as e:
             message = save_failed(link, e)
     shared = [message]
@@ -229,7 +229,7 @@ def save_sharded(state: dict[str, Any], header: Header, out_dir: str, best: bool
     return link
 
 
-def point(out_dir: str, link: str, target: str) -> None:
+def swap_link(out_dir: str, link: str, target: str) -> None:
     """Make out_dir/link a symbolic link to out_dir/target, atomically: a reader sees the old one or the new."""
     tmp = os.path.join(out_dir, f".{link}.{os.getpid()}")
     if os.path.lexists(tmp):
@@ -356,7 +356,7 @@ def read(out_dir: str, which: str = "latest", map_location: str | torch.device =
         data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 (torch raises many types for a damaged zip or pickle)
         raise UserError(corrupt(path, e)) from None
-    header = Header.read(data, path)
+    header = Header.from_dict(data, path)
     if "model" not in data:
         raise UserError(f"checkpoint {path} is not one of ours: missing model")
     return Checkpoint(path, header, data["model"], data.get("optimizer") if optimizer else None)
@@ -372,7 +372,7 @@ def read_header(path: str) -> Header:
         data = torch.load(os.path.join(path, HEADER_FILE), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (a missing, truncated or foreign file)
         raise UserError(corrupt(path, e)) from None
-    return Header.read(data, path)
+    return Header.from_dict(data, path)
 
 
 def read_sharded(path: str, optimizer: bool = True) -> Checkpoint:

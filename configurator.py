@@ -34,7 +34,7 @@ class UserError(Exception):
     Under torchrun only rank 0 says it: the other processes raise it with no message and print nothing."""
 
 
-def need(package: str, purpose: str, install: str = "-r requirements-extra.txt") -> types.ModuleType:
+def require(package: str, purpose: str, install: str = "-r requirements-extra.txt") -> types.ModuleType:
     """Import an optional package (a top-level name; by default one of requirements-extra.txt), or raise a
     UserError saying what needs it and how to get it (pip install `install`)."""
     try:
@@ -167,10 +167,10 @@ def help_text(cls: type) -> str:
 
 def load(cls: type[T], argv: list[str]) -> T:
     """Build `cls` (a dataclass) from config files and --key=value flags, in the order given."""
-    return cls(**given(cls, argv))
+    return cls(**settings_from_args(cls, argv))
 
 
-def given(cls: type, argv: list[str]) -> dict[str, Any]:
+def settings_from_args(cls: type, argv: list[str]) -> dict[str, Any]:
     """The settings of `cls` (a dataclass) that config files and --key=value flags give, coerced to their field
     types, later arguments winning; settings not given are left out."""
     hints = typing.get_type_hints(cls)

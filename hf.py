@@ -27,7 +27,7 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 
 # What GPT-2 needs of each architecture switch: a value, or (a test of the config, what it needs) for settings
 # whose default is derived. Only settings the config has are checked: a new switch is covered once listed here.
-GPT2_NEEDS: dict[str, Any] = {
+GPT2_REQUIRES: dict[str, Any] = {
     "norm": "layernorm", "post_norm": False, "mlp": "gelu", "pos_emb": "learned", "parallel_block": False,
     "tie_embeddings": True, "attn_pattern": "dense",
     "n_kv_head": (lambda c: c.kv_heads == c.n_head, "n_head"),
@@ -55,7 +55,7 @@ def pretrained(name: str, dropout: float = 0.0) -> GPT:
     """OpenAI's GPT-2 weights by name (downloaded by transformers on first use, then cached)."""
     if name not in GPT2_NAMES:
         raise UserError(f"unknown pretrained model '{name}' (one of {', '.join(GPT2_NAMES)})")
-    transformers = configurator.need("transformers", f"init_from={name}")
+    transformers = configurator.require("transformers", f"init_from={name}")
     try:
         return from_hf(transformers.GPT2LMHeadModel.from_pretrained(name), dropout)
     except (OSError, ValueError) as e:
@@ -65,7 +65,7 @@ def pretrained(name: str, dropout: float = 0.0) -> GPT:
 def hf_incompatibilities(config: Any) -> list[str]:
     """One 'setting=value (GPT-2 needs value)' per setting of config that GPT-2 cannot express."""
     problems = []
-    for name, rule in GPT2_NEEDS.items():
+    for name, rule in GPT2_REQUIRES.items():
         value = getattr(config, name, _ABSENT)
         if value is _ABSENT:
             continue
@@ -82,7 +82,7 @@ def to_hf(model: GPT, eot_id: int | None = None) -> transformers.GPT2LMHeadModel
     problems = hf_incompatibilities(c)
     if problems:
         raise UserError(f"cannot export to GPT-2: {', '.join(problems)}")
-    transformers = configurator.need("transformers", "export.py")
+    transformers = configurator.require("transformers", "export.py")
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, vocab_size=c.vocab_size,
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,

@@ -86,7 +86,7 @@ class GPTConfig:
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
 
-    def window(self, layer: int) -> int | None:
+    def band(self, layer: int) -> int | None:
         """The band of a layer's attention: window_size for GPT-3's banded layers, None for dense ones."""
         return self.window_size if self.attn_pattern == "alternating" and layer % 2 else None
 
@@ -238,9 +238,9 @@ class KVCache(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig, window: int | None = None) -> None:
+    def __init__(self, config: GPTConfig, band: int | None = None) -> None:
         super().__init__()
-        self.window = window  # None: dense; else a token sees itself and the window - 1 before it (GPT-3's band)
+        self.band = band  # None: dense; else a token sees itself and the band - 1 tokens before it (GPT-3)
         self.n_head = config.n_head
         self.n_kv_head = config.kv_heads
         self.head_dim = config.head_dim
@@ -264,11 +264,11 @@ class CausalSelfAttention(nn.Module):
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
         dropout = self.dropout if self.training else 0.0
-        if input_pos is None and self.window is None:  # flash / memory-efficient kernels where the device has
+        if input_pos is None and self.band is None:  # flash / memory-efficient kernels where the device has
             # them, the math fallback on the CPU
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=nkv != nh)
         elif input_pos is None:
-            y = banded_attention(q, k, v, self.window, dropout)
+            y = banded_attention(q, k, v, self.band, dropout)
         else:
             y = self.cached_attention(q, k, v, input_pos, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hd)  # (B, T, nh * hd): the heads side by side
@@ -286,8 +286,8 @@ class CausalSelfAttention(nn.Module):
         k = k[:, :, :span].flatten(0, 1)  # (B * nkv, span, hd), a view
         v = v[:, :, :span].flatten(0, 1)
         mask = mask.to(q.dtype)
-        if self.window:  # and of those, the band
-            mask = mask.masked_fill(input_pos[:, None] - torch.arange(span, device=mask.device) >= self.window,
+        if self.band:  # and of those, the band
+            mask = mask.masked_fill(input_pos[:, None] - torch.arange(span, device=mask.device) >= self.band,
                                     float("-inf"))
         # three kernels rather than SDPA's fused one, whose fixed cost dominates at T=1: the scores, scaled and
         # masked in one baddbmm, their softmax, the values. The `group` query heads that share a key/value head are
@@ -298,10 +298,10 @@ class CausalSelfAttention(nn.Module):
         return (att.softmax(dim=-1) @ v).view(B, nh, T, hd)
 
 
-def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout_p: float = 0.0,
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, band: int, dropout_p: float = 0.0,
                      flex: bool | None = None) -> torch.Tensor:
-    """Causal attention in which query i sees keys i - window + 1 .. i; q (B, nh, T, hd), k, v (B, nkv, T, hd).
-    With flex, FlexAttention skips the key blocks outside the band, so the cost grows with T * window rather than
+    """Causal attention in which query i sees keys i - band + 1 .. i; q (B, nh, T, hd), k, v (B, nkv, T, hd).
+    With flex, FlexAttention skips the key blocks outside the band, so the cost grows with T * band rather than
     T^2. By default flex trains on CUDA; inference (evaluation and generation's no-cache reference path, where
     every length would be a recompile of the kernel) and dropout (flex has none) take SDPA with the explicit
     (T, T) mask instead."""
@@ -311,10 +311,10 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
         flex = q.is_cuda and torch.is_grad_enabled()
     if flex and not dropout_p:
         attend = flex_attention if torch.compiler.is_compiling() else compiled_flex_attention()
-        return attend(q, k, v, block_mask=band_block_mask(T, window, q.device), enable_gqa=gqa)
+        return attend(q, k, v, block_mask=band_block_mask(T, band, q.device), enable_gqa=gqa)
     i = torch.arange(T, device=q.device)
-    band = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)  # (T, T): key j visible to query i
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=dropout_p, enable_gqa=gqa)
+    visible = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < band)  # (T, T): key j visible to query i
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p, enable_gqa=gqa)
 
 
 @functools.cache
@@ -323,8 +323,8 @@ def compiled_flex_attention() -> Any:  # flex_attention is a fused kernel only w
 
 
 @functools.lru_cache(maxsize=16)  # under torch.compile the cache is bypassed and the mask built in the graph
-def band_block_mask(T: int, window: int, device: torch.device) -> Any:
-    return create_block_mask(lambda b, h, i, j: (j <= i) & (i - j < window), None, None, T, T, device=device)
+def band_block_mask(T: int, band: int, device: torch.device) -> Any:
+    return create_block_mask(lambda b, h, i, j: (j <= i) & (i - j < band), None, None, T, T, device=device)
 
 
 class MLP(nn.Module):
@@ -352,12 +352,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig, window: int | None = None) -> None:
+    def __init__(self, config: GPTConfig, band: int | None = None) -> None:
         super().__init__()
         self.post_norm = config.post_norm
         self.parallel = config.parallel_block
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config, window)
+        self.attn = CausalSelfAttention(config, band)
         self.ln_2 = None if config.parallel_block else make_norm(config)  # a parallel block shares ln_1
         self.mlp = MLP(config)
 
@@ -381,7 +381,7 @@ class GPT(nn.Module):
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         modules["drop"] = nn.Dropout(config.dropout)
-        modules["h"] = nn.ModuleList([Block(config, config.window(i)) for i in range(config.n_layer)])
+        modules["h"] = nn.ModuleList([Block(config, config.band(i)) for i in range(config.n_layer)])
         if not config.post_norm:  # post-norm blocks end normalised already
             modules["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
@@ -489,9 +489,9 @@ class GPT(nn.Module):
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's 12*(nh*hd)*T per
-        layer, where a banded layer's T is its window."""
+        layer, where a banded layer's T is its band."""
         cfg = self.config
-        attended = sum(cfg.window(i) or cfg.block_size for i in range(cfg.n_layer))
+        attended = sum(cfg.band(i) or cfg.block_size for i in range(cfg.n_layer))
         return 6 * self.get_num_params() + 12 * cfg.n_head * cfg.head_dim * attended
 
     def estimate_mfu(self, tokens_per_iter: int, dt: float, peak_flops: float | None) -> float | None:

@@ -86,6 +86,8 @@ def setup(device: str, backend: str, tensor_parallel: int, fsdp: bool, accum: in
     """One process per device under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE), with its process group and,
     for a sharded model, the (dp, tp) mesh; else a single process on `device`. backend auto: nccl on GPUs, gloo
     on CPUs. accum, the total micro-steps per iteration, must divide among the data-parallel processes."""
+    if backend not in ("auto", "nccl", "gloo"):
+        raise UserError(f"backend must be auto, nccl or gloo, got '{backend}'")
     if "RANK" not in os.environ:
         return Layout(0, 0, 1, runtime.resolve_device(device), distributed=False)
     rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
@@ -133,8 +135,10 @@ def rank_0_decides(layout: Layout, check: Callable[[], None]) -> None:
 
 
 def check_run(layout: Layout, dtype: torch.dtype, fsdp: bool, tp: int, fp8: bool) -> None:
-    """Refuse, before a model is built, a sharded layout that cannot be built (check_layout), or what that does
-    not combine with."""
+    """Refuse, before a model is built, fp8=True where it cannot run, a sharded layout that cannot be built
+    (check_layout), or what that does not combine with."""
+    if fp8:
+        runtime.check_fp8(layout.device)
     check_layout(layout.world, tp, fsdp, layout.distributed)
     if not layout.sharded:
         return
@@ -315,10 +319,10 @@ def wrap(model: GPT, layout: Layout, regions: list[nn.Module], compile: bool, ba
 
 def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all these tensors together, a plain tensor even when they are shards (DTensors)."""
-    return plain(torch.nn.utils.get_total_norm(tensors))
+    return full_tensor(torch.nn.utils.get_total_norm(tensors))
 
 
-def plain(t: torch.Tensor) -> torch.Tensor:
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's whole value as a plain tensor (a norm of shards, say); a plain tensor as it is."""
     return t.full_tensor() if is_sharded(t) else t
 
@@ -329,7 +333,7 @@ def is_sharded(t: Any) -> bool:
     return dtensor is not None and isinstance(t, dtensor.DTensor)
 
 
-def plain_tensors_replicated(sharded: bool) -> contextlib.AbstractContextManager:
+def implicit_replication(sharded: bool) -> contextlib.AbstractContextManager:
     """Where the parameters are DTensors, plain tensors beside them (the fused AdamW's found_inf) count as the
     same value on every process."""
     if not sharded:

@@ -133,7 +133,7 @@ def check_fp8(device: torch.device) -> None:
     if (major, minor) < (8, 9):
         raise UserError(f"fp8=True needs FP8 matrix multiplies (compute capability 8.9 or later: H100, L4, RTX 40xx); "
                         f"{torch.cuda.get_device_name(device)} has {major}.{minor}")
-    configurator.need("torchao", "fp8=True", install="torchao")
+    configurator.require("torchao", "fp8=True", install="torchao")
 
 
 def to_float8(model: torch.nn.Module) -> None:

@@ -67,7 +67,7 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     norm = None
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # a no-op unless float16's scaler is on
-        norm = parallel.plain(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        norm = parallel.full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
     if scaler.is_enabled():  # float16: the scaler skips updates with inf/NaN gradients itself, and rescales
         scaler.step(optimizer)
         scaler.update()
@@ -78,7 +78,7 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = (~applied).float()
         try:
-            with parallel.plain_tensors_replicated(parallel.is_sharded(optimizer.param_groups[0]["params"][0])):
+            with parallel.implicit_replication(parallel.is_sharded(optimizer.param_groups[0]["params"][0])):
                 optimizer.step()
         finally:
             del optimizer.found_inf

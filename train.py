@@ -145,17 +145,6 @@ def check_settings(cfg: TrainConfig) -> None:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             raise UserError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
-    if cfg.backend not in ("auto", "nccl", "gloo"):
-        raise UserError(f"backend must be auto, nccl or gloo, got '{cfg.backend}'")
-
-
-def check_run(cfg: TrainConfig, layout: Layout, dtype: torch.dtype) -> None:
-    """fp8=True where it cannot run, and a layout of processes that cannot be built (parallel.check_run); a dry run
-    accounts the model in one process, whatever the layout."""
-    if cfg.fp8:
-        runtime.check_fp8(layout.device)
-    if not cfg.dry_run:
-        parallel.check_run(layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
 
 
 def check_out_dir(out_dir: str) -> None:
@@ -169,12 +158,12 @@ def check_out_dir(out_dir: str) -> None:
         raise UserError(f"out_dir {out_dir} cannot hold checkpoints: {e.strerror or e}") from None
 
 
-def check_rank_0_needs(cfg: TrainConfig) -> None:
+def check_out_dir_and_wandb(cfg: TrainConfig) -> None:
     """What only rank 0 will need: an out_dir that can hold checkpoints, and wandb when it logs there."""
     if not cfg.eval_only:
         check_out_dir(cfg.out_dir)
     if cfg.wandb_log:
-        configurator.need("wandb", "wandb_log=True")
+        configurator.require("wandb", "wandb_log=True")
 
 
 def warn_if_gpu_recipe_on_cpu(model: GPT, device: torch.device, tokens: int) -> None:
@@ -289,9 +278,6 @@ class Run:
     progress: Progress
     history: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "eval": []})  # for the tests
 
-    @property
-    def tokens_per_iter(self) -> int:
-        return tokens_per_iter(self.cfg, self.model)
 
 
 def tokens_per_iter(cfg: TrainConfig, model: GPT) -> int:
@@ -337,8 +323,8 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
 def save(run: Run, best: bool = False) -> str | None:
     """The run's state as a checkpoint (every process calls this); the path on rank 0."""
     p = run.progress
-    header = checkpoint.Header(asdict(run.model.config), p.iter_num, run.meta, asdict(run.cfg), p.best_val_loss,
-                               p.batch_pos)
+    header = checkpoint.Header(model_args=asdict(run.model.config), iter_num=p.iter_num, meta=run.meta,
+                               config=asdict(run.cfg), best_val_loss=p.best_val_loss, batch_pos=p.batch_pos)
     return checkpoint.save_run(run.cfg.out_dir, run.layout, run.model, run.optimizer, run.scaler, header, best)
 
 
@@ -406,10 +392,11 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, pace: Pace) -> None:
     run.history["train_loss"].append((run.progress.iter_num, loss))
     if not layout.master:
         return
-    mfu = run.model.estimate_mfu(run.tokens_per_iter // layout.world, dt, runtime.peak_flops(layout.device))
+    tokens = tokens_per_iter(run.cfg, run.model)
+    mfu = run.model.estimate_mfu(tokens // layout.world, dt, runtime.peak_flops(layout.device))
     mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
     print(f"iter {run.progress.iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-          f"{run.tokens_per_iter / dt:,.0f} tok/s{mfu_text}{peak_memory(layout.device)}")
+          f"{tokens / dt:,.0f} tok/s{mfu_text}{peak_memory(layout.device)}")
     if pace.steady and not pace.shown:
         remaining = run.cfg.max_iters - run.progress.iter_num
         print(f"at this pace the remaining {remaining:,} iterations take about {duration(remaining * dt)}, "
@@ -520,7 +507,8 @@ def main(argv: list[str]) -> dict[str, list]:
     check_settings(cfg)
     layout = parallel.setup(cfg.device, cfg.backend, cfg.tensor_parallel, cfg.fsdp, cfg.gradient_accumulation_steps)
     dtype = runtime.resolve_dtype(cfg.dtype, layout.device)
-    parallel.refuse_together(layout, check_run, cfg, layout, dtype)
+    if not cfg.dry_run:  # a dry run accounts the model in one process, whatever the layout
+        parallel.refuse_together(layout, parallel.check_run, layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     runtime.enable_tf32(layout.device)
     meta = data_meta(cfg, required=not cfg.dry_run)
@@ -536,7 +524,7 @@ def main(argv: list[str]) -> dict[str, list]:
         print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.world, dtype,
                                  cfg.activation_checkpointing))
         return {"train_loss": [], "eval": []}
-    parallel.rank_0_decides(layout, lambda: check_rank_0_needs(cfg))
+    parallel.rank_0_decides(layout, lambda: check_out_dir_and_wandb(cfg))
     if cfg.cuda_graph and (blocker := graph_blocker(layout.device, layout.distributed, dtype,
                                                     cfg.activation_checkpointing)):
         if layout.master:  # a recipe's hint, as compile is: the run goes on without it
@@ -548,7 +536,7 @@ def main(argv: list[str]) -> dict[str, list]:
     del ckpt  # free its memory before training
     if layout.master:
         print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {layout.device}, {dtype}, "
-              f"{layout.describe(cfg.fsdp)}, {run.tokens_per_iter:,} tokens per iteration")
+              f"{layout.describe(cfg.fsdp)}, {tokens_per_iter(cfg, model):,} tokens per iteration")
     if cfg.wandb_log and layout.master:
         import wandb
 

@@ -119,7 +119,8 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_running(tmp_path: 
     ("--dataset=missing", "meta.json not found"),
     ("--mode=serve", "mode must be train, sample or attention, got 'serve'"),
     ("--vocab_size=0", r"vocab_size must be at least 1 \(or None\), got 0"),
-    ("--vocab_multiple=0", "vocab_multiple must be at least 1, got 0")])
+    ("--vocab_multiple=0", "vocab_multiple must be at least 1, got 0"),
+    ("--backend=mpi", "backend must be auto, nccl or gloo, got 'mpi'")])
 def test_settings_it_cannot_run_are_one_line(flag: str, message: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "run_row", lambda *args: pytest.fail("a row ran"))

@@ -3,7 +3,6 @@ and runs identically (the conversion itself, hf.to_hf, is tested in test_hf), it
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -107,9 +106,8 @@ def test_export_missing_checkpoint_exits_2(tmp_path: Path):
 
 def test_export_refuses_a_checkpoint_without_its_tokenizer(trained: Trained, tmp_path: Path):
     ckpt = torch.load(trained.out_dir / "ckpt.pt", weights_only=True)
-    del ckpt["meta"]
+    del ckpt["meta"]  # what load_model (test_checkpoint) refuses: export writes nothing
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    message = f"checkpoint {tmp_path / 'ckpt.pt'} does not record its tokenizer; refusing to guess one"
-    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+    with pytest.raises(UserError, match=r"does not record its tokenizer; refusing to guess one$"):
         export.main([f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"])
     assert not (tmp_path / "hf").exists()

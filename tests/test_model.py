@@ -212,7 +212,7 @@ def test_alternating_pattern_without_a_window_bands_a_quarter_of_the_context():
     assert resolve_config(attn_pattern="alternating", block_size=64).window_size == 16
     assert resolve_config(attn_pattern="alternating").window_size == 1024 // 4  # GPTConfig's block_size
     assert resolve_config("gpt3-small", attn_pattern="alternating").window_size == 2048 // 4  # the preset's
-    assert [resolve_config(attn_pattern="alternating", block_size=64, n_layer=4).window(i)
+    assert [resolve_config(attn_pattern="alternating", block_size=64, n_layer=4).band(i)
             for i in range(4)] == [None, 16, None, 16]
 
 
@@ -677,8 +677,8 @@ def test_alternating_pattern_bands_every_other_layer_and_counts_fewer_flops():
     base = {"block_size": 256, "n_layer": 4, "n_head": 4, "n_embd": 64}
     banded = tiny_gpt(**base, attn_pattern="alternating", window_size=32)
     dense = tiny_gpt(**base)
-    assert [b.attn.window for b in banded.transformer.h] == [None, 32, None, 32]
-    assert [b.attn.window for b in dense.transformer.h] == [None] * 4
+    assert [b.attn.band for b in banded.transformer.h] == [None, 32, None, 32]
+    assert [b.attn.band for b in dense.transformer.h] == [None] * 4
     assert banded.get_num_params() == dense.get_num_params()  # a pattern, not parameters
     assert dense.flops_per_token() - banded.flops_per_token() == 12 * 64 * (256 - 32) * 2  # two banded layers
 
@@ -719,7 +719,7 @@ def test_a_banded_layer_ignores_keys_outside_its_band():
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=16, block_size=32, n_layer=2, n_head=4, n_embd=32, attn_pattern="alternating",
                     window_size=4)
-    layer = CausalSelfAttention(cfg, window=4).eval()
+    layer = CausalSelfAttention(cfg, band=4).eval()
     x = torch.randn(1, 20, 32)
     x2 = x.clone()
     x2[:, 5] += 1.0  # token 5 is in the band of queries 5..8 only

@@ -91,15 +91,6 @@ def test_sample_loads_the_checkpoint_in_the_working_dtype(trained: Trained):
         assert torch.equal(p, q.to(torch.bfloat16)), name
 
 
-def test_checkpoint_without_tokenizer_is_refused(trained: Trained, tmp_path: Path):
-    ckpt = torch.load(trained.out_dir / "ckpt.pt", weights_only=True)
-    del ckpt["meta"]
-    torch.save(ckpt, tmp_path / "ckpt.pt")
-    message = f"checkpoint {tmp_path / 'ckpt.pt'} does not record its tokenizer; refusing to guess one"
-    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
-        sample.main([f"--out_dir={tmp_path}", "--device=cpu", "--max_new_tokens=2"])
-
-
 # --- sampling controls and continuations --------------------------------------------------------------------------
 
 

@@ -87,24 +87,19 @@ def same_losses(log: tuple[int, str, str], reference: dict[str, list], first: in
     assert compared and all(e[1:] == pytest.approx(expected_evals[e[0]], rel=1e-4) for e in compared), out[-3000:]
 
 
-@pytest.mark.slow
-def test_fsdp_resumes_one_process_checkpoint_and_trains_like_it(runs: Runs):
-    same_losses(runs.logs["fsdp_from_single"], runs.single["gpt2"], 4, 6)
-    assert ", FSDP 2, " in runs.logs["fsdp_from_single"][1]
+# (launch, the one-process run it must match, its first and last iteration, its layout as the log names it):
+# FSDP 2 resumes one process's ckpt.pt; TP 2 trains from scratch; FSDP 2 x TP 2 resumes TP 2's ckpt.dcp, each
+# process reading its shards of the same tensor-parallel degree, with activation checkpointing (which changes no loss)
+LAYOUTS = [("fsdp_from_single", "gpt2", 4, 6, "FSDP 2"), ("tp", "llama", 1, 6, "TP 2"),
+           ("fsdp_tp", "llama", 7, 8, "FSDP 2 x TP 2")]
 
 
 @pytest.mark.slow
-def test_tensor_parallel_trains_like_one_process(runs: Runs):
-    same_losses(runs.logs["tp"], runs.single["llama"], 1, 6)
-    assert ", TP 2, " in runs.logs["tp"][1]
-
-
-@pytest.mark.slow
-def test_fsdp_with_tensor_parallel_resumes_tp_checkpoint_and_trains_like_one_process(runs: Runs):
-    # the same tensor-parallel degree: each process reads its shards of TP 2's checkpoint, now split over 2 x 2;
-    # activation checkpointing changes no loss
-    same_losses(runs.logs["fsdp_tp"], runs.single["llama"], 7, 8)
-    assert ", FSDP 2 x TP 2, " in runs.logs["fsdp_tp"][1]
+@pytest.mark.parametrize(("launch", "single", "first", "last", "layout"), LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_a_sharded_layout_trains_like_one_process(runs: Runs, launch: str, single: str, first: int, last: int,
+                                                   layout: str):
+    same_losses(runs.logs[launch], runs.single[single], first, last)
+    assert f", {layout}, " in runs.logs[launch][1]
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def test_lr_decay_iters_left_unset_ends_the_schedule_with_the_run():
 
 @pytest.mark.parametrize("backend", ["auto", "nccl", "gloo"])
 def test_backend_auto_nccl_or_gloo_is_taken(backend: str):
-    train.check_settings(train.TrainConfig(backend=backend))
+    assert parallel.setup("cpu", backend, 1, False, 1) == parallel.Layout(0, 0, 1, torch.device("cpu"), False)
 
 
 def test_another_backend_is_refused_in_one_line(char_data: CharData, tmp_path: Path):

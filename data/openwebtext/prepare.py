@@ -101,7 +101,7 @@ def write_split(dset: datasets.Dataset, path: str, dtype: str) -> int:
 def main(argv: list[str]) -> None:
     args = configurator.load(Settings, argv)
     if datasets is None:
-        configurator.need("datasets", "data/openwebtext/prepare.py")
+        configurator.require("datasets", "data/openwebtext/prepare.py")
     docs = load_documents(args.input, args.num_proc)
     source = f"local {args.input}" if args.input else f"hub {HUB_DATASET}"
     if len(docs) < 2:
