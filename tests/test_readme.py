@@ -1,7 +1,9 @@
-"""The README's commands: the test command is exactly what CI runs, and the quick start names files that exist."""
+"""The README's commands: the test command is exactly what CI runs, and the quick start names files that exist; and
+docs/results.md holds the tables docs/tables.py makes."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 from conftest import REPO_ROOT
@@ -36,3 +38,12 @@ def test_the_quick_start_samples_from_where_it_trains():
     config = REPO_ROOT / train_line.split()[2]
     out_dir = re.search(r"^out_dir = ['\"](.+?)['\"]", config.read_text(encoding="utf-8"), re.MULTILINE)
     assert out_dir and f"--out_dir={out_dir[1]}" in sample_line.split()
+
+
+def test_the_results_tables_are_what_docs_tables_makes_of_docs_data():
+    spec = importlib.util.spec_from_file_location("docs_tables", REPO_ROOT / "docs" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    results = (REPO_ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert f"{tables.BEGIN}\n{tables.tables()}\n{tables.END}" in results
+    assert "| 51427ac | 1 |" in results and "identical" in results  # the rows and the CPU comparison made it in
