@@ -80,6 +80,7 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
+        """The width of each attention head in use: the head_size setting, else n_embd // n_head."""
         return self.head_size or self.n_embd // self.n_head
 
     @property
