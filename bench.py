@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 import configurator
+import optim
 import parallel
 import runtime
 from configurator import UserError
@@ -77,6 +78,7 @@ class BenchConfig(ModelSettings):
     iters: int = 20  # train: timed steps
     gradient_accumulation_steps: int = 1  # train
     grad_clip: float = 1.0  # train, as train.py: clipping costs an unscale and a norm per step; 0 disables
+    optimizer: str = "adamw"  # train: adamw | muon, as train.py builds them
     activation_checkpointing: bool = False  # train: recompute each block in the backward pass
     fp8: bool = False  # train: FP8 matrix multiplies (torchao's float8 training, as train.py --fp8=True)
     fsdp: bool = False  # train, under torchrun: FSDP2, as train.py --fsdp=True
@@ -127,8 +129,8 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
     with torch.device(device) if layout.sharded else contextlib.nullcontext():  # as train.py builds it
         model = GPT(model_cfg)
     regions = parallel.place(model, layout, dtype, cfg.fsdp, cfg.activation_checkpointing, compiled, cfg.fp8)
-    # nanoGPT's AdamW settings (train.py's defaults): the values do not change the time of a step
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
+    # train.py's default rates: the values do not change the time of a step
+    optimizer = optim.build(model, cfg.optimizer, 6e-4, 0.1, (0.9, 0.95), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ctx = runtime.autocast(device, dtype)
     T = model_cfg.block_size
@@ -253,6 +255,8 @@ def check(cfg: BenchConfig) -> None:
             raise UserError(f"{name} must be at least {low}, got {getattr(cfg, name)}")
     if cfg.mode == "sample" and cfg.dataset:
         raise UserError("mode=sample times random prompts: drop --dataset")
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise UserError(f"optimizer must be adamw or muon, got '{cfg.optimizer}'")
     if cfg.vocab_size is not None and cfg.vocab_size < 1:
         raise UserError(f"vocab_size must be at least 1 (or None), got {cfg.vocab_size}")
 

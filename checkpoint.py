@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 import configurator
+import optim
 import parallel
 from configurator import UserError
 from model import GPT, GPTConfig
@@ -448,9 +449,9 @@ class ConvertConfig:
 def to_single_file(path: str) -> Checkpoint:
     """The sharded checkpoint at path as ckpt.pt holds it: its optimizer state keyed by position."""
     ckpt = read_sharded(path)
-    with torch.device("meta"):  # shapes only: the parameter order the optimizer of this model has
+    with torch.device("meta"):  # shapes only: the parameter order the run's optimizer has
         model = GPT(ckpt.header.model_config())
-    optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), "cpu")
+    optimizer = optim.build(model, ckpt.header.config.get("optimizer", "adamw"), 1.0, 0.0, (0.9, 0.95), "cpu")
     ckpt.optimizer = optimizer_by_position(ckpt.optimizer, optimizer_names(model, optimizer))
     return ckpt
 

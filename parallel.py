@@ -327,6 +327,16 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if is_sharded(t) else t
 
 
+def same_shards_as(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """whole, a plain tensor of like's full shape, as a DTensor sharded as like is, where like is one: each process
+    keeps its own part of the value they all computed alike (no communication). A plain like: whole itself."""
+    if not is_sharded(like):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
+
+
 def is_sharded(t: Any) -> bool:
     """Whether t is a DTensor. Without importing DTensor: a process whose model has DTensors has imported it."""
     dtensor = sys.modules.get("torch.distributed.tensor")

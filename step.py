@@ -63,7 +63,8 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
                  loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
     """Clip the gradients and step, unless the loss or the gradient norm is NaN or inf: then the update is skipped,
     and the weights stay as they were. Returns whether it was applied, a device tensor. The fused AdamW (CUDA)
-    skips inside its kernel, told by found_inf as GradScaler tells it: no wait for the device."""
+    skips inside its kernel, told by found_inf as GradScaler tells it, and so does optim.Muon: no wait for the
+    device."""
     norm = None
     if grad_clip > 0:
         scaler.unscale_(optimizer)  # a no-op unless float16's scaler is on
@@ -75,13 +76,13 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scale
     if norm is None:
         norm = parallel.total_norm([p.grad for p in model.parameters() if p.grad is not None])
     applied = torch.isfinite(loss) & torch.isfinite(norm)  # the norm is the same on every DDP process
-    if optimizer.defaults.get("fused"):
+    if optimizer.defaults.get("fused") or getattr(optimizer, "skips_on_device", False):
         optimizer.found_inf = (~applied).float()
         try:
             with parallel.implicit_replication(parallel.is_sharded(optimizer.param_groups[0]["params"][0])):
                 optimizer.step()
         finally:
-            del optimizer.found_inf
+            optimizer.found_inf = None
     elif applied:  # other optimizers need the answer on the host: one wait per step (on a CPU, none)
         optimizer.step()
     return applied
@@ -171,11 +172,14 @@ def set_capturable(optimizer: torch.optim.Optimizer, device: torch.device, on: b
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate for this step: each group's rate is lr times its lr_scale (optim.build: Muon's
+    matrices have a rate of their own), or lr where a group has none."""
     for group in optimizer.param_groups:
+        rate = lr * group.get("lr_scale", 1.0)
         if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
+            group["lr"].fill_(rate)
         else:
-            group["lr"] = lr
+            group["lr"] = rate
 
 
 class Watchdog:

@@ -34,6 +34,7 @@ import accounting
 import checkpoint
 import configurator
 import hf
+import optim
 import parallel
 import runtime
 from configurator import UserError
@@ -84,21 +85,28 @@ class TrainConfig(ModelSettings):
     # fewer than all of them needs fsdp=True (e.g. 4 processes = FSDP 2 x TP 2)
     dry_run: bool = False  # print the model, batch arithmetic and memory estimate, then exit
 
-    # AdamW
-    learning_rate: float = 6e-4  # peak learning rate, after warmup
+    # the optimizer: AdamW, or Muon for the blocks' matrices with AdamW for the rest (optim.py)
+    optimizer: str = "adamw"  # adamw | muon
+    learning_rate: float = 6e-4  # peak learning rate, after warmup (with muon: of the AdamW part)
     max_iters: int = 600000  # optimizer steps in all
     weight_decay: float = 1e-1  # AdamW weight decay, on matrices and embeddings only
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
+    muon_lr: float = 0.02  # muon: the peak learning rate of the blocks' matrices (the schedule scales it alike)
+    muon_momentum: float = 0.95  # muon: the momentum of the blocks' matrices
     grad_clip: float = 1.0  # 0 disables clipping
     max_skipped_steps: int = 10  # updates skipped in a row (NaN/inf loss or gradients) that stop the run; 0: never
 
-    # learning-rate schedule: linear warmup, cosine decay to min_lr
+    # learning-rate schedule: linear warmup, then cosine decay to min_lr, or (wsd) a stable rate and a linear decay
     decay_lr: bool = True  # False: a constant learning_rate
+    lr_schedule: str = "cosine"  # cosine | wsd (warmup, stable, decay: Hu et al. 2024)
     warmup_iters: int = 2000  # linear warmup over this many iterations
-    lr_decay_iters: int | None = None  # cosine decay to min_lr ends here; None: at max_iters (a resumed run with
+    lr_decay_iters: int | None = None  # the decay to min_lr ends here; None: at max_iters (a resumed run with
     # another max_iters then decays to its own)
+    decay_fraction: float = 0.4  # wsd: the share of lr_decay_iters spent decaying linearly, at its end
     min_lr: float = 6e-5  # the learning rate after decay (usually learning_rate / 10)
+    target_val_loss: float | None = None  # stop at the first evaluation at or below this val loss, save, and say
+    # how many steps, tokens, seconds and GPU-hours it took
 
     # system
     backend: str = "auto"  # under torchrun: auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
@@ -116,13 +124,20 @@ class TrainConfig(ModelSettings):
 
 
 def get_lr(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup over warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    """Linear warmup over warmup_iters; then either a cosine decay to min_lr at lr_decay_iters, or (wsd) the peak
+    rate until the last decay_fraction of lr_decay_iters and a linear decay to min_lr over it; then min_lr."""
     if not cfg.decay_lr:
         return cfg.learning_rate
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if it >= cfg.lr_decay_iters:
         return cfg.min_lr
+    if cfg.lr_schedule == "wsd":
+        decay_start = max(cfg.warmup_iters, cfg.lr_decay_iters - round(cfg.decay_fraction * cfg.lr_decay_iters))
+        if it < decay_start:
+            return cfg.learning_rate
+        progress = (it - decay_start) / max(1, cfg.lr_decay_iters - decay_start)
+        return cfg.learning_rate + progress * (cfg.min_lr - cfg.learning_rate)
     progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
@@ -142,9 +157,15 @@ def check_settings(cfg: TrainConfig) -> None:
                  "lr_decay_iters"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be at least 0, got {getattr(cfg, name)}")
-    for name in ("beta1", "beta2"):
+    for name in ("beta1", "beta2", "muon_momentum"):
         if not 0 <= getattr(cfg, name) < 1:
             raise UserError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    for name, allowed in (("optimizer", ("adamw", "muon")), ("lr_schedule", ("cosine", "wsd"))):
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"{name} must be {' or '.join(allowed)}, got '{getattr(cfg, name)}'")
+    if not 0 <= cfg.decay_fraction <= 1 or cfg.muon_lr < 0:
+        raise UserError(f"decay_fraction must be in [0, 1] and muon_lr at least 0, got {cfg.decay_fraction} and "
+                        f"{cfg.muon_lr}")
 
 
 def check_out_dir(out_dir: str) -> None:
@@ -198,10 +219,15 @@ def model_config(cfg: TrainConfig, meta: dict[str, Any]) -> GPTConfig:
         raise UserError(str(e)) from None
 
 
-def check_resume(cfg: TrainConfig, model_args: dict[str, Any]) -> None:
-    """Refuse settings that would build another model than the checkpoint's (ModelSettings.conflicts)."""
+def check_resume(cfg: TrainConfig, header: checkpoint.Header) -> None:
+    """Refuse settings that would build another model than the checkpoint's (ModelSettings.conflicts), or another
+    optimizer than the one whose state it holds."""
+    trained_with = header.config.get("optimizer", "adamw")  # checkpoints from before Muon: AdamW's
+    if trained_with != cfg.optimizer:
+        raise UserError(f"the checkpoint in {cfg.out_dir} holds {trained_with}'s state, the settings ask for "
+                        f"optimizer={cfg.optimizer}: resume with optimizer={trained_with}")
     try:
-        conflicts = cfg.conflicts(model_args)
+        conflicts = cfg.conflicts(header.model_args)
     except ValueError as e:
         raise UserError(str(e)) from None
     if conflicts:
@@ -228,7 +254,7 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
         if trained_on != meta["tokenizer"]:
             raise UserError(f"the checkpoint was trained on {trained_on} tokens, {data_dir} has "
                             f"{meta['tokenizer']} tokens")
-        check_resume(cfg, ckpt.header.model_args)
+        check_resume(cfg, ckpt.header)
         if sharded:
             with torch.device(device):
                 return GPT(ckpt.header.model_config(dropout=cfg.dropout)), ckpt
@@ -277,6 +303,7 @@ class Run:
     evals: dict[str, EvalBatches]  # the same batches at every evaluation
     progress: Progress
     history: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "eval": []})  # for the tests
+    launched: float = field(default_factory=time.perf_counter)  # when main started (a perf_counter reading)
 
 
 
@@ -294,7 +321,8 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
         raise UserError(f"{os.path.join(cfg.data_root, cfg.dataset)} has {meta['vocab_size']} token ids, the model "
                         f"only {model.config.vocab_size}")
     regions = parallel.place(model, layout, dtype, cfg.fsdp, cfg.activation_checkpointing, cfg.compile, cfg.fp8)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device.type)
+    optimizer = optim.build(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                            device.type, cfg.muon_lr, cfg.muon_momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     progress = Progress()
     if ckpt is not None:
@@ -332,8 +360,9 @@ def save(run: Run, best: bool = False) -> str | None:
 # what the loop does at its evaluations and log lines, and when asked to stop
 
 
-def evaluate_and_save(run: Run, lr: float) -> None:
-    """Evaluate, log (rank 0), and save a checkpoint if val loss improved (or always_save_checkpoint)."""
+def evaluate_and_save(run: Run, lr: float) -> bool:
+    """Evaluate, log (rank 0), and save a checkpoint if val loss improved (or always_save_checkpoint, or the
+    target is reached). Returns whether the val loss reached target_val_loss."""
     cfg, layout, progress = run.cfg, run.layout, run.progress
     losses = estimate_loss(run.eval_model, run.evals, layout.device, run.ctx, layout.dp_rank, layout.dp_world,
                            train_graph=cfg.compile and not cfg.dropout, show=layout.master)
@@ -346,12 +375,26 @@ def evaluate_and_save(run: Run, lr: float) -> None:
 
             wandb.log({"iter": progress.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
     improved = losses["val"] < progress.best_val_loss
-    if (improved or cfg.always_save_checkpoint) and progress.iter_num > 0 and not cfg.eval_only:
+    reached = cfg.target_val_loss is not None and losses["val"] <= cfg.target_val_loss
+    if (improved or cfg.always_save_checkpoint or reached) and progress.iter_num > 0 and not cfg.eval_only:
         progress.best_val_loss = min(progress.best_val_loss, losses["val"])
         path = save(run, best=improved)
         if layout.master:
             best = checkpoint.SHARDED[checkpoint.BEST_FILE] if layout.sharded else checkpoint.BEST_FILE
             print(f"saved checkpoint to {path}" + (f" (the best so far, also {best})" if improved else ""))
+    if reached and layout.master:
+        print(target_report(run, losses["val"]), flush=True)
+    return reached
+
+
+def target_report(run: Run, val_loss: float) -> str:
+    """The speedrun's measure of reaching target_val_loss: steps, tokens, wall time since launch, device-hours."""
+    seconds = time.perf_counter() - run.launched
+    tokens = run.progress.iter_num * tokens_per_iter(run.cfg, run.model)
+    device = "GPU" if run.layout.device.type == "cuda" else run.layout.device.type.upper()
+    return (f"target val loss {run.cfg.target_val_loss} reached: {val_loss:.4f} at iter {run.progress.iter_num}, "
+            f"{tokens:,} tokens, {seconds:.1f} s from launch, {seconds * run.layout.world / 3600:.4f} "
+            f"{device}-hours ({run.layout.world} {device}(s))")
 
 
 def peak_memory(device: torch.device) -> str:
@@ -472,8 +515,10 @@ def train(run: Run) -> None:
             # step and its evaluation
             due = progress.iter_num % cfg.eval_interval == 0 or progress.iter_num == cfg.max_iters
             if cfg.eval_only or (due and (progress.iter_num > 0 or cfg.eval_at_start)):
-                evaluate_and_save(run, lr)
+                reached = evaluate_and_save(run, lr)
                 pace.restart(step.steady)  # evaluation time is not training time
+                if reached:
+                    return
             if progress.iter_num >= cfg.max_iters or cfg.eval_only:
                 return
 
@@ -503,6 +548,7 @@ def train(run: Run) -> None:
 
 def main(argv: list[str]) -> dict[str, list]:
     """Train as the settings say; returns the history of training and evaluation losses."""
+    launched = time.perf_counter()
     cfg = configurator.load(TrainConfig, argv)
     check_settings(cfg)
     layout = parallel.setup(cfg.device, cfg.backend, cfg.tensor_parallel, cfg.fsdp, cfg.gradient_accumulation_steps)
@@ -533,6 +579,7 @@ def main(argv: list[str]) -> dict[str, list]:
     if layout.master:
         warn_if_gpu_recipe_on_cpu(model, layout.device, tokens_per_iter(cfg, model))
     run = start_run(cfg, layout, meta, model, ckpt, dtype)
+    run.launched = launched
     del ckpt  # free its memory before training
     if layout.master:
         print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {layout.device}, {dtype}, "

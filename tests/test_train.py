@@ -92,6 +92,40 @@ def test_lr_cosine_midpoint():
     assert train.get_lr(mid, cfg) == pytest.approx((cfg.learning_rate + cfg.min_lr) / 2, rel=1e-12)
 
 
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction():
+    cfg = train.TrainConfig(lr_schedule="wsd", learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=100,
+                            max_iters=100, decay_fraction=0.4)
+    # by hand: warmup (it + 1) / 11; stable at 1.0 from 10 to 59; from 60 to 100 a straight line from 1.0 to 0.1
+    hand = {0: 1 / 11, 9: 10 / 11, 10: 1.0, 59: 1.0, 60: 1.0, 70: 1.0 - 0.9 * 10 / 40, 80: 0.55,
+            99: 1.0 - 0.9 * 39 / 40, 100: 0.1, 150: 0.1}
+    assert {it: train.get_lr(it, cfg) for it in hand} == pytest.approx(hand, rel=1e-12)
+
+
+def test_wsd_with_no_decay_fraction_stays_at_the_peak_until_the_end():
+    cfg = train.TrainConfig(lr_schedule="wsd", learning_rate=0.5, min_lr=0.0, warmup_iters=0, max_iters=20,
+                            decay_fraction=0.0)
+    assert [train.get_lr(it, cfg) for it in (0, 10, 19)] == [0.5, 0.5, 0.5]
+    assert train.get_lr(20, cfg) == 0.0
+
+
+def test_the_run_stops_at_the_target_val_loss_and_reports_it(char_data: CharData, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]):
+    # an eval at each of iters 2, 4, ...: the first at or below the target ends the run, with a checkpoint
+    free = train.main(tiny_flags(char_data, tmp_path / "free", max_iters=12, eval_interval=2))
+    vals = {i: v for i, _, v in free["eval"]}
+    target = vals[6] + 1e-6  # reached at iter 6 (the loss falls steadily here)
+    assert all(v > target for i, v in vals.items() if i < 6)
+    capsys.readouterr()
+    run = train.main(tiny_flags(char_data, tmp_path / "target", max_iters=12, eval_interval=2, target_val_loss=target,
+                                always_save_checkpoint=False))
+    out = capsys.readouterr().out
+    assert [i for i, _, _ in run["eval"]] == [2, 4, 6] and run["train_loss"][-1][0] == 6
+    line = next(line for line in out.splitlines() if line.startswith("target val loss"))
+    assert re.fullmatch(rf"target val loss {target} reached: {vals[6]:.4f} at iter 6, {6 * 8 * 32:,} tokens, "
+                        r"[\d.]+ s from launch, [\d.]+ CPU-hours \(1 CPU\(s\)\)", line), line
+    assert checkpoint.read(str(tmp_path / "target")).header.iter_num == 6
+
+
 def test_lr_decays_monotonically_to_min_lr():
     cfg = schedule()
     lrs = [train.get_lr(it, cfg) for it in range(cfg.warmup_iters, cfg.lr_decay_iters + 1)]

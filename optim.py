@@ -1,0 +1,135 @@
+"""The optimizers a run can take: nanoGPT's AdamW (GPT.configure_optimizers: weight decay on matrices and
+embeddings only), or Muon for the blocks' weight matrices with AdamW for everything else, in one optimizer.
+
+Muon (Jordan et al. 2024, "Muon: MomentUm Orthogonalized by Newton-Schulz"; Bernstein & Newhouse 2024): each
+2-D weight matrix of a block takes SGD-momentum's update orthogonalised, its singular values pushed towards 1 by a
+few Newton-Schulz iterations, so that no direction of the update dominates. The token and position embeddings,
+the output head and the 1-D parameters (norm gains, biases) are not hidden-layer matrices: AdamW updates them.
+Both live in one torch.optim.Optimizer, so a checkpoint holds one optimizer state, keyed as AdamW's is.
+
+Sharded weights (FSDP, tensor parallelism) are DTensors: each process gathers the whole momentum matrix,
+orthogonalises it (the same result on every process) and keeps its own shard of the update. That is simple and
+exact; it costs one all-gather per matrix per step, like FSDP's own gathering of the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import parallel
+from model import GPT
+
+# the quintic Newton-Schulz coefficients of Jordan et al. 2024: they push singular values in (0, 1] into
+# roughly [0.7, 1.2] in five steps, which trains as well as exact orthogonalisation at a fraction of its cost
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+
+
+def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
+    """The matrix g (m, n) with its singular values pushed towards 1 and its singular vectors kept: approximately
+    U V^T for g = U S V^T. Computed in bfloat16 on the smaller Gram matrix."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.bfloat16()
+    tall = x.size(0) > x.size(1)
+    if tall:  # X X^T is then the smaller product
+        x = x.T
+    x = x / (x.norm() + 1e-7)  # the spectral norm is at most the Frobenius norm: singular values now <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the param groups marked `muon`, AdamW for the others (see the module's docstring). Group settings:
+    lr, weight_decay (decoupled, as AdamW's), and momentum (Muon) or betas and eps (AdamW). A learning rate may
+    be a tensor on the device (step.set_capturable): the step then reads no number from the device, and a CUDA
+    graph can hold it. found_inf, when set (a 0-dim float tensor: 1 for a step to skip), makes the step leave
+    the weights and every state as they were, on the device, without asking the host."""
+
+    skips_on_device = True  # step.apply_update tells it through found_inf, as the fused AdamW
+
+    def __init__(self, groups: list[dict[str, Any]], lr: float, momentum: float = 0.95,
+                 betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        defaults = {"lr": lr, "momentum": momentum, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "muon": False, "capturable": False}
+        super().__init__(groups, defaults)
+        self.found_inf: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        keep = None if self.found_inf is None else self.found_inf == 0  # 0-dim bool: apply this step
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    for name in ("momentum_buffer",) if group["muon"] else ("exp_avg", "exp_avg_sq"):
+                        state[name] = torch.zeros_like(p)
+                if group["muon"]:
+                    update = muon_update(p.grad, state["momentum_buffer"], group["momentum"], keep)
+                    update = parallel.same_shards_as(update, p)
+                else:
+                    update = adam_update(p.grad, state, group["betas"], group["eps"], keep)
+                if group["weight_decay"]:
+                    update = update + group["weight_decay"] * p
+                assign(p, p - group["lr"] * update, keep)
+                assign(state["step"], state["step"] + 1, keep)
+
+
+def muon_update(grad: torch.Tensor, buf: torch.Tensor, beta: float, keep: torch.Tensor | None) -> torch.Tensor:
+    """Nesterov momentum (buf updated in place), orthogonalised and scaled by sqrt(max(1, rows / cols)), so that a
+    tall matrix's update has the per-element size of a square one's. A sharded matrix is gathered first: the
+    whole update comes back, for the caller to keep its shard."""
+    momentum = buf * beta + grad
+    assign(buf, momentum, keep)
+    direction = parallel.full_tensor(grad + beta * momentum)  # Nesterov: the gradient plus the next momentum
+    return newton_schulz(direction) * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
+
+
+def adam_update(grad: torch.Tensor, state: dict[str, Any], betas: tuple[float, float], eps: float,
+                keep: torch.Tensor | None) -> torch.Tensor:
+    """Adam's step direction (the moments in state updated in place), bias-corrected for the step about to be
+    taken."""
+    beta1, beta2 = betas
+    step = state["step"] + 1
+    exp_avg = state["exp_avg"] * beta1 + (1 - beta1) * grad
+    exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
+    assign(state["exp_avg"], exp_avg, keep)
+    assign(state["exp_avg_sq"], exp_avg_sq, keep)
+    return exp_avg / (1 - beta1**step) / ((exp_avg_sq / (1 - beta2**step)).sqrt() + eps)
+
+
+def assign(target: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None) -> None:
+    """target = value, in place; where keep is False (a skipped step), target stays as it was."""
+    target.copy_(value if keep is None else torch.where(keep, value, target))
+
+
+def muon_groups(model: GPT, weight_decay: float, muon_lr: float, adam_lr: float) -> list[dict[str, Any]]:
+    """The blocks' 2-D weight matrices for Muon (not decayed); AdamW for the embeddings and the head (decayed, as
+    nanoGPT decays them) and for every 1-D parameter (not decayed). Each parameter in exactly one group."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight once
+    hidden = [p for n, p in named if p.dim() == 2 and n.startswith("transformer.h.")]
+    chosen = {id(p) for p in hidden}
+    return [{"params": hidden, "muon": True, "lr": muon_lr, "weight_decay": 0.0},
+            {"params": [p for _, p in named if p.dim() >= 2 and id(p) not in chosen], "lr": adam_lr,
+             "weight_decay": weight_decay},
+            {"params": [p for _, p in named if p.dim() < 2], "lr": adam_lr, "weight_decay": 0.0}]
+
+
+def build(model: GPT, name: str, learning_rate: float, weight_decay: float, betas: tuple[float, float],
+          device_type: str, muon_lr: float = 0.02, muon_momentum: float = 0.95) -> torch.optim.Optimizer:
+    """The optimizer `name` (adamw | muon) for the model. Every group records lr_scale, its learning rate over
+    learning_rate: the schedule (step.set_lr) sets each group's rate to the scheduled rate times it."""
+    if name == "adamw":
+        optimizer = model.configure_optimizers(weight_decay, learning_rate, betas, device_type)
+    else:
+        optimizer = Muon(muon_groups(model, weight_decay, muon_lr, learning_rate), learning_rate, muon_momentum,
+                         betas)
+    for group in optimizer.param_groups:
+        group["lr_scale"] = group["lr"] / learning_rate if learning_rate else 0.0
+    return optimizer

@@ -1,0 +1,139 @@
+"""optim.py: Muon's update against a reference written here from the algorithm (Jordan et al. 2024), its AdamW part
+against torch.optim.AdamW, the parameter groups, a skipped step that changes nothing, and exact resume; the
+schedules against hand values and the target loss's stop live in test_train.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import optim
+import step
+import train
+from conftest import CharData, tiny_flags, tiny_gpt
+
+
+def reference_orthogonalise(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The quintic Newton-Schulz iteration as the paper writes it, in float64: X <- a X + b (X X^T) X +
+    c (X X^T)^2 X from X = G / ||G||_F, on the wide orientation, coefficients (3.4445, -4.7750, 2.0315)."""
+    x = g.double()
+    wide = x.shape[0] <= x.shape[1]
+    x = x if wide else x.T
+    x = x / x.norm()
+    for _ in range(steps):
+        a = x @ x.T
+        x = 3.4445 * x - 4.7750 * a @ x + 2.0315 * a @ a @ x
+    return x if wide else x.T
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (6, 16), (24, 8)])
+def test_newton_schulz_is_the_papers_iteration_and_nearly_orthogonal(shape: tuple[int, int]):
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    ours = optim.newton_schulz(g)
+    torch.testing.assert_close(ours.double(), reference_orthogonalise(g), atol=0.03, rtol=0)  # bfloat16's error
+    singular = torch.linalg.svdvals(ours.float())
+    assert singular.min() > 0.5 and singular.max() < 1.3  # pushed towards 1, as the iteration is tuned to
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    cosine = (ours.float() * (u @ vh)).sum() / (ours.float().norm() * (u @ vh).norm())
+    assert cosine > 0.95  # the direction of U V^T, the exact orthogonalisation
+
+
+def test_muon_steps_a_matrix_as_the_algorithm_says():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 16))
+    start = w.detach().clone()
+    lr, beta = 0.05, 0.9
+    opt = optim.Muon([{"params": [w], "muon": True}], lr=lr, momentum=beta)
+    grads = [torch.randn(6, 16) for _ in range(3)]
+    expected, buf = start.double(), torch.zeros(6, 16, dtype=torch.float64)
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        buf = beta * buf + g.double()  # SGD momentum, then Nesterov's look-ahead
+        expected = expected - lr * reference_orthogonalise(g.double() + beta * buf)  # wide: no rescaling
+    torch.testing.assert_close(w.detach().double(), expected, atol=0.01, rtol=0)
+    assert not torch.allclose(w.detach(), start, atol=0.01)
+
+
+def test_a_tall_matrix_update_is_scaled_by_the_root_of_its_aspect_ratio():
+    g = torch.randn(24, 6, generator=torch.Generator().manual_seed(1))
+    w = torch.nn.Parameter(torch.zeros(24, 6))
+    w.grad = g
+    optim.Muon([{"params": [w], "muon": True}], lr=1.0, momentum=0.0).step()
+    torch.testing.assert_close(-w.detach().double(), reference_orthogonalise(g) * 2.0, atol=0.06, rtol=0)
+
+
+def test_the_adamw_part_steps_as_torch_adamw():
+    model_a, model_b = tiny_gpt(seed=3), tiny_gpt(seed=3)
+    decay = {"lr": 1e-2, "betas": (0.9, 0.95), "weight_decay": 0.1}
+    ours = optim.Muon([{"params": list(model_a.parameters())}], **decay)
+    theirs = torch.optim.AdamW(model_b.parameters(), eps=1e-8, foreach=False, **decay)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(3):  # the same gradients for both: the optimizers alone are compared
+        for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        ours.step()
+        theirs.step()
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_each_parameter_is_in_exactly_one_group_muon_taking_the_blocks_matrices(tie: bool):
+    model = tiny_gpt(tie_embeddings=tie)
+    groups = optim.muon_groups(model, weight_decay=0.1, muon_lr=0.02, adam_lr=1e-3)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # none twice, none missing
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for p in groups[0]["params"]}
+    assert groups[0]["muon"] and muon == {n for n, p in model.named_parameters()
+                                          if p.dim() == 2 and n.startswith("transformer.h.")}
+    decayed = {names[id(p)] for p in groups[1]["params"]}
+    assert decayed == {"transformer.wte.weight", "transformer.wpe.weight"} | ({"lm_head.weight"} if not tie else set())
+    assert all(p.dim() == 1 for p in groups[2]["params"]) and groups[2]["weight_decay"] == 0.0
+
+
+def test_a_skipped_step_changes_no_weight_and_no_state():
+    model = tiny_gpt(seed=4)
+    opt = optim.build(model, "muon", 1e-3, 0.1, (0.9, 0.95), "cpu")
+    x = torch.randint(64, (2, 32), generator=torch.Generator().manual_seed(5))
+    model(x, x)[1].backward()
+    opt.step()  # a state to keep
+    before = ({k: v.clone() for k, v in model.state_dict().items()},
+              {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()})
+    model(x, x)[1].backward()
+    opt.found_inf = torch.ones(())
+    opt.step()
+    assert all(torch.equal(v, before[0][k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, before[1][id(p)][k]) for p, s in opt.state.items() for k, v in s.items())
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert not all(torch.equal(v, before[0][k]) for k, v in model.state_dict().items())
+
+
+def test_build_gives_each_group_its_share_of_the_schedule():
+    opt = optim.build(tiny_gpt(), "muon", 1e-3, 0.1, (0.9, 0.95), "cpu", muon_lr=0.02)
+    assert [g["lr_scale"] for g in opt.param_groups] == pytest.approx([20.0, 1.0, 1.0])
+    step.set_lr(opt, 5e-4)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
+
+
+def test_a_muon_run_resumes_exactly(char_data: CharData, tmp_path: Path):
+    flags = {"optimizer": "muon", "eval_interval": 3, "learning_rate": 3e-3}
+    whole = train.main(tiny_flags(char_data, tmp_path / "whole", max_iters=6, **flags))
+    train.main(tiny_flags(char_data, tmp_path / "half", max_iters=3, **flags))
+    shutil.copytree(tmp_path / "half", tmp_path / "resumed")
+    resumed = train.main(tiny_flags(char_data, tmp_path / "resumed", max_iters=6, init_from="resume", **flags))
+    assert resumed["train_loss"] == whole["train_loss"][3:]
+    assert resumed["eval"] == whole["eval"]  # the resumed run evaluates at iter 3 too, where it starts
+
+
+def test_resuming_with_another_optimizer_is_one_line(char_data: CharData, tmp_path: Path):
+    train.main(tiny_flags(char_data, tmp_path, max_iters=2, eval_interval=2))
+    with pytest.raises(train.UserError, match=r"holds adamw's state, the settings ask for optimizer=muon: resume "
+                                                r"with optimizer=adamw$"):
+        train.main(tiny_flags(char_data, tmp_path, max_iters=4, init_from="resume", optimizer="muon"))
