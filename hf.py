@@ -27,9 +27,10 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 
 # What GPT-2 needs of each architecture switch: a value, or (a test of the config, what it needs) for settings
 # whose default is derived. Only settings the config has are checked: a new switch is covered once listed here.
+# zero_init_proj is not: it is an init, and the weights it leads to are GPT-2 weights like any others.
 GPT2_REQUIRES: dict[str, Any] = {
     "norm": "layernorm", "post_norm": False, "mlp": "gelu", "pos_emb": "learned", "parallel_block": False,
-    "tie_embeddings": True, "attn_pattern": "dense",
+    "tie_embeddings": True, "attn_pattern": "dense", "qk_norm": False, "logit_softcap": None,
     "n_kv_head": (lambda c: c.kv_heads == c.n_head, "n_head"),
     "head_size": (lambda c: c.head_dim * c.n_head == c.n_embd, "n_embd // n_head"),
     "mlp_hidden": (lambda c: c.hidden == 4 * c.n_embd, "4 * n_embd"),

@@ -1,15 +1,19 @@
 """A GPT language model: GPT-2 by default, with parameter names that map one to one onto HF's GPT-2, and the
 switches of its family: GPT-1's post-norm, RMSNorm, SwiGLU, rotary positions, grouped-query attention, a head
-size of its own, GPT-3's alternating dense and locally banded attention, PaLM's parallel block, untied embeddings.
+size of its own, GPT-3's alternating dense and locally banded attention, PaLM's parallel block, untied embeddings;
+and four tricks of recent small-model training: query-key normalisation, a squared-ReLU MLP, soft-capped logits and
+zero-initialised residual projections.
 
-Read top to bottom in GPT-2's order: the config and its presets, norms and positions, attention, MLP, Block, GPT.
+Read top to bottom in GPT-2's order: the config and its presets, norms and positions, attention, MLP, Block, head, GPT.
 Decoding with a KV cache lives in generate.py; this file holds the network only and imports no project module.
 
 References: Radford et al. 2018/2019 (GPT-1, GPT-2: pre-LayerNorm, residual projections scaled by 1/sqrt(2*n_layer)),
 Vaswani et al. 2017 (attention), Zhang & Sennrich 2019 (RMSNorm), Shazeer 2020 (SwiGLU), Su et al. 2021 (RoPE),
 Shazeer 2019 / Ainslie et al. 2023 (multi-/grouped-query attention), Brown et al. 2020 and Child et al. 2019
 (GPT-3's banded layers, from the Sparse Transformer), Chowdhery et al. 2022 (PaLM: parallel
-blocks, no biases), Kaplan et al. 2020 / PaLM appendix B (FLOPs per token for MFU).
+blocks, no biases), Kaplan et al. 2020 / PaLM appendix B (FLOPs per token for MFU), Henry et al. 2020 and
+Dehghani et al. 2023 (query-key normalisation), So et al. 2021 (Primer: squared ReLU), Gemma Team 2024 (Gemma 2:
+soft-capped logits), Jordan et al. 2024 (modded-nanogpt: zero-initialised projections, soft caps, ReLU^2).
 """
 
 from __future__ import annotations
@@ -45,12 +49,15 @@ class GPTConfig:
     # None with attn_pattern="alternating": block_size // 4 (the paper gives no width)
     norm: str = "layernorm"  # layernorm | rmsnorm
     post_norm: bool = False  # normalise after each residual add (GPT-1, the original Transformer); no final norm
-    mlp: str = "gelu"  # gelu | relu | swiglu
+    mlp: str = "gelu"  # gelu | relu | relu2 (squared ReLU) | swiglu
     mlp_hidden: int | None = None  # None: 4 * n_embd; for swiglu 2/3 of that, rounded up to a multiple of 256
     pos_emb: str = "learned"  # learned | rope | none
     rope_base: float = 10000.0
     parallel_block: bool = False  # PaLM: x + attn(norm(x)) + mlp(norm(x)), one norm per block
     tie_embeddings: bool = True  # lm_head shares the token embedding (GPT-2); False: a matrix of its own
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (a learned gain per head dimension)
+    logit_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma 2); None: as they are
+    zero_init_proj: bool = False  # the residual projections (c_proj) start at zero, not GPT-2's scaled normal
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -62,21 +69,27 @@ class GPTConfig:
             raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head size, got {self.head_dim}")
-        choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "relu", "swiglu"),
+        choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "relu", "relu2", "swiglu"),
                    "pos_emb": ("learned", "rope", "none"), "attn_pattern": ("dense", "alternating")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'")
+        self._set_window()
+        if self.post_norm and self.parallel_block:
+            raise ValueError("post_norm with parallel_block is not supported: parallel blocks are pre-norm")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.logit_softcap is not None and not 0.0 < self.logit_softcap < math.inf:
+            raise ValueError(f"logit_softcap must be a positive number (or None), got {self.logit_softcap}")
+
+    def _set_window(self) -> None:
+        """The band of attn_pattern='alternating': block_size // 4 unless given; refused for a dense pattern."""
         if self.attn_pattern == "alternating" and self.window_size is None:
             self.window_size = max(1, self.block_size // 4)
         if self.attn_pattern != "alternating" and self.window_size is not None:
             raise ValueError("window_size is the band of attn_pattern='alternating': set that too, or drop it")
         if self.window_size is not None and not 1 <= self.window_size <= self.block_size:
             raise ValueError(f"window_size must be in [1, block_size={self.block_size}], got {self.window_size}")
-        if self.post_norm and self.parallel_block:
-            raise ValueError("post_norm with parallel_block is not supported: parallel blocks are pre-norm")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def head_dim(self) -> int:
@@ -165,12 +178,15 @@ class ModelSettings:
     window_size: int | None = None  # the band of GPT-3's banded layers; None: block_size // 4
     norm: str | None = None  # layernorm | rmsnorm
     post_norm: bool | None = None  # GPT-1's norm placement: after each residual add
-    mlp: str | None = None  # gelu | relu | swiglu
+    mlp: str | None = None  # gelu | relu | relu2 (squared ReLU) | swiglu
     mlp_hidden: int | None = None  # the MLP's width; None: 4 * n_embd (swiglu: 2/3 of that, rounded up to 256)
     pos_emb: str | None = None  # learned | rope | none
     rope_base: float | None = None  # rotary positions: the base of the angle frequencies (10000)
     parallel_block: bool | None = None  # PaLM's parallel attention + MLP
     tie_embeddings: bool | None = None  # lm_head shares the token embedding (GPT-2); False: a matrix of its own
+    qk_norm: bool | None = None  # RMS-normalise each head's queries and keys before attention
+    logit_softcap: float | None = None  # cap the logits softly: cap * tanh(logits / cap) (Gemma 2 uses 30)
+    zero_init_proj: bool | None = None  # the residual projections start at zero: each block starts as the identity
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (faster matmuls); 1: no padding
 
     def model_fields(self) -> dict[str, Any]:
@@ -186,11 +202,15 @@ class ModelSettings:
 
     def conflicts(self, model_args: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         """(field, the model's value, these settings' value) for each setting that would build another model than
-        the one model_args describe: every field a preset resolves to, and every field given. The vocabulary and
-        dropout (which changes no weight) may differ. Raises ValueError as resolve_config does."""
+        the one model_args describe: every field a preset resolves to, and every field given. The vocabulary,
+        dropout (which changes no weight) and zero_init_proj (an init, which a loaded model has left behind) may
+        differ; a field model_args lack (saved before it existed) has its default. Raises ValueError as
+        resolve_config does."""
         asked = asdict(self.resolve()) if self.preset else self.model_fields()
-        return [(k, model_args.get(k), v) for k, v in asked.items()
-                if k not in ("vocab_size", "dropout") and model_args.get(k) != v]
+        fields = GPTConfig.__dataclass_fields__
+        have = {k: model_args.get(k, fields[k].default) for k in asked}
+        return [(k, have[k], v) for k, v in asked.items()
+                if k not in ("vocab_size", "dropout", "zero_init_proj") and have[k] != v]
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -251,6 +271,11 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=qkv_bias)
         self.c_proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # query-key normalisation (Henry et al. 2020; Dehghani et al. 2023, whose ViT-22B it kept stable), in its
+        # RMSNorm form: each head's q and k RMS-normalised, with a gain per head dimension that every head shares,
+        # so that the attention logits cannot grow with the weights
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if config.qk_norm else None
         self.kv_cache: KVCache | None = None  # generation only (generate.setup_cache)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -261,6 +286,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)
+        if self.q_norm is not None:  # before the rotation, and before the cache: every path sees normalised keys
+            q = self.q_norm(q)
+            k = self.k_norm(k)
         if rope is not None:  # rotary positions turn q.k into a function of the distance between tokens
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
@@ -328,6 +356,13 @@ def band_block_mask(T: int, band: int, device: torch.device) -> Any:
     return create_block_mask(lambda b, h, i, j: (j <= i) & (i - j < band), None, None, T, T, device=device)
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2, Primer's activation (So et al. 2021), as modded-nanogpt's MLP uses it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -335,6 +370,8 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * config.hidden, bias=config.bias)
         if config.mlp == "relu":
             self.act = nn.ReLU()
+        elif config.mlp == "relu2":
+            self.act = ReLUSquared()
         elif self.swiglu:
             self.act = nn.SiLU()
         else:
@@ -374,6 +411,22 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class LMHead(nn.Linear):
+    """The output head: hidden states (..., C) -> logits (..., vocab), soft-capped to (-cap, cap) as
+    cap * tanh(logits / cap) when softcap is set (Gemma 2; modded-nanogpt). The cap lives here, not in GPT.forward,
+    so that every caller of lm_head (generate.py's prefill too) gets the same logits."""
+
+    def __init__(self, in_features: int, out_features: int, softcap: float | None = None) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.softcap = softcap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        if self.softcap is None:
+            return logits
+        return self.softcap * torch.tanh(logits / self.softcap)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -386,13 +439,15 @@ class GPT(nn.Module):
         if not config.post_norm:  # post-norm blocks end normalised already
             modules["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.n_embd, config.vocab_size, config.logit_softcap)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2 does
         self.activation_checkpointing = False  # training: keep each block's input, recompute its activations
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+            if name.endswith("c_proj.weight") and config.zero_init_proj:  # modded-nanogpt: every residual branch
+                torch.nn.init.zeros_(p)  # starts at zero, so a (pre-norm) block starts as the identity
+            elif name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -405,8 +460,9 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
                 span: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets (B, T) are given
-        (targets of -1 are ignored). input_pos and span: generation through the KV cache, see hidden_states."""
+        """idx (B, T) token ids -> logits (B, T, vocab), soft-capped if logit_softcap is set (LMHead), and the mean
+        cross-entropy of those if targets (B, T) are given (targets of -1 are ignored). input_pos and span:
+        generation through the KV cache, see hidden_states."""
         logits = self.lm_head(self.hidden_states(idx, input_pos, span))  # (B, T, vocab)
         loss = None
         if targets is not None:

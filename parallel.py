@@ -171,6 +171,8 @@ def check_sizes(config: GPTConfig, tp: int) -> None:
     for name, size in sizes.items():
         if size % tp:
             raise UserError(f"tensor_parallel={tp} must divide {name} ({size})")
+    if config.qk_norm and tp > 1:  # its gains see only this process's heads: their gradient would be a part
+        raise UserError(f"qk_norm=True with tensor_parallel={tp} is not supported: train it with FSDP or DDP")
 
 
 def make_mesh(device_type: str, world: int, tp: int) -> DeviceMesh:

@@ -1,6 +1,7 @@
-"""generate.py: the KV cache against the full-window reference decoder (a trained model, a random one, and every
-architecture of test_model), the window jumps and the cache's spans, the decode step eager, compiled or refused,
-the sampling controls (temperature, top_k, top_p, repetition penalty) and the stop ids.
+"""generate.py: the KV cache against the full-window reference decoder (a trained model, a random one, every
+architecture of test_model, and the block and init switches all at once), the window jumps and the cache's spans,
+the decode step eager, compiled or refused, the sampling controls (temperature, top_k, top_p, repetition penalty),
+the logits' soft cap, and the stop ids.
 
 Models are tiny and run on the CPU in float32, where the cached and uncached paths agree token for token.
 """
@@ -21,7 +22,7 @@ import generate
 from conftest import Trained, reference_tokens, tiny_gpt
 from generate import GREEDY, Sampling, adjust_logits, clear_cache, generate_tokens, sample_logits, setup_cache
 from model import GPT
-from test_model import ARCHS, build
+from test_model import ARCHS, MODERN, build
 
 
 def random_model(block_size: int = 32, vocab_size: int = 64, seed: int = 0) -> GPT:
@@ -83,6 +84,45 @@ def test_kv_cache_gives_the_same_tokens(models: dict[str, GPT], trained: Trained
         torch.manual_seed(1234)
         expected = generate.generate(model, idx, new, SAMPLING[sampling], use_cache=False)
     assert torch.equal(cached, expected)
+
+
+@pytest.mark.parametrize("sampling", ["greedy", "sampled_all_controls"])
+def test_kv_cache_gives_the_same_tokens_with_every_block_and_init_switch(trained: Trained, sampling: str):
+    # query-key norm, squared ReLU, soft-capped logits and zero-initialised projections over rotary positions,
+    # grouped K/V heads, RMSNorm and a banded layer; the weights moved off their init, where every block would be
+    # the identity (and the cache never read)
+    model = build("gpt2", **MODERN)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    batch, length, new = CACHE_CASES["batch_past_the_window"]
+    idx = prompts(trained, "modern", batch, length, model.config.vocab_size)
+    torch.manual_seed(1234)
+    cached = generate.generate(model, idx, new, SAMPLING[sampling])
+    torch.manual_seed(1234)
+    assert torch.equal(cached, generate.generate(model, idx, new, SAMPLING[sampling], use_cache=False))
+    if sampling == "greedy":
+        assert torch.equal(cached, reference_tokens(model, idx, new))
+
+
+def test_sampling_draws_from_the_soft_capped_logits():
+    # generate.py calls lm_head itself (prefill): the cap is in lm_head, so sampling sees it too
+    cap = 1.0
+    model, uncapped = tiny_gpt(logit_softcap=cap), random_model()  # the same draws: the same weights
+    with torch.no_grad():
+        for m in (model, uncapped):
+            m.lm_head.weight *= 30  # logits well past the cap
+        idx = torch.randint(0, 64, (64, 5), generator=torch.Generator().manual_seed(0))
+        raw = uncapped.lm_head(uncapped.hidden_states(idx)[:, -1])  # (64, vocab)
+    assert raw.abs().max() > 3 * cap
+    draws = {}
+    for name, logits in (("capped", cap * torch.tanh(raw / cap)), ("raw", raw)):
+        torch.manual_seed(0)
+        draws[name] = sample_logits(logits, Sampling(temperature=1.0))
+    torch.manual_seed(0)
+    drawn = generate.generate(model, idx, 1, Sampling(temperature=1.0), use_cache=False)[:, -1]
+    assert torch.equal(drawn, draws["capped"])
+    assert not torch.equal(drawn, draws["raw"])
 
 
 def test_generation_fills_the_cache_window_by_window(monkeypatch: pytest.MonkeyPatch):

@@ -99,12 +99,28 @@ def test_incompatibilities_name_the_setting():
     assert hf.hf_incompatibilities(dataclasses.replace(config, head_size=16, mlp_hidden=128)) == []
     assert hf.hf_incompatibilities(dataclasses.replace(config, parallel_block=True)) == [
         "parallel_block=True (GPT-2 needs False)"]
+    switches = dataclasses.replace(config, qk_norm=True, mlp="relu2", logit_softcap=30.0, zero_init_proj=True)
+    assert hf.hf_incompatibilities(switches) == [  # zero_init_proj is an init only: GPT-2 takes its weights
+        "mlp='relu2' (GPT-2 needs 'gelu')", "qk_norm=True (GPT-2 needs False)",
+        "logit_softcap=30.0 (GPT-2 needs None)"]
 
 
 def test_to_hf_refuses_what_gpt2_cannot_express():
     with pytest.raises(UserError, match=r"cannot export to GPT-2: norm='rmsnorm' \(GPT-2 needs 'layernorm'\), "
                                         r"pos_emb='rope' \(GPT-2 needs 'learned'\)$"):
         hf.to_hf(tiny_gpt(norm="rmsnorm", pos_emb="rope"))
+
+
+def test_to_hf_refuses_qk_norm_and_a_soft_cap_in_one_line_and_takes_a_zero_init_proj_model():
+    with pytest.raises(UserError, match=r"^cannot export to GPT-2: qk_norm=True \(GPT-2 needs False\), "
+                                        r"logit_softcap=30\.0 \(GPT-2 needs None\)$"):
+        hf.to_hf(tiny_gpt(qk_norm=True, logit_softcap=30.0))
+    ours = tiny_gpt(zero_init_proj=True, block_size=40)
+    with torch.no_grad():
+        for block in ours.transformer.h:  # as after training: the projections off zero
+            block.attn.c_proj.weight.normal_(0.0, 0.1)
+            block.mlp.c_proj.weight.normal_(0.0, 0.1)
+    assert max_logit_diff(ours, hf.to_hf(ours)) <= 1e-5
 
 
 def test_pretrained_loads_the_named_weights_through_transformers(monkeypatch: pytest.MonkeyPatch):

@@ -2,7 +2,9 @@
 ModelSettings), and the network with every architecture switch: what each switch builds, a block against
 transformers' GPT-2 block and the papers' formulas, exact parameter counts (on the meta device), FLOPs and MFU by
 hand, causality, the KV-cache path against the full forward, RoPE's algebra, GPT-3's banded attention, the init
-scale, cropping, the optimizer groups, and each family trained through train.py, its checkpoint and sample.py.
+scale, the block and init switches (query-key norm, squared ReLU, soft-capped logits, zero-initialised projections)
+against formulas written here, cropping, the optimizer groups, and each family trained through train.py, its
+checkpoint and sample.py.
 
 Models are tiny (2 layers, 32 wide, 4 heads, block 32) and run on the CPU in float32.
 """
@@ -22,7 +24,9 @@ from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+import accounting
 import checkpoint
+import configurator
 import model as model_module
 import runtime
 import sample
@@ -74,7 +78,14 @@ ARCHS: dict[str, dict[str, Any]] = {
     "gpt3_banded": {"attn_pattern": "alternating", "window_size": 8},
     "gpt3_banded_rope_gqa_window_1": {"attn_pattern": "alternating", "window_size": 1, "pos_emb": "rope",
                                       "n_kv_head": 2},
+    "qk_norm_rope_gqa_banded": {"qk_norm": True, "pos_emb": "rope", "n_kv_head": 2, "attn_pattern": "alternating",
+                                "window_size": 8},  # query-key norm on every path: SDPA, the band, the cache
+    "relu2_softcap": {"mlp": "relu2", "logit_softcap": 0.1},  # a cap that the logits at init (~0.1) reach
 }
+# the four block and init switches together, over LLaMA-like attention with a banded layer (zero_init_proj makes
+# every block the identity at init, so the tests that need blocks to mix tokens move the weights first)
+MODERN = {"qk_norm": True, "mlp": "relu2", "logit_softcap": 5.0, "zero_init_proj": True, "pos_emb": "rope",
+          "n_kv_head": 2, "norm": "rmsnorm", "bias": False, "attn_pattern": "alternating", "window_size": 8}
 
 
 def config(arch: str, **overrides: Any) -> GPTConfig:
@@ -106,7 +117,7 @@ BAD_CONFIGS = {
     "post_norm_with_parallel_block": ({"post_norm": True, "parallel_block": True},
                                       "post_norm with parallel_block is not supported"),
     "unknown_norm": ({"norm": "batchnorm"}, "norm must be one of layernorm, rmsnorm, got 'batchnorm'"),
-    "unknown_mlp": ({"mlp": "geglu"}, "mlp must be one of gelu, relu, swiglu, got 'geglu'"),
+    "unknown_mlp": ({"mlp": "geglu"}, "mlp must be one of gelu, relu, relu2, swiglu, got 'geglu'"),
     "unknown_pos_emb": ({"pos_emb": "alibi"}, "pos_emb must be one of learned, rope, none, got 'alibi'"),
     "unknown_attn_pattern": ({"attn_pattern": "strided"}, "attn_pattern must be one of dense, alternating"),
     "window_zero": (BANDED | {"window_size": 0}, "window_size must be in [1, block_size=32], got 0"),
@@ -116,6 +127,10 @@ BAD_CONFIGS = {
                                "window_size is the band of attn_pattern='alternating': set that too, or drop it"),
     "no_layers": ({"n_layer": 0}, "n_layer must be at least 1, got 0"),
     "dropout_one": ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+    "softcap_zero": ({"logit_softcap": 0.0}, "logit_softcap must be a positive number (or None), got 0.0"),
+    "softcap_negative": ({"logit_softcap": -30.0}, "logit_softcap must be a positive number (or None), got -30.0"),
+    "softcap_infinite": ({"logit_softcap": math.inf}, "logit_softcap must be a positive number (or None), got inf"),
+    "softcap_nan": ({"logit_softcap": math.nan}, "logit_softcap must be a positive number (or None), got nan"),
 }
 
 
@@ -244,6 +259,14 @@ def test_model_settings_lay_the_given_fields_over_a_preset():
     assert (c.window_size, c.vocab_size) == (512, 128)
 
 
+def test_model_settings_and_train_py_s_flags_take_the_block_and_init_switches():
+    flags = ["--qk_norm=True", "--mlp=relu2", "--logit_softcap=30", "--zero_init_proj=True"]
+    c = configurator.load(train.TrainConfig, flags).resolve(62)  # the int 30 coerced to GPTConfig's float
+    assert (c.qk_norm, c.mlp, c.logit_softcap, c.zero_init_proj) == (True, "relu2", 30.0, True)
+    c = ModelSettings().resolve(62)
+    assert (c.qk_norm, c.mlp, c.logit_softcap, c.zero_init_proj) == (False, "gelu", None, False)  # all off
+
+
 def test_model_fields_are_the_settings_given():
     assert ModelSettings().model_fields() == {"dropout": 0.0}  # the only model field with a value by default
     assert ModelSettings(preset="gpt2", n_layer=3, norm="rmsnorm", vocab_multiple=8).model_fields() == {
@@ -272,6 +295,16 @@ def test_conflicts_name_the_fields_that_would_build_another_model():
         TINY_ARGS) == [("bias", True, False)]
     with pytest.raises(ValueError, match=r"unknown preset 'gtp2'"):
         ModelSettings(preset="gtp2").conflicts(TINY_ARGS)
+
+
+def test_conflicts_read_a_setting_missing_from_an_older_checkpoint_as_its_default():
+    older = {k: v for k, v in TINY_ARGS.items() if k not in ("qk_norm", "logit_softcap", "zero_init_proj")}
+    shape = {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, "bias": True}
+    assert ModelSettings(preset="gpt2", **shape).conflicts(older) == []  # the preset asks for qk_norm=False, ...
+    assert ModelSettings(qk_norm=True, logit_softcap=30.0).conflicts(older) == [("qk_norm", False, True),
+                                                                              ("logit_softcap", None, 30.0)]
+    # zero_init_proj is an init: a resumed model keeps the weights it has, whichever init they started from
+    assert ModelSettings(zero_init_proj=True).conflicts(TINY_ARGS) == []
 
 
 # --- the forward pass -----------------------------------------------------------------------------------------------
@@ -359,11 +392,15 @@ def test_modules_follow_the_switches(arch: str):
     assert ("wpe" in tf) == (cfg.pos_emb == "learned")
     assert ("ln_f" in tf) == (not cfg.post_norm)
     assert (model.lm_head.weight is tf.wte.weight) == cfg.tie_embeddings
+    assert model.lm_head.softcap == cfg.logit_softcap
     for block in tf.h:
         assert (block.ln_2 is None) == cfg.parallel_block
         norms = [block.ln_1, block.ln_2, tf.ln_f if "ln_f" in tf else None]
         assert all(isinstance(n, nn.RMSNorm if cfg.norm == "rmsnorm" else nn.LayerNorm) for n in norms if n)
         attn, mlp = block.attn, block.mlp
+        qk_norms = [attn.q_norm, attn.k_norm]
+        assert all(isinstance(n, nn.RMSNorm) and n.weight.shape == (hs,) for n in qk_norms) == cfg.qk_norm
+        assert all(n is None for n in qk_norms) == (not cfg.qk_norm)
         assert attn.c_attn.weight.shape == ((4 + 2 * kv) * hs, 32)
         assert attn.c_proj.weight.shape == (32, 4 * hs)
         qkv_bias = cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias
@@ -476,10 +513,13 @@ def random_block(arch: str) -> Block:
     return block
 
 
-def attention_by_hand(x: torch.Tensor, w: dict[str, torch.Tensor], n_head: int, n_kv_head: int) -> torch.Tensor:
+def attention_by_hand(x: torch.Tensor, w: dict[str, torch.Tensor], n_head: int, n_kv_head: int,
+                      rope_base: float | None = None, band: int | None = None) -> torch.Tensor:
     """Causal multi-head attention written out (Vaswani et al. 2017) on the weights w: q, k, v from one projection,
     a key/value head shared by n_head // n_kv_head query heads, softmax(q k^T / sqrt(hd)) over the past, then the
-    output projection."""
+    output projection. Where w holds query-key norm gains, each head's q and k are first divided by their root
+    mean square and multiplied by the gains (Henry et al. 2020); with rope_base, then rotated by position (Su et
+    al. 2021); with band, query i sees keys i - band + 1 .. i only."""
     B, T, _ = x.shape
     qkv = F.linear(x, w["attn.c_attn.weight"], w.get("attn.c_attn.bias"))
     hd = qkv.size(-1) // (n_head + 2 * n_kv_head)
@@ -487,10 +527,26 @@ def attention_by_hand(x: torch.Tensor, w: dict[str, torch.Tensor], n_head: int, 
     q = q.view(B, T, n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
     k = k.view(B, T, n_kv_head, hd).transpose(1, 2).repeat_interleave(n_head // n_kv_head, dim=1)
     v = v.view(B, T, n_kv_head, hd).transpose(1, 2).repeat_interleave(n_head // n_kv_head, dim=1)
-    future = torch.ones(T, T, dtype=torch.bool).triu(1)  # key j > query i
+    if "attn.q_norm.weight" in w:
+        q = q / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + 1e-5) * w["attn.q_norm.weight"]
+        k = k / torch.sqrt(k.pow(2).mean(-1, keepdim=True) + 1e-5) * w["attn.k_norm.weight"]
+    if rope_base is not None:
+        q, k = rotate_by_hand(q, rope_base), rotate_by_hand(k, rope_base)
+    i = torch.arange(T)
+    future = i[None, :] > i[:, None]  # key j > query i
+    if band is not None:
+        future |= i[:, None] - i[None, :] >= band
     scores = (q @ k.transpose(-2, -1) / math.sqrt(hd)).masked_fill(future, float("-inf"))
     y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, n_head * hd)
     return F.linear(y, w["attn.c_proj.weight"], w.get("attn.c_proj.bias"))
+
+
+def rotate_by_hand(x: torch.Tensor, base: float) -> torch.Tensor:
+    """x (B, nh, T, hd) with dimensions i and i + hd/2 of position t rotated by the angle t * base^(-2i / hd)."""
+    T, hd = x.shape[-2:]
+    angles = torch.arange(T)[:, None] * base ** (-torch.arange(0, hd, 2) / hd)  # (T, hd / 2)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+    return torch.cat((x1 * angles.cos() - x2 * angles.sin(), x2 * angles.cos() + x1 * angles.sin()), dim=-1)
 
 
 def mlp_by_hand(x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -544,6 +600,141 @@ def test_pre_norm_block_computes_what_transformers_gpt2_block_computes():
     with torch.no_grad():
         out = theirs(x, attention_mask=mask)
         torch.testing.assert_close(block(x), out[0] if isinstance(out, tuple) else out, rtol=1e-4, atol=1e-4)
+
+
+# --- the block and init switches: query-key norm, squared ReLU, soft-capped logits, zero-initialised projections ----
+
+
+@pytest.mark.parametrize("band", [None, 3], ids=["dense", "banded"])
+def test_qk_norm_attention_normalises_each_head_s_queries_and_keys_before_rope(band: int | None):
+    torch.manual_seed(0)
+    cfg = config("qk_norm_rope_gqa_banded", window_size=3)
+    layer = CausalSelfAttention(cfg, band).eval()
+    with torch.no_grad():
+        for p in layer.parameters():  # gains away from their init (ones), so a gain in the wrong place shows
+            p.normal_(0.0, 0.3)
+        w = {f"attn.{k}": v for k, v in layer.state_dict().items()}
+        x = torch.randn(2, 9, 32)
+        y = layer(x, rope=rope_tables(torch.arange(9), 8, 10000.0))
+        torch.testing.assert_close(y, attention_by_hand(x, w, 4, 2, rope_base=10000.0, band=band), rtol=1e-5,
+                                   atol=1e-5)
+        # normalised, q and k no longer carry the scale of their projection: 10 times the q and k rows, same output
+        layer.c_attn.weight[: 6 * 8] *= 10
+        layer.c_attn.bias[: 6 * 8] *= 10
+        torch.testing.assert_close(layer(x, rope=rope_tables(torch.arange(9), 8, 10000.0)), y, rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_relu2_mlp_is_squared_relu_between_two_linear_maps():
+    torch.manual_seed(0)
+    m = MLP(config("gpt2", mlp="relu2"))
+    with torch.no_grad():
+        m.c_fc.bias.normal_()
+        m.c_proj.bias.normal_()
+    w1, b1, w2, b2 = m.c_fc.weight, m.c_fc.bias, m.c_proj.weight, m.c_proj.bias
+    assert w1.shape == (4 * 32, 32)  # as wide as GPT-2's GELU MLP
+    x = torch.randn(2, 5, 32)
+    expected = torch.clamp(x @ w1.T + b1, min=0) ** 2 @ w2.T + b2  # So et al. 2021
+    torch.testing.assert_close(m(x), expected)
+
+
+def test_logit_softcap_is_cap_times_tanh_of_the_raw_logits_in_the_loss_too():
+    cap = 2.0
+    raw_model, capped_model = build("gpt2"), build("gpt2", logit_softcap=cap)
+    idx, targets = random_ids(3, 16), random_ids(3, 16, seed=1)
+    with torch.no_grad():
+        for m in (raw_model, capped_model):  # logits well past the cap (tied: the embedding grows too)
+            m.lm_head.weight *= 100
+        raw = raw_model(idx)[0]
+        capped, loss = capped_model(idx, targets)
+    assert raw.abs().max() > 3 * cap
+    torch.testing.assert_close(capped, cap * torch.tanh(raw / cap))
+    assert capped.abs().max() <= cap  # (tanh rounds to 1 in float32 far past the cap)
+    torch.testing.assert_close(loss, F.cross_entropy(capped.view(-1, VOCAB), targets.view(-1)))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "palm"])
+def test_zero_init_proj_starts_every_block_as_the_identity(arch: str):
+    model, default = build(arch, zero_init_proj=True), build(arch)
+    for (name, p), q in zip(model.state_dict().items(), default.state_dict().values(), strict=True):
+        if name.endswith("c_proj.weight"):
+            assert not p.any(), name
+        else:  # no other draw moves
+            assert torch.equal(p, q), name
+    x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert all(torch.equal(block(x), x) for block in model.transformer.h)
+        # so the model is its embedding, final norm and head alone, written out
+        idx = random_ids(2, 7)
+        h = model.transformer.wte.weight[idx]
+        if "wpe" in model.transformer:
+            h = h + model.transformer.wpe.weight[:7]
+        ln_f = model.transformer.ln_f
+        h = h - h.mean(-1, keepdim=True) if isinstance(ln_f, nn.LayerNorm) else h
+        h = h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * ln_f.weight
+        if getattr(ln_f, "bias", None) is not None:
+            h = h + ln_f.bias
+        torch.testing.assert_close(model(idx)[0], h @ model.lm_head.weight.T)
+    model(idx, random_ids(2, 7, seed=1))[1].backward()
+    assert all(block.attn.c_proj.weight.grad.any() and block.mlp.c_proj.weight.grad.any()
+               for block in model.transformer.h)  # the zeros learn from the first step
+
+
+@pytest.mark.parametrize("switch", [{"qk_norm": True}, {"mlp": "relu2"}, {"logit_softcap": 30.0},
+                                    {"zero_init_proj": True}], ids=lambda s: next(iter(s)))
+@pytest.mark.parametrize("arch", ["gpt2", "head_size_12_rope_gqa"])
+def test_a_switch_adds_only_its_own_weights_and_moves_no_other_draw(arch: str, switch: dict[str, Any]):
+    # off (the default) is the model as it was: the same keys and, from the same seed, the same weights
+    default = build(arch).state_dict()
+    switched = build(arch, **switch).state_dict()
+    added = {f"transformer.h.{i}.attn.{n}_norm.weight" for i in range(2) for n in "qk"} if "qk_norm" in switch \
+        else set()
+    assert set(switched) == set(default) | added
+    head_dim = config(arch).head_dim
+    assert all(switched[k].shape == (head_dim,) and torch.all(switched[k] == 1) for k in added)  # gains start at 1
+    moved = [k for k in default if not torch.equal(default[k], switched[k])]
+    assert moved == ([k for k in default if k.endswith("c_proj.weight")] if "zero_init_proj" in switch else [])
+
+
+def test_qk_norm_adds_two_gains_of_head_dim_per_layer_to_attention():
+    base = {"vocab_size": 1000, "block_size": 64, "n_layer": 3, "n_head": 6, "n_embd": 96, "head_size": 20}
+    plain, normed = meta_model(**base), meta_model(**base, qk_norm=True)
+    assert normed.get_num_params() - plain.get_num_params() == 3 * 2 * 20
+    # accounting's table puts them in attention (it asserts that every parameter is in some component)
+    attention = [line.split()[-1] for line in accounting.table(normed).splitlines() if line.startswith("attention")]
+    plain_attention = sum(p.numel() for b in plain.transformer.h for p in b.attn.parameters())
+    assert attention == [f"{plain_attention + 3 * 2 * 20:,}"]
+
+
+def test_the_four_switches_compose_with_rope_gqa_rmsnorm_and_bands():
+    model = build("gpt2", **MODERN).train()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    idx, targets = random_ids(4, 32), random_ids(4, 32, seed=1)
+    losses = []
+    for _ in range(8):  # c_proj leaves zero on the first step, and the rest of each block learns from the second
+        opt.zero_grad()
+        logits, loss = model(idx, targets)
+        assert logits.abs().max() < 5.0  # capped
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3
+    assert [k for k, v in model.state_dict().items() if torch.equal(v, init[k])] == []  # everything trained
+    model.eval()
+    x = random_ids(2, 32, seed=5)
+    setup_cache(model, 2)
+    try:
+        with torch.no_grad():
+            full = model(x)[0]
+            torch.testing.assert_close(model(x[:, :20], input_pos=torch.arange(20))[0], full[:, :20], rtol=1e-5,
+                                       atol=1e-5)
+            for t in range(20, 32):
+                logits = model(x[:, t : t + 1], input_pos=torch.tensor([t]))[0][:, -1]
+                torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
+    finally:
+        clear_cache(model)
 
 
 # --- parameter accounting (meta device: no memory, no init cost) ----------------------------------------------------

@@ -169,6 +169,7 @@ def test_what_a_sharded_model_does_not_combine_with_is_one_line(dtype: torch.dty
     ({"preset": "gpt2-xl"}, 2, "tensor_parallel=2 must divide n_head (25)"),
     ({"n_head": 4, "n_kv_head": 2, "n_embd": 32}, 4, "tensor_parallel=4 must divide n_kv_head (2)"),
     ({"n_head": 4, "n_embd": 32, "vocab_size": 65}, 2, "must divide the vocabulary (padded to vocab_multiple) (65)"),
+    ({"n_head": 4, "n_embd": 32, "vocab_size": 64, "qk_norm": True}, 2, "qk_norm=True with tensor_parallel=2 is not"),
 ])
 def test_a_degree_that_does_not_divide_the_model_is_one_line(config: dict, tp: int, message: str):
     with pytest.raises(UserError, match=re.escape(message)):
