@@ -2,9 +2,9 @@
 logs), between the markers `<!-- tables.py begin -->` and `<!-- tables.py end -->`.
 
     python docs/tables.py          # print the tables
-    python docs/tables.py --write  # put them into docs/results.md
+    python docs/tables.py --write  # put them into docs/results.md, and draw docs/gpt2_curves.png (matplotlib)
 
-Plain Python (json, re): it runs anywhere, without torch.
+The tables need plain Python only (json, re): they run anywhere, without torch.
 """
 
 from __future__ import annotations
@@ -75,9 +75,69 @@ def recipe_table() -> str:
     return "\n".join(lines)
 
 
+GPT2_RUNS = {"baseline": "config/train_gpt2.py (AdamW, warmup 20, cosine to 200)",
+             "muon_gpt2_blocks": "config/train_gpt2_muon.py with GPT-2's blocks (Muon and the schedule alone)",
+             "muon": "config/train_gpt2_muon.py (Muon, modern blocks, warmup-stable-decay)"}
+
+
+def curve(name: str) -> list[tuple[int, float, float]]:
+    """(step, seconds since launch, val loss) of each evaluation in docs/data/gpt2_NAME.log (time-stamped lines)."""
+    text = (DATA / f"gpt2_{name}.log").read_text()
+    return [(int(s), float(t), float(v)) for t, s, v in
+            re.findall(r"^ *([\d.]+) step (\d+): train loss [\d.]+, val loss ([\d.]+)", text, re.M)]
+
+
+def tokens_per_s(name: str) -> float:
+    """The median tokens/s of the log lines after the first two (start-up)."""
+    rates = sorted(float(r.replace(",", "")) for r in re.findall(r"ms/iter, ([\d,]+) tok/s",
+                                                                  (DATA / f"gpt2_{name}.log").read_text())[2:])
+    return rates[len(rates) // 2]
+
+
+def gpt2_table() -> str:
+    base = curve("baseline")
+    target = base[-1][2]  # the baseline's val loss at its last step
+    lines = [f"The baseline's val loss at step {base[-1][0]}: {target:.4f}; a run reaches it at its first evaluation "
+             "at or below it (evaluations every 25 steps).", "",
+             "| run | val 50 | val 100 | val 200 | steps to the baseline's 200-step loss | seconds from launch to it |"
+             " tokens/s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, what in GPT2_RUNS.items():
+        points = curve(name)
+        val = {s: v for s, _, v in points}
+        step, seconds = next((s, t) for s, t, v in points if v <= target)
+        lines.append(f"| {what} | {val[50]:.4f} | {val[100]:.4f} | {val[200]:.4f} | {step} | {seconds:.0f} "
+                     f"({seconds / base[-1][1]:.2f}x) | {tokens_per_s(name):,.0f} |")
+    opt = {n: json.loads((DATA / f"optimizer_{n}.json").read_text())[0] for n in ("adamw", "muon")}
+    lines += ["", "The optimizer's own cost, on one model (GPT-2 124M's blocks), the same micro-batch and "
+              "accumulation: `python bench.py --batch_size=32 --gradient_accumulation_steps=16 --compile=on --warmup=2 --iters=4 "
+              "--optimizer=adamw|muon`: " + ", ".join(f"{n} {r['tokens_per_s']:,.0f} tokens/s" for n, r in opt.items())
+              + f" ({opt['muon']['tokens_per_s'] / opt['adamw']['tokens_per_s']:.3f}x)."]
+    return "\n".join(lines)
+
+
+def plot(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, what in GPT2_RUNS.items():
+        steps, seconds, vals = zip(*curve(name), strict=True)
+        by_step.plot(steps, vals, marker=".", label=what.split(" (")[0] if name != "muon_gpt2_blocks" else
+                     "Muon, GPT-2 blocks")
+        by_time.plot(seconds, vals, marker=".")
+    by_step.set(xlabel="step (524,288 tokens each)", ylabel="val loss", title="GPT-2 124M, site-packages .py")
+    by_time.set(xlabel="seconds from launch (one H200)", ylabel="val loss")
+    by_step.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def tables() -> str:
     return "\n\n".join(["### Speed: 63f2b55 (modules by idea) against 51427ac (before them)", speed_table(),
-                        "### The Shakespeare recipe's losses: 63f2b55 against 51427ac", recipe_table()])
+                        "### The Shakespeare recipe's losses: 63f2b55 against 51427ac", recipe_table(),
+                        "### GPT-2 124M in 200 steps: AdamW against Muon", gpt2_table()])
 
 
 def main(argv: list[str]) -> None:
@@ -89,6 +149,7 @@ def main(argv: list[str]) -> None:
     head, rest = doc.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
     RESULTS.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+    plot(DOCS / "gpt2_curves.png")
 
 
 if __name__ == "__main__":
