@@ -109,7 +109,8 @@ def gpt2_table() -> str:
                      f"({seconds / base[-1][1]:.2f}x) | {tokens_per_s(name):,.0f} |")
     opt = {n: json.loads((DATA / f"optimizer_{n}.json").read_text())[0] for n in ("adamw", "muon")}
     lines += ["", "The optimizer's own cost, on one model (GPT-2 124M's blocks), the same micro-batch and "
-              "accumulation: `python bench.py --batch_size=32 --gradient_accumulation_steps=16 --compile=on --warmup=2 --iters=4 "
+              "accumulation: `python bench.py --batch_size=32 --gradient_accumulation_steps=16 --compile=on "
+              "--warmup=2 --iters=4 "
               "--optimizer=adamw|muon`: " + ", ".join(f"{n} {r['tokens_per_s']:,.0f} tokens/s" for n, r in opt.items())
               + f" ({opt['muon']['tokens_per_s'] / opt['adamw']['tokens_per_s']:.3f}x)."]
     return "\n".join(lines)
