@@ -182,8 +182,9 @@ def write_dataset(args: Settings, files: list[tuple[str, int]], meta: dict) -> C
                                    {"train": train, "val": val})
         # again: files may have been emptied since they were listed
         refuse_empty_split(counts.documents["val"], sum(counts.documents.values()), args.val_per_mille)
+        tokenizer.check_meta(meta)
         with open(tmp["meta.json"], "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False, indent=1)  # as tokenizer.write_meta writes it
+            json.dump(meta, f, ensure_ascii=False, indent=1)  # as tokenizer.write_meta writes it, but not in place
         for name in OUTPUTS:
             os.replace(tmp[name], os.path.join(args.out_dir, name))
     except OSError as e:  # an unwritable out_dir, a full disk
