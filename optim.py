@@ -28,18 +28,19 @@ NS_STEPS = 5
 
 
 def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
-    """The matrix g (m, n) with its singular values pushed towards 1 and its singular vectors kept: approximately
-    U V^T for g = U S V^T. Computed in bfloat16 on the smaller Gram matrix."""
+    """The matrix g (m, n), or each of a stack of them (..., m, n), with its singular values pushed towards 1 and
+    its singular vectors kept: approximately U V^T for g = U S V^T. Computed in bfloat16 on the smaller Gram
+    matrix."""
     a, b, c = NS_COEFFICIENTS
     x = g.bfloat16()
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:  # X X^T is then the smaller product
-        x = x.T
-    x = x / (x.norm() + 1e-7)  # the spectral norm is at most the Frobenius norm: singular values now <= 1
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # the spectral norm is at most the Frobenius norm: <= 1
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -62,33 +63,41 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure: None = None) -> None:
         keep = None if self.found_inf is None else self.found_inf == 0  # 0-dim bool: apply this step
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     for name in ("momentum_buffer",) if group["muon"] else ("exp_avg", "exp_avg_sq"):
-                        state[name] = torch.zeros_like(p)
-                if group["muon"]:
-                    update = muon_update(p.grad, state["momentum_buffer"], group["momentum"], keep)
-                    update = parallel.same_shards_as(update, p)
-                else:
-                    update = adam_update(p.grad, state, group["betas"], group["eps"], keep)
-                if group["weight_decay"]:
-                    update = update + group["weight_decay"] * p
-                assign(p, p - group["lr"] * update, keep)
-                assign(state["step"], state["step"] + 1, keep)
+                        self.state[p][name] = torch.zeros_like(p)
+            if group["muon"]:
+                updates = muon_updates(params, [self.state[p]["momentum_buffer"] for p in params],
+                                       group["momentum"], keep)
+            else:
+                updates = [adam_update(p.grad, self.state[p], group["betas"], group["eps"], keep) for p in params]
+            for p, update in zip(params, updates):
+                decayed = update + group["weight_decay"] * p if group["weight_decay"] else update
+                assign(p, p - group["lr"] * decayed, keep)
+                assign(self.state[p]["step"], self.state[p]["step"] + 1, keep)
 
 
-def muon_update(grad: torch.Tensor, buf: torch.Tensor, beta: float, keep: torch.Tensor | None) -> torch.Tensor:
-    """Nesterov momentum (buf updated in place), orthogonalised and scaled by sqrt(max(1, rows / cols)), so that a
-    tall matrix's update has the per-element size of a square one's. A sharded matrix is gathered first: the
-    whole update comes back, for the caller to keep its shard."""
-    momentum = buf * beta + grad
-    assign(buf, momentum, keep)
-    direction = parallel.full_tensor(grad + beta * momentum)  # Nesterov: the gradient plus the next momentum
-    return newton_schulz(direction) * max(1.0, direction.size(0) / direction.size(1)) ** 0.5
+def muon_updates(params: list[torch.Tensor], bufs: list[torch.Tensor], beta: float,
+                 keep: torch.Tensor | None) -> list[torch.Tensor]:
+    """Each matrix's update: Nesterov momentum (the buffers updated in place), orthogonalised and scaled by
+    sqrt(max(1, rows / cols)), so that a tall matrix's update has the per-element size of a square one's.
+    Matrices of one shape are orthogonalised as one stack: a few large products instead of many small ones. A
+    sharded matrix is gathered first, and each process keeps its own shard of the whole update."""
+    directions = []
+    for p, buf in zip(params, bufs):
+        momentum = buf * beta + p.grad
+        assign(buf, momentum, keep)
+        directions.append(parallel.full_tensor(p.grad + beta * momentum))  # Nesterov: gradient + next momentum
+    updates: list[torch.Tensor] = [torch.empty(0)] * len(params)
+    for shape in dict.fromkeys(d.shape for d in directions):
+        same = [i for i, d in enumerate(directions) if d.shape == shape]
+        stack = newton_schulz(torch.stack([directions[i] for i in same])) * max(1.0, shape[0] / shape[1]) ** 0.5
+        for i, update in zip(same, stack.unbind(0)):
+            updates[i] = parallel.same_shards_as(update, params[i])
+    return updates
 
 
 def adam_update(grad: torch.Tensor, state: dict[str, Any], betas: tuple[float, float], eps: float,

@@ -41,21 +41,26 @@ def test_newton_schulz_is_the_papers_iteration_and_nearly_orthogonal(shape: tupl
     assert cosine > 0.95  # the direction of U V^T, the exact orthogonalisation
 
 
-def test_muon_steps_a_matrix_as_the_algorithm_says():
+def test_muon_steps_each_matrix_as_the_algorithm_says():
+    """Three matrices, two of one shape (orthogonalised as one stack) and one of another, each against the
+    reference on its own."""
     torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(6, 16))
-    start = w.detach().clone()
+    shapes = [(6, 16), (6, 16), (8, 8)]
+    ws = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
     lr, beta = 0.05, 0.9
-    opt = optim.Muon([{"params": [w], "muon": True}], lr=lr, momentum=beta)
-    grads = [torch.randn(6, 16) for _ in range(3)]
-    expected, buf = start.double(), torch.zeros(6, 16, dtype=torch.float64)
-    for g in grads:
-        w.grad = g.clone()
+    opt = optim.Muon([{"params": ws, "muon": True}], lr=lr, momentum=beta)
+    expected = [w.detach().double().clone() for w in ws]
+    bufs = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+    for _ in range(3):
+        grads = [torch.randn(shape) for shape in shapes]
+        for w, g in zip(ws, grads):
+            w.grad = g.clone()
         opt.step()
-        buf = beta * buf + g.double()  # SGD momentum, then Nesterov's look-ahead
-        expected = expected - lr * reference_orthogonalise(g.double() + beta * buf)  # wide: no rescaling
-    torch.testing.assert_close(w.detach().double(), expected, atol=0.01, rtol=0)
-    assert not torch.allclose(w.detach(), start, atol=0.01)
+        for i, g in enumerate(grads):
+            bufs[i] = beta * bufs[i] + g.double()  # SGD momentum, then Nesterov's look-ahead
+            expected[i] = expected[i] - lr * reference_orthogonalise(g.double() + beta * bufs[i])  # not tall
+    for w, want in zip(ws, expected):
+        torch.testing.assert_close(w.detach().double(), want, atol=0.01, rtol=0)
 
 
 def test_a_tall_matrix_update_is_scaled_by_the_root_of_its_aspect_ratio():
