@@ -33,6 +33,7 @@ import torch.distributed as dist
 import configurator
 import optim
 import parallel
+import safeload
 from configurator import UserError
 from model import GPT, GPTConfig
 from parallel import Layout
@@ -367,6 +368,27 @@ def corrupt(path: str, e: BaseException) -> str:
     return f"checkpoint {path} is corrupt or truncated ({reason(e)})"
 
 
+def sharded_reader(path: str) -> Any:
+    """DCP's reader of the sharded checkpoint at path (safeload's, which runs no code), its metadata checked
+    first: a refusal or a missing file is then one line, before DCP would log it with a traceback."""
+    try:
+        safeload.dcp_metadata(path)
+    except safeload.Refused as e:
+        raise UserError(f"refusing checkpoint {path}: {e}") from None
+    except OSError as e:
+        raise UserError(corrupt(path, e)) from None
+    return safeload.dcp_reader(path)
+
+
+def unreadable(path: str, e: BaseException) -> str:
+    """Why a sharded checkpoint could not be read: refused by safeload, or damaged."""
+    failures = getattr(e, "failures", None)  # CheckpointException: {rank: (its exception, its traceback)}
+    cause = next(iter(failures.values()))[0] if failures else e
+    if isinstance(cause, safeload.Refused):
+        return f"refusing checkpoint {path}: {cause}"
+    return corrupt(path, e)
+
+
 def read_header(path: str) -> Header:
     """A sharded checkpoint's header."""
     try:
@@ -379,18 +401,18 @@ def read_header(path: str) -> Header:
 def read_sharded(path: str, optimizer: bool = True) -> Checkpoint:
     """A sharded checkpoint read whole by this one process, its rows in the model's own order whatever tensor
     parallelism saved it."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     header = read_header(path)
     state: dict[str, Any] = {}
+    reader = sharded_reader(path)
     try:  # as DCP's own dcp_to_torch_save reads one (public dcp.load fills only the keys given it): tensors of
         # the saved sizes, filled from every shard
-        _load_state_dict(state, storage_reader=dcp.FileSystemReader(path), no_dist=True,
+        _load_state_dict(state, storage_reader=reader, no_dist=True,
                          planner=_EmptyStateDictLoadPlanner(keys=set(TENSORS) if optimizer else {"model"}))
     except dcp_errors() as e:
-        raise UserError(corrupt(path, e)) from None
+        raise UserError(unreadable(path, e)) from None
     config, tp = header.model_config(), header.tensor_parallel
     ckpt = Checkpoint(path, header, parallel.reorder_rows(state["model"], config, tp, to_rank_major=False))
     if optimizer:
@@ -404,10 +426,11 @@ def load_into(path: str, state: dict[str, Any]) -> None:
     any number of processes) from it: every process calls this."""
     import torch.distributed.checkpoint as dcp
 
+    reader = sharded_reader(path)
     try:
-        dcp.load(state, checkpoint_id=path)
+        dcp.load(state, storage_reader=reader)
     except dcp_errors() as e:
-        raise UserError(corrupt(path, e)) from None
+        raise UserError(unreadable(path, e)) from None
 
 
 def optimizer_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

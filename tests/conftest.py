@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from importlib import resources
@@ -26,6 +27,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # tests import model, tokenizer, configurator, ... from any directory
@@ -193,6 +195,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     flags = tiny_flags(data, out_dir, max_iters=12, eval_interval=6)
     history = train.main(flags)
     return Trained(data, out_dir, history, flags)
+
+
+@pytest.fixture
+def one_process_group() -> Iterator[None]:
+    """A gloo process group of this process alone, as a sharded save needs one."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.fixture(autouse=True)

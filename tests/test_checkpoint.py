@@ -11,14 +11,12 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 import checkpoint
 import evaluate
@@ -203,16 +201,6 @@ def test_a_checkpoint_without_a_tokenizer_it_can_build_is_refused_rather_than_gu
     with pytest.raises(UserError, match=rf"^checkpoint {re.escape(str(tmp_path.resolve() / 'ckpt.pt'))} "
                                         rf"{re.escape(message)}$"):
         checkpoint.load_model(str(tmp_path))
-
-
-@pytest.fixture
-def one_process_group() -> Iterator[None]:
-    """A gloo process group of this process alone, as a sharded save needs one."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_sharded_checkpoint_converts_to_the_single_file_it_was_saved_from(trained: Trained, tmp_path: Path,
