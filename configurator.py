@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import math
 import os
 import re
 import runpy
@@ -78,6 +79,15 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def int_or_float(text: str, base: type) -> int | float:
+    if base is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    return float(text)
+
+
 def coerce(name: str, value: Any, tp: Any) -> Any:
     """Convert a flag string or a config-file value to the field type `tp`, or raise UserError."""
     base, optional = _strip_optional(tp)
@@ -87,10 +97,12 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         raise UserError(f"setting '{name}' cannot be None (expected {base.__name__})")
     if isinstance(value, str) and base in (bool, int, float):  # a flag's text: parse it
         text = value.strip().lower()
-        try:  # an int may be written 5000, 5e3 or 5000.0
-            value = {"true": True, "false": False}[text] if base is bool else float(text)
+        try:  # an int may be written 5000, 5e3 or 5000.0; as int() reads it where it can, every digit kept
+            value = {"true": True, "false": False}[text] if base is bool else int_or_float(text, base)
         except (KeyError, ValueError):
             raise UserError(f"setting '{name}' expects {base.__name__}, got '{value}'") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"setting '{name}' must be a finite number, got {value}")
     if base is str and isinstance(value, str):
         quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
         return value[1:-1] if quoted else value  # --start='"hi"' and --start=hi mean the same

@@ -34,6 +34,10 @@ def resolve_device(name: str) -> torch.device:
     available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type)
     if available is not None and not available():
         raise UserError(f"device={name} but {device.type.upper()} is not available here")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise UserError(f"device={name}: the CPU is one device; use device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

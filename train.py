@@ -153,10 +153,20 @@ def check_settings(cfg: TrainConfig) -> None:
                  "log_interval", "vocab_multiple", "tensor_parallel"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_iters", "warmup_iters",
-                 "lr_decay_iters"):
+    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be at least 0, got {getattr(cfg, name)}")
+    if cfg.max_skipped_steps < 0:
+        raise UserError(f"max_skipped_steps must be at least 0 (0: never stop), got {cfg.max_skipped_steps}")
+    if not 0 <= cfg.seed < 2**63:
+        raise UserError(f"seed must be in [0, 2**63), got {cfg.seed}")
+    if cfg.max_iters < 1 and not cfg.eval_only:
+        raise UserError("max_iters must be at least 1 (to evaluate a checkpoint without training: eval_only=True)")
+    check_rates(cfg)
+
+
+def check_rates(cfg: TrainConfig) -> None:
+    """The optimizer's settings and the schedule's."""
     for name in ("beta1", "beta2", "muon_momentum"):
         if not 0 <= getattr(cfg, name) < 1:
             raise UserError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
@@ -166,6 +176,12 @@ def check_settings(cfg: TrainConfig) -> None:
     if not 0 <= cfg.decay_fraction <= 1 or cfg.muon_lr < 0:
         raise UserError(f"decay_fraction must be in [0, 1] and muon_lr at least 0, got {cfg.decay_fraction} and "
                         f"{cfg.muon_lr}")
+    for name in ("learning_rate", "min_lr", "muon_lr"):  # a rate above 1 moves a weight by more than 1 a step
+        if getattr(cfg, name) > 1:
+            raise UserError(f"{name} must be at most 1, got {getattr(cfg, name)}")
+    if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
+        raise UserError(f"min_lr ({cfg.min_lr}) is above learning_rate ({cfg.learning_rate}): the schedule would "
+                        "rise after warmup")
 
 
 def check_out_dir(out_dir: str) -> None:
@@ -374,6 +390,9 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
             import wandb
 
             wandb.log({"iter": progress.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+    if not math.isfinite(losses["val"]):  # the weights have diverged: saving them would replace a good checkpoint
+        raise UserError(f"the val loss is {losses['val']} at iter {progress.iter_num}: the model has diverged; "
+                        f"not saving it (the last good checkpoint in {cfg.out_dir} stays): lower learning_rate")
     improved = losses["val"] < progress.best_val_loss
     reached = cfg.target_val_loss is not None and losses["val"] <= cfg.target_val_loss
     if (improved or cfg.always_save_checkpoint or reached) and progress.iter_num > 0 and not cfg.eval_only:

@@ -62,6 +62,8 @@ def bad_setting_cases(root: Path, trained: Trained) -> dict[str, Case]:
     raising.write_text("batch_size = 8\nx = 1 / 0\n", encoding="utf-8")
     a_file = root / "a_file"
     a_file.write_text("not a folder", encoding="utf-8")
+    nan_config = root / "nan_config.py"
+    nan_config.write_text("min_lr = float('nan')\n", encoding="utf-8")
     return {
         "unknown_setting": ("train.py", ["--lerning_rate=1e-3"], "did you mean 'learning_rate'"),
         "bad_int": ("train.py", ["--batch_size=abc"], "'batch_size' expects int, got 'abc'"),
@@ -78,6 +80,29 @@ def bad_setting_cases(root: Path, trained: Trained) -> dict[str, Case]:
         "fsdp_in_one_process": ("train.py", tiny_flags(data, root / "o11", fsdp=True),
                                 "fsdp=True needs several processes: start it with torchrun --nproc_per_node=N "
                                 "train.py ..."),
+        "nan_learning_rate": ("train.py", tiny_flags(data, root / "o12", learning_rate="nan"),
+                              "setting 'learning_rate' must be a finite number, got nan"),
+        "inf_grad_clip": ("train.py", tiny_flags(data, root / "o13", grad_clip="inf"),
+                          "setting 'grad_clip' must be a finite number, got inf"),
+        "nan_min_lr_in_a_config_file": ("train.py", [str(nan_config), *tiny_flags(data, root / "o14")],
+                                        "setting 'min_lr' must be a finite number, got nan"),
+        "absurd_learning_rate": ("train.py", tiny_flags(data, root / "o15", learning_rate=1e30),
+                                 "learning_rate must be at most 1, got 1e+30"),
+        "min_lr_above_learning_rate": ("train.py", tiny_flags(data, root / "o16", min_lr=0.1),
+                                       "min_lr (0.1) is above learning_rate (0.01): the schedule would rise"),
+        "negative_max_skipped_steps": ("train.py", tiny_flags(data, root / "o17", max_skipped_steps=-1),
+                                       "max_skipped_steps must be at least 0 (0: never stop), got -1"),
+        "zero_max_iters": ("train.py", tiny_flags(data, root / "o18", max_iters=0),
+                           "max_iters must be at least 1 (to evaluate a checkpoint without training: eval_only"),
+        "negative_seed": ("train.py", tiny_flags(data, root / "o19", seed=-1), "seed must be in [0, 2**63), got -1"),
+        "huge_seed": ("train.py", tiny_flags(data, root / "o20", seed=10**20),
+                      "seed must be in [0, 2**63), got 100000000000000000000"),
+        "cpu_with_an_index": ("train.py", [*tiny_flags(data, root / "o21"), "--device=cpu:7"],
+                              "device=cpu:7: the CPU is one device; use device=cpu"),
+        "bench_vocab_size_zero": ("bench.py", ["--vocab_size=0", "--device=cpu"],
+                                  "vocab_size must be at least 1 (or None), got 0"),
+        "bench_json_into_a_missing_folder": ("bench.py", ["--device=cpu", f"--json={root / 'nowhere' / 'x.json'}"],
+                                             "cannot write into"),
     }
 
 
@@ -163,6 +188,10 @@ def bad_sampling_cases(root: Path, trained: Trained) -> dict[str, Case]:
                                         "temperature must be >= 0, got -1.0"),
         "sample_repetition_penalty_zero": ("sample.py", sample_args("--repetition_penalty=0"),
                                            "repetition_penalty must be > 0, got 0.0"),
+        "sample_nan_temperature": ("sample.py", sample_args("--temperature=nan"),
+                                   "setting 'temperature' must be a finite number, got nan"),
+        "sample_nan_repetition_penalty": ("sample.py", sample_args("--repetition_penalty=nan"),
+                                          "setting 'repetition_penalty' must be a finite number, got nan"),
         "sample_no_new_tokens": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=0"],
                                  "max_new_tokens must be at least 1"),
         "sample_empty_prompt_without_end_of_text": ("sample.py", sample_args("--start="),
@@ -180,7 +209,9 @@ def build_cases(root: Path, trained: Trained) -> dict[str, Case]:
 
 CASES = ["unknown_setting", "bad_int", "setting_without_dashes", "missing_config_file", "config_file_raises",
          "heads_do_not_divide_width", "negative_learning_rate", "out_dir_under_a_file", "fp8_without_an_fp8_gpu",
-         "fsdp_in_one_process",
+         "fsdp_in_one_process", "nan_learning_rate", "inf_grad_clip", "nan_min_lr_in_a_config_file",
+         "absurd_learning_rate", "min_lr_above_learning_rate", "negative_max_skipped_steps", "zero_max_iters",
+         "negative_seed", "huge_seed", "cpu_with_an_index", "bench_vocab_size_zero", "bench_json_into_a_missing_folder",
          "missing_dataset_dir", "missing_bin", "short_dataset", "token_id_beyond_vocab", "bin_not_whole_token_ids",
          "meta_dtype_float64", "meta_dtype_uint8", "meta_dtype_unknown", "prepare_char_empty_input",
          "prepare_bpe_empty_input", "prepare_char_input_not_utf8", "prepare_bpe_input_not_utf8",
@@ -188,7 +219,8 @@ CASES = ["unknown_setting", "bad_int", "setting_without_dashes", "missing_config
          "resume_with_a_preset_of_another_shape",
          "sample_unknown_characters", "sample_prompt_file_not_utf8", "sample_missing_prompt_file",
          "sample_top_p_zero", "sample_top_p_above_one", "sample_top_k_zero", "sample_top_k_beyond_vocab",
-         "sample_negative_temperature", "sample_repetition_penalty_zero", "sample_no_new_tokens",
+         "sample_negative_temperature", "sample_repetition_penalty_zero", "sample_nan_temperature",
+         "sample_nan_repetition_penalty", "sample_no_new_tokens",
          "sample_empty_prompt_without_end_of_text", "score_empty_text", "score_single_token"]
 
 

@@ -210,3 +210,21 @@ def test_a_run_of_nan_steps_stops_training_with_one_line(char_data: CharData, tm
         train.main(tiny_flags(char_data, out_dir, max_iters=50, eval_interval=4, max_skipped_steps=3))
     ckpt = checkpoint.read(str(out_dir))
     assert ckpt.header.iter_num == 4 and all(torch.isfinite(t).all() for t in ckpt.model.values())
+
+
+def test_a_diverged_model_is_never_saved_over_a_good_checkpoint(char_data: CharData, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, max_iters=4, eval_interval=4))
+    good = (out_dir / "ckpt.pt").read_bytes()
+    evaluate_for_real = train.estimate_loss
+
+    def diverged(*args: object, **kwargs: object) -> dict[str, float]:  # the weights as a diverged run leaves them
+        return {split: float("nan") for split in evaluate_for_real(*args, **kwargs)}
+
+    monkeypatch.setattr(train, "estimate_loss", diverged)
+    with pytest.raises(UserError, match=r"^the val loss is nan at iter 4: the model has diverged; not saving it "
+                                        r"\(the last good checkpoint in .* stays\): lower learning_rate$"):
+        train.main(tiny_flags(char_data, out_dir, max_iters=8, eval_interval=4, init_from="resume",
+                              always_save_checkpoint=True))
+    assert (out_dir / "ckpt.pt").read_bytes() == good
