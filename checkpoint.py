@@ -20,10 +20,16 @@ sharded checkpoint is keyed by parameter name, that of ckpt.pt by position; `opt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shlex
 import shutil
+import socket
+import sys
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -42,8 +48,12 @@ from tokenizer import Tokenizer
 CKPT_FILE = "ckpt.pt"  # the latest state
 BEST_FILE = "best.pt"  # the best validation loss so far
 SHARDED = {CKPT_FILE: "ckpt.dcp", BEST_FILE: "best.dcp"}  # their sharded counterparts: links to directories
+LOCK_FILE = ".lock"  # held by the run that writes out_dir's checkpoints (claim)
 HEADER_FILE = "header.pt"  # in a sharded checkpoint's directory: everything but the model and optimizer tensors
 SHARDED_DIR = re.compile(r"ckpt-\d+-[0-9a-f]{8}(\.tmp)?")  # the directories save_sharded writes
+# what a writer of out_dir leaves behind if it is killed mid-write, the writer's pid in group 1 where it has one
+LEFTOVER = re.compile(r"(?:(?:ckpt|best)\.pt\.tmp|\.(?:ckpt|best)\.dcp)\.(\d+)"
+                      r"|ckpt-\d+-[0-9a-f]{8}\.tmp|\.write-test-.*")
 
 
 TENSORS = ("model", "optimizer")  # the keys beside the header's fields
@@ -246,6 +256,64 @@ def remove_link(out_dir: str, link: str) -> None:
         prune(out_dir)
 
 
+@contextlib.contextmanager
+def claim(out_dir: str) -> Iterator[None]:
+    """Hold out_dir for one run: an exclusive lock on out_dir/.lock, which the operating system releases when the
+    process ends in any way, a kill included. A second run there is refused in one line naming the first. Once
+    held, what killed writers left behind is removed (their temporary files and directories)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here, and no second run is refused
+        yield
+        return
+    with open(os.path.join(out_dir, LOCK_FILE), "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(f"out_dir {out_dir} is in use by another run ({f.read().strip() or 'unknown'}): wait "
+                            "for it to end, or choose another out_dir") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                f"{shlex.join(sys.argv)}\n")
+        f.flush()
+        remove_leftovers(out_dir)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_leftovers(out_dir: str) -> None:
+    """Remove the temporary files and directories of out_dir's writers that are no longer running."""
+    for entry in os.listdir(out_dir):
+        match = LEFTOVER.fullmatch(entry)
+        if match is None or (match[1] is not None and running(int(match[1]))):
+            continue
+        path = os.path.join(out_dir, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def present(out_dir: str) -> list[str]:
+    """The checkpoints out_dir holds, by name (ckpt.pt, best.pt, ckpt.dcp, best.dcp)."""
+    names = (CKPT_FILE, BEST_FILE, SHARDED[CKPT_FILE], SHARDED[BEST_FILE])
+    return [name for name in names if os.path.exists(os.path.join(out_dir, name))]
+
+
 def prune(out_dir: str) -> None:
     """Remove the sharded checkpoint directories that no link points to (superseded, or left by a failed save)."""
     kept = {os.path.realpath(os.path.join(out_dir, link)) for link in SHARDED.values()}
@@ -340,6 +408,12 @@ def locate(out_dir: str, which: str = "latest") -> str:
         found = [p for p in (os.path.join(out_dir, name), os.path.join(out_dir, SHARDED[name])) if os.path.exists(p)]
         if found:  # a link resolved now: a run that moves it on meanwhile does not mix two checkpoints in a read
             return os.path.realpath(max(found, key=os.path.getmtime))
+    best = [name for name in (BEST_FILE, SHARDED[BEST_FILE]) if os.path.exists(os.path.join(out_dir, name))]
+    if best:  # ckpt.pt removed by hand: the best is the state to go on from
+        latest = CKPT_FILE if best[0] == BEST_FILE else SHARDED[CKPT_FILE]
+        raise UserError(f"no latest checkpoint in {out_dir}, only {best[0]}: to continue from it, copy it to "
+                        f"{latest} (cp -P {os.path.join(out_dir, best[0])} {os.path.join(out_dir, latest)}) and "
+                        "resume")
     raise UserError(f"no checkpoint at {os.path.join(out_dir, CKPT_FILE)}: train one first (init_from=scratch) or "
                     "set out_dir")
 

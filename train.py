@@ -63,6 +63,8 @@ class TrainConfig(ModelSettings):
     eval_only: bool = False  # evaluate once and exit
     eval_at_start: bool = False  # evaluate before the first step from scratch too (it delays the first step)
     always_save_checkpoint: bool = True  # ckpt.pt at every evaluation, else only when val loss improves (best.pt)
+    overwrite: bool = False  # a run from scratch (or GPT-2) where out_dir holds checkpoints replaces them; else
+    # it is refused
     init_from: str = "scratch"  # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     seed: int = 1337  # the data order and the initial weights are functions of it
 
@@ -195,12 +197,18 @@ def check_out_dir(out_dir: str) -> None:
         raise UserError(f"out_dir {out_dir} cannot hold checkpoints: {e.strerror or e}") from None
 
 
-def check_out_dir_and_wandb(cfg: TrainConfig) -> None:
-    """What only rank 0 will need: an out_dir that can hold checkpoints, and wandb when it logs there."""
-    if not cfg.eval_only:
-        check_out_dir(cfg.out_dir)
+def claim_out_dir_and_check_wandb(cfg: TrainConfig, held: contextlib.ExitStack) -> None:
+    """What only rank 0 will need: an out_dir that can hold checkpoints, held for this run alone (checkpoint.claim,
+    released by `held`), whose checkpoints a new run does not replace unless told to; and wandb when it logs."""
     if cfg.wandb_log:
         configurator.require("wandb", "wandb_log=True")
+    if not cfg.eval_only:
+        check_out_dir(cfg.out_dir)
+        held.enter_context(checkpoint.claim(cfg.out_dir))
+        found = checkpoint.present(cfg.out_dir)
+        if found and cfg.init_from != "resume" and not cfg.overwrite:
+            raise UserError(f"out_dir {cfg.out_dir} already holds checkpoints ({', '.join(found)}): continue them "
+                            "with --init_from=resume, choose another out_dir, or replace them with --overwrite=True")
 
 
 def warn_if_gpu_recipe_on_cpu(model: GPT, device: torch.device, tokens: int) -> None:
@@ -577,7 +585,42 @@ def main(argv: list[str]) -> dict[str, list]:
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     runtime.enable_tf32(layout.device)
     meta = data_meta(cfg, required=not cfg.dry_run)
+    model, ckpt = described_model(cfg, layout, meta)
+    if cfg.dry_run:
+        print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.world, dtype,
+                                 cfg.activation_checkpointing))
+        return {"train_loss": [], "eval": []}
+    with contextlib.ExitStack() as held:  # out_dir's lock, released however main ends
+        parallel.rank_0_decides(layout, lambda: claim_out_dir_and_check_wandb(cfg, held))
+        if cfg.cuda_graph and (blocker := graph_blocker(layout.device, layout.distributed, dtype,
+                                                        cfg.activation_checkpointing)):
+            if layout.master:  # a recipe's hint, as compile is: the run goes on without it
+                print(f"cuda_graph=True: the step runs without a CUDA graph here: {blocker}")
+            cfg = replace(cfg, cuda_graph=False)
+        if layout.master:
+            warn_if_gpu_recipe_on_cpu(model, layout.device, tokens_per_iter(cfg, model))
+        run = start_run(cfg, layout, meta, model, ckpt, dtype)
+        run.launched = launched
+        del ckpt  # free its memory before training
+        if layout.master:
+            print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {layout.device}, "
+                  f"{dtype}, {layout.describe(cfg.fsdp)}, {tokens_per_iter(cfg, model):,} tokens per iteration")
+        if cfg.wandb_log and layout.master:
+            import wandb
 
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
+        train(run)
+        if cfg.wandb_log and layout.master:
+            wandb.finish()
+    if layout.distributed:
+        dist.destroy_process_group()
+    return run.history
+
+
+def described_model(cfg: TrainConfig, layout: Layout,
+                    meta: dict[str, Any]) -> tuple[GPT, checkpoint.Checkpoint | None]:
+    """build_model's model and checkpoint, its sizes checked against the tensor-parallel split and its parameter
+    table printed; each data-parallel share then draws its own dropout masks."""
     model, ckpt = build_model(cfg, meta, layout.device, sharded=layout.sharded and not cfg.dry_run)
     if layout.tp > 1:  # the sizes the split must divide, known now (from the checkpoint, when resuming)
         parallel.refuse_together(layout, parallel.check_sizes, model.config, layout.tp)
@@ -585,36 +628,7 @@ def main(argv: list[str]) -> dict[str, list]:
         torch.manual_seed(cfg.seed + layout.dp_rank)
     if layout.master:
         print(accounting.table(model))
-    if cfg.dry_run:
-        print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.world, dtype,
-                                 cfg.activation_checkpointing))
-        return {"train_loss": [], "eval": []}
-    parallel.rank_0_decides(layout, lambda: check_out_dir_and_wandb(cfg))
-    if cfg.cuda_graph and (blocker := graph_blocker(layout.device, layout.distributed, dtype,
-                                                    cfg.activation_checkpointing)):
-        if layout.master:  # a recipe's hint, as compile is: the run goes on without it
-            print(f"cuda_graph=True: the step runs without a CUDA graph here: {blocker}")
-        cfg = replace(cfg, cuda_graph=False)
-    if layout.master:
-        warn_if_gpu_recipe_on_cpu(model, layout.device, tokens_per_iter(cfg, model))
-    run = start_run(cfg, layout, meta, model, ckpt, dtype)
-    run.launched = launched
-    del ckpt  # free its memory before training
-    if layout.master:
-        print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {layout.device}, {dtype}, "
-              f"{layout.describe(cfg.fsdp)}, {tokens_per_iter(cfg, model):,} tokens per iteration")
-    if cfg.wandb_log and layout.master:
-        import wandb
-
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
-
-    train(run)
-
-    if cfg.wandb_log and layout.master:
-        wandb.finish()
-    if layout.distributed:
-        dist.destroy_process_group()
-    return run.history
+    return model, ckpt
 
 
 if __name__ == "__main__":

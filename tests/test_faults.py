@@ -228,3 +228,71 @@ def test_a_diverged_model_is_never_saved_over_a_good_checkpoint(char_data: CharD
         train.main(tiny_flags(char_data, out_dir, max_iters=8, eval_interval=4, init_from="resume",
                               always_save_checkpoint=True))
     assert (out_dir / "ckpt.pt").read_bytes() == good
+
+
+def test_a_second_run_in_the_same_out_dir_is_refused_until_the_first_ends_even_by_a_kill(char_data: CharData,
+                                                                                         tmp_path: Path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    holder = subprocess.Popen(  # a run's claim, held by a real process until it is killed
+        [sys.executable, "-c", "import sys, time, checkpoint\n"
+                               "with checkpoint.claim(sys.argv[1]):\n    print('held', flush=True)\n"
+                               "    time.sleep(600)", str(out_dir)],
+        cwd=REPO_ROOT, env=script_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(UserError, match=rf"^out_dir {re.escape(str(out_dir))} is in use by another run \(pid "
+                                            rf"{holder.pid} on .*\): wait for it to end, or choose another out_dir$"):
+            train.main(tiny_flags(char_data, out_dir))
+        assert not checkpoint.present(str(out_dir))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(train.main(tiny_flags(char_data, out_dir))["train_loss"]) == 4  # the kill released the lock
+
+
+def test_a_run_from_scratch_does_not_replace_checkpoints_unless_told_to(char_data: CharData, tmp_path: Path):
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
+    before = (out_dir / "ckpt.pt").read_bytes()
+    with pytest.raises(UserError, match=r"already holds checkpoints \(ckpt\.pt, best\.pt\): continue them with "
+                                        r"--init_from=resume, choose another out_dir, or replace them with "
+                                        r"--overwrite=True$"):
+        train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
+    assert (out_dir / "ckpt.pt").read_bytes() == before
+    train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2, overwrite=True, seed=7))
+    assert (out_dir / "ckpt.pt").read_bytes() != before
+
+
+def test_resuming_where_only_the_best_checkpoint_is_left_says_how_to_go_on(char_data: CharData, tmp_path: Path):
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
+    (out_dir / "ckpt.pt").unlink()
+    with pytest.raises(UserError, match=r"^no latest checkpoint in .*, only best\.pt: to continue from it, copy it "
+                                        r"to ckpt\.pt \(cp -P .*best\.pt .*ckpt\.pt\) and resume$"):
+        train.main(tiny_flags(char_data, out_dir, max_iters=4, init_from="resume"))
+    shutil.copy(out_dir / "best.pt", out_dir / "ckpt.pt")  # as the line says
+    assert len(train.main(tiny_flags(char_data, out_dir, max_iters=4, init_from="resume"))["train_loss"]) == 2
+
+
+def test_a_run_removes_what_killed_writers_left_in_its_out_dir(char_data: CharData, tmp_path: Path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(dead.stdout)  # a process that has ended: its pid names no running writer
+    left = [f"ckpt.pt.tmp.{dead_pid}", f"best.pt.tmp.{dead_pid}", f".ckpt.dcp.{dead_pid}", ".write-test-x1y2"]
+    for name in left:
+        (out_dir / name).write_bytes(b"partial")
+    (out_dir / "ckpt-8-0123abcd.tmp").mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    alive = out_dir / f"ckpt.pt.tmp.{writer.pid}"  # a writer still running (a conversion, say) keeps its file
+    alive.write_bytes(b"being written")
+    (out_dir / "notes.txt").write_text("the user's own file", encoding="utf-8")
+    try:
+        train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
+    finally:
+        writer.kill()
+        writer.wait()
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([".lock", alive.name, "best.pt", "ckpt.pt",
+                                                                "notes.txt"])
