@@ -443,6 +443,11 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2 does
         self.activation_checkpointing = False  # training: keep each block's input, recompute its activations
+        if config.pos_emb == "rope":  # computed once: a compiled model would otherwise recompute every angle's
+            # cosine in each layer's kernels; not saved (persistent=False), as they follow from the config
+            cos, sin = rope_tables(torch.arange(config.block_size), config.head_dim, config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight") and config.zero_init_proj:  # modded-nanogpt: every residual branch
@@ -493,7 +498,8 @@ class GPT(nn.Module):
         if cfg.pos_emb == "learned":
             x = x + self.transformer.wpe(pos)
         elif cfg.pos_emb == "rope":
-            rope = rope_tables(pos, cfg.head_dim, cfg.rope_base)
+            rope = (self.rope_cos[:T], self.rope_sin[:T]) if input_pos is None else (self.rope_cos[pos],
+                                                                                     self.rope_sin[pos])
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training:  # keep block inputs only, recompute the rest
