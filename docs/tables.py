@@ -80,18 +80,25 @@ GPT2_RUNS = {"baseline": "config/train_gpt2.py (AdamW, warmup 20, cosine to 200)
              "muon": "config/train_gpt2_muon.py (Muon, modern blocks, warmup-stable-decay)"}
 
 
-def curve(name: str) -> list[tuple[int, float, float]]:
-    """(step, seconds since launch, val loss) of each evaluation in docs/data/gpt2_NAME.log (time-stamped lines)."""
-    text = (DATA / f"gpt2_{name}.log").read_text()
+def stamped_evaluations(path: Path) -> list[tuple[int, float, float]]:
+    """(step, seconds since launch, val loss) of each evaluation in a time-stamped train.py log."""
     return [(int(s), float(t), float(v)) for t, s, v in
-            re.findall(r"^ *([\d.]+) step (\d+): train loss [\d.]+, val loss ([\d.]+)", text, re.M)]
+            re.findall(r"^ *([\d.]+) step (\d+): train loss [\d.]+, val loss ([\d.]+)", path.read_text(), re.M)]
+
+
+def median_rate(path: Path) -> float:
+    """The median tokens/s of a log's lines after the first two (start-up)."""
+    rates = sorted(float(r.replace(",", "")) for r in re.findall(r"ms/iter, ([\d,]+) tok/s", path.read_text())[2:])
+    return rates[len(rates) // 2]
+
+
+def curve(name: str) -> list[tuple[int, float, float]]:
+    """(step, seconds since launch, val loss) of each evaluation in docs/data/gpt2_NAME.log."""
+    return stamped_evaluations(DATA / f"gpt2_{name}.log")
 
 
 def tokens_per_s(name: str) -> float:
-    """The median tokens/s of the log lines after the first two (start-up)."""
-    rates = sorted(float(r.replace(",", "")) for r in re.findall(r"ms/iter, ([\d,]+) tok/s",
-                                                                  (DATA / f"gpt2_{name}.log").read_text())[2:])
-    return rates[len(rates) // 2]
+    return median_rate(DATA / f"gpt2_{name}.log")
 
 
 def gpt2_table() -> str:
@@ -113,6 +120,59 @@ def gpt2_table() -> str:
               "--warmup=2 --iters=4 "
               "--optimizer=adamw|muon`: " + ", ".join(f"{n} {r['tokens_per_s']:,.0f} tokens/s" for n, r in opt.items())
               + f" ({opt['muon']['tokens_per_s'] / opt['adamw']['tokens_per_s']:.3f}x)."]
+    return "\n".join(lines)
+
+
+MEDIUM = ("`python train.py CONFIG --dataset=files --n_layer=24 --n_head=16 --n_embd=1024 --max_iters=100 "
+          "--eval_interval=25 --eval_iters=16 --log_interval=10 --batch_size=16 --gradient_accumulation_steps=16 "
+          "--always_save_checkpoint=False` (262,144 tokens per step), CONFIG = `config/train_gpt2.py "
+          "--learning_rate=3e-4 --min_lr=3e-5 --warmup_iters=10 --lr_decay_iters=100` (GPT-3's rate for this size) or "
+          "`config/train_gpt2_muon.py` unchanged.")
+
+
+def medium_table() -> str:
+    runs = {"baseline": "config/train_gpt2.py (AdamW, cosine)", "muon": "config/train_gpt2_muon.py"}
+    curves = {n: stamped_evaluations(DATA / f"gpt2_medium_{n}.log") for n in runs}
+    target_step, target_time, target = curves["baseline"][-1]
+    lines = [MEDIUM, "", f"The baseline's val loss at step {target_step}: {target:.4f}.", "",
+             "| run | val 25 | val 50 | val 75 | val 100 | first evaluation at or below the baseline's 100-step loss "
+             "| seconds from launch to it | tokens/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, what in runs.items():
+        val = {s: v for s, _, v in curves[name]}
+        step, seconds = next((s, t) for s, t, v in curves[name] if v <= target)
+        rate = median_rate(DATA / f"gpt2_medium_{name}.log")
+        lines.append(f"| {what} | {val[25]:.4f} | {val[50]:.4f} | {val[75]:.4f} | {val[100]:.4f} | step {step} | "
+                     f"{seconds:.0f} ({seconds / target_time:.2f}x) | {rate:,.0f} |")
+    return "\n".join(lines)
+
+
+SHAKESPEARE_MUON = {"s1": "--max_iters=750", "s2": "--max_iters=750 --learning_rate=3e-3",
+                    "s3": "--max_iters=750 --muon_lr=0.03 --learning_rate=3e-3",
+                    "s4": "--max_iters=500 --batch_size=128 --learning_rate=3e-3",
+                    "s5": "--max_iters=750 --learning_rate=3e-3 --decay_fraction=0.6",
+                    "s6": "--max_iters=1000 --learning_rate=3e-3"}
+
+
+def shakespeare_muon_table() -> str:
+    classic = stamped_evaluations(DATA / "shakespeare_classic.log")
+    step, seconds, best = min(classic, key=lambda e: e[2])
+    lines = ["`python train.py config/train_shakespeare_char.py --data_root=DIR` (the offline text), the classic "
+             f"recipe: best val loss {best:.4f} at step {step}, {seconds:.1f} s from launch. Its Muon variants add "
+             "`--optimizer=muon --lr_schedule=wsd --warmup_iters=50 --target_val_loss=BEST` and:", "",
+             "| variant | best val loss | at step | seconds from launch to it | the classic recipe's seconds to "
+             "that loss | ms/iter |", "|---|---:|---:|---:|---:|---:|"]
+    for name, flags in SHAKESPEARE_MUON.items():
+        path = DATA / f"shakespeare_{name}.log"
+        s, t, v = min(stamped_evaluations(path), key=lambda e: e[2])
+        ms = sorted(float(m) for m in re.findall(r"([\d.]+) ms/iter", path.read_text())[2:])
+        classic_t = next(ct for _, ct, cv in classic if cv <= v)
+        lines.append(f"| `{flags}` | {v:.4f} | {s} | {t:.1f} ({t / seconds:.2f}x) | {classic_t:.1f} | "
+                     f"{ms[len(ms) // 2]:.1f} |")
+    ms = sorted(float(m) for m in re.findall(r"([\d.]+) ms/iter", (DATA / "shakespeare_classic.log").read_text())[2:])
+    reached = [n for n in SHAKESPEARE_MUON if min(v for *_, v in stamped_evaluations(DATA / f"shakespeare_{n}.log"))
+               <= best]
+    lines += ["", f"The classic recipe's step: {ms[len(ms) // 2]:.1f} ms/iter. Variants that reach its best val "
+              f"loss: {len(reached)} of {len(SHAKESPEARE_MUON)}."]
     return "\n".join(lines)
 
 
@@ -138,7 +198,10 @@ def plot(path: Path) -> None:
 def tables() -> str:
     return "\n\n".join(["### Speed: 63f2b55 (modules by idea) against 51427ac (before them)", speed_table(),
                         "### The Shakespeare recipe's losses: 63f2b55 against 51427ac", recipe_table(),
-                        "### GPT-2 124M in 200 steps: AdamW against Muon", gpt2_table()])
+                        "### GPT-2 124M in 200 steps: AdamW against Muon", gpt2_table(),
+                        "### GPT-2 medium (350M) in 100 steps: AdamW against Muon", medium_table(),
+                        "### Shakespeare characters: the classic recipe against Muon variants",
+                        shakespeare_muon_table()])
 
 
 def main(argv: list[str]) -> None:
