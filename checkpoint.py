@@ -21,6 +21,7 @@ sharded checkpoint is keyed by parameter name, that of ckpt.pt by position; `opt
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shlex
@@ -167,7 +168,10 @@ def save(ckpt: Checkpoint, out_dir: str, best: bool = False) -> str:
 
 def write_file(ckpt: dict[str, Any], path: str) -> None:
     with open(path, "wb") as f:
-        torch.save(ckpt, f)
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:  # torch's zip writer reports a short write (a full disk) as a RuntimeError
+            raise OSError(errno.EIO, f"the write stopped short; is the disk full? ({str(e).splitlines()[0]})") from None
         f.flush()
         os.fsync(f.fileno())
 

@@ -138,21 +138,29 @@ def test_read_leaves_the_optimizer_state_unless_asked(tmp_path: Path):
     assert checkpoint.read(str(tmp_path), optimizer=True).optimizer == {"state": {}}
 
 
+FULL_DISK = {  # what a save meets on a full disk: an OSError, or torch's zip writer's RuntimeError
+    "oserror": (OSError(28, "No space left on device"), r"No space left on device"),
+    "torch": (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1152 vs 1046\nmore"),
+              r"the write stopped short; is the disk full\? \(\[enforce fail at inline_container\.cc:664\] \. "
+              r"unexpected pos 1152 vs 1046\)")}
+
+
 @pytest.mark.parametrize("previous", [True, False])
+@pytest.mark.parametrize("raised", ["oserror", "torch"])
 def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      previous: bool):
+                                                      previous: bool, raised: str):
     if previous:
         checkpoint.save(small_checkpoint(tiny_gpt(), 1), str(tmp_path), best=True)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}  # ckpt.pt and best.pt, or nothing
+    error, says = FULL_DISK[raised]
 
     def crash(obj: object, f: object) -> None:
         f.write(b"half a checkpoint")  # type: ignore[attr-defined]
-        raise OSError(28, "No space left on device")
+        raise error
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
     said = "the previous one is left as it was" if previous else "there is none yet"
-    with pytest.raises(UserError, match=rf"^could not write a checkpoint to .*ckpt\.pt \(No space left on device\); "
-                                        rf"{said}$"):
+    with pytest.raises(UserError, match=rf"^could not write a checkpoint to .*ckpt\.pt \({says}\); {said}$"):
         checkpoint.save(small_checkpoint(tiny_gpt(), 2), str(tmp_path), best=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
