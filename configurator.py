@@ -19,6 +19,7 @@ import os
 import re
 import runpy
 import sys
+import time
 import tokenize
 import traceback
 import types
@@ -32,7 +33,13 @@ T = TypeVar("T")
 class UserError(Exception):
     """A mistake in the user's input or files: printed as one line, exit status 2, no traceback.
 
-    Under torchrun only rank 0 says it: the other processes raise it with no message and print nothing."""
+    Under torchrun only rank 0 says it: the other processes raise it with no message and print nothing. together:
+    every process raises it at the same point (parallel.refuse_together, rank_0_decides), and they leave
+    together (leave)."""
+
+    def __init__(self, message: str = "", together: bool = False) -> None:
+        super().__init__(message)
+        self.together = together
 
 
 def require(package: str, purpose: str, install: str = "-r requirements-extra.txt") -> types.ModuleType:
@@ -46,23 +53,31 @@ def require(package: str, purpose: str, install: str = "-r requirements-extra.tx
         raise UserError(f"{purpose} needs the {package} package: pip install {install}") from None
 
 
-def user_error_status() -> int:
-    """2; but 0 under torchrun, which answers any other exit of a worker with a page of its own traceback that
-    would bury the one line saying what to fix (torchrun sets TORCHELASTIC_RUN_ID in its workers)."""
-    return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 2
-
-
 def run(main: Callable[[list[str]], Any]) -> None:
     """Entry point of every script: call main(argv) and turn a UserError into one line and exit 2."""
     try:
         main(sys.argv[1:])
     except UserError as e:
         if str(e):
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(user_error_status())
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        if e.together:
+            leave()
+        sys.exit(2)  # under torchrun too: a scheduler or `&&` must see the failure
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)  # 128 + SIGINT, as a shell reports it
+
+
+def leave() -> None:
+    """Before the processes of a torchrun launch exit 2 together: torchrun stops every worker once one has
+    failed, so the others first wait until rank 0 has printed why (a barrier, or a moment before the process
+    group exists); and the process group is closed, as a communication thread left running aborts the exit."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    elif os.environ.get("RANK", "0") != "0":
+        time.sleep(1.0)
 
 
 def _nearest(name: str, choices: list[str]) -> str:

@@ -98,7 +98,8 @@ def setup(device: str, backend: str, tensor_parallel: int, fsdp: bool, accum: in
     if accum % (world // tp):
         shares = f"the number of processes ({world})" if tp == 1 else \
             f"the number of data-parallel processes ({world} / tensor_parallel {tp} = {world // tp})"
-        raise UserError("" if rank else f"gradient_accumulation_steps ({accum}) must be divisible by {shares}")
+        raise UserError("" if rank else f"gradient_accumulation_steps ({accum}) must be divisible by {shares}",
+                        together=True)
     if backend == "auto":
         backend = "nccl" if (device == "auto" or device.startswith("cuda")) and torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend)
@@ -114,7 +115,7 @@ def refuse_together(layout: Layout, check: Callable[..., None], *args: Any) -> N
     try:
         check(*args)
     except UserError as e:
-        raise UserError(str(e) if layout.master else "") from None
+        raise UserError(str(e) if layout.master else "", together=layout.distributed) from None
 
 
 def rank_0_decides(layout: Layout, check: Callable[[], None]) -> None:
@@ -131,7 +132,7 @@ def rank_0_decides(layout: Layout, check: Callable[[], None]) -> None:
         dist.broadcast_object_list(shared, src=0)
         message = shared[0]
     if message is not None:
-        raise UserError(message if layout.master else "")
+        raise UserError(message if layout.master else "", together=layout.distributed)
 
 
 def check_run(layout: Layout, dtype: torch.dtype, fsdp: bool, tp: int, fp8: bool) -> None:
