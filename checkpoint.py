@@ -450,12 +450,12 @@ def sharded_reader(path: str) -> Any:
     """DCP's reader of the sharded checkpoint at path (safeload's, which runs no code), its metadata checked
     first: a refusal or a missing file is then one line, before DCP would log it with a traceback."""
     try:
-        safeload.dcp_metadata(path)
+        metadata = safeload.dcp_metadata(path)
     except safeload.Refused as e:
         raise UserError(f"refusing checkpoint {path}: {e}") from None
     except OSError as e:
         raise UserError(corrupt(path, e)) from None
-    return safeload.dcp_reader(path)
+    return safeload.dcp_reader(path, metadata)
 
 
 def unreadable(path: str, e: BaseException) -> str:

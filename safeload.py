@@ -51,10 +51,13 @@ def loads(data: bytes, allowed: frozenset[tuple[str, str]] = frozenset()) -> Any
     return RestrictedUnpickler(io.BytesIO(data), allowed).load()
 
 
-def dcp_reader(path: str) -> Any:
-    """A torch.distributed.checkpoint storage reader for the checkpoint directory at path that reads its metadata
-    with the restricted unpickler and its non-tensor values with torch.load(weights_only=True)."""
-    return _reader_class()(path)
+def dcp_reader(path: str, metadata: Any) -> Any:
+    """A torch.distributed.checkpoint storage reader for the checkpoint directory at path that hands DCP the
+    metadata dcp_metadata read (read once, without running code) and reads its non-tensor values with
+    torch.load(weights_only=True)."""
+    reader = _reader_class()(path)
+    reader.checked_metadata = metadata
+    return reader
 
 
 def dcp_metadata(path: str) -> Any:
@@ -76,7 +79,7 @@ def _reader_class() -> type:
 
     class PlainReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-            metadata = dcp_metadata(self.path)
+            metadata = self.checked_metadata
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id

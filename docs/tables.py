@@ -86,10 +86,18 @@ def stamped_evaluations(path: Path) -> list[tuple[int, float, float]]:
             re.findall(r"^ *([\d.]+) step (\d+): train loss [\d.]+, val loss ([\d.]+)", path.read_text(), re.M)]
 
 
+def median_after_start(values: list[str]) -> float:
+    """The median of a log's figures after the first two lines (start-up)."""
+    numbers = sorted(float(v.replace(",", "")) for v in values[2:])
+    return numbers[len(numbers) // 2]
+
+
 def median_rate(path: Path) -> float:
-    """The median tokens/s of a log's lines after the first two (start-up)."""
-    rates = sorted(float(r.replace(",", "")) for r in re.findall(r"ms/iter, ([\d,]+) tok/s", path.read_text())[2:])
-    return rates[len(rates) // 2]
+    return median_after_start(re.findall(r"ms/iter, ([\d,]+) tok/s", path.read_text()))
+
+
+def median_ms(path: Path) -> float:
+    return median_after_start(re.findall(r"([\d.]+) ms/iter", path.read_text()))
 
 
 def curve(name: str) -> list[tuple[int, float, float]]:
@@ -164,14 +172,13 @@ def shakespeare_muon_table() -> str:
     for name, flags in SHAKESPEARE_MUON.items():
         path = DATA / f"shakespeare_{name}.log"
         s, t, v = min(stamped_evaluations(path), key=lambda e: e[2])
-        ms = sorted(float(m) for m in re.findall(r"([\d.]+) ms/iter", path.read_text())[2:])
         classic_t = next(ct for _, ct, cv in classic if cv <= v)
         lines.append(f"| `{flags}` | {v:.4f} | {s} | {t:.1f} ({t / seconds:.2f}x) | {classic_t:.1f} | "
-                     f"{ms[len(ms) // 2]:.1f} |")
-    ms = sorted(float(m) for m in re.findall(r"([\d.]+) ms/iter", (DATA / "shakespeare_classic.log").read_text())[2:])
+                     f"{median_ms(path):.1f} |")
     reached = [n for n in SHAKESPEARE_MUON if min(v for *_, v in stamped_evaluations(DATA / f"shakespeare_{n}.log"))
                <= best]
-    lines += ["", f"The classic recipe's step: {ms[len(ms) // 2]:.1f} ms/iter. Variants that reach its best val "
+    classic_ms = median_ms(DATA / "shakespeare_classic.log")
+    lines += ["", f"The classic recipe's step: {classic_ms:.1f} ms/iter. Variants that reach its best val "
               f"loss: {len(reached)} of {len(SHAKESPEARE_MUON)}."]
     return "\n".join(lines)
 
