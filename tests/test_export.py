@@ -3,6 +3,9 @@ and runs identically (the conversion itself, hf.to_hf, is tested in test_hf), it
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -111,3 +114,62 @@ def test_export_refuses_a_checkpoint_without_its_tokenizer(trained: Trained, tmp
     with pytest.raises(UserError, match=r"does not record its tokenizer; refusing to guess one$"):
         export.main([f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"])
     assert not (tmp_path / "hf").exists()
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+def test_an_hf_dir_that_holds_files_is_refused_unless_replaced(trained: Trained, tmp_path: Path):
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "model-00001-of-00002.safetensors").write_bytes(b"someone else's shard")
+    (hf_dir / "config.json").write_text("{}", encoding="utf-8")
+    before = tree(hf_dir)
+    args = [f"--out_dir={trained.out_dir}", f"--hf_dir={hf_dir}"]
+    with pytest.raises(UserError, match=rf"^hf_dir {hf_dir} already holds files: choose another hf_dir, or replace "
+                                        r"it with --replace=True$"):
+        export.main(args)
+    assert tree(hf_dir) == before
+    export.main([*args, "--replace=True"])
+    assert sorted(tree(hf_dir)) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert GPT2LMHeadModel.from_pretrained(hf_dir) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary directory left beside it
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_an_hf_dir_that_cannot_be_a_directory_is_one_line(trained: Trained, tmp_path: Path, where: str):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder", encoding="utf-8")
+    hf_dir = a_file if where == "file" else a_file / "sub"
+    said = "is a file, not a directory" if where == "file" else r"sub is a file, not a directory \(.*a_file is\)"
+    code, out, err = run_main("export.py", [f"--out_dir={trained.out_dir}", f"--hf_dir={hf_dir}"])
+    assert code == 2 and out == "" and err.count("\n") == 1 and re.search(said, err), err
+    assert a_file.read_text(encoding="utf-8") == "not a folder"
+
+
+def test_an_export_that_fails_midway_leaves_the_previous_one(trained: Trained, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    hf_dir = tmp_path / "hf"
+    export.main([f"--out_dir={trained.out_dir}", f"--hf_dir={hf_dir}"])
+    before = tree(hf_dir)
+
+    def full_disk(self: GPT2LMHeadModel, directory: str, **kwargs: object) -> None:
+        (Path(directory) / "model.safetensors").write_bytes(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(GPT2LMHeadModel, "save_pretrained", full_disk)
+    with pytest.raises(UserError, match=rf"^could not write {hf_dir}: No space left on device$"):
+        export.main([f"--out_dir={trained.out_dir}", f"--hf_dir={hf_dir}", "--replace=True"])
+    assert tree(hf_dir) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_exported_files_are_readable_as_the_umask_allows(trained: Trained, tmp_path: Path):
+    umask = os.umask(0o022)
+    try:
+        export.main([f"--out_dir={trained.out_dir}", f"--hf_dir={tmp_path / 'hf'}"])
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "hf").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()} == {0o644}
