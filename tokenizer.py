@@ -8,9 +8,11 @@ downloads), so it works offline; without that package it falls back to tiktoken'
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -78,33 +80,51 @@ def check_meta(meta: dict[str, Any]) -> None:
 
 def write_meta(data_dir: str, meta: dict[str, Any]) -> None:
     """meta: tokenizer ('char' | 'gpt2'), vocab_size, dtype, eot_id (or None), chars (char only), source."""
+    dump_meta(meta, os.path.join(data_dir, META_FILE))
+
+
+def dump_meta(meta: dict[str, Any], path: str) -> None:
     check_meta(meta)
-    with open(os.path.join(data_dir, META_FILE), "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False, indent=1)
 
 
+DATASET_FILES = ("train.bin", "val.bin", META_FILE)  # in the order staged renames them into place: meta.json last
+
+
+@contextlib.contextmanager
+def staged(data_dir: str) -> Iterator[dict[str, str]]:
+    """Paths to write a dataset's files to (DATASET_FILES -> a temporary path beside each, unique to this process,
+    so two prepares do not collide). When the block ends, they are renamed over data_dir's files, meta.json last;
+    if it raises (or is interrupted), they are removed instead: the old files stay as they were until every new
+    one is complete. A failed write (a full disk, an unwritable folder) is a UserError that says so."""
+    tmp = {name: os.path.join(data_dir, f".{name}.tmp-{os.getpid()}") for name in DATASET_FILES}
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        yield tmp
+        for name in DATASET_FILES:
+            os.replace(tmp[name], os.path.join(data_dir, name))
+    except OSError as e:
+        raise UserError(f"cannot write to {data_dir}: {e.strerror or e}; the files there are left as they were") \
+            from None
+    finally:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+
+
 def write_dataset(data_dir: str, splits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write each split's token ids as data_dir/{split}.bin and then meta.json, replacing earlier ones only once
-    every new file is complete: each goes to a temporary file first, and the renames come at the end. An empty
-    split is refused before anything is written, so good data is never replaced by worse."""
+    """Write the train and val splits' token ids and meta.json into data_dir through staged: earlier files are
+    replaced only once every new one is complete. An empty split is refused before anything is written, so good
+    data is never replaced by worse."""
     check_meta(meta)
     empty = [name for name, ids in splits.items() if len(ids) == 0]
     if empty:
         raise UserError(f"the {' and '.join(empty)} split would be empty: the source text is too short")
-    written = []
-    try:
+    with staged(data_dir) as tmp:
         for name, ids in splits.items():
-            written.append((f"{os.path.join(data_dir, name)}.bin.tmp", f"{os.path.join(data_dir, name)}.bin"))
-            ids.astype(meta["dtype"]).tofile(written[-1][0])
-        written.append((os.path.join(data_dir, META_FILE + ".tmp"), os.path.join(data_dir, META_FILE)))
-        with open(written[-1][0], "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False, indent=1)
-        for tmp, final in written:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in written:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            ids.astype(meta["dtype"]).tofile(tmp[f"{name}.bin"])
+        dump_meta(meta, tmp[META_FILE])
 
 
 def read_text_file(path: str) -> str:

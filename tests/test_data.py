@@ -178,13 +178,24 @@ def run_script(name: str, *flags: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(("case", "expected"), [("missing", "no such file"), ("mixed", "one kind"),
                                                 ("one_doc", "1 document"), ("no_text", "no 'text' field"),
-                                                ("hub_offline", "--input=PATH"), ("bad_flag", "unknown setting")])
+                                                ("hub_offline", "--input=PATH"), ("bad_flag", "unknown setting"),
+                                                ("empty_jsonl", "empty.jsonl holds no documents"),
+                                                ("numbers_jsonl", "its 'text' field holds int64, not text"),
+                                                ("numbers_parquet", "its 'text' field holds int64, not text")])
 def test_user_mistakes_are_one_line_errors(tmp_path: Path, case: str, expected: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     (tmp_path / "a.txt").write_text("one document", encoding="utf-8")
     (tmp_path / "b.jsonl").write_text('{"body": "no text field"}\n{"body": "x"}\n', encoding="utf-8")
+    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "numbers.jsonl").write_text('{"text": 5}\n{"text": 6}\n', encoding="utf-8")
+    pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "numbers.parquet")
     flags = {"missing": [f"--input={tmp_path / 'a.txt'},{tmp_path / 'nope.txt'}"],
              "mixed": [f"--input={tmp_path}/a.txt,{tmp_path}/b.jsonl"], "one_doc": [f"--input={tmp_path}/a.txt"],
-             "no_text": [f"--input={tmp_path}/b.jsonl"], "hub_offline": [], "bad_flag": ["--val_fractoin=0.1"]}[case]
+             "no_text": [f"--input={tmp_path}/b.jsonl"], "hub_offline": [], "bad_flag": ["--val_fractoin=0.1"],
+             "empty_jsonl": [f"--input={tmp_path}/empty.jsonl"], "numbers_jsonl": [f"--input={tmp_path}/numbers.jsonl"],
+             "numbers_parquet": [f"--input={tmp_path}/numbers.parquet"]}[case]
     code, _, err = run_main(script("openwebtext"), [f"--out_dir={tmp_path / 'out'}", *flags])
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -227,10 +238,11 @@ def test_a_failed_write_leaves_the_old_data(tmp_path: Path, monkeypatch: pytest.
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tokenizer.json, "dump", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match=r"^cannot write to .*: No space left on device; the files there are left as "
+                                        r"they were$"):
         script("shakespeare_char").main([f"--out_dir={tmp_path}", "--url="])
     assert {f: (tmp_path / f).read_bytes() for f in before} == before
-    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt", "meta.json", "train.bin", "val.bin"]
 
 
 @pytest.mark.parametrize(("change", "expected"), [
@@ -271,3 +283,28 @@ def test_gpt2_tokenizer_without_its_package_or_a_network_is_one_clear_error(monk
             tokenizer.gpt2_encoding()
     finally:
         tokenizer.gpt2_encoding.cache_clear()  # the real one again for the other tests
+
+
+@pytest.mark.parametrize("failure", ["interrupt", "disk_full"])
+def test_an_openwebtext_write_that_stops_midway_leaves_the_old_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     failure: str):
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    owt = script("openwebtext")
+    owt.main([f"--input={write_corpus('txt', tmp_path / 'in', ['one', 'two', 'three'])}", f"--out_dir={out}"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = owt.write_split
+
+    def stops(dset: object, path: str, dtype: str) -> int:
+        if path.endswith(f".val.bin.tmp-{os.getpid()}"):  # train.bin's new tokens are written: then it stops
+            raise KeyboardInterrupt if failure == "interrupt" else OSError(28, "No space left on device")
+        return real(dset, path, dtype)
+
+    monkeypatch.setattr(owt, "write_split", stops)
+    args = [f"--input={write_corpus('txt', tmp_path / 'in', ['other', 'documents', 'here', 'now'])}",
+            f"--out_dir={out}"]
+    code, _, err = run_main(owt, args)
+    assert (code, err.splitlines()[-1]) == ((130, "interrupted") if failure == "interrupt" else
+                                            (2, f"error: cannot write to {out}: No space left on device; the files "
+                                                "there are left as they were")), err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no temporary file is left

@@ -167,7 +167,8 @@ def test_an_interrupted_run_leaves_the_old_files(src: Path, tmp_path: Path, monk
     calls = []
 
     def interrupted(root: str, dtype: str, rels: list[str]) -> list:
-        calls.append((out / "train.bin.tmp").exists() and (out / "val.bin.tmp").exists())
+        staged = [out / f".{name}.tmp-{os.getpid()}" for name in ("train.bin", "val.bin")]
+        calls.append(all(path.exists() for path in staged))
         if len(calls) == 5:
             raise KeyboardInterrupt
         return real(root, dtype, rels)
@@ -179,7 +180,7 @@ def test_an_interrupted_run_leaves_the_old_files(src: Path, tmp_path: Path, monk
     if failure == "interrupt":
         monkeypatch.setattr(module, "encode_files", interrupted)
     else:
-        monkeypatch.setattr(module.json, "dump", disk_full)
+        monkeypatch.setattr(tokenizer.json, "dump", disk_full)
     code, _, stderr = run_main(module, [f"--input={src}", "--glob=*.py", f"--out_dir={out}", f"--val_per_mille={VAL}",
                                         "--num_proc=1"])
     assert code == status and stderr.endswith(message), stderr

@@ -12,9 +12,10 @@ blake2b('/'-separated relative path, UTF-8), a little-endian integer over 2**64,
 So it is the same on every machine and a file never changes split when others are added or removed.
 
 Worker processes tokenize chunks of files (~1 MB each, a few chunks per worker in flight), and the tokens go to
-train.bin.tmp / val.bin.tmp in sorted path order as they come, so memory stays bounded whatever the folder's
-size. Only when both are complete, and meta.json.tmp after them, are they renamed over train.bin, val.bin and
-meta.json (meta.json last); on any failure the temporaries are removed and the old files are left as they were.
+temporary files beside train.bin / val.bin in sorted path order as they come, so memory stays bounded whatever
+the folder's size. Only when both are complete, and meta.json's after them, are they renamed over train.bin,
+val.bin and meta.json (tokenizer.staged); on any failure the temporaries are removed and the old files are left
+as they were.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import collections
 import contextlib
 import functools
 import hashlib
-import json
 import multiprocessing
 import os
 import signal
@@ -42,7 +42,6 @@ import tokenizer
 
 CHUNK_BYTES = 1 << 20  # a worker's task: consecutive files up to about this much text
 IN_FLIGHT = 4  # chunks queued per worker: keeps every worker busy, bounds what waits in memory
-OUTPUTS = ("train.bin", "val.bin", "meta.json")  # in the order they are renamed into place: meta.json last
 
 
 @dataclass
@@ -173,27 +172,15 @@ def tokenize_into(root: str, files: list[tuple[str, int]], val_per_mille: float,
 
 
 def write_dataset(args: Settings, files: list[tuple[str, int]], meta: dict) -> Counts:
-    """Tokenize into temporary files beside the outputs, then rename them into place; on failure remove them."""
-    tmp = {name: os.path.join(args.out_dir, name + ".tmp") for name in OUTPUTS}
-    try:
-        os.makedirs(args.out_dir, exist_ok=True)
+    """Tokenize into temporary files beside the outputs, renamed into place when all are complete
+    (tokenizer.staged)."""
+    with tokenizer.staged(args.out_dir) as tmp:
         with open(tmp["train.bin"], "wb") as train, open(tmp["val.bin"], "wb") as val:
             counts = tokenize_into(args.input, files, args.val_per_mille, meta["dtype"], args.num_proc,
                                    {"train": train, "val": val})
         # again: files may have been emptied since they were listed
         refuse_empty_split(counts.documents["val"], sum(counts.documents.values()), args.val_per_mille)
-        tokenizer.check_meta(meta)
-        with open(tmp["meta.json"], "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False, indent=1)  # as tokenizer.write_meta writes it, but not in place
-        for name in OUTPUTS:
-            os.replace(tmp[name], os.path.join(args.out_dir, name))
-    except OSError as e:  # an unwritable out_dir, a full disk
-        raise configurator.UserError(f"cannot write to {args.out_dir}: {e.strerror or e}; "
-                                     "the files there are left as they were") from None
-    finally:
-        for path in tmp.values():
-            if os.path.exists(path):
-                os.remove(path)
+        tokenizer.dump_meta(meta, tmp["meta.json"])
     return counts
 
 

@@ -72,8 +72,13 @@ def load_documents(spec: str, num_proc: int) -> datasets.Dataset:
         dset = datasets.load_dataset(builder, data_files=files, split="train", num_proc=num_proc, **extra)
     except datasets.exceptions.DatasetsError as e:
         raise configurator.UserError(f"could not read --input {spec}: {e.__cause__ or e}") from None
+    except StopIteration:  # datasets' json reader on a file with no records
+        raise configurator.UserError(f"--input {spec} holds no documents") from None
     if "text" not in dset.column_names:
         raise configurator.UserError(f"--input {spec} has no 'text' field (columns: {', '.join(dset.column_names)})")
+    kind = getattr(dset.features["text"], "dtype", type(dset.features["text"]).__name__)
+    if kind not in ("string", "large_string"):
+        raise configurator.UserError(f"--input {spec}: its 'text' field holds {kind}, not text")
     return dset.select_columns(["text"])
 
 
@@ -113,12 +118,12 @@ def main(argv: list[str]) -> None:
     features = datasets.Features({"ids": datasets.List(datasets.Value(dtype))})
     tokenized = splits.map(tokenize, batched=True, remove_columns=["text"], features=features,
                            num_proc=args.num_proc, desc="tokenizing")
-    os.makedirs(args.out_dir, exist_ok=True)
-    for split, name in (("train", "train"), ("test", "val")):
-        n = write_split(tokenized[split], os.path.join(args.out_dir, f"{name}.bin"), dtype)
-        print(f"{name}: {len(tokenized[split]):,} documents, {n:,} tokens")
-    tokenizer.write_meta(args.out_dir, {"tokenizer": "gpt2", "vocab_size": vocab_size, "dtype": dtype,
-                                        "eot_id": tokenizer.GPT2_EOT, "source": source})
+    with tokenizer.staged(args.out_dir) as tmp:  # the old files stay until all the new ones are complete
+        for split, name in (("train", "train"), ("test", "val")):
+            n = write_split(tokenized[split], tmp[f"{name}.bin"], dtype)
+            print(f"{name}: {len(tokenized[split]):,} documents, {n:,} tokens")
+        tokenizer.dump_meta({"tokenizer": "gpt2", "vocab_size": vocab_size, "dtype": dtype,
+                             "eot_id": tokenizer.GPT2_EOT, "source": source}, tmp["meta.json"])
     print(f"source: {source}; vocab size {vocab_size}; wrote train.bin, val.bin, meta.json to {args.out_dir}")
 
 
