@@ -115,12 +115,13 @@ def staged(data_dir: str) -> Iterator[dict[str, str]]:
 
 def write_dataset(data_dir: str, splits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write the train and val splits' token ids and meta.json into data_dir through staged: earlier files are
-    replaced only once every new one is complete. An empty split is refused before anything is written, so good
-    data is never replaced by worse."""
+    replaced only once every new one is complete. A split of fewer than two tokens is refused before anything is
+    written, so good data is never replaced by worse."""
     check_meta(meta)
-    empty = [name for name, ids in splits.items() if len(ids) == 0]
-    if empty:
-        raise UserError(f"the {' and '.join(empty)} split would be empty: the source text is too short")
+    short = [f"{name} split would hold {len(ids)} token(s)" for name, ids in splits.items() if len(ids) < 2]
+    if short:  # not even one (input, target) pair
+        raise UserError(f"the {' and the '.join(short)}: the source text is too short; the data in {data_dir} is "
+                        "left as it was")
     with staged(data_dir) as tmp:
         for name, ids in splits.items():
             ids.astype(meta["dtype"]).tofile(tmp[f"{name}.bin"])

