@@ -278,6 +278,10 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
         if trained_on != meta["tokenizer"]:
             raise UserError(f"the checkpoint was trained on {trained_on} tokens, {data_dir} has "
                             f"{meta['tokenizer']} tokens")
+        if trained_on == "char" and ckpt.header.meta.get("chars") != meta.get("chars"):  # ids mean other chars
+            raise UserError(f"the checkpoint was trained on {len(ckpt.header.meta.get('chars') or '')} characters, "
+                            f"{data_dir} has another vocabulary ({len(meta.get('chars') or '')} characters): resume "
+                            "on the data it was trained on")
         check_resume(cfg, ckpt.header)
         if sharded:
             with torch.device(device):

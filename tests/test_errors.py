@@ -148,9 +148,14 @@ def bad_checkpoint_cases(root: Path, trained: Trained) -> dict[str, Case]:
     random_bytes = corrupt_checkpoint(root, trained, "random", lambda b: np.random.default_rng(0).bytes(len(b)))
     truncated = corrupt_checkpoint(root, trained, "truncated", lambda b: b[: len(b) // 2])
     other_shape = corrupt_checkpoint(root, trained, "other_shape", lambda b: b)
+    other_chars = make_char_dataset(root, "other_chars", "to be or not to be, that is the question " * 40)
     return {
         "resume_without_checkpoint": ("train.py", tiny_flags(data, root / "empty", **resume), "no checkpoint at"),
         "resume_random_bytes": ("train.py", tiny_flags(data, random_bytes, **resume), "corrupt or truncated"),
+        "resume_on_another_char_vocabulary": ("train.py", tiny_flags(other_chars, other_shape, **resume),
+                                              f"the checkpoint was trained on {len(data.meta['chars'])} characters, "
+                                              f"{other_chars.dir} has another vocabulary (14 characters): resume on "
+                                              "the data it was trained on"),
         "resume_truncated": ("train.py", tiny_flags(data, truncated, **resume), "corrupt or truncated"),
         "resume_with_a_preset_of_another_shape": ("train.py", [f"--data_root={data.root}", f"--dataset={data.name}",
                                                                f"--out_dir={other_shape}", "--device=cpu",
@@ -215,7 +220,7 @@ CASES = ["unknown_setting", "bad_int", "setting_without_dashes", "missing_config
          "missing_dataset_dir", "missing_bin", "short_dataset", "token_id_beyond_vocab", "bin_not_whole_token_ids",
          "meta_dtype_float64", "meta_dtype_uint8", "meta_dtype_unknown", "prepare_char_empty_input",
          "prepare_bpe_empty_input", "prepare_char_input_not_utf8", "prepare_bpe_input_not_utf8",
-         "resume_without_checkpoint", "resume_random_bytes", "resume_truncated",
+         "resume_without_checkpoint", "resume_random_bytes", "resume_truncated", "resume_on_another_char_vocabulary",
          "resume_with_a_preset_of_another_shape",
          "sample_unknown_characters", "sample_prompt_file_not_utf8", "sample_missing_prompt_file",
          "sample_top_p_zero", "sample_top_p_above_one", "sample_top_k_zero", "sample_top_k_beyond_vocab",
