@@ -48,6 +48,9 @@ class Batches:
         self.batch_size = batch_size
         self.vocab_size = vocab_size
         self.seed = seed
+        if self.dtype == np.uint16 and wider_ids(path):
+            raise UserError(f"{path} looks like uint32 token ids (every other uint16 is 0), but its meta.json says "
+                            "uint16: prepare the data again, or set its dtype to uint32")
         highest = max_token(path, dtype, size, os.path.getmtime(path))
         if highest >= vocab_size:
             raise UserError(f"{path} holds token id {highest} >= vocab_size {vocab_size}: it was prepared for "
@@ -65,7 +68,11 @@ class Batches:
         rows = np.empty((len(starts), T + 1), dtype=np.int64)
         for row, start in zip(rows, starts):
             self.file.seek(int(start) * self.dtype.itemsize)
-            row[:] = np.fromfile(self.file, dtype=self.dtype, count=T + 1)
+            ids = np.fromfile(self.file, dtype=self.dtype, count=T + 1)
+            if len(ids) < T + 1:
+                raise UserError(f"{self.path} is shorter than when the run began ({self.n_tokens} tokens): it was "
+                                "replaced or truncated during the run")
+            row[:] = ids
         data = torch.from_numpy(rows)
         return data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
@@ -74,6 +81,14 @@ class Batches:
         if device.type == "cuda":  # pinned memory lets the copy overlap the GPU's work
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x.to(device), y.to(device)
+
+
+def wider_ids(path: str, sample: int = 4096) -> bool:
+    """Whether a file read as uint16 looks like uint32 ids: every odd uint16 of its first `sample` zero (the high
+    halves of small ids, little-endian) while the even ones are not. Real text never puts one token at every other
+    position for thousands of tokens."""
+    head = np.fromfile(path, dtype=np.uint16, count=sample)
+    return len(head) >= 64 and not head[1::2].any() and bool(head[0::2].any())
 
 
 class EvalBatches(Batches):

@@ -138,3 +138,24 @@ def test_max_token_is_the_largest_id_and_follows_a_rewritten_file(tmp_path: Path
     np.append(ids, np.uint16(5000)).tofile(path)  # another size: another cache key
     assert scanned() == 5000
     assert max_token(str(tmp_path / "empty.bin"), "uint16", 0, 0.0) == 0
+
+
+def test_uint32_ids_under_a_uint16_meta_are_refused(tmp_path: Path):
+    ids = np.random.default_rng(0).integers(0, 65, size=5000)  # a char vocabulary's ids
+    ids.astype(np.uint32).tofile(tmp_path / "wide.bin")
+    with pytest.raises(UserError, match=r"wide\.bin looks like uint32 token ids \(every other uint16 is 0\), but its "
+                                        r"meta\.json says uint16"):
+        Batches(str(tmp_path / "wide.bin"), "uint16", 16, 4, 65, seed=0)
+    Batches(str(tmp_path / "wide.bin"), "uint32", 16, 4, 65, seed=0).read(0)  # read as what it is: fine
+    ids.astype(np.uint16).tofile(tmp_path / "narrow.bin")
+    Batches(str(tmp_path / "narrow.bin"), "uint16", 16, 4, 65, seed=0).read(0)  # real uint16 ids: fine
+
+
+def test_a_token_file_truncated_during_the_run_is_one_line(tmp_path: Path):
+    path = counting_file(tmp_path)
+    batches = Batches(str(path), "uint16", 16, 4, 1000, seed=0)
+    np.arange(20, dtype=np.uint16).tofile(path)  # replaced under the run by a shorter file
+    with pytest.raises(UserError, match=r"count\.bin is shorter than when the run began \(1000 tokens\): it was "
+                                        r"replaced or truncated during the run"):
+        for k in range(10):
+            batches.read(k)
