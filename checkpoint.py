@@ -44,7 +44,7 @@ import safeload
 from configurator import UserError
 from model import GPT, GPTConfig
 from parallel import Layout
-from tokenizer import Tokenizer
+from tokenizer import GPT2_META, NANOGPT_META, Tokenizer, meta_from_pickle
 
 CKPT_FILE = "ckpt.pt"  # the latest state
 BEST_FILE = "best.pt"  # the best validation loss so far
@@ -363,7 +363,11 @@ def restore_run(ckpt: Checkpoint, layout: Layout, model: GPT, optimizer: torch.o
     if layout.sharded:
         restore_shards(ckpt, layout, model, optimizer, names)
     else:  # a sharded checkpoint's optimizer state, read whole, is keyed by name
-        optimizer.load_state_dict(optimizer_by_position(ckpt.optimizer, names))
+        try:
+            optimizer.load_state_dict(optimizer_by_position(ckpt.optimizer or {}, names))
+        except (ValueError, KeyError, TypeError) as e:  # another tool's optimizer, in another order
+            raise UserError(f"the optimizer state in {ckpt.path} does not fit this run's optimizer ({e}): its weights "
+                            "still sample and export, but cannot be resumed here") from None
     for group in optimizer.param_groups:
         group.update(how)  # set_capturable then puts the step counts where these kernels want them
     header = ckpt.header
@@ -436,10 +440,26 @@ def read(out_dir: str, which: str = "latest", map_location: str | torch.device =
         data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 (torch raises many types for a damaged zip or pickle)
         raise UserError(corrupt(path, e)) from None
+    if isinstance(data, dict) and "model_args" in data and "batch_pos" not in data:
+        data = from_nanogpt(data, path)
     header = Header.from_dict(data, path)
     if "model" not in data:
         raise UserError(f"checkpoint {path} is not one of ours: missing model")
     return Checkpoint(path, header, data["model"], data.get("optimizer") if optimizer else None)
+
+
+def from_nanogpt(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """A checkpoint nanoGPT's train.py wrote (model_args, iter_num, best_val_loss, config, model, optimizer, and
+    no data position: ours always has one) as ours: its weights without torch.compile's _orig_mod. prefix, and
+    the tokenizer nanoGPT's sample.py would take: data/<its dataset>/meta.pkl if there is one (read as
+    tokenizer.read_meta reads it), else GPT-2's BPE."""
+    model = {k.removeprefix("_orig_mod."): v for k, v in data.get("model", {}).items()}
+    dataset = (data.get("config") or {}).get("dataset")
+    pickled = os.path.join("data", str(dataset), NANOGPT_META) if dataset else None
+    meta = meta_from_pickle(pickled) if pickled and os.path.isfile(pickled) else GPT2_META
+    print(f"note: {path} is a nanoGPT checkpoint; its tokenizer: {pickled if meta is not GPT2_META else 'GPT-2 BPE'}",
+          file=sys.stderr)
+    return data | {"model": model, "meta": meta}
 
 
 def corrupt(path: str, e: BaseException) -> str:

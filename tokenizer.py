@@ -12,6 +12,8 @@ import contextlib
 import functools
 import json
 import os
+import pickle
+import sys
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -19,9 +21,11 @@ from typing import Any
 import numpy as np
 import tiktoken
 
+import safeload
 from configurator import UserError
 
 META_FILE = "meta.json"
+NANOGPT_META = "meta.pkl"  # what nanoGPT's char prepare scripts write instead
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_EOT = 50256
 GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "eot_id": GPT2_EOT}
@@ -140,8 +144,16 @@ def read_text_file(path: str) -> str:
 
 
 def read_meta(data_dir: str) -> dict[str, Any]:
+    """data_dir's meta.json; for a folder nanoGPT prepared, its meta.pkl (a char vocabulary), or where it has
+    neither but a train.bin, GPT-2's BPE in uint16, as nanoGPT reads such a folder."""
     path = os.path.join(data_dir, META_FILE)
     if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(data_dir, NANOGPT_META)):
+            return meta_from_pickle(os.path.join(data_dir, NANOGPT_META))
+        if os.path.isfile(os.path.join(data_dir, "train.bin")):
+            print(f"note: {data_dir} has no meta.json or meta.pkl: its ids are read as GPT-2 BPE (uint16), as nanoGPT "
+                  "reads them", file=sys.stderr)
+            return GPT2_META | {"source": f"{data_dir} (no meta file: GPT-2 BPE assumed)"}
         name = os.path.basename(os.path.normpath(data_dir))
         raise UserError(f"{path} not found: prepare the data first with python data/{name}/prepare.py")
     try:
@@ -150,6 +162,23 @@ def read_meta(data_dir: str) -> dict[str, Any]:
         check_meta(meta)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a valid meta file ({e})") from None
+    return meta
+
+
+def meta_from_pickle(path: str) -> dict[str, Any]:
+    """nanoGPT's meta.pkl (vocab_size, itos, stoi of a char vocabulary), read without running code
+    (safeload: plain data only), as a meta dict."""
+    try:
+        with open(path, "rb") as f:
+            data = safeload.loads(f.read())
+        chars = "".join(data["itos"][i] for i in range(data["vocab_size"]))
+        meta = {"tokenizer": "char", "vocab_size": len(chars), "dtype": "uint16", "eot_id": None, "chars": chars,
+                "source": path}
+        check_meta(meta)
+    except safeload.Refused as e:
+        raise UserError(f"refusing {path}: {e}") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a readable nanoGPT meta.pkl ({type(e).__name__}: {e})") from None
     return meta
 
 
