@@ -43,21 +43,28 @@ def table(model: GPT) -> str:
     return "\n".join(rows)
 
 
-def dry_run(config: GPTConfig, batch_size: int, accum: int, world: int, dtype: torch.dtype,
-            checkpointing: bool) -> str:
-    """The batch arithmetic and a rough activation-memory estimate of one micro-batch: ~34 bytes per token and
-    unit of width per layer in 16-bit with fused attention (Korthikanti et al. 2022, whose 5*a*s/h score term
-    flash attention removes), twice that in float32; with activation checkpointing a layer keeps only its input
-    and one layer is recomputed at a time. Plus the float32 logits and their gradient."""
+def activation_bytes(config: GPTConfig, batch_size: int, dtype: torch.dtype, checkpointing: bool) -> tuple[int, int]:
+    """A rough activation-memory estimate of one micro-batch, (all, of which logits): ~34 bytes per token and unit
+    of width per layer in 16-bit with fused attention (Korthikanti et al. 2022, whose 5*a*s/h score term flash
+    attention removes), twice that in float32; with activation checkpointing a layer keeps only its input and one
+    layer is recomputed at a time. Plus the float32 logits and their gradient."""
     B, T, C, L = batch_size, config.block_size, config.n_embd, config.n_layer
     scale = 2 if dtype == torch.float32 else 1
     layer = 34 * B * T * C * scale
     layers = L * 2 * B * T * C * scale + layer if checkpointing else L * layer
     logits = 2 * 4 * B * T * config.vocab_size
+    return layers + logits, logits
+
+
+def dry_run(config: GPTConfig, batch_size: int, accum: int, world: int, dtype: torch.dtype,
+            checkpointing: bool) -> str:
+    """The batch arithmetic and activation_bytes' estimate."""
+    B, T = batch_size, config.block_size
+    total, logits = activation_bytes(config, batch_size, dtype, checkpointing)
     return (f"\ntokens per iteration: {accum * B * T:,} = batch_size {B} x block_size {T} x "
             f"gradient_accumulation_steps {accum} ({accum // world} per process x {world} process(es))\n"
             f"activations of one micro-batch ({str(dtype).removeprefix('torch.')}, activation_checkpointing="
-            f"{checkpointing}): ~{(layers + logits) / 2**30:,.2f} GiB (estimate), of which logits "
+            f"{checkpointing}): ~{total / 2**30:,.2f} GiB (estimate), of which logits "
             f"{logits / 2**30:,.2f} GiB\ndry run: nothing trained")
 
 

@@ -6,6 +6,7 @@ Nothing is probed at import: every choice is made when a script asks.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Any
 
@@ -39,6 +40,27 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The device's memory: a GPU's, or the machine's RAM for the CPU; None where it cannot be told (MPS)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def check_fits(needed: int, device: torch.device, what: str, advice: str) -> None:
+    """Refuse, before any allocation, what needs over twice the device's memory (estimates are rough: only what
+    cannot possibly fit is refused)."""
+    have = memory_bytes(device)
+    if have is not None and needed > 2 * have:
+        raise UserError(f"{what} needs about {needed / 2**30:,.0f} GiB, the device ({device}) has "
+                        f"{have / 2**30:,.0f} GiB: {advice}")
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -152,6 +152,10 @@ def main(argv: list[str]) -> list[str]:
     torch.manual_seed(cfg.seed)
     model, tok = load(cfg, device, dtype)
     controls(cfg, tok.vocab_size)  # bad settings fail before any work
+    c = model.config  # the KV cache of num_samples rows, the largest thing decoding allocates
+    cache = 2 * c.n_layer * cfg.num_samples * c.block_size * c.n_embd * dtype.itemsize
+    runtime.check_fits(cache, device, f"num_samples={cfg.num_samples} (a KV cache row each)",
+                       "sample fewer at a time")
 
     if cfg.score:
         ids = tok.encode(read_text(cfg.score))

@@ -261,7 +261,7 @@ def check_resume(cfg: TrainConfig, header: checkpoint.Header) -> None:
                         f"{source}: resume with the checkpoint's settings, or train from scratch elsewhere")
 
 
-def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
+def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device, dtype: torch.dtype,
                 sharded: bool = False) -> tuple[GPT, checkpoint.Checkpoint | None]:
     """The model, and the checkpoint when resuming (settings given must match it). A dry run builds it on the meta
     device: shapes only, no memory. A model to be sharded is built on its device (a CPU takes minutes to draw
@@ -269,8 +269,11 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
     process's shards only."""
     data_dir = os.path.join(cfg.data_root, cfg.dataset)
     if cfg.init_from == "scratch":
+        config = model_config(cfg, meta)
+        if not (cfg.dry_run or sharded):
+            check_memory(cfg, config, device, dtype)
         with torch.device("meta" if cfg.dry_run else device) if cfg.dry_run or sharded else contextlib.nullcontext():
-            return GPT(model_config(cfg, meta)), None
+            return GPT(config), None
     if cfg.init_from == "resume":  # mapped when sharded: restore_run reads the weights it needs
         ckpt = checkpoint.read(cfg.out_dir, map_location="cpu" if sharded else device, mmap=sharded,
                                optimizer=True, shards_later=sharded)
@@ -286,6 +289,7 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
         if sharded:
             with torch.device(device):
                 return GPT(ckpt.header.model_config(dropout=cfg.dropout)), ckpt
+        check_memory(cfg, ckpt.header.model_config(), device, dtype)
         return ckpt.build_model(dropout=cfg.dropout), ckpt
     if meta["tokenizer"] != "gpt2":
         raise UserError(f"{cfg.init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
@@ -297,6 +301,18 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device,
     if cfg.block_size is not None and cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
     return model, None
+
+
+def check_memory(cfg: TrainConfig, config: GPTConfig, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, before the model is built, a run that cannot fit the device: weights, gradients and AdamW's states
+    (16 bytes a parameter) and one micro-batch's activations (accounting.activation_bytes)."""
+    with torch.device("meta"):  # shapes only: counts the parameters of any size at once
+        n_params = GPT(config).get_num_params(non_embedding=False)
+    activations = accounting.activation_bytes(config, cfg.batch_size, dtype, cfg.activation_checkpointing)[0]
+    runtime.check_fits(16 * n_params + activations, device,
+                       f"training at batch_size {cfg.batch_size} and block_size {config.block_size}",
+                       "lower batch_size (raising gradient_accumulation_steps keeps the tokens per step) or "
+                       "block_size")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -589,7 +605,7 @@ def main(argv: list[str]) -> dict[str, list]:
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     runtime.enable_tf32(layout.device)
     meta = data_meta(cfg, required=not cfg.dry_run)
-    model, ckpt = described_model(cfg, layout, meta)
+    model, ckpt = described_model(cfg, layout, meta, dtype)
     if cfg.dry_run:
         print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.world, dtype,
                                  cfg.activation_checkpointing))
@@ -621,11 +637,11 @@ def main(argv: list[str]) -> dict[str, list]:
     return run.history
 
 
-def described_model(cfg: TrainConfig, layout: Layout,
-                    meta: dict[str, Any]) -> tuple[GPT, checkpoint.Checkpoint | None]:
+def described_model(cfg: TrainConfig, layout: Layout, meta: dict[str, Any],
+                    dtype: torch.dtype) -> tuple[GPT, checkpoint.Checkpoint | None]:
     """build_model's model and checkpoint, its sizes checked against the tensor-parallel split and its parameter
     table printed; each data-parallel share then draws its own dropout masks."""
-    model, ckpt = build_model(cfg, meta, layout.device, sharded=layout.sharded and not cfg.dry_run)
+    model, ckpt = build_model(cfg, meta, layout.device, dtype, sharded=layout.sharded and not cfg.dry_run)
     if layout.tp > 1:  # the sizes the split must divide, known now (from the checkpoint, when resuming)
         parallel.refuse_together(layout, parallel.check_sizes, model.config, layout.tp)
     if layout.dp_rank:  # each data-parallel share its own dropout masks; a tensor-parallel group the same ones

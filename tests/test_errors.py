@@ -97,6 +97,10 @@ def bad_setting_cases(root: Path, trained: Trained) -> dict[str, Case]:
         "negative_seed": ("train.py", tiny_flags(data, root / "o19", seed=-1), "seed must be in [0, 2**63), got -1"),
         "huge_seed": ("train.py", tiny_flags(data, root / "o20", seed=10**20),
                       "seed must be in [0, 2**63), got 100000000000000000000"),
+        "absurd_batch_size": ("train.py", tiny_flags(data, root / "o22", batch_size=10**12),
+                              "training at batch_size 1000000000000 and block_size 32 needs about"),
+        "absurd_block_size": ("train.py", tiny_flags(data, root / "o23", block_size=10**11),
+                              "training at batch_size 8 and block_size 100000000000 needs about"),
         "cpu_with_an_index": ("train.py", [*tiny_flags(data, root / "o21"), "--device=cpu:7"],
                               "device=cpu:7: the CPU is one device; use device=cpu"),
         "bench_vocab_size_zero": ("bench.py", ["--vocab_size=0", "--device=cpu"],
@@ -197,6 +201,8 @@ def bad_sampling_cases(root: Path, trained: Trained) -> dict[str, Case]:
                                    "setting 'temperature' must be a finite number, got nan"),
         "sample_nan_repetition_penalty": ("sample.py", sample_args("--repetition_penalty=nan"),
                                           "setting 'repetition_penalty' must be a finite number, got nan"),
+        "sample_absurd_num_samples": ("sample.py", sample_args("--num_samples=100000000000"),
+                                      "num_samples=100000000000 (a KV cache row each) needs about"),
         "sample_no_new_tokens": ("sample.py", [f"--out_dir={out}", "--device=cpu", "--max_new_tokens=0"],
                                  "max_new_tokens must be at least 1"),
         "sample_empty_prompt_without_end_of_text": ("sample.py", sample_args("--start="),
@@ -216,7 +222,8 @@ CASES = ["unknown_setting", "bad_int", "setting_without_dashes", "missing_config
          "heads_do_not_divide_width", "negative_learning_rate", "out_dir_under_a_file", "fp8_without_an_fp8_gpu",
          "fsdp_in_one_process", "nan_learning_rate", "inf_grad_clip", "nan_min_lr_in_a_config_file",
          "absurd_learning_rate", "min_lr_above_learning_rate", "negative_max_skipped_steps", "zero_max_iters",
-         "negative_seed", "huge_seed", "cpu_with_an_index", "bench_vocab_size_zero", "bench_json_into_a_missing_folder",
+         "negative_seed", "huge_seed", "cpu_with_an_index", "absurd_batch_size", "absurd_block_size",
+         "bench_vocab_size_zero", "bench_json_into_a_missing_folder",
          "missing_dataset_dir", "missing_bin", "short_dataset", "token_id_beyond_vocab", "bin_not_whole_token_ids",
          "meta_dtype_float64", "meta_dtype_uint8", "meta_dtype_unknown", "prepare_char_empty_input",
          "prepare_bpe_empty_input", "prepare_char_input_not_utf8", "prepare_bpe_input_not_utf8",
@@ -225,7 +232,7 @@ CASES = ["unknown_setting", "bad_int", "setting_without_dashes", "missing_config
          "sample_unknown_characters", "sample_prompt_file_not_utf8", "sample_missing_prompt_file",
          "sample_top_p_zero", "sample_top_p_above_one", "sample_top_k_zero", "sample_top_k_beyond_vocab",
          "sample_negative_temperature", "sample_repetition_penalty_zero", "sample_nan_temperature",
-         "sample_nan_repetition_penalty", "sample_no_new_tokens",
+         "sample_absurd_num_samples", "sample_nan_repetition_penalty", "sample_no_new_tokens",
          "sample_empty_prompt_without_end_of_text", "score_empty_text", "score_single_token"]
 
 
