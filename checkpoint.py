@@ -117,9 +117,17 @@ class Checkpoint:
         checkpoint then replaces at once, where a CPU takes seconds. Those draws leave the random generators as
         they were: a seed set before loading decides what follows."""
         cuda = [device] if torch.device(device).type == "cuda" else []
+        try:
+            config = self.header.model_config(**overrides)
+        except (TypeError, ValueError) as e:  # another tool's model_args, or values this code refuses
+            raise UserError(f"checkpoint {self.path} describes a model this code cannot build: {e}") from None
         with torch.random.fork_rng(devices=cuda), torch.device(device):
-            model = GPT(self.header.model_config(**overrides))
-        model.load_state_dict(self.model)
+            model = GPT(config)
+        try:
+            model.load_state_dict(self.model)
+        except RuntimeError as e:
+            raise UserError(f"checkpoint {self.path}'s weights do not fit the model its model_args describe: "
+                            f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
         return model
 
     def to_dict(self) -> dict[str, Any]:
@@ -422,8 +430,10 @@ def locate(out_dir: str, which: str = "latest") -> str:
         raise UserError(f"no latest checkpoint in {out_dir}, only {best[0]}: to continue from it, copy it to "
                         f"{latest} (cp -P {os.path.join(out_dir, best[0])} {os.path.join(out_dir, latest)}) and "
                         "resume")
+    elsewhere = [d for d in sorted(os.listdir(".")) if os.path.isdir(d) and present(d)] if os.path.isdir(".") else []
+    hint = f" (checkpoints here are in: {', '.join(elsewhere[:5])})" if elsewhere else ""
     raise UserError(f"no checkpoint at {os.path.join(out_dir, CKPT_FILE)}: train one first (init_from=scratch) or "
-                    "set out_dir")
+                    f"set out_dir{hint}")
 
 
 def read(out_dir: str, which: str = "latest", map_location: str | torch.device = "cpu", mmap: bool = False,
@@ -453,13 +463,14 @@ def from_nanogpt(data: dict[str, Any], path: str) -> dict[str, Any]:
     no data position: ours always has one) as ours: its weights without torch.compile's _orig_mod. prefix, and
     the tokenizer nanoGPT's sample.py would take: data/<its dataset>/meta.pkl if there is one (read as
     tokenizer.read_meta reads it), else GPT-2's BPE."""
-    model = {k.removeprefix("_orig_mod."): v for k, v in data.get("model", {}).items()}
+    model = {"model": {k.removeprefix("_orig_mod."): v for k, v in data["model"].items()}} if isinstance(
+        data.get("model"), dict) else {}
     dataset = (data.get("config") or {}).get("dataset")
     pickled = os.path.join("data", str(dataset), NANOGPT_META) if dataset else None
     meta = meta_from_pickle(pickled) if pickled and os.path.isfile(pickled) else GPT2_META
     print(f"note: {path} is a nanoGPT checkpoint; its tokenizer: {pickled if meta is not GPT2_META else 'GPT-2 BPE'}",
           file=sys.stderr)
-    return data | {"model": model, "meta": meta}
+    return data | model | {"meta": meta}
 
 
 def corrupt(path: str, e: BaseException) -> str:

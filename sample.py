@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -68,10 +69,15 @@ def controls(cfg: SampleConfig, vocab_size: int) -> Sampling:
     """The sampling controls of the settings, checked."""
     if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
         raise UserError("num_samples and max_new_tokens must be at least 1")
-    if cfg.top_k is not None and not 1 <= cfg.top_k <= vocab_size:
-        raise UserError(f"top_k must be between 1 and the vocabulary size {vocab_size} (or None), got {cfg.top_k}")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise UserError(f"top_k must be at least 1 (or None), got {cfg.top_k}")
+    top_k = cfg.top_k
+    if top_k is not None and top_k > vocab_size:  # nanoGPT's habitual 200 on a char model: all of them
+        print(f"note: top_k={top_k} is more than the vocabulary's {vocab_size} tokens: keeping all of them",
+              file=sys.stderr)
+        top_k = None
     try:
-        return Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+        return Sampling(cfg.temperature, top_k, cfg.top_p, cfg.repetition_penalty)
     except ValueError as e:
         raise UserError(str(e)) from None
 

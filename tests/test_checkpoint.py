@@ -280,3 +280,19 @@ def test_a_checkpoint_from_before_the_refactor_resumes_and_samples_as_it_did(tmp
     resumed = train.main(tiny_flags(data, out, max_iters=9, eval_interval=3, init_from="resume"))
     assert [list(x) for x in resumed["train_loss"]] == expected["resume_train_loss"]  # to the last bit
     assert [list(x) for x in resumed["eval"]] == expected["resume_eval"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model_args": {"n_wings": 3}}, r" describes a model this code cannot build: .*unexpected keyword argument "
+                                     r"'n_wings'"),
+    ({"model_args": {"n_embd": 64}}, r"'s weights do not fit the model its model_args describe: size mismatch for "
+                                     r"transformer\.wte\.weight")])
+def test_a_checkpoint_whose_model_args_or_weights_are_foreign_is_one_line(trained: Trained, tmp_path: Path,
+                                                                          change: dict, message: str):
+    ckpt = torch.load(trained.out_dir / "ckpt.pt", weights_only=True)
+    ckpt["model_args"] = ckpt["model_args"] | change["model_args"]
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with pytest.raises(UserError, match=rf"^checkpoint {re.escape(str(tmp_path / 'ckpt.pt'))}{message}"):
+        checkpoint.load_model(str(tmp_path))
+    code, _, err = run_main("sample.py", [f"--out_dir={tmp_path}", "--device=cpu", "--max_new_tokens=2"])
+    assert code == 2 and err.count("\n") == 1

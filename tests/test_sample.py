@@ -101,11 +101,16 @@ def test_controls_are_the_settings_sampling():
     assert sample.controls(sample.SampleConfig(top_k=62), 62).top_k == 62  # the whole vocabulary
 
 
+def test_a_top_k_beyond_the_vocabulary_keeps_all_of_it_with_a_note(capsys: pytest.CaptureFixture[str]):
+    assert sample.controls(sample.SampleConfig(top_k=200), 62).top_k is None  # nanoGPT's habit on a char model
+    assert capsys.readouterr().err == ("note: top_k=200 is more than the vocabulary's 62 tokens: keeping all of "
+                                       "them\n")
+
+
 @pytest.mark.parametrize(("settings", "message"), [
     ({"num_samples": 0}, "num_samples and max_new_tokens must be at least 1"),
     ({"max_new_tokens": 0}, "num_samples and max_new_tokens must be at least 1"),
-    ({"top_k": 0}, "top_k must be between 1 and the vocabulary size 62 (or None), got 0"),
-    ({"top_k": 63}, "top_k must be between 1 and the vocabulary size 62 (or None), got 63"),
+    ({"top_k": 0}, "top_k must be at least 1 (or None), got 0"),
     ({"temperature": -1.0}, "temperature must be >= 0, got -1.0"),  # Sampling's own check, as a user error
     ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
 ])
