@@ -66,6 +66,9 @@ def run(main: Callable[[list[str]], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)  # 128 + SIGINT, as a shell reports it
+    except BrokenPipeError:  # the reader went away (`--help | head`, a Ctrl-C'd `| tee`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 
 def leave() -> None:

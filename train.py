@@ -85,7 +85,8 @@ class TrainConfig(ModelSettings):
     # for models whose 16 bytes per parameter do not fit one GPU; checkpoints are then sharded too (ckpt.dcp)
     tensor_parallel: int = 1  # under torchrun: split each block's matrices over this many processes (Megatron);
     # fewer than all of them needs fsdp=True (e.g. 4 processes = FSDP 2 x TP 2)
-    dry_run: bool = False  # print the model, batch arithmetic and memory estimate, then exit
+    dry_run: bool = False  # print the model, batch arithmetic and memory estimate, check the data (and wandb) the
+    # run needs, then exit
 
     # the optimizer: AdamW, or Muon for the blocks' matrices with AdamW for the rest (optim.py)
     optimizer: str = "adamw"  # adamw | muon
@@ -609,6 +610,9 @@ def main(argv: list[str]) -> dict[str, list]:
     if cfg.dry_run:
         print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.world, dtype,
                                  cfg.activation_checkpointing))
+        data_meta(cfg)  # what the run itself would need, refused now as it would refuse it
+        if cfg.wandb_log:
+            configurator.require("wandb", "wandb_log=True")
         return {"train_loss": [], "eval": []}
     with contextlib.ExitStack() as held:  # out_dir's lock, released however main ends
         parallel.rank_0_decides(layout, lambda: claim_out_dir_and_check_wandb(cfg, held))
@@ -621,6 +625,9 @@ def main(argv: list[str]) -> dict[str, list]:
             warn_if_gpu_recipe_on_cpu(model, layout.device, tokens_per_iter(cfg, model))
         run = start_run(cfg, layout, meta, model, ckpt, dtype)
         run.launched = launched
+        if ckpt is not None and layout.master:
+            print(f"resumed from {ckpt.path} at iter {ckpt.header.iter_num} (best val loss "
+                  f"{ckpt.header.best_val_loss:.4f}, the next batch {ckpt.header.batch_pos})")
         del ckpt  # free its memory before training
         if layout.master:
             print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {layout.device}, "

@@ -13,6 +13,7 @@ import torch
 import accounting
 import checkpoint
 import train
+from configurator import UserError
 from conftest import CharData, run_main, run_script
 from model import GPT, resolve_config
 
@@ -76,12 +77,13 @@ def meta_count(preset: str, **settings: object) -> int:
         return GPT(resolve_config(preset, **settings)).get_num_params(non_embedding=False)
 
 
-def test_dry_run_needs_no_data_and_no_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_dry_run_needs_no_memory_and_accounts_before_naming_missing_data(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]):
     out_dir = tmp_path / "out"
-    result = train.main(["--preset=gpt3-175b", "--dry_run=True", "--device=cpu", f"--data_root={tmp_path}",
-                         "--batch_size=1", "--gradient_accumulation_steps=8", f"--out_dir={out_dir}"])
+    with pytest.raises(UserError, match=r"openwebtext/meta\.json not found: prepare the data first"):
+        train.main(["--preset=gpt3-175b", "--dry_run=True", "--device=cpu", f"--data_root={tmp_path}",
+                    "--batch_size=1", "--gradient_accumulation_steps=8", f"--out_dir={out_dir}"])
     printed = capsys.readouterr().out
-    assert result == {"train_loss": [], "eval": []}
     assert f"{meta_count('gpt3-175b', vocab_size=50304):,}" in printed  # GPT-2's vocab, padded
     assert "tokens per iteration: 16,384 = batch_size 1 x block_size 2048 x gradient_accumulation_steps 8" in printed
     assert "dry run: nothing trained" in printed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import dataclasses
 import importlib
 import re
@@ -18,7 +19,7 @@ import configurator
 import export
 import sample
 import train
-from conftest import REPO_ROOT, run_main
+from conftest import REPO_ROOT, run_main, script_env
 from configurator import UserError
 
 
@@ -175,8 +176,10 @@ def test_names_imported_from_a_module_in_config_file_are_ignored(tmp_path: Path)
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "config").glob("*.py")), ids=lambda p: p.name)
 def test_every_shipped_config_dry_runs(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    # no data under data_root (GPT-2's vocabulary stands in) and no download: the model is built on the meta device
-    train.main([str(path), "--dry_run=True", "--device=cpu", f"--data_root={tmp_path}"])
+    # no data under data_root (GPT-2's vocabulary stands in) and no download: the model is built on the meta device,
+    # accounted, and then the run is refused as the real one would be, for its missing data
+    with pytest.raises(UserError, match=r"meta\.json not found: prepare the data first"):
+        train.main([str(path), "--dry_run=True", "--device=cpu", f"--data_root={tmp_path}"])
     out = capsys.readouterr().out
     assert "dry run: nothing trained" in out and "total" in out
     settings = runpy.run_path(str(path))  # the file's own numbers, over TrainConfig's documented defaults
@@ -293,10 +296,21 @@ def test_an_architecture_overlay_composes_with_a_recipe(overlay: str, expected: 
     built = []
     real = train.build_model
     monkeypatch.setattr(train, "build_model", lambda *args, **kwargs: built.append(real(*args, **kwargs)) or built[-1])
-    train.main(["config/train_shakespeare_char.py", f"config/arch/{overlay}.py", "--dry_run=True", "--device=cpu",
-                f"--data_root={tmp_path}"])
+    with pytest.raises(UserError, match="prepare the data first"):  # after the model is built and accounted
+        train.main(["config/train_shakespeare_char.py", f"config/arch/{overlay}.py", "--dry_run=True",
+                    "--device=cpu", f"--data_root={tmp_path}"])
     (model, _), = built
     config = dataclasses.asdict(model.config)
     assert {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")} == {
         "n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2}
     assert {k: config[k] for k in expected} == expected
+
+
+def test_a_reader_that_goes_away_ends_the_script_quietly():
+    # `python train.py --help | head`: print meets a closed pipe; no traceback, the status a shell gives SIGPIPE
+    script = ("import configurator\n"
+              "def main(argv):\n    print('some help')\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+              "configurator.run(main)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=script_env(), timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (141, "")

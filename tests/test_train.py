@@ -353,3 +353,13 @@ def test_the_run_says_its_layout_and_tokens_per_iteration(char_data: CharData, t
 
 def test_durations_read_as_a_person_would():
     assert [train.duration(s) for s in (45, 720, 3.4 * 3600, 2.5 * 86400)] == ["45 s", "12 min", "3.4 h", "2.5 days"]
+
+
+def test_a_resumed_run_says_where_it_resumed_from(char_data: CharData, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]):
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
+    capsys.readouterr()
+    train.main(tiny_flags(char_data, out_dir, max_iters=3, eval_interval=2, init_from="resume"))
+    assert re.search(r"^resumed from .*ckpt\.pt at iter 2 \(best val loss \d+\.\d{4}, the next batch 2\)$",
+                     capsys.readouterr().out, re.M)
