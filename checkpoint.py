@@ -26,8 +26,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -158,11 +160,12 @@ def save(ckpt: Checkpoint, out_dir: str, best: bool = False) -> str:
     tmp = f"{path}.tmp.{os.getpid()}"
     best_tmp = f"{os.path.join(out_dir, BEST_FILE)}.tmp.{os.getpid()}"
     try:
-        write_file(ckpt.to_dict(), tmp)
-        if best:
-            link_or_copy(tmp, best_tmp)
-            os.replace(best_tmp, os.path.join(out_dir, BEST_FILE))
-        os.replace(tmp, path)  # atomic on POSIX and Windows
+        with uninterrupted():
+            write_file(ckpt.to_dict(), tmp)
+            if best:
+                link_or_copy(tmp, best_tmp)
+                os.replace(best_tmp, os.path.join(out_dir, BEST_FILE))
+            os.replace(tmp, path)  # atomic on POSIX and Windows
     except OSError as e:  # a full disk, a vanished mount: the run ends, the last good checkpoint stays
         raise UserError(save_failed(path, e)) from None
     finally:
@@ -172,6 +175,26 @@ def save(ckpt: Checkpoint, out_dir: str, best: bool = False) -> str:
     for name in (CKPT_FILE, BEST_FILE) if best else (CKPT_FILE,):
         remove_link(out_dir, SHARDED[name])
     return path
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C held back until the block ends, then handled as it would have been: a second Ctrl-C during a
+    checkpoint write lets the write finish and then stops the run, rather than breaking into torch.save's zip
+    writer. Signals reach Python in the main thread only: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):  # Python's default handler raises KeyboardInterrupt; StopRequest's stops
+            previous(signal.SIGINT, held[0])
+        elif held and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
 
 
 def write_file(ckpt: dict[str, Any], path: str) -> None:

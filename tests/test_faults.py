@@ -296,3 +296,23 @@ def test_a_run_removes_what_killed_writers_left_in_its_out_dir(char_data: CharDa
         writer.wait()
     assert sorted(p.name for p in out_dir.iterdir()) == sorted([".lock", alive.name, "best.pt", "ckpt.pt",
                                                                 "notes.txt"])
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # a second Ctrl-C while the stop's checkpoint is written: the file is finished, then the interrupt is taken
+    real_save = checkpoint.torch.save
+    written = []
+
+    def save_meeting_ctrl_c(obj: object, f: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the write
+        real_save(obj, f)
+        written.append(True)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_meeting_ctrl_c)
+    model = torch.nn.Linear(2, 2)
+    ckpt = checkpoint.Checkpoint("", checkpoint.Header({}, 7), model.state_dict())
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(ckpt, str(tmp_path))
+    assert written == [True]
+    assert checkpoint.read(str(tmp_path)).header.iter_num == 7  # whole, under its final name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
