@@ -374,10 +374,19 @@ def save_run(out_dir: str, layout: Layout, model: GPT, optimizer: torch.optim.Op
         header.tensor_parallel = layout.tp
         state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
         return save_sharded(state, header, out_dir, best, layout.rank)
+    failure: list[str | None] = [None]
+    path = None
     if layout.master:
         ckpt = Checkpoint(os.path.join(out_dir, CKPT_FILE), header, model.state_dict(), optimizer.state_dict())
-        return save(ckpt, out_dir, best=best)
-    return None
+        try:
+            path = save(ckpt, out_dir, best=best)
+        except UserError as e:
+            failure = [str(e)]
+    if layout.distributed:  # the others learn that rank 0's write failed, and stop with it rather than wait
+        dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        raise UserError(failure[0] if layout.master else "", together=layout.distributed)
+    return path
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:

@@ -34,6 +34,7 @@ class Runs:
     ddp_dir: Path
     refused: tuple[int, str]  # gradient_accumulation_steps=3 over 2 processes: exit status, stderr
     no_out_dir: tuple[int, str]  # an out_dir under a file, which only rank 0 writes to: exit status, stderr
+    save_fails: tuple[int, str]  # rank 0's first checkpoint write fails (ckpt.pt is a folder): exit status, stderr
 
 
 def torchrun(flags: list[str], stderr: int | IO[str] = subprocess.PIPE) -> subprocess.Popen:
@@ -52,6 +53,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     refused = torchrun(tiny_flags(data, root / "refused", **COMMON | {"gradient_accumulation_steps": 3}))
     (root / "a_file").write_text("not a folder", encoding="utf-8")
     no_out_dir = torchrun(tiny_flags(data, root / "a_file" / "out", **COMMON))
+    (root / "blocked" / "ckpt.pt").mkdir(parents=True)  # rank 0's save cannot rename its file over a folder
+    save_fails = torchrun(tiny_flags(data, root / "blocked", **COMMON, max_iters=6, overwrite=True))
     single = train.main(tiny_flags(data, root / "single", **COMMON, max_iters=ITERS))
     hung = threading.Timer(300, ddp.kill)  # a run that never stops fails the tests instead of hanging them
     hung.start()
@@ -68,8 +71,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         hung.cancel()
     _, refused_err = refused.communicate(timeout=120)
     _, no_out_dir_err = no_out_dir.communicate(timeout=120)
+    _, save_fails_err = save_fails.communicate(timeout=120)  # a hang would end here, failing the test
     return Runs(data, single, out, ddp_err.read_text(encoding="utf-8"), root / "ddp",
-                (refused.returncode, refused_err), (no_out_dir.returncode, no_out_dir_err))
+                (refused.returncode, refused_err), (no_out_dir.returncode, no_out_dir_err),
+                (save_fails.returncode, save_fails_err))
 
 
 def stopped_at(out: str) -> int:
@@ -149,4 +154,12 @@ def test_what_only_rank_0_checks_stops_every_process_with_one_line(runs: Runs):
     status, err = runs.no_out_dir
     refused(status, err)
     assert len(ours(err)) == 1 and re.fullmatch(r"error: out_dir .*a_file/out cannot hold checkpoints: .*",
+                                                 ours(err)[0]), err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_write_that_fails_on_rank_0_stops_every_process(runs: Runs):
+    status, err = runs.save_fails
+    refused(status, err)
+    assert len(ours(err)) == 1 and re.fullmatch(r"error: could not write a checkpoint to .*blocked/ckpt\.pt \(.*\); .*",
                                                  ours(err)[0]), err[-3000:]
