@@ -18,8 +18,10 @@ from configurator import UserError
 from model import GPT, PRESETS, GPTConfig, resolve_config
 
 
-def table(model: GPT) -> str:
-    """Parameters per component, total and non-embedding, weight bytes, training memory, FLOPs per token."""
+def table(model: GPT, dtype: torch.dtype | None = None) -> str:
+    """Parameters per component, total and non-embedding, weight bytes, training memory, FLOPs per token. With the
+    dtype of a run of train.py, only what it does: float32 weights, gradients and AdamW states whatever it computes
+    in (autocast); without, pure bfloat16 training's memory too."""
     t = model.transformer
     counts = {}
     for label, part in (("token embedding", "wte"), ("position embedding", "wpe")):
@@ -34,9 +36,13 @@ def table(model: GPT) -> str:
     assert total == sum(counts.values()), "a parameter is in no component"
     rows = [f"{k:<36} {v:>17,}" for k, v in counts.items()]
     rows += ["-" * 54, f"{'total':<36} {total:>17,}", f"{'non-embedding':<36} {non_emb:>17,}",
-             f"weights: {total * 4 / 2**20:,.2f} MB in float32, {total * 2 / 2**20:,.2f} MB in bf16 (MB = 2^20 B)",
+             f"weights: {total * 4 / 2**20:,.2f} MB in float32"
+             + ("" if dtype else f", {total * 2 / 2**20:,.2f} MB in bf16") + " (MB = 2^20 B)",
              "", f"{'training memory (GiB)':<24} {'weights':>9} {'grads':>9} {'AdamW':>9} {'total':>9}"]
-    for label, w, g, opt in (("fp32 (or bf16 AMP)", 4, 4, 8), ("bf16 (pure, bf16 states)", 2, 2, 4)):
+    kinds = [("fp32 (or bf16 AMP)", 4, 4, 8), ("bf16 (pure, bf16 states)", 2, 2, 4)]
+    if dtype is not None:
+        kinds = [(f"fp32, {str(dtype).removeprefix('torch.')} compute", 4, 4, 8)]
+    for label, w, g, opt in kinds:
         gib = [total * b / 2**30 for b in (w, g, opt, w + g + opt)]
         rows.append(f"{label:<24} " + " ".join(f"{x:>9,.2f}" for x in gib))
     rows.append(f"\ntraining FLOPs per token at block_size {model.config.block_size}: {model.flops_per_token():,.0f}")

@@ -654,7 +654,7 @@ def described_model(cfg: TrainConfig, layout: Layout, meta: dict[str, Any],
     if layout.dp_rank:  # each data-parallel share its own dropout masks; a tensor-parallel group the same ones
         torch.manual_seed(cfg.seed + layout.dp_rank)
     if layout.master:
-        print(accounting.table(model))
+        print(accounting.table(model, dtype))
     return model, ckpt
 
 

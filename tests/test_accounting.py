@@ -14,7 +14,7 @@ import accounting
 import checkpoint
 import train
 from configurator import UserError
-from conftest import CharData, run_main, run_script
+from conftest import CharData, run_main, run_script, tiny_gpt
 from model import GPT, resolve_config
 
 # GPT-2 small by hand (Radford et al. 2019; HF's GPT2Model): vocabulary 50257, context 1024, 768 wide, 12 layers,
@@ -102,3 +102,11 @@ def test_dry_run_of_a_config_file_counts_the_model_train_saves(char_data: CharDa
     saved = checkpoint.read(str(out_dir)).model
     assert counted == sum(t.numel() for t in saved.values())  # untied: every tensor is its own parameter
     assert saved["transformer.wte.weight"].shape[0] == 64
+
+
+def test_a_runs_table_shows_only_the_memory_of_how_it_trains():
+    model = tiny_gpt()
+    assert "bf16 (pure" in accounting.table(model)  # python accounting.py: both ways
+    run = accounting.table(model, torch.float32)  # train.py on a CPU: float32 throughout
+    assert "bf16" not in run and "fp32, float32 compute" in run
+    assert "fp32, bfloat16 compute" in accounting.table(model, torch.bfloat16)  # AMP: float32 weights and states
