@@ -21,6 +21,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -541,6 +542,35 @@ class StopRequest:
         return (self.signal or "a signal to another process") if vote.item() else None
 
 
+class StdoutOrStderr:
+    """sys.stdout for the run, until its reader is gone (`| tee` ended by the same Ctrl-C, `| head`): from then on
+    the lines go to stderr and training goes on, so that a print never ends a run before its checkpoint."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self.to_stderr()
+            return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self.to_stderr()
+
+    def to_stderr(self) -> None:
+        if self.stream is not sys.stderr:  # the exit's flush of the real stdout must not fail either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+            self.stream = sys.stderr
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the loop
 
@@ -589,8 +619,8 @@ def train(run: Run) -> None:
             if reason:
                 path = save(run)
                 if layout.master:
-                    print(f"{reason}: stopped after iter {progress.iter_num}, saved checkpoint to {path}; continue "
-                          "with --init_from=resume", flush=True)
+                    print(f"{reason}: stopped after iter {progress.iter_num}, saved checkpoint to {path}; "
+                          "continue with --init_from=resume", flush=True)
                 return
 
 
@@ -614,7 +644,8 @@ def main(argv: list[str]) -> dict[str, list]:
         if cfg.wandb_log:
             configurator.require("wandb", "wandb_log=True")
         return {"train_loss": [], "eval": []}
-    with contextlib.ExitStack() as held:  # out_dir's lock, released however main ends
+    with contextlib.ExitStack() as held:  # out_dir's lock and stdout's stand-in, released however main ends
+        held.enter_context(contextlib.redirect_stdout(StdoutOrStderr(sys.stdout)))
         parallel.rank_0_decides(layout, lambda: claim_out_dir_and_check_wandb(cfg, held))
         if cfg.cuda_graph and (blocker := graph_blocker(layout.device, layout.distributed, dtype,
                                                         cfg.activation_checkpointing)):

@@ -316,3 +316,29 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path: Path, mo
     assert written == [True]
     assert checkpoint.read(str(tmp_path)).header.iter_num == 7  # whole, under its final name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+@pytest.mark.slow
+def test_a_stop_under_tee_keeps_the_stop_line_and_the_checkpoint(char_data: CharData, tmp_path: Path):
+    # `python train.py ... | tee log` and Ctrl-C: the terminal's signal ends tee too, so stdout's reader is gone
+    # when the run says it stopped; the line goes to stderr instead, and the run ends as without tee. SIGTERM
+    # stands in for the Ctrl-C: it takes the same path, and a CI runner may have SIGINT ignored
+    run = subprocess.Popen([sys.executable, "train.py", *tiny_flags(char_data, tmp_path / "out", max_iters=100_000,
+                                                                      eval_interval=100_000)],
+                           cwd=REPO_ROOT, env=script_env(PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        for line in run.stdout:
+            if line.startswith("iter 3:"):
+                break
+        run.stdout.close()  # tee has gone
+        run.send_signal(signal.SIGTERM)
+        err = run.stderr.read()
+        run.wait(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err[-3000:]
+    stop = re.search(r"^SIGTERM: stopped after iter (\d+), saved checkpoint to .*ckpt\.pt; continue with "
+                     r"--init_from=resume$", err, re.M)
+    assert stop and "Traceback" not in err, err[-3000:]
+    assert checkpoint.read(str(tmp_path / "out")).header.iter_num == int(stop[1])
