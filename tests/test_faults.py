@@ -234,15 +234,18 @@ def test_a_second_run_in_the_same_out_dir_is_refused_until_the_first_ends_even_b
                                                                                          tmp_path: Path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    holder = subprocess.Popen(  # a run's claim, held by a real process until it is killed
-        [sys.executable, "-c", "import sys, time, checkpoint\n"
-                               "with checkpoint.claim(sys.argv[1]):\n    print('held', flush=True)\n"
-                               "    time.sleep(600)", str(out_dir)],
+    holder = subprocess.Popen(  # a run's lock as checkpoint.claim takes it, held by a real process until killed
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"  # without torch: a second to start, not five
+                               "f = open(os.path.join(sys.argv[1], '.lock'), 'a+')\n"
+                               "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                               "f.write(f'pid {os.getpid()} on a host: a run'); f.flush()\n"
+                               "print('held', flush=True)\ntime.sleep(600)", str(out_dir)],
         cwd=REPO_ROOT, env=script_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(UserError, match=rf"^out_dir {re.escape(str(out_dir))} is in use by another run \(pid "
-                                            rf"{holder.pid} on .*\): wait for it to end, or choose another out_dir$"):
+                                            rf"{holder.pid} on a host: a run\): wait for it to end, or choose "
+                                            r"another out_dir$"):
             train.main(tiny_flags(char_data, out_dir))
         assert not checkpoint.present(str(out_dir))
     finally:
@@ -255,6 +258,8 @@ def test_a_run_from_scratch_does_not_replace_checkpoints_unless_told_to(char_dat
     out_dir = tmp_path / "out"
     train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
     before = (out_dir / "ckpt.pt").read_bytes()
+    holder = (out_dir / ".lock").read_text(encoding="utf-8")  # what a second run's refusal would quote
+    assert re.fullmatch(rf"pid {os.getpid()} on .+ since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d: .+\n", holder), holder
     with pytest.raises(UserError, match=r"already holds checkpoints \(ckpt\.pt, best\.pt\): continue them with "
                                         r"--init_from=resume, choose another out_dir, or replace them with "
                                         r"--overwrite=True$"):
