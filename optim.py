@@ -69,6 +69,9 @@ class Muon(torch.optim.Optimizer):
                     self.state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     for name in ("momentum_buffer",) if group["muon"] else ("exp_avg", "exp_avg_sq"):
                         self.state[p][name] = torch.zeros_like(p)
+            if not group["muon"] and fusable(params):
+                fused_adamw(params, [self.state[p] for p in params], group, self.found_inf)
+                continue
             if group["muon"]:
                 updates = muon_updates(params, [self.state[p]["momentum_buffer"] for p in params],
                                        group["momentum"], keep)
@@ -98,6 +101,29 @@ def muon_updates(params: list[torch.Tensor], bufs: list[torch.Tensor], beta: flo
         for i, update in zip(same, stack.unbind(0)):
             updates[i] = parallel.same_shards_as(update, params[i])
     return updates
+
+
+def fusable(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel can step these at once: plain tensors (not DTensor shards) of one device
+    and one dtype."""
+    return bool(params) and all(type(p) is torch.nn.Parameter or type(p) is torch.Tensor for p in params) and len(
+        {(p.device, p.dtype) for p in params}) == 1
+
+
+def fused_adamw(params: list[torch.Tensor], states: list[dict[str, Any]], group: dict[str, Any],
+                found_inf: torch.Tensor | None) -> None:
+    """The AdamW part as one kernel for all its tensors (torch's fused AdamW, the one torch.optim.AdamW(fused=True)
+    runs): the same step as adam_update and the decoupled decay, without a kernel launch per tensor and operation.
+    found_inf skips the step inside the kernel; the step counts are put back after."""
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, 1)
+    beta1, beta2 = group["betas"]
+    torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                        [s["exp_avg_sq"] for s in states], [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+                        weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False, maximize=False,
+                        grad_scale=None, found_inf=found_inf)
+    if found_inf is not None:
+        torch._foreach_sub_(steps, [found_inf] * len(steps))
 
 
 def adam_update(grad: torch.Tensor, state: dict[str, Any], betas: tuple[float, float], eps: float,
