@@ -619,8 +619,8 @@ def train(run: Run) -> None:
             if reason:
                 path = save(run)
                 if layout.master:
-                    print(f"{reason}: stopped after iter {progress.iter_num}, saved checkpoint to {path}; "
-                          "continue with --init_from=resume", flush=True)
+                    print(f"{reason}: stopped after iter {progress.iter_num}, saved checkpoint to {path}; continue "
+                          "with --init_from=resume", flush=True)
                 return
 
 
