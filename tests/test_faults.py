@@ -42,8 +42,10 @@ def resumes_exactly(char_data: CharData, tmp_path: Path, out_dir: Path, n: int) 
 
 
 @pytest.mark.slow
-def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(char_data: CharData, tmp_path: Path):
-    # a real process, as a scheduler would send it
+def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact_even_without_stdout(char_data: CharData,
+                                                                                    tmp_path: Path):
+    # a real process, as a scheduler would send it; its stdout's reader gone first, as `| tee` is when the
+    # terminal's Ctrl-C ends it too: the run goes on to its checkpoint, and its last lines go to stderr
     out_dir = tmp_path / "out"
     flags = tiny_flags(char_data, out_dir, max_iters=100_000, eval_interval=100_000)
     run = subprocess.Popen([sys.executable, "train.py", *map(str, flags)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
@@ -51,10 +53,11 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(char_data: CharD
     for line in run.stdout:
         if line.startswith("iter 20:"):
             break
+    run.stdout.close()
     run.send_signal(signal.SIGTERM)
-    out, err = run.communicate(timeout=120)
-    assert run.returncode == 0, err
-    n = stopped_at(out, "SIGTERM")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 0 and "Traceback" not in err, err[-3000:]
+    n = stopped_at(err, "SIGTERM")
     assert n >= 20
     resumes_exactly(char_data, tmp_path, out_dir, n)
 
@@ -321,29 +324,3 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path: Path, mo
     assert written == [True]
     assert checkpoint.read(str(tmp_path)).header.iter_num == 7  # whole, under its final name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
-
-
-@pytest.mark.slow
-def test_a_stop_under_tee_keeps_the_stop_line_and_the_checkpoint(char_data: CharData, tmp_path: Path):
-    # `python train.py ... | tee log` and Ctrl-C: the terminal's signal ends tee too, so stdout's reader is gone
-    # when the run says it stopped; the line goes to stderr instead, and the run ends as without tee. SIGTERM
-    # stands in for the Ctrl-C: it takes the same path, and a CI runner may have SIGINT ignored
-    run = subprocess.Popen([sys.executable, "train.py", *tiny_flags(char_data, tmp_path / "out", max_iters=100_000,
-                                                                      eval_interval=100_000)],
-                           cwd=REPO_ROOT, env=script_env(PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    try:
-        for line in run.stdout:
-            if line.startswith("iter 3:"):
-                break
-        run.stdout.close()  # tee has gone
-        run.send_signal(signal.SIGTERM)
-        err = run.stderr.read()
-        run.wait(timeout=120)
-    finally:
-        run.kill()
-    assert run.returncode == 0, err[-3000:]
-    stop = re.search(r"^SIGTERM: stopped after iter (\d+), saved checkpoint to .*ckpt\.pt; continue with "
-                     r"--init_from=resume$", err, re.M)
-    assert stop and "Traceback" not in err, err[-3000:]
-    assert checkpoint.read(str(tmp_path / "out")).header.iter_num == int(stop[1])
