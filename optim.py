@@ -77,10 +77,7 @@ class Muon(torch.optim.Optimizer):
                                        group["momentum"], keep)
             else:
                 updates = [adam_update(p.grad, self.state[p], group["betas"], group["eps"], keep) for p in params]
-            for p, update in zip(params, updates):
-                decayed = update + group["weight_decay"] * p if group["weight_decay"] else update
-                assign(p, p - group["lr"] * decayed, keep)
-                assign(self.state[p]["step"], self.state[p]["step"] + 1, keep)
+            apply_updates(params, updates, [self.state[p]["step"] for p in params], group, keep)
 
 
 def muon_updates(params: list[torch.Tensor], bufs: list[torch.Tensor], beta: float,
@@ -89,11 +86,17 @@ def muon_updates(params: list[torch.Tensor], bufs: list[torch.Tensor], beta: flo
     sqrt(max(1, rows / cols)), so that a tall matrix's update has the per-element size of a square one's.
     Matrices of one shape are orthogonalised as one stack: a few large products instead of many small ones. A
     sharded matrix is gathered first, and each process keeps its own shard of the whole update."""
-    directions = []
-    for p, buf in zip(params, bufs):
-        momentum = buf * beta + p.grad
-        assign(buf, momentum, keep)
-        directions.append(parallel.full_tensor(p.grad + beta * momentum))  # Nesterov: gradient + next momentum
+    grads = [p.grad for p in params]
+    if keep is None and fusable(params):  # a few launches for all the matrices, not a few per matrix
+        torch._foreach_mul_(bufs, beta)
+        torch._foreach_add_(bufs, grads)
+        directions = torch._foreach_add(grads, bufs, alpha=beta)  # Nesterov: gradient + next momentum
+    else:
+        directions = []
+        for g, buf in zip(grads, bufs):
+            momentum = buf * beta + g
+            assign(buf, momentum, keep)
+            directions.append(parallel.full_tensor(g + beta * momentum))
     updates: list[torch.Tensor] = [torch.empty(0)] * len(params)
     for shape in dict.fromkeys(d.shape for d in directions):
         same = [i for i, d in enumerate(directions) if d.shape == shape]
@@ -101,6 +104,22 @@ def muon_updates(params: list[torch.Tensor], bufs: list[torch.Tensor], beta: flo
         for i, update in zip(same, stack.unbind(0)):
             updates[i] = parallel.same_shards_as(update, params[i])
     return updates
+
+
+def apply_updates(params: list[torch.Tensor], updates: list[torch.Tensor], steps: list[torch.Tensor],
+                  group: dict[str, Any], keep: torch.Tensor | None) -> None:
+    """p -= lr * (update + weight_decay * p) and step += 1 for each parameter; where keep is False, nothing."""
+    decay, lr = group["weight_decay"], group["lr"]
+    if keep is None and fusable(params):
+        if decay:
+            torch._foreach_add_(updates, params, alpha=decay)
+        torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
+        torch._foreach_add_(steps, 1)
+        return
+    for p, update, step in zip(params, updates, steps):
+        decayed = update + decay * p if decay else update
+        assign(p, p - lr * decayed, keep)
+        assign(step, step + 1, keep)
 
 
 def fusable(params: list[torch.Tensor]) -> bool:

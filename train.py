@@ -127,6 +127,11 @@ class TrainConfig(ModelSettings):
             self.lr_decay_iters = self.max_iters
 
 
+def wsd_decay_start(cfg: TrainConfig) -> int:
+    """The iteration where a warmup-stable-decay schedule leaves its stable rate."""
+    return max(cfg.warmup_iters, cfg.lr_decay_iters - round(cfg.decay_fraction * cfg.lr_decay_iters))
+
+
 def get_lr(it: int, cfg: TrainConfig) -> float:
     """Linear warmup over warmup_iters; then either a cosine decay to min_lr at lr_decay_iters, or (wsd) the peak
     rate until the last decay_fraction of lr_decay_iters and a linear decay to min_lr over it; then min_lr."""
@@ -137,7 +142,7 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     if it >= cfg.lr_decay_iters:
         return cfg.min_lr
     if cfg.lr_schedule == "wsd":
-        decay_start = max(cfg.warmup_iters, cfg.lr_decay_iters - round(cfg.decay_fraction * cfg.lr_decay_iters))
+        decay_start = wsd_decay_start(cfg)
         if it < decay_start:
             return cfg.learning_rate
         progress = (it - decay_start) / max(1, cfg.lr_decay_iters - decay_start)
@@ -221,6 +226,19 @@ def warn_if_gpu_recipe_on_cpu(model: GPT, device: torch.device, tokens: int) -> 
         print(f"warning: {flops / 1e12:,.1f} TFLOP per iteration on the CPU: this is a GPU recipe; at the 0.1 "
               f"TFLOP/s of a typical CPU an iteration takes about {duration(flops / CPU_FLOPS)} (the first log line "
               "says how long max_iters would take)", flush=True)
+
+
+def schedule_note(cfg: TrainConfig) -> str | None:
+    """A note when the run stops before its learning-rate schedule ends (a config's lr_decay_iters kept while
+    --max_iters was shortened): the decay, which is where a warmup-stable-decay run gains most, is then cut off
+    or never starts."""
+    if not cfg.decay_lr or cfg.lr_decay_iters <= cfg.max_iters:
+        return None
+    ends = (f"the learning rate decays until lr_decay_iters={cfg.lr_decay_iters}, after the run's "
+            f"max_iters={cfg.max_iters}")
+    if cfg.lr_schedule == "wsd":
+        ends += f" (its decay starts at {wsd_decay_start(cfg)})"
+    return f"note: {ends}; set lr_decay_iters={cfg.max_iters} for a schedule that ends with the run"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -654,6 +672,8 @@ def main(argv: list[str]) -> dict[str, list]:
             cfg = replace(cfg, cuda_graph=False)
         if layout.master:
             warn_if_gpu_recipe_on_cpu(model, layout.device, tokens_per_iter(cfg, model))
+            if note := schedule_note(cfg):
+                print(note)
         run = start_run(cfg, layout, meta, model, ckpt, dtype)
         run.launched = launched
         if ckpt is not None and layout.master:

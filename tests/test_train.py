@@ -35,6 +35,16 @@ def test_lr_decay_iters_left_unset_ends_the_schedule_with_the_run():
     assert train.get_lr(49, cfg) > cfg.min_lr and train.get_lr(50, cfg) == cfg.min_lr
 
 
+def test_a_run_that_stops_before_its_schedule_ends_is_told_so():
+    cut = train.TrainConfig(max_iters=1000, lr_decay_iters=5000, warmup_iters=50, lr_schedule="wsd")
+    note = train.schedule_note(cut)
+    assert "lr_decay_iters=5000" in note and "max_iters=1000" in note and "starts at 3000" in note
+    assert train.get_lr(999, cut) == cut.learning_rate  # the note's point: this run never decays
+    assert "starts at" not in train.schedule_note(dataclasses.replace(cut, lr_schedule="cosine"))
+    assert train.schedule_note(dataclasses.replace(cut, lr_decay_iters=1000)) is None
+    assert train.schedule_note(dataclasses.replace(cut, decay_lr=False)) is None
+
+
 @pytest.mark.parametrize("backend", ["auto", "nccl", "gloo"])
 def test_backend_auto_nccl_or_gloo_is_taken(backend: str):
     assert parallel.setup("cpu", backend, 1, False, 1) == parallel.Layout(0, 0, 1, torch.device("cpu"), False)
