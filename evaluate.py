@@ -36,7 +36,8 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device:
         for k in range(rank, round_up(n, world), world):
             x, y = batches.get(k if k < n else 0, device)
             with ctx, torch.set_grad_enabled(train_graph):
-                loss = model(x, y)[1].detach().float()  # the mean over the tokens whose target is not -1
+                # the mean over the tokens whose target is not -1
+                loss = model(x, y, return_logits=False)[1].detach().float()
             counted = (y != -1).sum() * (k < n)
             total += torch.stack([loss * counted, counted])
             if show and time.perf_counter() - shown > PROGRESS_S:  # a long evaluation shows it is alive

@@ -464,16 +464,20 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
-                span: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                span: int | None = None, return_logits: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), soft-capped if logit_softcap is set (LMHead), and the mean
         cross-entropy of those if targets (B, T) are given (targets of -1 are ignored). input_pos and span:
-        generation through the KV cache, see hidden_states."""
+        generation through the KV cache, see hidden_states. return_logits=False (with targets): the logits come
+        back as None; a compiled step then need not write the whole (B, T, vocab) tensor out, which with a
+        soft-cap is a second one beside the head's output."""
         logits = self.lm_head(self.hidden_states(idx, input_pos, span))  # (B, T, vocab)
         loss = None
         if targets is not None:
             # from the logits as they are (bf16 under autocast): a float32 copy of a (B*T, vocab) tensor and its
             # gradient are a large share of an eager step; compiled, the fused kernel works in float32 regardless
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            if not return_logits:
+                return None, loss
         return logits, loss
 
     def hidden_states(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,

@@ -50,7 +50,7 @@ class Step:
                 model.set_requires_gradient_sync(m == accum - 1)
             with sync:
                 with self.ctx:
-                    loss = model(*batch)[1] / accum
+                    loss = model(*batch, return_logits=False)[1] / accum
                 batch = self.data.get(index + (m + 1) * self.stride, batch[0].device)
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
@@ -138,7 +138,7 @@ class GraphedStep(Step):
             loss_sum = torch.zeros((), device=self.inputs[0][0].device)
             for x, y in self.inputs:
                 with self.ctx:
-                    loss = self.model(x, y)[1] / self.accum
+                    loss = self.model(x, y, return_logits=False)[1] / self.accum
                 loss.backward()
                 loss_sum += loss.detach()
             applied = apply_update(self.model, self.optimizer, self.scaler, loss_sum, self.grad_clip)

@@ -325,6 +325,14 @@ def test_forward_shapes_and_finite_loss(arch: str):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_a_step_can_take_the_loss_without_the_logits():
+    model = build("gpt2", logit_softcap=30.0)
+    idx, targets = random_ids(2, 8), random_ids(2, 8, seed=1)
+    logits, loss = model(idx, targets, return_logits=False)
+    assert logits is None
+    torch.testing.assert_close(loss, model(idx, targets)[1], rtol=0, atol=0)
+
+
 def test_targets_of_minus_one_are_ignored():
     model = build("gpt2")
     idx = random_ids(2, 8)
