@@ -287,8 +287,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)
         if self.q_norm is not None:  # before the rotation, and before the cache: every path sees normalised keys
-            q = self.q_norm(q)
-            k = self.k_norm(k)
+            # in float32, as the gains are: under autocast q and k are bfloat16, and RMSNorm on mixed dtypes
+            # takes torch's unfused path (with a warning) and returns float32
+            q = self.q_norm(q.float()).type_as(q)
+            k = self.k_norm(k.float()).type_as(k)
         if rope is not None:  # rotary positions turn q.k into a function of the distance between tokens
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,15 @@ def test_a_step_can_take_the_loss_without_the_logits():
     logits, loss = model(idx, targets, return_logits=False)
     assert logits is None
     torch.testing.assert_close(loss, model(idx, targets)[1], rtol=0, atol=0)
+
+
+def test_the_modern_blocks_run_under_bfloat16_autocast_without_a_warning():
+    model = build("gpt2", **MODERN)
+    idx = random_ids(2, 8)
+    with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("always")
+        _, loss = model(idx, idx)
+    assert [str(w.message) for w in caught] == [] and torch.isfinite(loss)
 
 
 def test_targets_of_minus_one_are_ignored():
