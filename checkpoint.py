@@ -26,10 +26,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -160,7 +158,7 @@ def save(ckpt: Checkpoint, out_dir: str, best: bool = False) -> str:
     tmp = f"{path}.tmp.{os.getpid()}"
     best_tmp = f"{os.path.join(out_dir, BEST_FILE)}.tmp.{os.getpid()}"
     try:
-        with uninterrupted():
+        with configurator.uninterrupted():
             write_file(ckpt.to_dict(), tmp)
             if best:
                 link_or_copy(tmp, best_tmp)
@@ -175,26 +173,6 @@ def save(ckpt: Checkpoint, out_dir: str, best: bool = False) -> str:
     for name in (CKPT_FILE, BEST_FILE) if best else (CKPT_FILE,):
         remove_link(out_dir, SHARDED[name])
     return path
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Ctrl-C held back until the block ends, then handled as it would have been: a second Ctrl-C during a
-    checkpoint write lets the write finish and then stops the run, rather than breaking into torch.save's zip
-    writer. Signals reach Python in the main thread only: elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if held and callable(previous):  # Python's default handler raises KeyboardInterrupt; StopRequest's stops
-            previous(signal.SIGINT, held[0])
-        elif held and previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
 
 
 def write_file(ckpt: dict[str, Any], path: str) -> None:
@@ -323,7 +301,7 @@ def remove_leftovers(out_dir: str) -> None:
     """Remove the temporary files and directories of out_dir's writers that are no longer running."""
     for entry in os.listdir(out_dir):
         match = LEFTOVER.fullmatch(entry)
-        if match is None or (match[1] is not None and running(int(match[1]))):
+        if match is None or (match[1] is not None and configurator.running(int(match[1]))):
             continue
         path = os.path.join(out_dir, entry)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -331,16 +309,6 @@ def remove_leftovers(out_dir: str) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-
-
-def running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def present(out_dir: str) -> list[str]:

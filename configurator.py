@@ -10,21 +10,25 @@ Values are coerced to the field's type, unknown names are refused with the neare
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib
 import inspect
 import math
 import os
 import re
 import runpy
+import signal
 import sys
+import threading
 import time
 import tokenize
 import traceback
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -56,7 +60,8 @@ def require(package: str, purpose: str, install: str = "-r requirements-extra.tx
 def run(main: Callable[[list[str]], Any]) -> None:
     """Entry point of every script: call main(argv) and turn a UserError into one line and exit 2."""
     try:
-        main(sys.argv[1:])
+        with interrupts_noted():
+            main(sys.argv[1:])
     except UserError as e:
         if str(e):
             print(f"error: {e}", file=sys.stderr, flush=True)
@@ -81,6 +86,78 @@ def leave() -> None:
         dist.destroy_process_group()
     elif os.environ.get("RANK", "0") != "0":
         time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C held back until the block ends, then handled as it would have been: a Ctrl-C during a checkpoint
+    write, or during the renames that put a prepared dataset in place, lets them finish and then stops, rather
+    than leaving a file half written or a dataset half replaced. Signals reach Python in the main thread only:
+    elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):  # Python's default handler raises KeyboardInterrupt; StopRequest's stops
+            previous(signal.SIGINT, held[0])
+        elif held and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+INTERRUPTS: list[int] = []  # the Ctrl-Cs noted while interrupts_noted is in force
+
+
+@contextlib.contextmanager
+def interrupts_noted() -> Iterator[None]:
+    """While the block runs, Ctrl-C raises KeyboardInterrupt as usual and is also noted in INTERRUPTS. Python
+    cannot raise it inside a finaliser (a __del__, a weakref or at-fork callback: it prints it there and goes on),
+    so it is delivered again a moment later (interrupt_again), and work about to be committed checks INTERRUPTS
+    too (tokenizer.staged). Only where Ctrl-C is Python's default (not ignored, not handled by the caller) and in
+    the main thread, where signals reach Python."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    INTERRUPTS.clear()
+    hook = sys.unraisablehook
+    signal.signal(signal.SIGINT, noted_interrupt)
+    sys.unraisablehook = functools.partial(interrupt_again, os.getpid(), hook)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = hook
+
+
+def noted_interrupt(signum: int, frame: Any) -> None:
+    INTERRUPTS.append(signum)
+    raise KeyboardInterrupt
+
+
+def interrupt_again(pid: int, previous: Callable[[Any], None], unraisable: Any) -> None:
+    """sys.unraisablehook: a Ctrl-C that came while Python ran a finaliser is delivered again a moment later,
+    outside it, rather than printed as an ignored traceback while the work goes on. In a forked worker (which its
+    parent stops) it is dropped. Anything else goes to the previous hook."""
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        previous(unraisable)
+    elif os.getpid() == pid:
+        threading.Timer(0.01, os.kill, (pid, signal.SIGINT)).start()
+
+
+def running(pid: int) -> bool:
+    """Whether process pid is alive (on this machine): the owner of a temporary file named after it, say."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _nearest(name: str, choices: list[str]) -> str:

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import sys
 from collections.abc import Iterator
 from importlib import resources
@@ -22,6 +23,7 @@ import numpy as np
 import tiktoken
 
 import safeload
+import configurator
 from configurator import UserError
 
 META_FILE = "meta.json"
@@ -94,20 +96,27 @@ def dump_meta(meta: dict[str, Any], path: str) -> None:
 
 
 DATASET_FILES = ("train.bin", "val.bin", META_FILE)  # in the order staged renames them into place: meta.json last
+STAGED_TEMP = re.compile(r"\.(.+)\.tmp-(\d+)")  # staged's temporary file for a dataset file: its name, the pid
 
 
 @contextlib.contextmanager
 def staged(data_dir: str) -> Iterator[dict[str, str]]:
     """Paths to write a dataset's files to (DATASET_FILES -> a temporary path beside each, unique to this process,
-    so two prepares do not collide). When the block ends, they are renamed over data_dir's files, meta.json last;
-    if it raises (or is interrupted), they are removed instead: the old files stay as they were until every new
-    one is complete. A failed write (a full disk, an unwritable folder) is a UserError that says so."""
+    so two prepares do not collide). When the block ends, they are renamed over data_dir's files, meta.json last,
+    with Ctrl-C held back until all are in place; if it raises or is interrupted (a Ctrl-C that a finaliser
+    swallowed included), they are removed instead: the old files stay as they were until every new one is
+    complete. Temporary files of earlier prepares that were killed are removed first. A failed write (a full
+    disk, an unwritable folder) is a UserError that says so."""
     tmp = {name: os.path.join(data_dir, f".{name}.tmp-{os.getpid()}") for name in DATASET_FILES}
     try:
         os.makedirs(data_dir, exist_ok=True)
+        remove_killed_writers_files(data_dir)
         yield tmp
-        for name in DATASET_FILES:
-            os.replace(tmp[name], os.path.join(data_dir, name))
+        with configurator.uninterrupted():
+            if configurator.INTERRUPTS:  # a Ctrl-C that Python could not raise where it came: keep the old data
+                raise KeyboardInterrupt
+            for name in DATASET_FILES:
+                os.replace(tmp[name], os.path.join(data_dir, name))
     except OSError as e:
         raise UserError(f"cannot write to {data_dir}: {e.strerror or e}; the files there are left as they were") \
             from None
@@ -115,6 +124,15 @@ def staged(data_dir: str) -> Iterator[dict[str, str]]:
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)
+
+
+def remove_killed_writers_files(data_dir: str) -> None:
+    """Remove the temporary files that staged's writers left in data_dir when they were killed."""
+    for entry in os.listdir(data_dir):
+        match = STAGED_TEMP.fullmatch(entry)
+        if match and match[1] in DATASET_FILES and not configurator.running(int(match[2])):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(data_dir, entry))
 
 
 def write_dataset(data_dir: str, splits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tokenizer
+import configurator
 from conftest import prepare_module as script
-from conftest import run_main
+from conftest import run_main, script_env
 from configurator import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,3 +319,100 @@ def test_an_openwebtext_write_that_stops_midway_leaves_the_old_files(tmp_path: P
                                             (2, f"error: cannot write to {out}: No space left on device; the files "
                                                 "there are left as they were")), err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no temporary file is left
+
+
+# ---------------------------------------------------------------------------------------------- real signals
+
+
+def big_corpus(folder: Path, suffix: str, n_files: int = 100) -> Path:
+    """n_files documents of about 400 KB each: seconds of tokenizing, time enough to signal a prepare mid-write."""
+    folder.mkdir()
+    words = np.array(["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "alpha", "def"])
+    rng = np.random.default_rng(0)
+    for i in range(n_files):
+        (folder / f"doc{i:03d}.{suffix}").write_text(" ".join(rng.choice(words, 60_000)), encoding="utf-8")
+    return folder
+
+
+def signalled_midway(name: str, args: list[str], marker: str, sig: int) -> tuple[int, str]:
+    """Run data/<name>/prepare.py in a process group of its own and, once its stderr shows marker (a progress
+    bar of the write), send sig to the whole group, as a terminal's Ctrl-C reaches a pipeline's processes; its
+    exit status and stderr."""
+    # Ctrl-C as in a terminal's foreground, even where this test runs with it ignored (a shell's background job):
+    # an ignored signal stays ignored in a child, a handled one is the default there
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run = subprocess.Popen([sys.executable, f"data/{name}/prepare.py", *args], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=script_env(),
+                               start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = b""
+    while marker.encode() not in err:
+        chunk = run.stderr.read1(1 << 16)
+        assert chunk, f"the prepare ended before it was signalled: {err.decode()[-2000:]}"
+        err += chunk
+    os.killpg(run.pid, sig)
+    err += run.stderr.read()
+    return run.wait(timeout=120), err.decode()
+
+
+PREPARES = {"files": ("py", ["--glob=*.py", "--val_per_mille=100"], "tokenizing:"),
+            "openwebtext": ("txt", ["--num_proc=2"], "tokenizing (num_proc=2)")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PREPARES)
+def test_ctrl_c_while_a_prepare_tokenizes_and_writes_leaves_the_old_files(tmp_path: Path, name: str):
+    suffix, flags, marker = PREPARES[name]
+    out = tmp_path / "out"
+    tokenizer.write_dataset(str(out), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    args = [f"--input={big_corpus(tmp_path / 'in', suffix)}", f"--out_dir={out}", *flags]
+    code, err = signalled_midway(name, args, marker, signal.SIGINT)
+    # the line ends with it: a progress bar cut short by Ctrl-C may not have ended its own line
+    assert code == 130 and err.splitlines()[-1].endswith("interrupted") and "Traceback" not in err, err[-3000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no temporary file is left
+
+
+@pytest.mark.slow
+def test_a_killed_prepare_leaves_the_old_files_and_the_next_removes_its_temporaries(tmp_path: Path):
+    out = tmp_path / "out"
+    tokenizer.write_dataset(str(out), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    corpus = big_corpus(tmp_path / "in", "py")
+    code, _ = signalled_midway("files", [f"--input={corpus}", f"--out_dir={out}", "--glob=*.py",
+                                         "--val_per_mille=100"], "tokenizing:", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    left = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {k: v for k, v in left.items() if k in before} == before and set(left) > set(before)  # its temporaries
+    (tmp_path / "small").mkdir()
+    write_corpus("txt", tmp_path / "small", [f"document {i}" for i in range(8)])
+    script("files").main([f"--input={tmp_path / 'small'}", f"--out_dir={out}", "--glob=*.txt", "--val_per_mille=500"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_a_ctrl_c_that_a_finaliser_swallowed_comes_again_and_keeps_the_old_files(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch):
+    tokenizer.write_dataset(str(tmp_path), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    printed = []  # what Python's own hook would have printed as "Exception ignored"
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_type))
+    monkeypatch.setattr(configurator, "INTERRUPTS", [])
+
+    class Finaliser:
+        def __del__(self) -> None:  # Ctrl-C arrives while Python runs a finaliser: it cannot raise it from there
+            signal.raise_signal(signal.SIGINT)
+            sum(range(1000))  # bytecode after the signal, where Python runs the handler
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:  # interrupts_noted: as configurator.run runs every script
+        with pytest.raises(KeyboardInterrupt), configurator.interrupts_noted(), tokenizer.staged(str(tmp_path)) as tmp:
+            for name in tokenizer.DATASET_FILES:
+                Path(tmp[name]).write_bytes(b"new")
+            Finaliser()  # its Ctrl-C is swallowed there: the block goes on, for now
+            time.sleep(5)  # the Ctrl-C comes again within it
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert configurator.INTERRUPTS == [signal.SIGINT] * 2 and printed == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
