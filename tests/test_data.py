@@ -324,7 +324,7 @@ def test_an_openwebtext_write_that_stops_midway_leaves_the_old_files(tmp_path: P
 # ---------------------------------------------------------------------------------------------- real signals
 
 
-def big_corpus(folder: Path, suffix: str, n_files: int = 100) -> Path:
+def big_corpus(folder: Path, suffix: str, n_files: int = 50) -> Path:
     """n_files documents of about 400 KB each: seconds of tokenizing, time enough to signal a prepare mid-write."""
     folder.mkdir()
     words = np.array(["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "alpha", "def"])
