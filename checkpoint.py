@@ -53,7 +53,7 @@ LOCK_FILE = ".lock"  # held by the run that writes out_dir's checkpoints (claim)
 HEADER_FILE = "header.pt"  # in a sharded checkpoint's directory: everything but the model and optimizer tensors
 SHARDED_DIR = re.compile(r"ckpt-\d+-[0-9a-f]{8}(\.tmp)?")  # the directories save_sharded writes
 # what a writer of out_dir leaves behind if it is killed mid-write, the writer's pid in group 1 where it has one
-LEFTOVER = re.compile(r"(?:(?:ckpt|best)\.pt\.tmp|\.(?:ckpt|best)\.dcp)\.(\d+)"
+LEFTOVER = re.compile(r"(?:(?:ckpt|best)\.pt\.tmp|\.(?:ckpt|best)\.dcp|metrics\.jsonl\.tmp)\.(\d+)"
                       r"|ckpt-\d+-[0-9a-f]{8}\.tmp|\.write-test-.*")
 
 

@@ -41,6 +41,7 @@ import runtime
 from configurator import UserError
 from dataloader import Batches, EvalBatches
 from evaluate import estimate_loss
+from metrics import MetricsLog
 from model import GPT, PRESETS, GPTConfig, ModelSettings, resolve_config
 from parallel import Layout
 from step import GraphedStep, Step, Watchdog, graph_blocker, set_capturable, set_lr
@@ -368,7 +369,20 @@ class Run:
     progress: Progress
     history: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "eval": []})  # for the tests
     launched: float = field(default_factory=time.perf_counter)  # when main started (a perf_counter reading)
+    metrics: MetricsLog | None = None  # out_dir/metrics.jsonl, on rank 0 of a training run
 
+
+
+def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.ExitStack) -> None:
+    """On rank 0: say where a resumed run starts, and open out_dir/metrics.jsonl (not to evaluate only) for the
+    run's life; a resumed run evaluates again where it starts if that is due (train)."""
+    cfg, start = run.cfg, run.progress.iter_num
+    if ckpt is not None:
+        print(f"resumed from {ckpt.path} at iter {ckpt.header.iter_num} (best val loss "
+              f"{ckpt.header.best_val_loss:.4f}, the next batch {ckpt.header.batch_pos})")
+    if not cfg.eval_only:
+        log = MetricsLog(cfg.out_dir, start, reevaluates=start % cfg.eval_interval == 0)
+        run.metrics = held.enter_context(contextlib.closing(log))
 
 
 def tokens_per_iter(cfg: TrainConfig, model: GPT) -> int:
@@ -434,6 +448,10 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
     if layout.master:
         print(f"step {progress.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
               f"{peak_memory(layout.device)}")
+        if run.metrics:
+            run.metrics.write("eval", time.perf_counter() - run.launched, iter=progress.iter_num,
+                              tokens=progress.iter_num * tokens_per_iter(cfg, run.model), train_loss=losses["train"],
+                              val_loss=losses["val"])
         if cfg.wandb_log:
             import wandb
 
@@ -507,6 +525,11 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, pace: Pace) -> None:
     mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
     print(f"iter {run.progress.iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
           f"{tokens / dt:,.0f} tok/s{mfu_text}{peak_memory(layout.device)}")
+    if run.metrics:
+        memory = torch.cuda.max_memory_allocated(layout.device) / 2**30 if layout.device.type == "cuda" else None
+        run.metrics.write("train", time.perf_counter() - run.launched, iter=run.progress.iter_num,
+                          tokens=run.progress.iter_num * tokens, loss=loss, lr=lr, ms_per_iter=dt * 1000,
+                          tok_per_s=tokens / dt, mfu=mfu, peak_mem_gib=memory)
     if pace.steady and not pace.shown:
         remaining = run.cfg.max_iters - run.progress.iter_num
         print(f"at this pace the remaining {remaining:,} iterations take about {duration(remaining * dt)}, "
@@ -676,9 +699,8 @@ def main(argv: list[str]) -> dict[str, list]:
                 print(note)
         run = start_run(cfg, layout, meta, model, ckpt, dtype)
         run.launched = launched
-        if ckpt is not None and layout.master:
-            print(f"resumed from {ckpt.path} at iter {ckpt.header.iter_num} (best val loss "
-                  f"{ckpt.header.best_val_loss:.4f}, the next batch {ckpt.header.batch_pos})")
+        if layout.master:
+            begin_record(run, ckpt, held)
         del ckpt  # free its memory before training
         if layout.master:
             print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {layout.device}, "

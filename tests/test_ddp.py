@@ -18,6 +18,7 @@ from typing import IO
 import pytest
 import torch
 
+import metrics
 import train
 from conftest import REPO_ROOT, CharData, make_char_dataset, parse_log, script_env, tiny_flags
 
@@ -107,6 +108,16 @@ def test_ddp_eval_losses_match_single_process(runs: Runs):
     assert [e[0] for e in ddp_evals] == [e[0] for e in single_evals] == [0, 3, 6]
     for ours, theirs in zip(ddp_evals, single_evals, strict=True):
         assert ours[1:] == pytest.approx(theirs[1:], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_only_rank_0_writes_the_metrics_log(runs: Runs):
+    ddp_losses, ddp_evals = parse_log(runs.ddp_out)
+    log = metrics.read(str(runs.ddp_dir))
+    train_rows = [r for r in log if r["kind"] == "train"]
+    assert [r["iter"] for r in train_rows] == [it for it, _ in ddp_losses]  # each once, as logged
+    assert [r["loss"] for r in train_rows] == pytest.approx([loss for _, loss in ddp_losses], abs=5e-5)
+    assert [r["iter"] for r in log if r["kind"] == "eval"] == [e[0] for e in ddp_evals]
 
 
 @pytest.mark.slow

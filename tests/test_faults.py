@@ -289,7 +289,8 @@ def test_a_run_removes_what_killed_writers_left_in_its_out_dir(char_data: CharDa
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     dead_pid = int(dead.stdout)  # a process that has ended: its pid names no running writer
-    left = [f"ckpt.pt.tmp.{dead_pid}", f"best.pt.tmp.{dead_pid}", f".ckpt.dcp.{dead_pid}", ".write-test-x1y2"]
+    left = [f"ckpt.pt.tmp.{dead_pid}", f"best.pt.tmp.{dead_pid}", f".ckpt.dcp.{dead_pid}", ".write-test-x1y2",
+            f"metrics.jsonl.tmp.{dead_pid}"]
     for name in left:
         (out_dir / name).write_bytes(b"partial")
     (out_dir / "ckpt-8-0123abcd.tmp").mkdir()
@@ -303,7 +304,7 @@ def test_a_run_removes_what_killed_writers_left_in_its_out_dir(char_data: CharDa
         writer.kill()
         writer.wait()
     assert sorted(p.name for p in out_dir.iterdir()) == sorted([".lock", alive.name, "best.pt", "ckpt.pt",
-                                                                "notes.txt"])
+                                                                "metrics.jsonl", "notes.txt"])
 
 
 def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -200,7 +200,8 @@ def test_latest_and_best_checkpoints(char_data: CharData, tmp_path: Path, monkey
     assert checkpoint.read(str(out_dir)).header.iter_num == 6
     best_ckpt = checkpoint.read(str(out_dir), which="best")
     assert (best_ckpt.header.iter_num, best_ckpt.header.best_val_loss) == (4, 2.0)
-    assert sorted(p.name for p in out_dir.iterdir()) == [".lock", "best.pt", "ckpt.pt"]  # .lock: checkpoint.claim
+    # .lock: checkpoint.claim; metrics.jsonl: the run's record (metrics.py)
+    assert sorted(p.name for p in out_dir.iterdir()) == [".lock", "best.pt", "ckpt.pt", "metrics.jsonl"]
     best = sample.load(sample.SampleConfig(out_dir=str(out_dir)), torch.device("cpu"), torch.float32)[0]
     latest = sample.load(sample.SampleConfig(out_dir=str(out_dir), checkpoint="latest"), torch.device("cpu"),
                          torch.float32)[0]

@@ -1,0 +1,93 @@
+"""metrics.py: train.py's out_dir/metrics.jsonl (its rows, across a resume without a gap or a duplicate, what a
+kill leaves), and the plotting command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import metrics
+import train
+from conftest import TINY_MODEL, CharData, run_main, tiny_flags
+
+TOKENS = 8 * TINY_MODEL["block_size"]  # per iteration: tiny_flags' batch of 8, one micro-step
+
+
+def rows(out_dir: Path) -> list[tuple[str, int]]:
+    return [(row["kind"], row["iter"]) for row in metrics.read(str(out_dir))]
+
+
+def run(char_data: CharData, out_dir: Path, **overrides: object) -> dict:
+    flags = {"max_iters": 8, "eval_interval": 4, "log_interval": 2, "always_save_checkpoint": True} | overrides
+    return train.main(tiny_flags(char_data, out_dir, **flags))
+
+
+def test_every_log_line_and_evaluation_is_a_row(char_data: CharData, tmp_path: Path):
+    history = run(char_data, tmp_path / "out")
+    log = metrics.read(str(tmp_path / "out"))
+    assert [(r["kind"], r["iter"]) for r in log] == [("train", 2), ("train", 4), ("eval", 4), ("train", 6),
+                                                     ("train", 8), ("eval", 8)]
+    train_rows = [r for r in log if r["kind"] == "train"]
+    assert [r["loss"] for r in train_rows] == [loss for it, loss in history["train_loss"] if it % 2 == 0]
+    assert [(r["iter"], r["train_loss"], r["val_loss"]) for r in log if r["kind"] == "eval"] == history["eval"]
+    assert all(r["tokens"] == r["iter"] * TOKENS for r in log)
+    assert all(r["lr"] == 1e-2 and r["ms_per_iter"] > 0 and r["tok_per_s"] > 0 for r in train_rows)
+    assert "peak_mem_gib" not in train_rows[0]  # a CPU run has no device memory to report
+    seconds = [r["seconds"] for r in log]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+
+
+def test_a_resumed_run_continues_the_log_without_a_gap_or_a_duplicate(char_data: CharData, tmp_path: Path):
+    out = tmp_path / "out"
+    run(char_data, out)
+    # what a run killed after iteration 10 would have logged beyond its last checkpoint (8), and a line cut short
+    with open(out / metrics.METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": "train", "iter": 10, "tokens": 10 * TOKENS, "loss": 1.0, "seconds": 99.0}))
+        f.write('\n{"kind": "tra')
+    before = metrics.read(str(out))
+    run(char_data, out, max_iters=12, init_from="resume")
+    assert rows(out) == [("train", 2), ("train", 4), ("eval", 4), ("train", 6), ("train", 8), ("eval", 8),
+                         ("train", 10), ("train", 12), ("eval", 12)]
+    after = metrics.read(str(out))
+    assert after[:5] == before[:5]  # the rows up to the checkpoint stay as they were; its evaluation is redone
+    assert after[6]["seconds"] > after[4]["seconds"]  # the new launch's time counts on from the old one's
+    assert not list(out.glob("metrics.jsonl.tmp*"))
+
+
+def test_a_run_from_scratch_starts_a_new_log(char_data: CharData, tmp_path: Path):
+    out = tmp_path / "out"
+    run(char_data, out)
+    run(char_data, out, max_iters=4, overwrite=True)
+    assert rows(out) == [("train", 2), ("train", 4), ("eval", 4)]
+
+
+def test_a_file_that_is_not_a_metrics_log_is_one_line(tmp_path: Path):
+    (tmp_path / metrics.METRICS_FILE).write_text("not json\n{}\n", encoding="utf-8")
+    code, _, err = run_main(metrics, [f"--runs={tmp_path}"])
+    assert (code, err) == (2, f"error: {tmp_path / metrics.METRICS_FILE} line 1 is not JSON: the file is not a "
+                              "metrics log\n")
+
+
+def test_the_plot_command_draws_several_runs_against_any_axis(char_data: CharData, tmp_path: Path):
+    pytest.importorskip("matplotlib")  # requirements-dev.txt installs it: CI draws
+    run(char_data, tmp_path / "a")
+    run(char_data, tmp_path / "b", learning_rate=3e-3)
+    for x in metrics.X_AXES:
+        png = tmp_path / f"{x}.png"
+        code, out, err = run_main(metrics, [f"--runs={tmp_path / 'a'},{tmp_path / 'b'}", f"--x={x}", f"--out={png}"])
+        assert (code, out, err) == (0, f"wrote {png}\n", "")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert metrics.curves(metrics.read(str(tmp_path / "a")), "tokens")["val"][0] == [4 * TOKENS, 8 * TOKENS]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "--runs=OUT_DIR[,OUT_DIR...] is required: the runs whose metrics.jsonl to draw"),
+    (["--runs=RUN", "--x=steps"], "x must be one of iter, tokens, seconds, got 'steps'"),
+    (["--runs=RUN"], "no metrics.jsonl rows in RUN: train there first"),
+])
+def test_the_plot_command_refuses_in_one_line(tmp_path: Path, args: list[str], message: str):
+    args = [a.replace("RUN", str(tmp_path)) for a in args]
+    code, _, err = run_main(metrics, [*args, f"--out={tmp_path / 'x.png'}"])
+    assert (code, err) == (2, f"error: {message.replace('RUN', str(tmp_path))}\n")
