@@ -233,6 +233,15 @@ class Tokenizer:
             return self.chars[token_id].encode("utf-8")
         return self.enc.decode_single_token_bytes(token_id)
 
+    def byte_counts(self, size: int) -> np.ndarray:
+        """UTF-8 bytes per token id, for ids 0..size-1 (a model's padded vocabulary): what bits per byte divides
+        by. End-of-text and ids past the vocabulary count 0: they stand for no text."""
+        counts = np.zeros(size, dtype=np.int64)
+        for i in range(min(size, self.vocab_size)):
+            if i != self.eot_id:
+                counts[i] = len(self.token_bytes(i))
+        return counts
+
     def decode(self, ids: list[int]) -> str:
         if self.kind == "char":
             return "".join(self.chars[i] for i in ids)

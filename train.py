@@ -45,7 +45,7 @@ from metrics import MetricsLog
 from model import GPT, PRESETS, GPTConfig, ModelSettings, resolve_config
 from parallel import Layout
 from step import GraphedStep, Step, Watchdog, graph_blocker, set_capturable, set_lr
-from tokenizer import GPT2_META, read_meta
+from tokenizer import GPT2_META, Tokenizer, read_meta
 
 CPU_WARNING_FLOPS = 1e12  # training FLOPs per iteration above which a CPU run is warned that it is a GPU recipe
 CPU_FLOPS = 1e11  # a typical CPU's FLOP/s in float32 training, for that warning's estimate
@@ -370,6 +370,7 @@ class Run:
     history: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "eval": []})  # for the tests
     launched: float = field(default_factory=time.perf_counter)  # when main started (a perf_counter reading)
     metrics: MetricsLog | None = None  # out_dir/metrics.jsonl, on rank 0 of a training run
+    byte_counts: torch.Tensor | None = None  # UTF-8 bytes per token id, for bits per byte (None: unknown)
 
 
 
@@ -423,7 +424,18 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     accum = cfg.gradient_accumulation_steps // layout.dp_world
     step = (GraphedStep if cfg.cuda_graph else Step)(step_model, optimizer, scaler, ctx, train_data, accum,
                                                        stride=layout.dp_world, grad_clip=cfg.grad_clip)
-    return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress)
+    return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress,
+               byte_counts=byte_counts(meta, model.config.vocab_size, device))
+
+
+def byte_counts(meta: dict[str, Any], vocab_size: int, device: torch.device) -> torch.Tensor | None:
+    """UTF-8 bytes per token id (Tokenizer.byte_counts) for the evaluation's bits per byte; None where the
+    tokenizer cannot be built here (an unknown kind, say): the run goes on with the loss alone."""
+    try:
+        counts = Tokenizer(meta).byte_counts(vocab_size)
+    except (ValueError, KeyError, UserError):
+        return None
+    return torch.from_numpy(counts).to(device)
 
 
 def save(run: Run, best: bool = False) -> str | None:
@@ -443,15 +455,17 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
     target is reached). Returns whether the val loss reached target_val_loss."""
     cfg, layout, progress = run.cfg, run.layout, run.progress
     losses = estimate_loss(run.eval_model, run.evals, layout.device, run.ctx, layout.dp_rank, layout.dp_world,
-                           train_graph=cfg.compile and not cfg.dropout, show=layout.master)
+                           train_graph=cfg.compile and not cfg.dropout, show=layout.master,
+                           byte_counts=run.byte_counts)
     run.history["eval"].append((progress.iter_num, losses["train"], losses["val"]))
     if layout.master:
-        print(f"step {progress.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        bpb = f", val bpb {losses['val_bpb']:.4f}" if "val_bpb" in losses else ""
+        print(f"step {progress.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{bpb}"
               f"{peak_memory(layout.device)}")
         if run.metrics:
             run.metrics.write("eval", time.perf_counter() - run.launched, iter=progress.iter_num,
                               tokens=progress.iter_num * tokens_per_iter(cfg, run.model), train_loss=losses["train"],
-                              val_loss=losses["val"])
+                              val_loss=losses["val"], val_bpb=losses.get("val_bpb"))
         if cfg.wandb_log:
             import wandb
 

@@ -5,6 +5,7 @@ it is alive."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import pytest
@@ -44,6 +45,22 @@ def test_estimate_loss_is_the_mean_token_loss_of_the_whole_split(trained: Traine
         logits = model.eval()(x, y)[0]
     exact = F.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
     assert losses["val"] == pytest.approx(exact, rel=1e-5)
+
+
+def test_bits_per_byte_is_the_summed_loss_in_bits_over_the_bytes_of_the_targets(trained: Trained):
+    model, T, vocab = trained_model(trained)
+    evals = eval_batches(trained, T, 3, vocab, 1000)
+    # a made-up byte count per token id (as if some characters took 2 to 4 bytes in UTF-8), 0 for the last id
+    counts = torch.tensor([1 + i % 4 for i in range(vocab - 1)] + [0])
+    losses = evaluate.estimate_loss(model, evals, CPU, contextlib.nullcontext(), byte_counts=counts)
+    val = torch.from_numpy(np.fromfile(trained.data.dir / "val.bin", dtype=np.uint16).astype(np.int64))
+    n = (len(val) - 1) // T
+    x, y = val[:n * T].view(n, T), val[1:n * T + 1].view(n, T)
+    with torch.no_grad():
+        nats = F.cross_entropy(model.eval()(x, y)[0].flatten(0, 1), y.flatten(), reduction="sum").item()
+    text_bytes = sum(1 + i % 4 if i < vocab - 1 else 0 for i in y.flatten().tolist())
+    assert losses["val_bpb"] == pytest.approx(nats / math.log(2) / text_bytes, rel=1e-5)
+    assert set(evaluate.estimate_loss(model, evals, CPU, contextlib.nullcontext())) == {"train", "val"}
 
 
 def test_a_model_evaluated_through_its_training_graph_gives_the_same_losses_and_leaves_nothing(trained: Trained):

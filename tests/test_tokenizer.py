@@ -58,3 +58,15 @@ def test_incremental_decoding_of_arbitrary_tokens_matches_decode():
     for _ in range(50):
         ids = rng.choice(bytes_only, 12).tolist()
         assert streamed_decode(tok, ids)[-1] == tok.decode(ids)
+
+
+def test_byte_counts_are_each_tokens_utf8_bytes_and_sum_to_the_texts():
+    char = Tokenizer({"tokenizer": "char", "vocab_size": 4, "dtype": "uint16", "eot_id": None,
+                      "chars": "a\né€"})
+    assert char.byte_counts(6).tolist() == [1, 1, 2, 3, 0, 0]  # padded ids stand for no text
+    bpe = Tokenizer(GPT2_META)
+    counts = bpe.byte_counts(50304)
+    assert counts[bpe.encode("Hello world")].tolist() == [5, 6]  # 'Hello', ' world'
+    assert counts[50256] == 0 and counts[50257:].sum() == 0  # end-of-text, and the padding
+    text = "naïve café, 🙂 and 漢字<|endoftext|>next"
+    assert counts[bpe.encode(text)].sum() == len(text.replace("<|endoftext|>", "").encode("utf-8"))
