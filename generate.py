@@ -29,6 +29,7 @@ class Sampling:
     top_k: int | None = None  # keep only the k likeliest tokens (None: all)
     top_p: float = 1.0  # nucleus: the smallest set of tokens whose probability reaches top_p (1.0: all)
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text (1.0: off)
+    vocab: int | None = None  # draw only ids below this: a model in training has padding rows that are no token
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -49,6 +50,9 @@ def adjust_logits(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor |
     marked in seen (B, vocab), as CTRL does (Keskar et al. 2019): positive logits are divided by it, negative
     ones multiplied. Then temperature (0 leaves the logits for an argmax); top_k keeps the k likeliest tokens;
     top_p the smallest set whose probability reaches top_p (nucleus sampling, Holtzman et al. 2019)."""
+    if sampling.vocab is not None:
+        logits = logits[..., : sampling.vocab]
+        seen = None if seen is None else seen[..., : sampling.vocab]
     penalty = sampling.repetition_penalty
     if penalty != 1.0 and seen is not None:
         penalized = torch.where(logits > 0, logits / penalty, logits * penalty)

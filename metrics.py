@@ -4,10 +4,12 @@ command that draws the losses of one or several runs against iterations, tokens 
     python metrics.py --runs=out-a,out-b --x=tokens --out=curves.png   # needs matplotlib
 
 Rows: {"kind": "train", "iter", "tokens", "seconds", "loss", "lr", "ms_per_iter", "tok_per_s", "mfu",
-"peak_mem_gib"} and {"kind": "eval", "iter", "tokens", "seconds", "train_loss", "val_loss"}; mfu and memory only
-where they are known. "seconds" is wall time from the first launch, summed over resumes (the time between a stop
-and the resume not counted). A resumed run first drops what came after its checkpoint (those iterations are run
-again), so the log has neither a gap nor a duplicate; a run from scratch starts a new log. Only rank 0 writes.
+"peak_mem_gib"}, {"kind": "eval", "iter", "tokens", "seconds", "train_loss", "val_loss", "val_bpb"} and, with
+sample_interval, {"kind": "sample", "iter", "seconds", "prompt", "greedy", "sampled"}; mfu, memory and bits per
+byte only where they are known. "seconds" is wall time from the first launch, summed over resumes (the time
+between a stop and the resume not counted). A resumed run first drops what came after its checkpoint (those
+iterations are run again), so the log has neither a gap nor a duplicate; a run from scratch starts a new log.
+Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def read(out_dir: str) -> list[dict[str, Any]]:
             if n == len(lines) - 1:  # written when the process was killed: the rest of the log is whole
                 continue
             raise UserError(f"{path} line {n + 1} is not JSON: the file is not a metrics log") from None
-        if not isinstance(row, dict) or row.get("kind") not in ("train", "eval"):
+        if not isinstance(row, dict) or row.get("kind") not in ("train", "eval", "sample"):
             raise UserError(f"{path} line {n + 1} is not a metrics row")
         rows.append(row)
     return rows
@@ -52,9 +54,9 @@ def read(out_dir: str) -> list[dict[str, Any]]:
 
 def resumed_rows(rows: list[dict[str, Any]], start: int, reevaluates: bool) -> list[dict[str, Any]]:
     """The rows a run resumed at iteration `start` keeps: those before it, and at it the train row and, unless the
-    resumed run evaluates there again, the eval row."""
+    resumed run evaluates there again, the eval and sample rows."""
     return [row for row in rows if row["iter"] < start or (
-        row["iter"] == start and not (row["kind"] == "eval" and reevaluates))]
+        row["iter"] == start and not (row["kind"] != "train" and reevaluates))]
 
 
 class MetricsLog:
@@ -102,6 +104,8 @@ def curves(rows: list[dict[str, Any]], x: str) -> dict[str, tuple[list[float], l
     """The train and val loss curves of one log: name -> (xs, losses), non-finite losses left out."""
     out: dict[str, tuple[list[float], list[float]]] = {"train": ([], []), "val": ([], [])}
     for row in rows:
+        if row["kind"] not in ("train", "eval"):
+            continue
         name, key = ("train", "loss") if row["kind"] == "train" else ("val", "val_loss")
         value = row.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value) and x in row:

@@ -41,6 +41,7 @@ import runtime
 from configurator import UserError
 from dataloader import Batches, EvalBatches
 from evaluate import estimate_loss
+from generate import Sampling, clear_cache, generate
 from metrics import MetricsLog
 from model import GPT, PRESETS, GPTConfig, ModelSettings, resolve_config
 from parallel import Layout
@@ -64,6 +65,9 @@ class TrainConfig(ModelSettings):
     eval_iters: int = 200  # batches per split in each evaluation, at most: fewer where the split holds fewer batches
     eval_only: bool = False  # evaluate once and exit
     eval_at_start: bool = False  # evaluate before the first step from scratch too (it delays the first step)
+    sample_interval: int = 0  # every this many evaluations, continue fixed prompts greedily and sampled; 0: never
+    sample_prompts: str = ""  # the prompts, separated by '|'; empty: a new document (BPE) or a new line (chars)
+    sample_tokens: int = 64  # tokens generated per prompt and way
     always_save_checkpoint: bool = True  # ckpt.pt at every evaluation, else only when val loss improves (best.pt)
     overwrite: bool = False  # a run from scratch (or GPT-2) where out_dir holds checkpoints replaces them; else
     # it is refused
@@ -160,14 +164,15 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.init_from not in ("scratch", "resume", *hf.GPT2_NAMES):
         raise UserError(f"init_from must be scratch, resume or one of {hf.GPT2_NAMES}, got '{cfg.init_from}'")
     for name in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval",
-                 "log_interval", "vocab_multiple", "tensor_parallel"):
+                 "log_interval", "vocab_multiple", "tensor_parallel", "sample_tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be at least 0, got {getattr(cfg, name)}")
-    if cfg.max_skipped_steps < 0:
-        raise UserError(f"max_skipped_steps must be at least 0 (0: never stop), got {cfg.max_skipped_steps}")
+    for name in ("max_skipped_steps", "sample_interval"):  # 0: never
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{name} must be at least 0 (0: never), got {getattr(cfg, name)}")
     if not 0 <= cfg.seed < 2**63:
         raise UserError(f"seed must be in [0, 2**63), got {cfg.seed}")
     if cfg.max_iters < 1 and not cfg.eval_only:
@@ -370,7 +375,8 @@ class Run:
     history: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "eval": []})  # for the tests
     launched: float = field(default_factory=time.perf_counter)  # when main started (a perf_counter reading)
     metrics: MetricsLog | None = None  # out_dir/metrics.jsonl, on rank 0 of a training run
-    byte_counts: torch.Tensor | None = None  # UTF-8 bytes per token id, for bits per byte (None: unknown)
+    tokenizer: Tokenizer | None = None  # the data's, where it can be built here: bits per byte, samples
+    byte_counts: torch.Tensor | None = None  # UTF-8 bytes per token id on the device (bytes_per_token)
 
 
 
@@ -381,6 +387,8 @@ def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.
     if ckpt is not None:
         print(f"resumed from {ckpt.path} at iter {ckpt.header.iter_num} (best val loss "
               f"{ckpt.header.best_val_loss:.4f}, the next batch {ckpt.header.batch_pos})")
+    if cfg.sample_interval and run.layout.sharded:
+        print("note: sample_interval: no samples during training with sharded weights (fsdp, tensor_parallel)")
     if not cfg.eval_only:
         log = MetricsLog(cfg.out_dir, start, reevaluates=start % cfg.eval_interval == 0)
         run.metrics = held.enter_context(contextlib.closing(log))
@@ -425,17 +433,62 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     step = (GraphedStep if cfg.cuda_graph else Step)(step_model, optimizer, scaler, ctx, train_data, accum,
                                                        stride=layout.dp_world, grad_clip=cfg.grad_clip)
     return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress,
-               byte_counts=byte_counts(meta, model.config.vocab_size, device))
+               tokenizer=data_tokenizer(cfg, meta))
 
 
-def byte_counts(meta: dict[str, Any], vocab_size: int, device: torch.device) -> torch.Tensor | None:
-    """UTF-8 bytes per token id (Tokenizer.byte_counts) for the evaluation's bits per byte; None where the
-    tokenizer cannot be built here (an unknown kind, say): the run goes on with the loss alone."""
+def data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> Tokenizer | None:
+    """The data's tokenizer, for bits per byte and samples; None where it cannot be built here (an unknown kind,
+    say): the run goes on with the loss alone, and refuses samples it cannot decode."""
     try:
-        counts = Tokenizer(meta).byte_counts(vocab_size)
-    except (ValueError, KeyError, UserError):
+        tok = Tokenizer(meta)
+    except (ValueError, KeyError, UserError) as e:
+        if cfg.sample_interval:
+            raise UserError(f"sample_interval={cfg.sample_interval}: the data's tokenizer cannot be built ({e}); "
+                            "set sample_interval=0") from None
         return None
-    return torch.from_numpy(counts).to(device)
+    if cfg.sample_interval:
+        sample_prompts(cfg, tok)
+    return tok
+
+
+def sample_prompts(cfg: TrainConfig, tok: Tokenizer) -> list[str]:
+    """The prompts of the samples during training: sample_prompts split at '|', else a new document (BPE) or a
+    new line (characters); a prompt the tokenizer cannot encode is refused now, not at the first sample."""
+    if cfg.sample_prompts:
+        prompts = cfg.sample_prompts.split("|")
+    elif tok.kind == "char":
+        prompts = ["\n" if "\n" in tok.chars else tok.chars[0]]
+    else:
+        prompts = ["<|endoftext|>"]
+    for prompt in prompts:
+        if not tok.encode(prompt):
+            raise UserError(f"sample_prompts: an empty prompt in {cfg.sample_prompts!r}")
+    return prompts
+
+
+def show_samples(run: Run) -> None:
+    """Rank 0, at an evaluation: each prompt continued greedily and sampled (temperature 0.8), printed and logged.
+    The sampling draws from a random state of its own (the run's seed), so training goes on exactly as it would
+    without samples."""
+    cfg, model, device, tok = run.cfg, run.model, run.layout.device, run.tokenizer
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), run.ctx:
+            torch.manual_seed(cfg.seed)
+            for prompt in sample_prompts(cfg, tok):
+                idx = torch.tensor([tok.encode(prompt)], device=device)
+                ways = {"greedy": Sampling(temperature=0.0, vocab=tok.vocab_size),
+                        "sampled": Sampling(temperature=0.8, vocab=tok.vocab_size)}
+                texts = {way: tok.decode(generate(model, idx, cfg.sample_tokens, sampling)[0, idx.size(1):].tolist())
+                         for way, sampling in ways.items()}
+                for way, text in texts.items():
+                    print(f"sample at iter {run.progress.iter_num}, {way}: {prompt!r} -> {text!r}")
+                if run.metrics:
+                    run.metrics.write("sample", time.perf_counter() - run.launched, iter=run.progress.iter_num,
+                                      prompt=prompt, **texts)
+    finally:
+        clear_cache(model)
+        model.train()
 
 
 def save(run: Run, best: bool = False) -> str | None:
@@ -456,7 +509,7 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
     cfg, layout, progress = run.cfg, run.layout, run.progress
     losses = estimate_loss(run.eval_model, run.evals, layout.device, run.ctx, layout.dp_rank, layout.dp_world,
                            train_graph=cfg.compile and not cfg.dropout, show=layout.master,
-                           byte_counts=run.byte_counts)
+                           byte_counts=bytes_per_token(run))
     run.history["eval"].append((progress.iter_num, losses["train"], losses["val"]))
     if layout.master:
         bpb = f", val bpb {losses['val_bpb']:.4f}" if "val_bpb" in losses else ""
@@ -481,9 +534,23 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
         if layout.master:
             best = checkpoint.SHARDED[checkpoint.BEST_FILE] if layout.sharded else checkpoint.BEST_FILE
             print(f"saved checkpoint to {path}" + (f" (the best so far, also {best})" if improved else ""))
+    samples_due = progress.iter_num % (cfg.eval_interval * cfg.sample_interval or 1) == 0 or \
+        progress.iter_num == cfg.max_iters
+    if cfg.sample_interval and samples_due and layout.master and not layout.sharded:
+        show_samples(run)
     if reached and layout.master:
         print(target_report(run, losses["val"]), flush=True)
     return reached
+
+
+def bytes_per_token(run: Run) -> torch.Tensor | None:
+    """UTF-8 bytes per token id on the device, for bits per byte (Tokenizer.byte_counts), made once."""
+    if run.tokenizer is None:
+        return None
+    if run.byte_counts is None:
+        run.byte_counts = torch.from_numpy(run.tokenizer.byte_counts(run.model.config.vocab_size)).to(
+            run.layout.device)
+    return run.byte_counts
 
 
 def target_report(run: Run, val_loss: float) -> str:

@@ -91,7 +91,7 @@ def bad_setting_cases(root: Path, trained: Trained) -> dict[str, Case]:
         "min_lr_above_learning_rate": ("train.py", tiny_flags(data, root / "o16", min_lr=0.1, decay_lr=True),
                                        "min_lr (0.1) is above learning_rate (0.01): the schedule would rise"),
         "negative_max_skipped_steps": ("train.py", tiny_flags(data, root / "o17", max_skipped_steps=-1),
-                                       "max_skipped_steps must be at least 0 (0: never stop), got -1"),
+                                       "max_skipped_steps must be at least 0 (0: never), got -1"),
         "zero_max_iters": ("train.py", tiny_flags(data, root / "o18", max_iters=0),
                            "max_iters must be at least 1 (to evaluate a checkpoint without training: eval_only"),
         "negative_seed": ("train.py", tiny_flags(data, root / "o19", seed=-1), "seed must be in [0, 2**63), got -1"),

@@ -320,8 +320,12 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write(tmp_path: Path, mo
     monkeypatch.setattr(checkpoint.torch, "save", save_meeting_ctrl_c)
     model = torch.nn.Linear(2, 2)
     ckpt = checkpoint.Checkpoint("", checkpoint.Header({}, 7), model.state_dict())
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.save(ckpt, str(tmp_path))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(ckpt, str(tmp_path))
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert written == [True]
     assert checkpoint.read(str(tmp_path)).header.iter_num == 7  # whole, under its final name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]

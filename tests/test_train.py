@@ -3,6 +3,7 @@ checkpoints record, exact resume, and the log: timings, the pace, the GPU-recipe
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import itertools
 import math
@@ -17,6 +18,8 @@ import torch
 import checkpoint
 import configurator
 import evaluate
+import generate
+import metrics
 import parallel
 import sample
 import train
@@ -311,6 +314,44 @@ def test_resume_refuses_a_shape_other_than_the_checkpoints(trained: Trained, tmp
 
 
 # ---------------------------------------------------------------------------------------------- the log
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"sample_prompts": "ab\u00a7"}, "characters not in the model's vocabulary: '\u00a7'"),
+    ({"sample_prompts": "a||b"}, "sample_prompts: an empty prompt in 'a||b'"),
+    ({"sample_interval": -1}, "sample_interval must be at least 0 (0: never), got -1"),
+    ({"sample_tokens": 0}, "sample_tokens must be at least 1, got 0"),
+])
+def test_samples_that_cannot_be_made_are_refused_before_training(char_data: CharData, tmp_path: Path,
+                                                                 flags: dict, message: str):
+    with pytest.raises(UserError, match=re.escape(message)):
+        train.main(tiny_flags(char_data, tmp_path / "out", **{"sample_interval": 1} | flags))
+    assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+def test_samples_during_training_are_the_models_and_leave_the_training_as_it_was(char_data: CharData,
+                                                                                 tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture[str]):
+    flags = {"max_iters": 8, "eval_interval": 4, "always_save_checkpoint": True, "dropout": 0.1}
+    prompts = [char_data.meta["chars"][10:13], "\n"]
+    sampled = train.main(tiny_flags(char_data, tmp_path / "s", sample_interval=1, sample_tokens=12,
+                                    sample_prompts="|".join(prompts), **flags))
+    out = capsys.readouterr().out
+    plain = train.main(tiny_flags(char_data, tmp_path / "p", **flags))
+    assert sampled == plain  # the samples draw from a random state of their own: dropout saw the same one
+    lines = re.findall(r"^sample at iter (\d+), (greedy|sampled): (.*) -> (.*)$", out, re.M)
+    assert [(int(i), way, ast.literal_eval(p)) for i, way, p, _ in lines] == [
+        (i, way, p) for i in (4, 8) for p in prompts for way in ("greedy", "sampled")]
+    assert all(len(ast.literal_eval(text)) == 12 for *_, text in lines)
+    # the greedy continuation at iter 8 is what the checkpoint saved there continues greedily
+    model, tok = checkpoint.load_model(str(tmp_path / "s"), which="latest")
+    idx = torch.tensor([tok.encode(prompts[0])])
+    greedy = tok.decode(generate.generate(model, idx, 12, generate.GREEDY)[0, idx.size(1):].tolist())
+    assert ast.literal_eval(lines[4][3]) == greedy
+    rows = [r for r in metrics.read(str(tmp_path / "s")) if r["kind"] == "sample"]
+    assert [(r["iter"], r["prompt"], r["greedy"]) for r in rows][2] == (8, prompts[0], greedy)
+
+
 
 
 def test_timings_stay_right_when_evaluations_fall_between_logs(char_data: CharData, tmp_path: Path,
