@@ -1,18 +1,32 @@
-"""How good the model is: its mean loss per token on the train and val splits, over the same batches at every
-evaluation (dataloader.EvalBatches), shared out across the data-parallel processes.
+"""How good the model is: its mean loss per token (and bits per byte) on the train and val splits, over the same
+batches at every evaluation (dataloader.EvalBatches), shared out across the data-parallel processes; and its
+zero-shot HellaSwag accuracy, also as a command:
+
+    python evaluate.py --out_dir=out-gpt2 --hellaswag=hellaswag_val.jsonl
+    python evaluate.py --init_from=gpt2 --limit=1000   # OpenAI's weights; the val file downloaded once
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import time
+import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
+import configurator
+import runtime
+from configurator import UserError
 from dataloader import EvalBatches
 from model import round_up
+from sample import SampleConfig, load
 
 PROGRESS_S = 10.0  # a long evaluation prints its progress this often
 
@@ -61,3 +75,165 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device:
             out[f"{split}_bpb"] = loss_sum / math.log(2) / text if text else math.nan
     model.train()
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HellaSwag, zero-shot (Zellers et al. 2019): which of four endings the model finds likeliest after a context
+
+
+HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+HELLASWAG_FILE = os.path.join("data", "hellaswag", "hellaswag_val.jsonl")  # the default, downloaded once
+
+
+@dataclass(frozen=True)
+class HellaSwagExample:
+    ctx: str
+    endings: tuple[str, ...]  # four
+    label: int  # the index of the right ending
+
+
+def read_hellaswag(path: str) -> list[HellaSwagExample]:
+    """The examples of a HellaSwag jsonl file (one JSON object a line with ctx, endings and label, as the
+    dataset's own files have them); anything else is a UserError naming the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read HellaSwag file {path}: {getattr(e, 'strerror', None) or e}") from None
+    examples = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ctx, endings, label = row["ctx"], row["endings"], row["label"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path} line {n}: not a HellaSwag example (JSON with ctx, endings, label)") from None
+        if not (isinstance(ctx, str) and isinstance(endings, list) and len(endings) == 4 and
+                all(isinstance(e, str) for e in endings) and label in range(4) and isinstance(label, int)):
+            raise UserError(f"{path} line {n}: ctx must be text, endings four texts and label 0 to 3")
+        examples.append(HellaSwagExample(ctx, tuple(endings), label))
+    if not examples:
+        raise UserError(f"{path} holds no HellaSwag examples")
+    return examples
+
+
+def hellaswag_file(path: str) -> str:
+    """path, or (empty) the default file, downloaded once where there is a network; offline, a UserError that
+    says where to put it."""
+    if path:
+        if not os.path.isfile(path):
+            raise UserError(f"no HellaSwag file at {path}")
+        return path
+    if os.path.isfile(HELLASWAG_FILE):
+        return HELLASWAG_FILE
+    os.makedirs(os.path.dirname(HELLASWAG_FILE), exist_ok=True)
+    tmp = f"{HELLASWAG_FILE}.tmp.{os.getpid()}"
+    try:
+        urllib.request.urlretrieve(HELLASWAG_URL, tmp)
+        os.replace(tmp, HELLASWAG_FILE)
+    except OSError as e:  # no network (URLError is an OSError), or a full disk
+        raise UserError(f"HellaSwag's val file is not here and could not be downloaded ({e}): save {HELLASWAG_URL} "
+                        f"as {HELLASWAG_FILE}, or pass --hellaswag=PATH") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return HELLASWAG_FILE
+
+
+def ending_rows(tok: Any, example: HellaSwagExample, block_size: int) -> list[tuple[list[int], int]]:
+    """The four (tokens, n) of an example: its context followed by one ending (a space before it, as the endings
+    follow the context in the text), the last block_size + 1 tokens of that; n: how many at the end are the
+    ending's, the tokens that are scored."""
+    context = tok.encode(example.ctx)
+    rows = []
+    for ending in example.endings:
+        tail = tok.encode(" " + ending)
+        seq = (context + tail)[-(block_size + 1):]
+        rows.append((seq, min(len(tail), len(seq) - 1)))
+    return rows
+
+
+@torch.no_grad()
+def ending_losses(model: torch.nn.Module, rows: list[tuple[list[int], int]], device: torch.device,
+                  ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row (tokens, n): the summed and the mean loss of its last n tokens given the ones before, in
+    one forward pass over the rows padded to the longest (R,) each."""
+    width = max(len(seq) for seq, _ in rows) - 1
+    x = torch.zeros(len(rows), width, dtype=torch.long)
+    y = torch.zeros(len(rows), width, dtype=torch.long)
+    scored = torch.zeros(len(rows), width, dtype=torch.bool)
+    for r, (seq, n) in enumerate(rows):
+        x[r, : len(seq) - 1] = torch.tensor(seq[:-1])
+        y[r, : len(seq) - 1] = torch.tensor(seq[1:])
+        scored[r, len(seq) - 1 - n : len(seq) - 1] = True
+    x, y, scored = x.to(device), y.to(device), scored.to(device)
+    with ctx:
+        logits = model(x)[0]
+    losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y) * scored
+    sums = losses.sum(1)
+    return sums, sums / scored.sum(1)
+
+
+def hellaswag(model: torch.nn.Module, tok: Any, examples: list[HellaSwagExample], device: torch.device, ctx: Any,
+              rank: int = 0, world: int = 1, batch_examples: int = 16, show: bool = False) -> dict[str, float]:
+    """Zero-shot HellaSwag accuracy: "acc", the share of examples whose right ending has the lowest summed loss,
+    and "acc_norm", the lowest mean loss per token (the ending's length taken out); "n", the examples. Example i
+    is scored by data-parallel rank i % world, the counts added over the processes."""
+    model.eval()
+    block = model.config.block_size
+    counts = torch.zeros(3, device=device)  # right by summed loss, right by mean loss, examples
+    mine = examples[rank::world]
+    shown = time.perf_counter()
+    for start in range(0, len(mine), batch_examples):
+        chunk = mine[start : start + batch_examples]
+        rows = [row for example in chunk for row in ending_rows(tok, example, block)]
+        sums, means = (v.view(len(chunk), 4) for v in ending_losses(model, rows, device, ctx))
+        labels = torch.tensor([e.label for e in chunk], device=device)
+        counts += torch.stack([(sums.argmin(1) == labels).sum(), (means.argmin(1) == labels).sum(),
+                               torch.tensor(len(chunk), device=device)]).float()
+        if show and time.perf_counter() - shown > PROGRESS_S:
+            print(f"HellaSwag: {start + len(chunk)} of {len(mine)} examples", flush=True)
+            shown = time.perf_counter()
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    right, right_norm, n = counts.tolist()
+    model.train()
+    return {"acc": right / n, "acc_norm": right_norm / n, "n": int(n)}
+
+
+@dataclass
+class EvalConfig:
+    """Score a model on HellaSwag (zero-shot): a checkpoint in out_dir, or OpenAI's GPT-2 weights."""
+
+    init_from: str = "resume"  # resume (from out_dir) | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
+    out_dir: str = "out"  # the checkpoint's folder (init_from=resume)
+    checkpoint: str = "best"  # best | latest
+    hellaswag: str = ""  # the val jsonl; empty: data/hellaswag/hellaswag_val.jsonl, downloaded once
+    limit: int = 0  # score the first this many examples; 0: all
+    batch_examples: int = 16  # examples per forward pass (4 rows each)
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    cfg = configurator.load(EvalConfig, argv)
+    if cfg.limit < 0 or cfg.batch_examples < 1:
+        raise UserError("limit must be at least 0 and batch_examples at least 1")
+    examples = read_hellaswag(hellaswag_file(cfg.hellaswag))[: cfg.limit or None]
+    device = runtime.resolve_device(cfg.device)
+    dtype = runtime.resolve_dtype(cfg.dtype, device)
+    model, tok = load(SampleConfig(init_from=cfg.init_from, out_dir=cfg.out_dir, checkpoint=cfg.checkpoint), device,
+                      dtype)
+    if tok.kind != "gpt2":
+        raise UserError(f"HellaSwag is English text: it needs a model with GPT-2's BPE, not a {tok.kind} tokenizer")
+    began = time.perf_counter()
+    result = hellaswag(model, tok, examples, device, contextlib.nullcontext(), batch_examples=cfg.batch_examples,
+                       show=True)
+    print(f"HellaSwag: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} over {result['n']:,} examples "
+          f"({time.perf_counter() - began:.1f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    configurator.run(main)
