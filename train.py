@@ -40,7 +40,7 @@ import parallel
 import runtime
 from configurator import UserError
 from dataloader import Batches, EvalBatches
-from evaluate import estimate_loss
+from evaluate import HellaSwagExample, estimate_loss, hellaswag, hellaswag_file, read_hellaswag
 from generate import Sampling, clear_cache, generate
 from metrics import MetricsLog
 from model import GPT, PRESETS, GPTConfig, ModelSettings, resolve_config
@@ -68,6 +68,8 @@ class TrainConfig(ModelSettings):
     sample_interval: int = 0  # every this many evaluations, continue fixed prompts greedily and sampled; 0: never
     sample_prompts: str = ""  # the prompts, separated by '|'; empty: a new document (BPE) or a new line (chars)
     sample_tokens: int = 64  # tokens generated per prompt and way
+    hellaswag_interval: int = 0  # every this many evaluations, zero-shot HellaSwag accuracy too (GPT-2 BPE data)
+    hellaswag: str = ""  # its val jsonl; empty: data/hellaswag/hellaswag_val.jsonl, downloaded once
     always_save_checkpoint: bool = True  # ckpt.pt at every evaluation, else only when val loss improves (best.pt)
     overwrite: bool = False  # a run from scratch (or GPT-2) where out_dir holds checkpoints replaces them; else
     # it is refused
@@ -170,7 +172,7 @@ def check_settings(cfg: TrainConfig) -> None:
     for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be at least 0, got {getattr(cfg, name)}")
-    for name in ("max_skipped_steps", "sample_interval"):  # 0: never
+    for name in ("max_skipped_steps", "sample_interval", "hellaswag_interval"):  # 0: never
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be at least 0 (0: never), got {getattr(cfg, name)}")
     if not 0 <= cfg.seed < 2**63:
@@ -377,6 +379,7 @@ class Run:
     metrics: MetricsLog | None = None  # out_dir/metrics.jsonl, on rank 0 of a training run
     tokenizer: Tokenizer | None = None  # the data's, where it can be built here: bits per byte, samples
     byte_counts: torch.Tensor | None = None  # UTF-8 bytes per token id on the device (bytes_per_token)
+    hellaswag: list[HellaSwagExample] = field(default_factory=list)  # with hellaswag_interval
 
 
 
@@ -432,8 +435,9 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     accum = cfg.gradient_accumulation_steps // layout.dp_world
     step = (GraphedStep if cfg.cuda_graph else Step)(step_model, optimizer, scaler, ctx, train_data, accum,
                                                        stride=layout.dp_world, grad_clip=cfg.grad_clip)
+    tok = data_tokenizer(cfg, meta)
     return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress,
-               tokenizer=data_tokenizer(cfg, meta))
+               tokenizer=tok, hellaswag=hellaswag_examples(cfg, layout, tok))
 
 
 def data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> Tokenizer | None:
@@ -449,6 +453,20 @@ def data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> Tokenizer | None:
     if cfg.sample_interval:
         sample_prompts(cfg, tok)
     return tok
+
+
+def hellaswag_examples(cfg: TrainConfig, layout: Layout, tok: Tokenizer | None) -> list[HellaSwagExample]:
+    """HellaSwag's examples for hellaswag_interval, read (or downloaded) before training; refused where they
+    cannot be scored: data without GPT-2's BPE, or sharded weights (each process would need as many forward
+    passes as the others)."""
+    if not cfg.hellaswag_interval:
+        return []
+    if tok is None or tok.kind != "gpt2":
+        raise UserError("hellaswag_interval: HellaSwag is English text and needs data tokenized with GPT-2's BPE")
+    if layout.sharded:
+        raise UserError("hellaswag_interval: not with sharded weights (fsdp, tensor_parallel); score the "
+                        "checkpoints with python evaluate.py instead")
+    return read_hellaswag(hellaswag_file(cfg.hellaswag))
 
 
 def sample_prompts(cfg: TrainConfig, tok: Tokenizer) -> list[str]:
@@ -511,14 +529,12 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
                            train_graph=cfg.compile and not cfg.dropout, show=layout.master,
                            byte_counts=bytes_per_token(run))
     run.history["eval"].append((progress.iter_num, losses["train"], losses["val"]))
+    if cfg.hellaswag_interval and nth_evaluation(cfg, cfg.hellaswag_interval, progress.iter_num):
+        scores = hellaswag(run.model, run.tokenizer, run.hellaswag, layout.device, run.ctx, layout.dp_rank,
+                           layout.dp_world, show=layout.master)
+        losses |= {"hellaswag_acc": scores["acc"], "hellaswag_acc_norm": scores["acc_norm"]}
     if layout.master:
-        bpb = f", val bpb {losses['val_bpb']:.4f}" if "val_bpb" in losses else ""
-        print(f"step {progress.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{bpb}"
-              f"{peak_memory(layout.device)}")
-        if run.metrics:
-            run.metrics.write("eval", time.perf_counter() - run.launched, iter=progress.iter_num,
-                              tokens=progress.iter_num * tokens_per_iter(cfg, run.model), train_loss=losses["train"],
-                              val_loss=losses["val"], val_bpb=losses.get("val_bpb"))
+        log_evaluation(run, losses)
         if cfg.wandb_log:
             import wandb
 
@@ -534,13 +550,33 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
         if layout.master:
             best = checkpoint.SHARDED[checkpoint.BEST_FILE] if layout.sharded else checkpoint.BEST_FILE
             print(f"saved checkpoint to {path}" + (f" (the best so far, also {best})" if improved else ""))
-    samples_due = progress.iter_num % (cfg.eval_interval * cfg.sample_interval or 1) == 0 or \
-        progress.iter_num == cfg.max_iters
-    if cfg.sample_interval and samples_due and layout.master and not layout.sharded:
+    if cfg.sample_interval and nth_evaluation(cfg, cfg.sample_interval, progress.iter_num) and layout.master and \
+            not layout.sharded:
         show_samples(run)
     if reached and layout.master:
         print(target_report(run, losses["val"]), flush=True)
     return reached
+
+
+def log_evaluation(run: Run, losses: dict[str, float]) -> None:
+    """Rank 0: an evaluation's line (HellaSwag's on its own), and its row in metrics.jsonl."""
+    it = run.progress.iter_num
+    bpb = f", val bpb {losses['val_bpb']:.4f}" if "val_bpb" in losses else ""
+    print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{bpb}"
+          f"{peak_memory(run.layout.device)}")
+    if "hellaswag_acc" in losses:
+        print(f"step {it}: hellaswag acc {losses['hellaswag_acc']:.4f}, acc_norm {losses['hellaswag_acc_norm']:.4f} "
+              f"({len(run.hellaswag):,} examples)")
+    if run.metrics:
+        others = {k: v for k, v in losses.items() if k not in ("train", "val")}  # bits per byte, HellaSwag
+        run.metrics.write("eval", time.perf_counter() - run.launched, iter=it,
+                          tokens=it * tokens_per_iter(run.cfg, run.model), train_loss=losses["train"],
+                          val_loss=losses["val"], **others)
+
+
+def nth_evaluation(cfg: TrainConfig, n: int, it: int) -> bool:
+    """Whether the evaluation at iteration `it` is one of every n (or the run's last)."""
+    return it % (cfg.eval_interval * n) == 0 or it == cfg.max_iters
 
 
 def bytes_per_token(run: Run) -> torch.Tensor | None:

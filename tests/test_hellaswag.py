@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,9 +16,11 @@ import torch.nn.functional as F
 import checkpoint
 import evaluate
 import hf
-from conftest import make_char_dataset, run_main
+import metrics
+import train
+from conftest import make_char_dataset, run_main, tiny_flags
 from model import GPT, GPTConfig
-from tokenizer import GPT2_META, Tokenizer
+from tokenizer import GPT2_META, Tokenizer, write_dataset
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hellaswag_sample.jsonl"
 CPU = torch.device("cpu")
@@ -114,3 +118,28 @@ def test_the_command_refuses_in_one_line(tmp_path: Path):
     code, _, err = run_main(evaluate, [f"--out_dir={tmp_path / 'char'}", f"--hellaswag={FIXTURE}", "--device=cpu"])
     assert (code, err) == (2, "error: HellaSwag is English text: it needs a model with GPT-2's BPE, not a char "
                               "tokenizer\n")
+
+
+def test_a_training_run_scores_hellaswag_at_its_evaluations(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    tok = Tokenizer(GPT2_META)
+    ids = np.array(tok.encode(" ".join(e.ctx for e in evaluate.read_hellaswag(str(FIXTURE))) * 20), dtype=np.uint16)
+    write_dataset(str(tmp_path / "bpe"), {"train": ids, "val": ids[:300]}, GPT2_META)
+    flags = [f"--data_root={tmp_path}", "--dataset=bpe", f"--out_dir={tmp_path / 'out'}", "--device=cpu",
+             "--dtype=float32", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=32",
+             "--batch_size=4", "--max_iters=4", "--eval_interval=2", "--eval_iters=2", "--log_interval=2",
+             "--hellaswag_interval=1", f"--hellaswag={FIXTURE}"]
+    train.main(flags)
+    lines = re.findall(r"^step (\d+): hellaswag acc ([\d.]+), acc_norm ([\d.]+) \(5 examples\)$",
+                       capsys.readouterr().out, re.M)
+    assert [int(step) for step, *_ in lines] == [2, 4]
+    model = checkpoint.read(str(tmp_path / "out"), which="latest").build_model()  # the weights at iter 4
+    scores = evaluate.hellaswag(model, tok, evaluate.read_hellaswag(str(FIXTURE)), CPU, contextlib.nullcontext())
+    assert lines[1][1:] == (f"{scores['acc']:.4f}", f"{scores['acc_norm']:.4f}")
+    row = [r for r in metrics.read(str(tmp_path / "out")) if r["kind"] == "eval"][1]
+    assert (row["hellaswag_acc"], row["hellaswag_acc_norm"]) == (scores["acc"], scores["acc_norm"])
+
+
+def test_a_training_run_refuses_hellaswag_it_cannot_score(tmp_path: Path):
+    data = make_char_dataset(tmp_path / "data")
+    with pytest.raises(evaluate.UserError, match="needs data tokenized with GPT-2's BPE"):
+        train.main(tiny_flags(data, tmp_path / "out", hellaswag_interval=1, hellaswag=str(FIXTURE)))
