@@ -75,6 +75,7 @@ class Header:
     scaler: dict[str, Any] | None = None  # float16's gradient scaler
     tensor_parallel: int = 1  # the degree a sharded checkpoint was saved with
     rng_ranks: list[dict[str, Any]] | None = None  # a sharded checkpoint: every process's random state
+    provenance: dict[str, str] | None = None  # the code, torch, device and command that wrote it (runtime)
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> Header:

@@ -6,7 +6,12 @@ Nothing is probed at import: every choice is made when a script asks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
+import shlex
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -148,6 +153,26 @@ def peak_flops(device: torch.device | str) -> float | None:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def provenance(device: torch.device) -> dict[str, str]:
+    """Where a run's numbers come from: the code's git commit (with "+changes" when the working tree differs
+    from it; "unknown" outside a git checkout), torch's and Python's versions, the device, the command line."""
+    return {"code": code_version(), "torch": str(torch.__version__), "python": platform.python_version(),
+            "device": device_name(device), "command": shlex.join([sys.executable.rsplit(os.sep, 1)[-1], *sys.argv])}
+
+
+@functools.cache  # once a process: the code does not change while it runs
+def code_version() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (a copy of the files)
+        return "unknown"
+    return commit + ("+changes" if changed else "")
 
 
 def check_fp8(device: torch.device) -> None:

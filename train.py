@@ -387,6 +387,7 @@ def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.
     """On rank 0: say where a resumed run starts, and open out_dir/metrics.jsonl (not to evaluate only) for the
     run's life; a resumed run evaluates again where it starts if that is due (train)."""
     cfg, start = run.cfg, run.progress.iter_num
+    print("run: " + ", ".join(f"{k} {v}" for k, v in runtime.provenance(run.layout.device).items()))
     if ckpt is not None:
         print(f"resumed from {ckpt.path} at iter {ckpt.header.iter_num} (best val loss "
               f"{ckpt.header.best_val_loss:.4f}, the next batch {ckpt.header.batch_pos})")
@@ -513,7 +514,8 @@ def save(run: Run, best: bool = False) -> str | None:
     """The run's state as a checkpoint (every process calls this); the path on rank 0."""
     p = run.progress
     header = checkpoint.Header(model_args=asdict(run.model.config), iter_num=p.iter_num, meta=run.meta,
-                               config=asdict(run.cfg), best_val_loss=p.best_val_loss, batch_pos=p.batch_pos)
+                               config=asdict(run.cfg), best_val_loss=p.best_val_loss, batch_pos=p.batch_pos,
+                               provenance=runtime.provenance(run.layout.device))
     return checkpoint.save_run(run.cfg.out_dir, run.layout, run.model, run.optimizer, run.scaler, header, best)
 
 

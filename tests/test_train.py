@@ -9,6 +9,7 @@ import itertools
 import math
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import parallel
 import sample
 import train
 from configurator import UserError
-from conftest import CharData, Trained, tiny_flags
+from conftest import REPO_ROOT, CharData, Trained, tiny_flags
 from model import GPTConfig
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -327,6 +328,18 @@ def test_samples_that_cannot_be_made_are_refused_before_training(char_data: Char
     with pytest.raises(UserError, match=re.escape(message)):
         train.main(tiny_flags(char_data, tmp_path / "out", **{"sample_interval": 1} | flags))
     assert not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+def test_the_log_and_the_checkpoint_say_what_made_them(char_data: CharData, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]):
+    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=2, eval_interval=2))
+    head = re.search(r"^run: code (\S+), torch (\S+), python (\S+), device cpu, command (.*)$", capsys.readouterr().out,
+                     re.M)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert head and head[1].removesuffix("+changes") == commit and head[2] == str(torch.__version__), head
+    saved = checkpoint.read(str(tmp_path / "out")).header.provenance
+    assert saved == {"code": head[1], "torch": head[2], "python": head[3], "device": "cpu", "command": head[4]}
 
 
 def test_samples_during_training_are_the_models_and_leave_the_training_as_it_was(char_data: CharData,
