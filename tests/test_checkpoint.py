@@ -56,7 +56,7 @@ def test_a_checkpoint_is_plain_data_with_the_keys_it_always_had(trained: Trained
     ckpt = torch.load(trained.out_dir / "ckpt.pt", map_location="cpu", weights_only=True)
     assert not [k for k in ckpt["model"] if k.startswith(("_orig_mod.", "module."))]
     before = torch.load(FIXTURE / "ckpt.pt", map_location="cpu", weights_only=True)  # written before the refactor
-    assert set(ckpt) == set(before) | {"tensor_parallel"}  # a field of the sharded header's; None ones left out
+    assert set(ckpt) == set(before) | {"tensor_parallel", "provenance"}  # new fields; None ones left out
     assert set(ckpt) <= {f.name for f in fields(Header)} | {"model", "optimizer"}
 
 
