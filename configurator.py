@@ -11,6 +11,7 @@ Values are coerced to the field's type, unknown names are refused with the neare
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import difflib
 import functools
@@ -70,10 +71,41 @@ def run(main: Callable[[list[str]], Any]) -> None:
         sys.exit(2)  # under torchrun too: a scheduler or `&&` must see the failure
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        stop_children()
         sys.exit(130)  # 128 + SIGINT, as a shell reports it
     except BrokenPipeError:  # the reader went away (`--help | head`, a Ctrl-C'd `| tee`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
         sys.exit(141)  # 128 + SIGPIPE, as a shell reports a process killed by it
+
+
+@functools.cache  # once a process: the fork hooks stay registered
+def children_end_with_their_parent() -> None:
+    """From now on, on Linux, a process forked from this one (or from one of its children) gets SIGTERM when
+    the process that forked it ends, however that ends. A library's worker that a Ctrl-C caught between its fork
+    and its registration is then not left running, unknown to anyone (stop_children cannot see it)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: no parent-death signal
+        return
+    forking = [os.getpid()]
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != forking[0]:  # the parent ended before the signal was asked for
+            os._exit(1)
+
+    os.register_at_fork(before=lambda: forking.__setitem__(0, os.getpid()), after_in_child=in_child)
+
+
+def stop_children() -> None:
+    """End the worker processes a library started (multiprocessing's, and the multiprocess fork's that datasets
+    uses) before the interpreter exits: at exit each waits for its children, and a child that ignores Ctrl-C
+    and was never told to stop (a process manager that Ctrl-C caught being started) would keep it waiting for
+    ever."""
+    for name in ("multiprocessing", "multiprocess"):
+        module = sys.modules.get(name)
+        for child in module.active_children() if module is not None else []:
+            child.terminate()
 
 
 def leave() -> None:
@@ -109,6 +141,7 @@ def uninterrupted() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+PR_SET_PDEATHSIG = 1  # prctl's option (linux/prctl.h): the signal a process gets when its parent ends
 INTERRUPTS: list[int] = []  # the Ctrl-Cs noted while interrupts_noted is in force
 
 

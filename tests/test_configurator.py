@@ -8,6 +8,7 @@ import importlib
 import re
 import runpy
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,3 +315,25 @@ def test_a_reader_that_goes_away_ends_the_script_quietly():
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
                           env=script_env(), timeout=60, check=False)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_forked_worker_ends_with_the_process_that_forked_it(tmp_path: Path):
+    # a child that ignores Ctrl-C, as a process manager's server does, left behind by a parent that exits
+    script = ("import os, signal, sys, time\nsys.path.insert(0, sys.argv[1])\nimport configurator\n"
+              "configurator.children_end_with_their_parent()\npid = os.fork()\n"
+              "if pid == 0:\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n    time.sleep(60)\n    os._exit(0)\n"
+              "print(pid, flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    deadline = time.monotonic() + 30
+    while not ended(int(out)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ended(int(out))
+
+
+def ended(pid: int) -> bool:
+    """Whether process pid has ended: gone, or a zombie where nobody reaps it (a container without an init)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True

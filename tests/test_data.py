@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -347,14 +348,19 @@ def signalled_midway(name: str, args: list[str], marker: str, sig: int) -> tuple
                                start_new_session=True)
     finally:
         signal.signal(signal.SIGINT, previous)
-    err = b""
-    while marker.encode() not in err:
-        chunk = run.stderr.read1(1 << 16)
-        assert chunk, f"the prepare ended before it was signalled: {err.decode()[-2000:]}"
-        err += chunk
-    os.killpg(run.pid, sig)
-    err += run.stderr.read()
-    return run.wait(timeout=120), err.decode()
+    hung = threading.Timer(120, os.killpg, (run.pid, signal.SIGKILL))  # a hang fails the test, not the suite
+    hung.start()
+    try:
+        err = b""
+        while marker.encode() not in err:
+            chunk = run.stderr.read1(1 << 16)
+            assert chunk, f"the prepare ended before it was signalled: {err.decode()[-2000:]}"
+            err += chunk
+        os.killpg(run.pid, sig)
+        err += run.stderr.read()  # to its end: when every process of the group has closed it
+        return run.wait(), err.decode()
+    finally:
+        hung.cancel()
 
 
 PREPARES = {"files": ("py", ["--glob=*.py", "--val_per_mille=100"], "tokenizing:"),

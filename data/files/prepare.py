@@ -186,6 +186,7 @@ def write_dataset(args: Settings, files: list[tuple[str, int]], meta: dict) -> C
 
 def main(argv: list[str]) -> None:
     args = configurator.load(Settings, argv)
+    configurator.children_end_with_their_parent()  # no worker outlives a Ctrl-C
     if args.num_proc < 1:
         raise configurator.UserError(f"--num_proc must be 1 or more, got {args.num_proc}")
     files, n_empty = list_files(args.input, args.glob)

@@ -105,6 +105,7 @@ def write_split(dset: datasets.Dataset, path: str, dtype: str) -> int:
 
 def main(argv: list[str]) -> None:
     args = configurator.load(Settings, argv)
+    configurator.children_end_with_their_parent()  # no worker outlives a Ctrl-C
     if datasets is None:
         configurator.require("datasets", "data/openwebtext/prepare.py")
     docs = load_documents(args.input, args.num_proc)
