@@ -382,7 +382,6 @@ class Run:
     hellaswag: list[HellaSwagExample] = field(default_factory=list)  # with hellaswag_interval
 
 
-
 def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.ExitStack) -> None:
     """On rank 0: say where a resumed run starts, and open out_dir/metrics.jsonl (not to evaluate only) for the
     run's life; a resumed run evaluates again where it starts if that is due (train)."""
