@@ -539,7 +539,9 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
         if cfg.wandb_log:
             import wandb
 
-            wandb.log({"iter": progress.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            extra = {f"val/{k.removeprefix('val_')}": v for k, v in losses.items() if k not in ("train", "val")}
+            wandb.log({"iter": progress.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                       **extra})  # val/bpb, val/hellaswag_acc, ...
     if not math.isfinite(losses["val"]):  # the weights have diverged: saving them would replace a good checkpoint
         raise UserError(f"the val loss is {losses['val']} at iter {progress.iter_num}: the model has diverged; "
                         f"not saving it (the last good checkpoint in {cfg.out_dir} stays): lower learning_rate")
