@@ -300,16 +300,7 @@ def claim(out_dir: str) -> Iterator[None]:
 
 def remove_leftovers(out_dir: str) -> None:
     """Remove the temporary files and directories of out_dir's writers that are no longer running."""
-    for entry in os.listdir(out_dir):
-        match = LEFTOVER.fullmatch(entry)
-        if match is None or (match[1] is not None and configurator.running(int(match[1]))):
-            continue
-        path = os.path.join(out_dir, entry)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+    configurator.remove_dead_writers(out_dir, LEFTOVER)
 
 
 def present(out_dir: str) -> list[str]:

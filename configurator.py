@@ -21,6 +21,7 @@ import math
 import os
 import re
 import runpy
+import shutil
 import signal
 import sys
 import threading
@@ -180,6 +181,21 @@ def interrupt_again(pid: int, previous: Callable[[Any], None], unraisable: Any) 
         previous(unraisable)
     elif os.getpid() == pid:
         threading.Timer(0.01, os.kill, (pid, signal.SIGINT)).start()
+
+
+def remove_dead_writers(folder: str, pattern: re.Pattern[str]) -> None:
+    """Remove the entries of folder that match pattern, temporary files and directories of writers, unless the
+    writer whose pid the pattern's first group captures is still running (no pid captured: always)."""
+    for entry in os.listdir(folder):
+        match = pattern.fullmatch(entry)
+        if match is None or (match[1] is not None and running(int(match[1]))):
+            continue
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def running(pid: int) -> bool:

@@ -96,7 +96,8 @@ def dump_meta(meta: dict[str, Any], path: str) -> None:
 
 
 DATASET_FILES = ("train.bin", "val.bin", META_FILE)  # in the order staged renames them into place: meta.json last
-STAGED_TEMP = re.compile(r"\.(.+)\.tmp-(\d+)")  # staged's temporary file for a dataset file: its name, the pid
+# staged's temporary file for a dataset file, and the pid of the process writing it
+STAGED_TEMP = re.compile(r"\.(?:" + "|".join(map(re.escape, DATASET_FILES)) + r")\.tmp-(\d+)")
 
 
 @contextlib.contextmanager
@@ -110,7 +111,7 @@ def staged(data_dir: str) -> Iterator[dict[str, str]]:
     tmp = {name: os.path.join(data_dir, f".{name}.tmp-{os.getpid()}") for name in DATASET_FILES}
     try:
         os.makedirs(data_dir, exist_ok=True)
-        remove_killed_writers_files(data_dir)
+        configurator.remove_dead_writers(data_dir, STAGED_TEMP)
         yield tmp
         with configurator.uninterrupted():
             if configurator.INTERRUPTS:  # a Ctrl-C that Python could not raise where it came: keep the old data
@@ -124,15 +125,6 @@ def staged(data_dir: str) -> Iterator[dict[str, str]]:
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)
-
-
-def remove_killed_writers_files(data_dir: str) -> None:
-    """Remove the temporary files that staged's writers left in data_dir when they were killed."""
-    for entry in os.listdir(data_dir):
-        match = STAGED_TEMP.fullmatch(entry)
-        if match and match[1] in DATASET_FILES and not configurator.running(int(match[2])):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(data_dir, entry))
 
 
 def write_dataset(data_dir: str, splits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
