@@ -63,14 +63,18 @@ def activation_bytes(config: GPTConfig, batch_size: int, dtype: torch.dtype, che
 
 
 def dry_run(config: GPTConfig, batch_size: int, accum: int, world: int, dtype: torch.dtype,
-            checkpointing: bool) -> str:
-    """The batch arithmetic and activation_bytes' estimate."""
+            checkpointing: bool, micro: int | None) -> str:
+    """The batch arithmetic and activation_bytes' estimate, for micro-batches of `micro` sequences (None: to be
+    probed when the run starts, train.py's micro_batch=auto; the estimate is then batch_size's)."""
     B, T = batch_size, config.block_size
-    total, logits = activation_bytes(config, batch_size, dtype, checkpointing)
+    share = B * accum // world  # each process's sequences per step
+    split = ("micro_batch=auto: the micro-batch is probed when the run starts\n" if micro is None else
+             f"micro-batches of {micro} sequences: {share // micro} micro-steps per process\n" if micro != B else "")
+    total, logits = activation_bytes(config, micro or B, dtype, checkpointing)
     return (f"\ntokens per iteration: {accum * B * T:,} = batch_size {B} x block_size {T} x "
-            f"gradient_accumulation_steps {accum} ({accum // world} per process x {world} process(es))\n"
-            f"activations of one micro-batch ({str(dtype).removeprefix('torch.')}, activation_checkpointing="
-            f"{checkpointing}): ~{total / 2**30:,.2f} GiB (estimate), of which logits "
+            f"gradient_accumulation_steps {accum} ({accum // world} per process x {world} process(es))\n{split}"
+            f"activations of one micro-batch of {micro or B} ({str(dtype).removeprefix('torch.')}, "
+            f"activation_checkpointing={checkpointing}): ~{total / 2**30:,.2f} GiB (estimate), of which logits "
             f"{logits / 2**30:,.2f} GiB\ndry run: nothing trained")
 
 

@@ -28,10 +28,15 @@ class Batches:
     sampler's whole state is the index of the next batch: resuming, or splitting batches across data-parallel ranks,
     gives exactly the batches an unbroken single process would see.
 
+    The sequences form one stream, drawn `group` at a time (group g is a function of (seed, g)); batch k is its
+    sequences k * batch_size onwards. The group is the recipe's batch_size: a run that splits its steps into other
+    micro-batches (train.py's micro_batch) reads the same sequences, in the same order, as one that does not.
+
     Rows are read with seek + fromfile from one open file handle: an np.memmap held for the whole run makes
     resident memory grow with every page touched, and reopening one per batch costs a mapping each time."""
 
-    def __init__(self, path: str, dtype: str, block_size: int, batch_size: int, vocab_size: int, seed: int) -> None:
+    def __init__(self, path: str, dtype: str, block_size: int, batch_size: int, vocab_size: int, seed: int,
+                 group: int | None = None) -> None:
         if not os.path.isfile(path):
             raise UserError(f"{path} not found: run python {os.path.join(os.path.dirname(path), 'prepare.py')}")
         self.dtype = np.dtype(dtype)
@@ -46,6 +51,7 @@ class Batches:
         self.file = open(path, "rb")  # noqa: SIM115 (held for the run)
         self.block_size = block_size
         self.batch_size = batch_size
+        self.group = group or batch_size
         self.vocab_size = vocab_size
         self.seed = seed
         if self.dtype == np.uint16 and wider_ids(path):
@@ -58,9 +64,11 @@ class Batches:
 
     def read(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch k on the CPU: x, y of shape (batch_size, block_size), int64."""
-        starts = np.random.default_rng((self.seed, k)).integers(0, self.n_tokens - self.block_size,
-                                                                size=self.batch_size)
-        return self.rows(starts)
+        first, G = k * self.batch_size, self.group
+        groups = range(first // G, (first + self.batch_size - 1) // G + 1)
+        starts = np.concatenate([np.random.default_rng((self.seed, g)).integers(0, self.n_tokens - self.block_size,
+                                                                                size=G) for g in groups])
+        return self.rows(starts[first - groups[0] * G:][:self.batch_size])
 
     def rows(self, starts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y for the sequences that begin at these token offsets, one row each."""
@@ -99,10 +107,10 @@ class EvalBatches(Batches):
     (one shape, so no recompilation) with rows whose targets are -1, which the loss ignores."""
 
     def __init__(self, path: str, dtype: str, block_size: int, batch_size: int, vocab_size: int,
-                 max_batches: int) -> None:
-        super().__init__(path, dtype, block_size, batch_size, vocab_size, seed=0)
+                 max_batches: int, group: int | None = None) -> None:
+        super().__init__(path, dtype, block_size, batch_size, vocab_size, seed=0, group=group)
         available = (self.n_tokens - 1) // block_size
-        count = min(available, max_batches * batch_size)
+        count = min(available, max_batches * self.group)  # max_batches of the recipe's batch, whatever the micro-batch
         self.starts = [i * available // count * block_size for i in range(count)]
         self.n_batches = round_up(count, batch_size) // batch_size
 

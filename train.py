@@ -35,6 +35,7 @@ import accounting
 import checkpoint
 import configurator
 import hf
+import microbatch
 import optim
 import parallel
 import runtime
@@ -85,7 +86,10 @@ class TrainConfig(ModelSettings):
     dataset: str = "openwebtext"  # the folder under data_root with train.bin, val.bin, meta.json
     data_root: str = "data"  # where the dataset folders are
     gradient_accumulation_steps: int = 5 * 8  # in total, divided among the data-parallel processes
-    batch_size: int = 12  # micro-batch size per process
+    batch_size: int = 12  # sequences per micro-batch and process (a step takes batch_size x
+    # gradient_accumulation_steps sequences in all, however micro_batch splits them)
+    micro_batch: str = ""  # the sequences each process runs at once: empty: batch_size; a number that divides
+    # its share of a step; auto: the largest that fits the GPU, found by probe steps (the tokens per step stay)
 
     # memory and several GPUs
     activation_checkpointing: bool = False  # recompute each block in the backward pass: less memory, more time
@@ -336,11 +340,13 @@ def check_memory(cfg: TrainConfig, config: GPTConfig, device: torch.device, dtyp
     (16 bytes a parameter) and one micro-batch's activations (accounting.activation_bytes)."""
     with torch.device("meta"):  # shapes only: counts the parameters of any size at once
         n_params = GPT(config).get_num_params(non_embedding=False)
-    activations = accounting.activation_bytes(config, cfg.batch_size, dtype, cfg.activation_checkpointing)[0]
+    micro = microbatch.parse(cfg.micro_batch, cfg.batch_size, None) or 1  # auto: what must fit to probe at all
+    activations = accounting.activation_bytes(config, micro, dtype, cfg.activation_checkpointing)[0]
     runtime.check_fits(16 * n_params + activations, device,
-                       f"training at batch_size {cfg.batch_size} and block_size {config.block_size}",
-                       "lower batch_size (raising gradient_accumulation_steps keeps the tokens per step) or "
-                       "block_size")
+                       f"training at batch_size {cfg.batch_size}{f', micro_batch {micro}' * (micro != cfg.batch_size)}"
+                       f" and block_size {config.block_size}",
+                       "set micro_batch to fewer sequences (auto: the largest that fits; either way the tokens per "
+                       "step stay) or lower block_size")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -374,12 +380,18 @@ class Run:
     train_data: Batches
     evals: dict[str, EvalBatches]  # the same batches at every evaluation
     progress: Progress
+    micro: int  # sequences per micro-batch and process (micro_batch)
     history: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "eval": []})  # for the tests
     launched: float = field(default_factory=time.perf_counter)  # when main started (a perf_counter reading)
     metrics: MetricsLog | None = None  # out_dir/metrics.jsonl, on rank 0 of a training run
     tokenizer: Tokenizer | None = None  # the data's, where it can be built here: bits per byte, samples
     byte_counts: torch.Tensor | None = None  # UTF-8 bytes per token id on the device (bytes_per_token)
     hellaswag: list[HellaSwagExample] = field(default_factory=list)  # with hellaswag_interval
+
+    def first_micro_batch(self) -> int:
+        """The index of the micro-batch this process starts the next step with (batch_pos counts batches of
+        batch_size, the recipe's)."""
+        return self.progress.batch_pos * self.cfg.batch_size // self.micro + self.layout.dp_rank
 
 
 def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.ExitStack) -> None:
@@ -395,6 +407,49 @@ def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.
     if not cfg.eval_only:
         log = MetricsLog(cfg.out_dir, start, reevaluates=start % cfg.eval_interval == 0)
         run.metrics = held.enter_context(contextlib.closing(log))
+
+
+def check_micro_batch(cfg: TrainConfig, layout: Layout) -> None:
+    """Refuse a micro_batch that does not divide each process's share of a step's sequences, or auto where the
+    probe cannot run: with sharded weights."""
+    microbatch.parse(cfg.micro_batch, cfg.batch_size, cfg.batch_size * cfg.gradient_accumulation_steps //
+                     layout.dp_world)
+    if cfg.micro_batch.strip().lower() == "auto" and layout.sharded:
+        raise UserError("micro_batch=auto: the probe needs whole weights on each process, not fsdp or "
+                        "tensor_parallel: give micro_batch a number")
+
+
+def micro_batch_size(cfg: TrainConfig, layout: Layout, model: GPT, optimizer: torch.optim.Optimizer,
+                     ctx: contextlib.AbstractContextManager, vocab_size: int) -> int:
+    """The micro-batch each process runs (micro_batch): batch_size, the number given, or with auto on a GPU the
+    largest that fits, probed now on the placed model and agreed by every process (the smallest of theirs)."""
+    share = cfg.batch_size * cfg.gradient_accumulation_steps // layout.dp_world
+    size = microbatch.parse(cfg.micro_batch, cfg.batch_size, share)
+    if size is not None:
+        return size
+    device = layout.device
+    if device.type != "cuda":
+        if layout.master:
+            print(f"micro_batch=auto: on {device.type} the micro-batch stays batch_size={cfg.batch_size} (the "
+                  "probe measures a GPU's memory)")
+        return cfg.batch_size
+    buckets = 4 * sum(p.numel() for p in model.parameters()) if layout.distributed else 0  # DDP's, float32
+    found, probes, budget = microbatch.find(model, optimizer, ctx, share, vocab_size, microbatch.CudaMemory(device),
+                                            buckets)
+    size = found or 0
+    if layout.distributed:
+        agreed = torch.tensor(size, device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        size = int(agreed.item())
+    if not size:
+        raise UserError(f"micro_batch=auto: not even one sequence of {model.config.block_size} tokens trains in "
+                        f"{device}'s memory: try activation_checkpointing=True, a smaller block_size, or fsdp=True "
+                        "over several GPUs" if layout.master else "", together=layout.distributed)
+    if layout.master:
+        print(f"micro_batch=auto: micro-batches of {size} ({share // size} micro-steps a step per process; "
+              f"{tokens_per_iter(cfg, model):,} tokens a step, as the recipe says). Probed: "
+              f"{', '.join(map(str, probes))} against {budget / 2**30:.1f} GiB", flush=True)
+    return size
 
 
 def tokens_per_iter(cfg: TrainConfig, model: GPT) -> int:
@@ -413,6 +468,8 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     regions = parallel.place(model, layout, dtype, cfg.fsdp, cfg.activation_checkpointing, cfg.compile, cfg.fp8)
     optimizer = optim.build(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                             device.type, cfg.muon_lr, cfg.muon_momentum)
+    ctx = runtime.autocast(device, dtype)
+    micro = micro_batch_size(cfg, layout, model, optimizer, ctx, meta["vocab_size"])  # before any optimizer state
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     progress = Progress()
     if ckpt is not None:
@@ -424,19 +481,19 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
         return os.path.join(cfg.data_root, cfg.dataset, f"{split}.bin")
 
     T, vocab = model.config.block_size, meta["vocab_size"]  # ids in the padding rows mean nothing to the tokenizer
-    train_data = Batches(path("train"), meta["dtype"], T, cfg.batch_size, vocab, cfg.seed)
-    evals = {split: EvalBatches(path(split), meta["dtype"], T, cfg.batch_size, vocab, cfg.eval_iters)
+    train_data = Batches(path("train"), meta["dtype"], T, micro, vocab, cfg.seed, group=cfg.batch_size)
+    evals = {split: EvalBatches(path(split), meta["dtype"], T, micro, vocab, cfg.eval_iters, group=cfg.batch_size)
              for split in ("train", "val")}
-    ctx = runtime.autocast(device, dtype)
-    batch = train_data.get(progress.batch_pos + layout.dp_rank, device)  # to compile with
+    first = progress.batch_pos * cfg.batch_size // micro + layout.dp_rank  # the micro-batch this process starts at
+    batch = train_data.get(first, device)  # to compile with
     eval_model, step_model = parallel.wrap(model, layout, regions, cfg.compile, batch, ctx)
-    # data-parallel share r reads micro-batches batch_pos + r, + r + dp_world, ...: the global batch split across
+    # data-parallel share r reads micro-batches first + r, + r + dp_world, ...: the global batch split across
     # the shares (the processes of a tensor-parallel group read the same batches)
-    accum = cfg.gradient_accumulation_steps // layout.dp_world
+    accum = cfg.batch_size * cfg.gradient_accumulation_steps // layout.dp_world // micro
     step = (GraphedStep if cfg.cuda_graph else Step)(step_model, optimizer, scaler, ctx, train_data, accum,
                                                        stride=layout.dp_world, grad_clip=cfg.grad_clip)
     tok = data_tokenizer(cfg, meta)
-    return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress,
+    return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress, micro,
                tokenizer=tok, hellaswag=hellaswag_examples(cfg, layout, tok))
 
 
@@ -743,7 +800,7 @@ def train(run: Run) -> None:
     latest = checkpoint.SHARDED[checkpoint.CKPT_FILE] if layout.sharded else checkpoint.CKPT_FILE
     ckpt_path = os.path.join(cfg.out_dir, latest)
     watchdog = Watchdog(layout.device, cfg.max_skipped_steps, layout.distributed, layout.master, ckpt_path)
-    batch = run.train_data.get(progress.batch_pos + layout.dp_rank, layout.device)
+    batch = run.train_data.get(run.first_micro_batch(), layout.device)
     pace = Pace()
     with StopRequest() as stop:
         while True:
@@ -762,7 +819,7 @@ def train(run: Run) -> None:
                 return
 
             # the accumulated micro-steps and the update
-            loss_sum, applied, batch = step(progress.batch_pos + layout.dp_rank, batch)
+            loss_sum, applied, batch = step(run.first_micro_batch(), batch)
             watchdog.record(applied)
             progress.iter_num += 1
             progress.batch_pos += cfg.gradient_accumulation_steps
@@ -791,6 +848,7 @@ def main(argv: list[str]) -> dict[str, list]:
     cfg = configurator.load(TrainConfig, argv)
     check_settings(cfg)
     layout = parallel.setup(cfg.device, cfg.backend, cfg.tensor_parallel, cfg.fsdp, cfg.gradient_accumulation_steps)
+    parallel.refuse_together(layout, check_micro_batch, cfg, layout)
     dtype = runtime.resolve_dtype(cfg.dtype, layout.device)
     if not cfg.dry_run:  # a dry run accounts the model in one process, whatever the layout
         parallel.refuse_together(layout, parallel.check_run, layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
@@ -799,8 +857,9 @@ def main(argv: list[str]) -> dict[str, list]:
     meta = data_meta(cfg, required=not cfg.dry_run)
     model, ckpt = described_model(cfg, layout, meta, dtype)
     if cfg.dry_run:
+        micro = microbatch.parse(cfg.micro_batch, cfg.batch_size, None)  # checked against the share above
         print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.world, dtype,
-                                 cfg.activation_checkpointing))
+                                 cfg.activation_checkpointing, micro))
         data_meta(cfg)  # what the run itself would need, refused now as it would refuse it
         if cfg.wandb_log:
             configurator.require("wandb", "wandb_log=True")

@@ -1,0 +1,156 @@
+"""The micro-batch: how a process splits its share of a step's sequences (train.py's micro_batch), and the largest
+micro-batch that fits the device's memory, found with a few probe steps before training (micro_batch=auto).
+
+A step takes batch_size x gradient_accumulation_steps sequences over all processes: the recipe. Each process runs
+its share in micro-batches of one size, which must divide the share; the number of micro-steps follows. The data
+order does not depend on the size (dataloader.Batches), so neither do the tokens a step sees: only the memory
+and the speed do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from configurator import UserError
+
+HEADROOM = 0.9  # the share of the device's memory a probed micro-batch may peak at: the compiled step, the
+# allocator's fragmentation and evaluation's batches need some of the rest
+
+
+def divisors(n: int) -> list[int]:
+    """n's divisors, ascending."""
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def parse(spec: str, batch_size: int, share: int | None) -> int | None:
+    """micro_batch's size: '' is batch_size, a number is itself (it must divide the process's share of a step's
+    sequences, where that is known), 'auto' is None (to be found)."""
+    text = spec.strip().lower()
+    if text == "auto":
+        return None
+    if not text:
+        return batch_size
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"micro_batch must be auto, a whole number of sequences or empty, got '{spec}'")
+    size = int(text)
+    if share is not None and share % size:
+        raise UserError(f"micro_batch={size} does not divide the {share} sequences each process takes a step "
+                        f"(batch_size x gradient_accumulation_steps / processes); it could be one of "
+                        f"{', '.join(map(str, divisors(share)))}")
+    return size
+
+
+@dataclass
+class Probe:
+    """One tried micro-batch: its peak memory in bytes, None where it ran out of memory."""
+
+    size: int
+    peak: int | None
+
+    def __str__(self) -> str:
+        return f"{self.size} ({'out of memory' if self.peak is None else f'{self.peak / 2**30:.1f} GiB'})"
+
+
+def search(sizes: list[int], measure: Callable[[int], int | None], budget: int) -> tuple[int | None, list[Probe]]:
+    """The largest of `sizes` (ascending) whose measured peak memory is within `budget`, and the probes that found
+    it; None if not even the first fits. Memory grows linearly with the micro-batch: a line through the smallest
+    and the largest fit so far says which size to try next, and after a miss the search bisects what is left,
+    so that a few probes suffice."""
+    probes: list[Probe] = []
+
+    def fits(i: int) -> bool:
+        probes.append(Probe(sizes[i], measure(sizes[i])))
+        return probes[-1].peak is not None and probes[-1].peak <= budget
+
+    if not fits(0):
+        return None, probes
+    lo, hi, missed = 0, len(sizes), False  # sizes[lo] fits; sizes[hi] and above do not (or are not tried)
+    while hi - lo > 1:
+        pick = predicted(sizes, probes, budget, lo, hi)
+        if pick <= lo:
+            break
+        if missed:
+            pick = min(pick, (lo + hi) // 2)
+        if fits(pick):
+            lo = pick
+        else:
+            hi, missed = pick, True
+    return sizes[lo], probes
+
+
+def predicted(sizes: list[int], probes: list[Probe], budget: int, lo: int, hi: int) -> int:
+    """The index of the largest size below sizes[hi] that the line through the smallest and the largest fitting
+    probes puts within budget (lo + 1 while only one has fitted: a second point to draw the line through)."""
+    fitted = sorted((p.size, p.peak) for p in probes if p.peak is not None and p.peak <= budget)
+    (s0, p0), (s1, p1) = fitted[0], fitted[-1]
+    if s1 == s0:
+        return lo + 1
+    slope = (p1 - p0) / (s1 - s0)
+    within = [i for i in range(lo + 1, hi) if p0 + slope * (sizes[i] - s0) <= budget]
+    return within[-1] if within else lo
+
+
+class CudaMemory:
+    """A GPU's memory, as the probes read it: the peak allocated since a reset, and what this process could hold."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()  # what a probe that ran out left cached
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def capacity(self) -> int:
+        """The bytes this process holds (its cache emptied) and the bytes free."""
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return free + torch.cuda.memory_reserved(self.device)
+
+
+def find(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ctx: Any, share: int, vocab_size: int,
+         memory: Any, reserved: int = 0) -> tuple[int | None, list[Probe], int]:
+    """The largest divisor of `share` that trains within HEADROOM of the device's memory (CudaMemory), less
+    `reserved` bytes for what the probes do not hold (DDP's gradient buckets), measured by one training step of
+    random tokens at each size tried, in eager mode (a compiled step keeps no more). Returns it (None: not even 1
+    fits), the probes, and the budget. The weights, the optimizer's state (empty: the probes run before a
+    checkpoint's is restored) and the random state are left as they were."""
+    params = list(model.parameters())
+    device, T = params[0].device, model.config.block_size
+    saved = [p.detach().to("cpu", copy=True) for p in params]
+
+    def measure(size: int) -> int | None:
+        memory.reset()
+        try:
+            x, y = torch.randint(vocab_size, (2, size, T), device=device)
+            with ctx:
+                loss = model(x, y, return_logits=False)[1]
+            loss.backward()
+            optimizer.step()  # its state, made by the first step, is part of every later step's memory
+            return memory.peak()
+        except torch.OutOfMemoryError:
+            return None
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if measure(1) is None:  # makes the optimizer's state before the probes are measured
+                return None, [Probe(1, None)], 0
+            budget = int(HEADROOM * memory.capacity()) - reserved
+            size, probes = search(divisors(share), measure, budget)
+    finally:
+        optimizer.state.clear()
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    return size, probes, budget
