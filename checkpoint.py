@@ -76,6 +76,8 @@ class Header:
     tensor_parallel: int = 1  # the degree a sharded checkpoint was saved with
     rng_ranks: list[dict[str, Any]] | None = None  # a sharded checkpoint: every process's random state
     provenance: dict[str, str] | None = None  # the code, torch, device and command that wrote it (runtime)
+    evaluation: dict[str, float] | None = None  # the run's latest evaluation: iter, train and val loss, val_bpb,
+    # HellaSwag's acc and acc_norm where measured
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> Header:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import configurator
 import runtime
@@ -28,7 +30,29 @@ from dataloader import EvalBatches
 from model import round_up
 from sample import SampleConfig, load
 
-PROGRESS_S = 10.0  # a long evaluation prints its progress this often
+PROGRESS_S = 10.0  # in a log, a long evaluation prints its progress this often
+
+
+class ProgressBar:
+    """A long pass's progress: on a terminal a tqdm bar (stderr), cleared when the pass ends; in a log (stderr not
+    a terminal, where a bar's redrawn line would be noise) a line every PROGRESS_S seconds, so that a long
+    evaluation shows it is alive. Nothing where not shown (the other data-parallel ranks)."""
+
+    def __init__(self, total: int, what: str, unit: str, show: bool) -> None:
+        self.what, self.unit, self.total, self.done = what, unit, total, 0
+        self.shown = time.perf_counter()
+        self.line = show and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=what, unit=unit, leave=False, disable=not show or self.line)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.line and time.perf_counter() - self.shown > PROGRESS_S:
+            print(f"{self.what}: {self.done:,} of {self.total:,} {self.unit}", flush=True)
+            self.shown = time.perf_counter()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device: torch.device, ctx: Any,
@@ -48,10 +72,11 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device:
     second compilation before the first step, for a small saving per batch."""
     model.train(train_graph)
     out = {}
-    shown = time.perf_counter()
     for split, batches in evals.items():
         total = torch.zeros(3, device=device)  # the sum of the token losses, the number of tokens, their bytes
         n = batches.n_batches
+        progress = ProgressBar(len(range(rank, round_up(n, world), world)), f"evaluating the {split} split", "batches",
+                               show)
         # every process runs as many forward passes (a sharded model gathers its weights in each, all together):
         # where the batches run out, batch 0 again, not counted
         for k in range(rank, round_up(n, world), world):
@@ -63,9 +88,8 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device:
             text = (byte_counts[y.clamp(min=0)] * (y != -1)).sum() * (k < n) if byte_counts is not None else \
                 counted * 0
             total += torch.stack([loss * counted, counted, text])
-            if show and time.perf_counter() - shown > PROGRESS_S:  # a long evaluation shows it is alive
-                print(f"evaluating the {split} split: batch {k + 1} of {n}", flush=True)
-                shown = time.perf_counter()
+            progress.update(1)
+        progress.close()
         if dist.is_initialized():  # over every process, so that all agree (on a checkpoint to save, say): a
             # tensor-parallel group adds its identical sums tp times, and its counts
             dist.all_reduce(total)
@@ -184,7 +208,7 @@ def hellaswag(model: torch.nn.Module, tok: Any, examples: list[HellaSwagExample]
     block = model.config.block_size
     counts = torch.zeros(3, device=device)  # right by summed loss, right by mean loss, examples
     mine = examples[rank::world]
-    shown = time.perf_counter()
+    progress = ProgressBar(len(mine), "HellaSwag", "examples", show)
     for start in range(0, len(mine), batch_examples):
         chunk = mine[start : start + batch_examples]
         rows = [row for example in chunk for row in ending_rows(tok, example, block)]
@@ -192,9 +216,8 @@ def hellaswag(model: torch.nn.Module, tok: Any, examples: list[HellaSwagExample]
         labels = torch.tensor([e.label for e in chunk], device=device)
         counts += torch.stack([(sums.argmin(1) == labels).sum(), (means.argmin(1) == labels).sum(),
                                torch.tensor(len(chunk), device=device)]).float()
-        if show and time.perf_counter() - shown > PROGRESS_S:
-            print(f"HellaSwag: {start + len(chunk)} of {len(mine)} examples", flush=True)
-            shown = time.perf_counter()
+        progress.update(len(chunk))
+    progress.close()
     if dist.is_initialized():
         dist.all_reduce(counts)
     right, right_norm, n = counts.tolist()

@@ -14,9 +14,9 @@ Only rank 0 writes.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import importlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -128,10 +128,11 @@ def plot(cfg: PlotConfig) -> str:
     plt = importlib.import_module("matplotlib.pyplot")
     plt.switch_backend("Agg")  # files only: no display is needed
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for run, rows in logs.items():
-        lines = curves(rows, cfg.x)
-        (train,) = ax.plot(*lines["train"], alpha=0.5, label=f"{run} train")
-        ax.plot(*lines["val"], marker="o", color=train.get_color(), label=f"{run} val")
+    names = [os.path.basename(os.path.normpath(run)) for run in runs]
+    for run, name in zip(runs, names if len(set(names)) == len(names) else runs):  # folder names, where they differ
+        lines = curves(logs[run], cfg.x)
+        (train,) = ax.plot(*lines["train"], alpha=0.5, label=f"{name} train")
+        ax.plot(*lines["val"], marker="o", color=train.get_color(), label=f"{name} val")
     ax.set(xlabel=X_AXES[cfg.x], ylabel="loss", title=cfg.title or None)
     ax.legend()
     fig.tight_layout()

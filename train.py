@@ -387,6 +387,7 @@ class Run:
     tokenizer: Tokenizer | None = None  # the data's, where it can be built here: bits per byte, samples
     byte_counts: torch.Tensor | None = None  # UTF-8 bytes per token id on the device (bytes_per_token)
     hellaswag: list[HellaSwagExample] = field(default_factory=list)  # with hellaswag_interval
+    evaluation: dict[str, float] | None = None  # the latest evaluation's figures and iter, for the checkpoints
 
     def first_micro_batch(self) -> int:
         """The index of the micro-batch this process starts the next step with (batch_pos counts batches of
@@ -571,7 +572,7 @@ def save(run: Run, best: bool = False) -> str | None:
     p = run.progress
     header = checkpoint.Header(model_args=asdict(run.model.config), iter_num=p.iter_num, meta=run.meta,
                                config=asdict(run.cfg), best_val_loss=p.best_val_loss, batch_pos=p.batch_pos,
-                               provenance=runtime.provenance(run.layout.device))
+                               provenance=runtime.provenance(run.layout.device), evaluation=run.evaluation)
     return checkpoint.save_run(run.cfg.out_dir, run.layout, run.model, run.optimizer, run.scaler, header, best)
 
 
@@ -591,6 +592,7 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
         scores = hellaswag(run.model, run.tokenizer, run.hellaswag, layout.device, run.ctx, layout.dp_rank,
                            layout.dp_world, show=layout.master)
         losses |= {"hellaswag_acc": scores["acc"], "hellaswag_acc_norm": scores["acc_norm"]}
+    run.evaluation = {"iter": progress.iter_num} | losses
     if layout.master:
         log_evaluation(run, losses)
         if cfg.wandb_log:

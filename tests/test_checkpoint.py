@@ -56,14 +56,15 @@ def test_a_checkpoint_is_plain_data_with_the_keys_it_always_had(trained: Trained
     ckpt = torch.load(trained.out_dir / "ckpt.pt", map_location="cpu", weights_only=True)
     assert not [k for k in ckpt["model"] if k.startswith(("_orig_mod.", "module."))]
     before = torch.load(FIXTURE / "ckpt.pt", map_location="cpu", weights_only=True)  # written before the refactor
-    assert set(ckpt) == set(before) | {"tensor_parallel", "provenance"}  # new fields; None ones left out
+    assert set(ckpt) == set(before) | {"tensor_parallel", "provenance", "evaluation"}  # new fields; None ones left out
     assert set(ckpt) <= {f.name for f in fields(Header)} | {"model", "optimizer"}
 
 
 def test_the_header_round_trips_through_a_weights_only_load(tmp_path: Path):
     header = Header({"n_layer": 2, "vocab_size": 64}, iter_num=7, meta=META, config={"learning_rate": 1e-3},
                     best_val_loss=2.5, batch_pos=56, rng={"torch": torch.get_rng_state(), "cuda": None},
-                    scaler={"scale": 65536.0}, tensor_parallel=2, rng_ranks=[{"torch": torch.ones(2)}])
+                    scaler={"scale": 65536.0}, tensor_parallel=2, rng_ranks=[{"torch": torch.ones(2)}],
+                    evaluation={"iter": 7, "val": 2.5, "val_bpb": 1.1})
     checkpoint.save(Checkpoint("", header, {"w": torch.ones(2)}, {"state": {}}), str(tmp_path))
     data = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     back = Header.from_dict(data, "ckpt.pt")

@@ -5,6 +5,7 @@ it is alive."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import math
 
 import numpy as np
@@ -112,8 +113,19 @@ def test_a_long_evaluation_shows_its_progress_when_asked(trained: Trained, monke
     model, T, vocab = trained_model(trained)
     evals = eval_batches(trained, T, 8, vocab, 2)
     monkeypatch.setattr(evaluate, "PROGRESS_S", -1.0)  # every batch stands for a long wait
-    evaluate.estimate_loss(model, evals, CPU, contextlib.nullcontext(), show=True)
-    assert capsys.readouterr().out.splitlines() == [f"evaluating the {split} split: batch {k} of 2"
+    evaluate.estimate_loss(model, evals, CPU, contextlib.nullcontext(), show=True)  # stderr is no terminal: a log
+    assert capsys.readouterr().out.splitlines() == [f"evaluating the {split} split: {k} of 2 batches"
                                                     for split in ("train", "val") for k in (1, 2)]
     evaluate.estimate_loss(model, evals, CPU, contextlib.nullcontext())  # show=False: other ranks keep quiet
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
+
+
+def test_on_a_terminal_the_progress_is_a_bar_cleared_when_done(trained: Trained, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]):
+    model, T, vocab = trained_model(trained)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    evaluate.estimate_loss(model, eval_batches(trained, T, 8, vocab, 2), CPU, contextlib.nullcontext(), show=True)
+    out, err = capsys.readouterr()
+    assert out == ""  # the log keeps only what lasts
+    assert "evaluating the train split:   0%" in err and "evaluating the val split:   0%" in err and "0/2 [" in err
+    assert err.endswith("\r")  # the bar cleared from its line (leave=False)

@@ -94,7 +94,7 @@ def test_search_recovers_from_out_of_memory_the_line_did_not_predict():
 
 
 def test_search_says_none_when_not_even_one_fits():
-    measure, seen = linear(1000, 100, oom_above=0)
+    measure, _ = linear(1000, 100, oom_above=0)
     assert microbatch.search([1, 2, 4], measure, 10**9) == (None, [microbatch.Probe(1, None)])
     measure, _ = linear(1000, 100)
     assert microbatch.search([1, 2, 4], measure, 1050)[0] is None  # within memory, but over budget
@@ -172,7 +172,7 @@ def test_auto_on_the_cpu_keeps_batch_size_and_says_so(char_data: CharData, tmp_p
 def test_auto_is_refused_with_sharded_weights():
     cfg = train.TrainConfig(micro_batch="auto")
     layout = train.Layout(0, 0, 2, torch.device("cpu"), True, tp=2, mesh=object())  # any mesh: sharded
-    with pytest.raises(UserError, match="^micro_batch=auto: the probe needs whole weights"):
+    with pytest.raises(UserError, match=r"^micro_batch=auto: the probe needs whole weights"):
         train.check_micro_batch(cfg, layout)
 
 

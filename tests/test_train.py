@@ -405,7 +405,7 @@ def test_a_gpu_recipe_on_the_cpu_is_warned_and_the_pace_is_told(char_data: CharD
     assert re.search(r"^iter 2: .*\nat this pace the remaining 2 iterations take about \d+ s, evaluations not "
                      r"included$", out, re.MULTILINE)
     assert out.count("at this pace") == 1
-    assert "evaluating the train split: batch 2 of 2" in out and "evaluating the val split: batch 1 of 2" in out
+    assert "evaluating the train split: 2 of 2 batches" in out and "evaluating the val split: 1 of 2 batches" in out
 
 
 def test_the_run_says_its_layout_and_tokens_per_iteration(char_data: CharData, tmp_path: Path,
@@ -418,6 +418,23 @@ def test_the_run_says_its_layout_and_tokens_per_iteration(char_data: CharData, t
 
 def test_durations_read_as_a_person_would():
     assert [train.duration(s) for s in (45, 720, 3.4 * 3600, 2.5 * 86400)] == ["45 s", "12 min", "3.4 h", "2.5 days"]
+
+
+def test_bits_per_byte_is_in_the_log_the_checkpoint_and_eval_only(char_data: CharData, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]):
+    # every character of this text is one UTF-8 byte, so by hand: bits per byte = loss per token / ln 2
+    assert all(len(c.encode()) == 1 for c in char_data.meta["chars"])
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
+    line = re.search(r"^step 2: train loss [\d.]+, val loss ([\d.]+), val bpb ([\d.]+)", capsys.readouterr().out,
+                     re.MULTILINE)
+    assert float(line[2]) == pytest.approx(float(line[1]) / math.log(2), abs=2e-4)
+    saved = checkpoint.read(str(out_dir)).header.evaluation
+    assert saved["iter"] == 2 and saved["val_bpb"] == pytest.approx(saved["val"] / math.log(2), rel=1e-6)
+    assert f"{saved['val_bpb']:.4f}" == line[2]
+    train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2, init_from="resume", eval_only=True))
+    assert f"step 2: train loss {saved['train']:.4f}, val loss {saved['val']:.4f}, val bpb {saved['val_bpb']:.4f}" \
+        in capsys.readouterr().out
 
 
 def test_a_resumed_run_says_where_it_resumed_from(char_data: CharData, tmp_path: Path,
