@@ -252,9 +252,10 @@ class KVCache(nn.Module):
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, nkv, T, hd) at positions input_pos (T,); return all keys and all values, each
-        (B, nkv, max_len, hd)."""
-        self.k[:, :, input_pos] = k
-        self.v[:, :, input_pos] = v
+        (B, nkv, max_len, hd). Under autocast (samples during training) k and v come in the autocast dtype while
+        the cache has the weights' dtype: they are stored in the cache's."""
+        self.k[:, :, input_pos] = k.to(self.k.dtype)
+        self.v[:, :, input_pos] = v.to(self.v.dtype)
         return self.k, self.v
 
 

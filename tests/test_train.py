@@ -342,6 +342,16 @@ def test_the_log_and_the_checkpoint_say_what_made_them(char_data: CharData, tmp_
     assert saved == {"code": head[1], "torch": head[2], "python": head[3], "device": "cpu", "command": head[4]}
 
 
+def test_samples_during_training_run_under_mixed_precision(char_data: CharData, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]):
+    # float32 weights, a bfloat16 forward (the GPU recipes' dtype): the KV cache takes keys of another dtype
+    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=2, eval_interval=2, dtype="bfloat16",
+                          sample_interval=1, sample_tokens=8))
+    lines = re.findall(r"^sample at iter 2, (greedy|sampled): '\\n' -> (.*)$", capsys.readouterr().out, re.M)
+    assert [way for way, _ in lines] == ["greedy", "sampled"]
+    assert all(len(ast.literal_eval(text)) == 8 for _, text in lines)
+
+
 def test_samples_during_training_are_the_models_and_leave_the_training_as_it_was(char_data: CharData,
                                                                                  tmp_path: Path,
                                                                                  capsys: pytest.CaptureFixture[str]):
