@@ -2,6 +2,7 @@
 command that draws the losses of one or several runs against iterations, tokens or wall seconds.
 
     python metrics.py --runs=out-a,out-b --x=tokens --out=curves.png   # needs matplotlib
+    python metrics.py --runs=out-a,out-b --x=iter,seconds                # side by side
 
 Rows: {"kind": "train", "iter", "tokens", "seconds", "loss", "lr", "ms_per_iter", "tok_per_s", "mfu",
 "peak_mem_gib"}, {"kind": "eval", "iter", "tokens", "seconds", "train_loss", "val_loss", "val_bpb"} and, with
@@ -95,7 +96,7 @@ class PlotConfig:
     """Draw the train and val losses of runs from their metrics logs (out_dir/metrics.jsonl) into a PNG."""
 
     runs: str = ""  # comma list of out_dirs, each holding a metrics.jsonl
-    x: str = "iter"  # iter | tokens | seconds: the horizontal axis
+    x: str = "iter"  # iter | tokens | seconds: the horizontal axis; several, comma-separated: a panel each
     out: str = "curves.png"  # the PNG to write
     title: str = ""  # above the plot; empty: none
 
@@ -115,8 +116,10 @@ def curves(rows: list[dict[str, Any]], x: str) -> dict[str, tuple[list[float], l
 
 
 def plot(cfg: PlotConfig) -> str:
-    if cfg.x not in X_AXES:
-        raise UserError(f"x must be one of {', '.join(X_AXES)}, got '{cfg.x}'")
+    axes = cfg.x.split(",")
+    for x in axes:
+        if x not in X_AXES:
+            raise UserError(f"x must be one of {', '.join(X_AXES)} (or several, comma-separated), got '{x}'")
     runs = [r for r in cfg.runs.split(",") if r]
     if not runs:
         raise UserError("--runs=OUT_DIR[,OUT_DIR...] is required: the runs whose metrics.jsonl to draw")
@@ -127,14 +130,17 @@ def plot(cfg: PlotConfig) -> str:
     configurator.require("matplotlib", "metrics.py's plots")
     plt = importlib.import_module("matplotlib.pyplot")
     plt.switch_backend("Agg")  # files only: no display is needed
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, panels = plt.subplots(1, len(axes), figsize=(2 + 6 * len(axes), 4.5), squeeze=False)
     names = [os.path.basename(os.path.normpath(run)) for run in runs]
-    for run, name in zip(runs, names if len(set(names)) == len(names) else runs):  # folder names, where they differ
-        lines = curves(logs[run], cfg.x)
-        (train,) = ax.plot(*lines["train"], alpha=0.5, label=f"{name} train")
-        ax.plot(*lines["val"], marker="o", color=train.get_color(), label=f"{name} val")
-    ax.set(xlabel=X_AXES[cfg.x], ylabel="loss", title=cfg.title or None)
-    ax.legend()
+    for x, ax in zip(axes, panels[0]):
+        for run, name in zip(runs, names if len(set(names)) == len(names) else runs):  # folder names, if they differ
+            lines = curves(logs[run], x)
+            (train,) = ax.plot(*lines["train"], alpha=0.5, label=f"{name} train")
+            ax.plot(*lines["val"], marker="o", color=train.get_color(), label=f"{name} val")
+        ax.set(xlabel=X_AXES[x], ylabel="loss")
+    panels[0][0].legend()
+    if cfg.title:
+        fig.suptitle(cfg.title)
     fig.tight_layout()
     tmp = f"{cfg.out}.tmp.{os.getpid()}.png"
     try:

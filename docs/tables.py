@@ -2,7 +2,9 @@
 logs), between the markers `<!-- tables.py begin -->` and `<!-- tables.py end -->`.
 
     python docs/tables.py          # print the tables
-    python docs/tables.py --write  # put them into docs/results.md, and draw docs/gpt2_curves.png (matplotlib)
+    python docs/tables.py --write  # put them into docs/results.md, and draw docs/gpt2_curves.png and
+                                   # docs/gpt2_metrics.png (matplotlib; the second with metrics.py, from
+                                   # the metrics.jsonl of two runs in docs/data/runs/)
 
 The tables need plain Python only (json, re): they run anywhere, without torch.
 """
@@ -253,6 +255,58 @@ def plot(path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+MICRO_RUNS = {"fixed_124m": "124M, batch_size 30", "auto_124m": "124M, micro_batch=auto",
+              "auto_xl": "gpt2-xl (1.56B), micro_batch=auto"}
+
+
+def micro_batch_table() -> str:
+    """micro_batch=auto against the config's fixed micro-batch: what the probes chose, and the run's steps."""
+    lines = ["| run | micro-batch x micro-steps | tokens per step | probes (peak GiB) against the budget | "
+             "peak memory, compiled | ms/iter | tokens/s | loss at iter 1, 2 |", "|---|---|---:|---|---:|---:|---:|---|"]
+    for name, what in MICRO_RUNS.items():
+        text = (DATA / f"micro_batch_{name}.log").read_text()
+        chose = re.search(r"micro-batches of (\d+) \((\d+) micro-steps.*Probed: (.*) against ([\d.]+) GiB", text)
+        split = f"{chose[1]} x {chose[2]}" if chose else "30 x 16 (the config's)"
+        probes = f"{chose[3]} against {chose[4]}" if chose else "none"
+        iters = re.findall(r"iter (\d+): loss ([\d.]+), lr \S+, ([\d.]+) ms/iter, ([\d,]+) tok/s, mfu [\d.]+%, "
+                           r"peak memory ([\d.]+) GiB", text)
+        steady = [row for row in iters if row[0] != "1"]  # the first step compiles
+        ms = sorted(float(row[2]) for row in steady)[len(steady) // 2]
+        rate = sorted(int(row[3].replace(",", "")) for row in steady)[len(steady) // 2]
+        tokens = re.search(r"([\d,]+) tokens per iteration", text)[1]
+        lines.append(f"| {what} | {split} | {tokens} | {probes} | {iters[-1][4]} GiB | {ms:.1f} | {rate:,} | "
+                     f"{iters[0][1]}, {iters[1][1]} |")
+    return "\n".join(lines)
+
+
+def hellaswag_table() -> str:
+    """HellaSwag's time over the whole val file: the command, and inside the training runs of the metrics plot."""
+    lines = ["| where | examples per pass | examples | acc | acc_norm | seconds |", "|---|---:|---:|---:|---:|---:|"]
+    for name, batch in (("hellaswag_124m", 16), ("hellaswag_124m_b64", 64)):
+        acc, norm, n, seconds = re.search(r"acc ([\d.]+), acc_norm ([\d.]+) over ([\d,]+) examples \(([\d.]+) s\)",
+                                          (DATA / f"{name}.log").read_text()).groups()
+        lines.append(f"| `evaluate.py`, 124M after 4 steps | {batch} | {n} | {acc} | {norm} | {seconds} |")
+    for run in ("gpt2-adamw", "gpt2-muon"):
+        text = (DATA / "runs" / run / "train.log").read_text()
+        stamps = [(float(t), line) for t, line in re.findall(r"^ *([\d.]+) (.*)$", text, re.M)]
+        start = next(t for t, line in stamps if line.startswith("HellaSwag: ") or line.startswith("iter 100:"))
+        end, acc, norm, n = next((t, *m.groups()) for t, line in stamps if (m := re.match(
+            r"step 100: hellaswag acc ([\d.]+), acc_norm ([\d.]+) \(([\d,]+) examples\)", line)))
+        lines.append(f"| training, {run} at step 100 (with the val loss) | 16 | {n} | {acc} | {norm} | "
+                     f"{end - start:.1f} |")
+    return "\n".join(lines)
+
+
+def metrics_plot(path: Path) -> None:
+    """The README's plot: metrics.py drawing the metrics.jsonl of the two runs in docs/data/runs/."""
+    sys.path.insert(0, str(DOCS.parent))
+    import metrics
+
+    runs = ",".join(str(DATA / "runs" / run) for run in ("gpt2-adamw", "gpt2-muon"))
+    metrics.plot(metrics.PlotConfig(runs=runs, x="iter,seconds", out=str(path),
+                                    title="GPT-2 124M on site-packages .py, 262,144 tokens a step, one H200"))
+
+
 def tables() -> str:
     return "\n\n".join(["### Speed: 63f2b55 (modules by idea) against 51427ac (before them)", speed_table(),
                         "### The Shakespeare recipe's losses: 63f2b55 against 51427ac", recipe_table(),
@@ -261,7 +315,10 @@ def tables() -> str:
                         "### The recipe's tokens/s against the baseline's (124M)", recipe_speed_table(),
                         "### GPT-2 medium (350M) in 100 steps: AdamW against Muon", medium_table(),
                         "### Shakespeare characters: the classic recipe against Muon variants",
-                        shakespeare_muon_table()])
+                        shakespeare_muon_table(),
+                        "### micro_batch=auto: the largest micro-batch that fits, the tokens per step kept",
+                        micro_batch_table(),
+                        "### HellaSwag over the whole val file (10,042 examples)", hellaswag_table()])
 
 
 def main(argv: list[str]) -> None:
@@ -274,6 +331,7 @@ def main(argv: list[str]) -> None:
     tail = rest.split(END, 1)[1]
     RESULTS.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
     plot(DOCS / "gpt2_curves.png")
+    metrics_plot(DOCS / "gpt2_metrics.png")
 
 
 if __name__ == "__main__":

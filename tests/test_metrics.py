@@ -74,17 +74,23 @@ def test_the_plot_command_draws_several_runs_against_any_axis(char_data: CharDat
     pytest.importorskip("matplotlib")  # requirements-dev.txt installs it: CI draws
     run(char_data, tmp_path / "a")
     run(char_data, tmp_path / "b", learning_rate=3e-3)
-    for x in metrics.X_AXES:
+    for x in [*metrics.X_AXES, "iter,seconds"]:
         png = tmp_path / f"{x}.png"
         code, out, err = run_main(metrics, [f"--runs={tmp_path / 'a'},{tmp_path / 'b'}", f"--x={x}", f"--out={png}"])
         assert (code, out, err) == (0, f"wrote {png}\n", "")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert metrics.curves(metrics.read(str(tmp_path / "a")), "tokens")["val"][0] == [4 * TOKENS, 8 * TOKENS]
 
+    def width(png: Path) -> int:  # the PNG header's IHDR width
+        return int.from_bytes(png.read_bytes()[16:20], "big")
+
+    assert width(tmp_path / "iter,seconds.png") > 1.5 * width(tmp_path / "iter.png")  # two panels side by side
+
 
 @pytest.mark.parametrize(("args", "message"), [
     ([], "--runs=OUT_DIR[,OUT_DIR...] is required: the runs whose metrics.jsonl to draw"),
-    (["--runs=RUN", "--x=steps"], "x must be one of iter, tokens, seconds, got 'steps'"),
+    (["--runs=RUN", "--x=steps"], "x must be one of iter, tokens, seconds (or several, comma-separated), got 'steps'"),
+    (["--runs=RUN", "--x=iter,"], "x must be one of iter, tokens, seconds (or several, comma-separated), got ''"),
     (["--runs=RUN"], "no metrics.jsonl rows in RUN: train there first"),
 ])
 def test_the_plot_command_refuses_in_one_line(tmp_path: Path, args: list[str], message: str):
