@@ -232,13 +232,18 @@ def int_or_float(text: str, base: type) -> int | float:
     return float(text)
 
 
+def type_name(tp: Any) -> str:
+    """A setting's type as its help and its errors write it: int, float | None, int | str."""
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
 def coerce(name: str, value: Any, tp: Any) -> Any:
     """Convert a flag string or a config-file value to the field type `tp`, or raise UserError."""
     base, optional = _strip_optional(tp)
     if value is None or value == "None":
         if optional:
             return None
-        raise UserError(f"setting '{name}' cannot be None (expected {base.__name__})")
+        raise UserError(f"setting '{name}' cannot be None (expected {type_name(base)})")
     if isinstance(value, str) and base in (bool, int, float):  # a flag's text: parse it
         text = value.strip().lower()
         try:  # an int may be written 5000, 5e3 or 5000.0; as int() reads it where it can, every digit kept
@@ -256,7 +261,7 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         return int(value)
     if base is Any or (isinstance(value, base) and not (base is int and isinstance(value, bool))):
         return value
-    raise UserError(f"setting '{name}' expects {base.__name__}, got {value!r}")
+    raise UserError(f"setting '{name}' expects {type_name(base)}, got {value!r}")
 
 
 def run_config_file(path: str) -> dict[str, Any]:
@@ -316,7 +321,7 @@ def help_text(cls: type) -> str:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         tp = hints[f.name]
-        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        tname = type_name(tp)
         lines.append(f"  --{f.name}={default!r}  ({tname})" + (f"  {about[f.name]}" if f.name in about else ""))
     return "\n".join(lines)
 

@@ -27,10 +27,10 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def parse(spec: str, batch_size: int, share: int | None) -> int | None:
+def parse(spec: int | str, batch_size: int, share: int | None) -> int | None:
     """micro_batch's size: '' is batch_size, a number is itself (it must divide the process's share of a step's
     sequences, where that is known), 'auto' is None (to be found)."""
-    text = spec.strip().lower()
+    text = str(spec).strip().lower()
     if text == "auto":
         return None
     if not text:

@@ -88,7 +88,7 @@ class TrainConfig(ModelSettings):
     gradient_accumulation_steps: int = 5 * 8  # in total, divided among the data-parallel processes
     batch_size: int = 12  # sequences per micro-batch and process (a step takes batch_size x
     # gradient_accumulation_steps sequences in all, however micro_batch splits them)
-    micro_batch: str = ""  # the sequences each process runs at once: empty: batch_size; a number that divides
+    micro_batch: int | str = ""  # the sequences each process runs at once: empty: batch_size; a number that divides
     # its share of a step; auto: the largest that fits the GPU, found by probe steps (the tokens per step stay)
 
     # memory and several GPUs
@@ -415,7 +415,7 @@ def check_micro_batch(cfg: TrainConfig, layout: Layout) -> None:
     probe cannot run: with sharded weights."""
     microbatch.parse(cfg.micro_batch, cfg.batch_size, cfg.batch_size * cfg.gradient_accumulation_steps //
                      layout.dp_world)
-    if cfg.micro_batch.strip().lower() == "auto" and layout.sharded:
+    if str(cfg.micro_batch).strip().lower() == "auto" and layout.sharded:
         raise UserError("micro_batch=auto: the probe needs whole weights on each process, not fsdp or "
                         "tensor_parallel: give micro_batch a number")
 
@@ -671,11 +671,13 @@ def peak_memory(device: torch.device) -> str:
 class Pace:
     """The time per iteration between log lines: the steps since the last restart. Steady: those steps ran at
     their lasting speed (not the first steps of the run, which hold start-up work, nor a CUDA graph's warm-up and
-    capture); the first steady interval also says how long the rest of the run will take."""
+    capture); the first steady interval also says how long the rest of the run will take, and from then on every
+    log line its ETA: the wall time per iteration since then, evaluations and checkpoints included."""
 
     def __init__(self) -> None:
         self.restart(steady=False)
         self.shown = False
+        self.anchor: tuple[float, int] | None = None  # (time, iteration) where the first steady interval began
 
     def restart(self, steady: bool) -> None:
         self.since = time.perf_counter()
@@ -687,6 +689,15 @@ class Pace:
 
     def seconds_per_iter(self) -> float:  # only when read: a CUDA graph's steps are queued in microseconds
         return (time.perf_counter() - self.since) / self.iters
+
+    def eta(self, iter_num: int, max_iters: int) -> float | None:
+        """Seconds until max_iters at the pace since the first steady interval began; None before it ends."""
+        if self.anchor is None:
+            if self.steady:
+                self.anchor = (self.since, iter_num - self.iters)
+            return None
+        began, first = self.anchor
+        return (time.perf_counter() - began) / (iter_num - first) * (max_iters - iter_num)
 
 
 def log_step(run: Run, loss_sum: torch.Tensor, lr: float, pace: Pace) -> None:
@@ -702,8 +713,10 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, pace: Pace) -> None:
     tokens = tokens_per_iter(run.cfg, run.model)
     mfu = run.model.estimate_mfu(tokens // layout.world, dt, runtime.peak_flops(layout.device))
     mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
+    eta = pace.eta(run.progress.iter_num, run.cfg.max_iters)
+    eta_text = f", eta {duration(eta)}" if eta is not None and run.progress.iter_num < run.cfg.max_iters else ""
     print(f"iter {run.progress.iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-          f"{tokens / dt:,.0f} tok/s{mfu_text}{peak_memory(layout.device)}")
+          f"{tokens / dt:,.0f} tok/s{mfu_text}{peak_memory(layout.device)}{eta_text}")
     if run.metrics:
         memory = torch.cuda.max_memory_allocated(layout.device) / 2**30 if layout.device.type == "cuda" else None
         run.metrics.write("train", time.perf_counter() - run.launched, iter=run.progress.iter_num,

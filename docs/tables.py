@@ -262,7 +262,8 @@ MICRO_RUNS = {"fixed_124m": "124M, batch_size 30", "auto_124m": "124M, micro_bat
 def micro_batch_table() -> str:
     """micro_batch=auto against the config's fixed micro-batch: what the probes chose, and the run's steps."""
     lines = ["| run | micro-batch x micro-steps | tokens per step | probes (peak GiB) against the budget | "
-             "peak memory, compiled | ms/iter | tokens/s | loss at iter 1, 2 |", "|---|---|---:|---|---:|---:|---:|---|"]
+             "peak memory, compiled | ms/iter | tokens/s | loss at iter 1, 2 |",
+             "|---|---|---:|---|---:|---:|---:|---|"]
     for name, what in MICRO_RUNS.items():
         text = (DATA / f"micro_batch_{name}.log").read_text()
         chose = re.search(r"micro-batches of (\d+) \((\d+) micro-steps.*Probed: (.*) against ([\d.]+) GiB", text)

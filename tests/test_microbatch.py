@@ -14,6 +14,7 @@ import torch
 
 import accounting
 import checkpoint
+import configurator
 import microbatch
 import optim
 import train
@@ -48,6 +49,16 @@ def test_micro_batch_empty_is_batch_size_a_number_itself_auto_none():
 def test_a_micro_batch_that_cannot_split_the_share_is_refused(spec: str, expected: str):
     with pytest.raises(UserError, match=expected):
         microbatch.parse(spec, 12, 24)
+
+
+def test_micro_batch_is_a_number_or_a_word_in_flags_and_config_files(tmp_path: Path):
+    config = tmp_path / "config.py"
+    config.write_text("micro_batch = 4\n")
+    assert configurator.load(train.TrainConfig, [str(config)]).micro_batch == 4
+    assert configurator.load(train.TrainConfig, ["--micro_batch=auto"]).micro_batch == "auto"
+    assert microbatch.parse(configurator.load(train.TrainConfig, ["--micro_batch=4"]).micro_batch, 12, 24) == 4
+    with pytest.raises(UserError, match=r"^setting .micro_batch. cannot be None \(expected int \| str\)$"):
+        configurator.load(train.TrainConfig, [str(config), "--micro_batch=None"])
 
 
 def test_the_run_refuses_a_micro_batch_that_does_not_divide_its_share(char_data: CharData, tmp_path: Path):

@@ -401,6 +401,11 @@ def test_timings_stay_right_when_evaluations_fall_between_logs(char_data: CharDa
     timings = re.findall(r"^iter \d+: .*, ([\d.]+) ms/iter", out, re.MULTILINE)
     assert len(timings) == 6 and set(timings) == {"1000.0"}
     assert not re.search("^warning", out, re.MULTILINE)  # a run of CPU size is not warned
+    # the ETA: the wall time per iteration since the first steady interval began (after the evaluation at iter 3,
+    # at 103 s), evaluations included: at iter 6 (106 s, no evaluation yet) 3 s / 3 iterations x 6 left = 6 s; at
+    # iter 8 (after the one at iter 6) 105 / 5 x 4 = 84 s; at iter 10, 207 / 7 x 2 = 59 s; none at the end
+    etas = dict(re.findall(r"^iter (\d+): .*?(?:, eta (.*))?$", out, re.MULTILINE))
+    assert etas == {"2": "", "4": "", "6": "6 s", "8": "84 s", "10": "59 s", "12": ""}
 
 
 def test_a_gpu_recipe_on_the_cpu_is_warned_and_the_pace_is_told(char_data: CharData, tmp_path: Path,
