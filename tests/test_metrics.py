@@ -71,7 +71,7 @@ def test_a_file_that_is_not_a_metrics_log_is_one_line(tmp_path: Path):
 
 
 def test_the_plot_command_draws_several_runs_against_any_axis(char_data: CharData, tmp_path: Path):
-    pytest.importorskip("matplotlib")  # requirements-dev.txt installs it: CI draws
+    pytest.importorskip("matplotlib")  # requirements-extra.txt (in requirements-dev.txt) installs it: CI draws
     run(char_data, tmp_path / "a")
     run(char_data, tmp_path / "b", learning_rate=3e-3)
     for x in [*metrics.X_AXES, "iter,seconds"]:
