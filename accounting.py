@@ -62,17 +62,20 @@ def activation_bytes(config: GPTConfig, batch_size: int, dtype: torch.dtype, che
     return layers + logits, logits
 
 
-def dry_run(config: GPTConfig, batch_size: int, accum: int, world: int, dtype: torch.dtype,
+def dry_run(config: GPTConfig, batch_size: int, accum: int, dp_world: int, dtype: torch.dtype,
             checkpointing: bool, micro: int | None) -> str:
     """The batch arithmetic and activation_bytes' estimate, for micro-batches of `micro` sequences (None: to be
-    probed when the run starts, train.py's micro_batch=auto; the estimate is then batch_size's)."""
+    probed when the run starts, train.py's micro_batch=auto; the estimate is then batch_size's). dp_world: the
+    data-parallel shares the step's sequences are divided among (a tensor-parallel group is one share)."""
     B, T = batch_size, config.block_size
-    share = B * accum // world  # each process's sequences per step
+    share = B * accum // dp_world  # each share's sequences per step
     split = ("micro_batch=auto: the micro-batch is probed when the run starts\n" if micro is None else
-             f"micro-batches of {micro} sequences: {share // micro} micro-steps per process\n" if micro != B else "")
+             f"micro-batches of {micro} sequences: {share // micro} micro-steps per data-parallel share\n"
+             if micro != B else "")
     total, logits = activation_bytes(config, micro or B, dtype, checkpointing)
     return (f"\ntokens per iteration: {accum * B * T:,} = batch_size {B} x block_size {T} x "
-            f"gradient_accumulation_steps {accum} ({accum // world} per process x {world} process(es))\n{split}"
+            f"gradient_accumulation_steps {accum} ({accum // dp_world} per data-parallel share x {dp_world} "
+            f"share(s))\n{split}"
             f"activations of one micro-batch of {micro or B} ({str(dtype).removeprefix('torch.')}, "
             f"activation_checkpointing={checkpointing}): ~{total / 2**30:,.2f} GiB (estimate), of which logits "
             f"{logits / 2**30:,.2f} GiB\ndry run: nothing trained")

@@ -31,6 +31,7 @@ from model import round_up
 from sample import SampleConfig, load
 
 PROGRESS_S = 10.0  # in a log, a long evaluation prints its progress this often
+BAR_S = 0.1  # on a terminal, the bar is redrawn at most this often
 
 
 class ProgressBar:
@@ -42,7 +43,14 @@ class ProgressBar:
         self.what, self.unit, self.total, self.done = what, unit, total, 0
         self.shown = time.perf_counter()
         self.line = show and not sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=what, unit=unit, leave=False, disable=not show or self.line)
+        self.bar = tqdm(total=total, desc=what, unit=unit, leave=False, disable=not show or self.line,
+                        mininterval=BAR_S)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
     def update(self, n: int) -> None:
         self.done += n
@@ -51,8 +59,6 @@ class ProgressBar:
             print(f"{self.what}: {self.done:,} of {self.total:,} {self.unit}", flush=True)
             self.shown = time.perf_counter()
 
-    def close(self) -> None:
-        self.bar.close()
 
 
 def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device: torch.device, ctx: Any,
@@ -75,21 +81,20 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device:
     for split, batches in evals.items():
         total = torch.zeros(3, device=device)  # the sum of the token losses, the number of tokens, their bytes
         n = batches.n_batches
-        progress = ProgressBar(len(range(rank, round_up(n, world), world)), f"evaluating the {split} split", "batches",
-                               show)
-        # every process runs as many forward passes (a sharded model gathers its weights in each, all together):
-        # where the batches run out, batch 0 again, not counted
-        for k in range(rank, round_up(n, world), world):
-            x, y = batches.get(k if k < n else 0, device)
-            with ctx, torch.set_grad_enabled(train_graph):
-                # the mean over the tokens whose target is not -1
-                loss = model(x, y, return_logits=False)[1].detach().float()
-            counted = (y != -1).sum() * (k < n)
-            text = (byte_counts[y.clamp(min=0)] * (y != -1)).sum() * (k < n) if byte_counts is not None else \
-                counted * 0
-            total += torch.stack([loss * counted, counted, text])
-            progress.update(1)
-        progress.close()
+        with ProgressBar(len(range(rank, round_up(n, world), world)), f"evaluating the {split} split", "batches",
+                         show) as progress:
+            # every process runs as many forward passes (a sharded model gathers its weights in each, all together):
+            # where the batches run out, batch 0 again, not counted
+            for k in range(rank, round_up(n, world), world):
+                x, y = batches.get(k if k < n else 0, device)
+                with ctx, torch.set_grad_enabled(train_graph):
+                    # the mean over the tokens whose target is not -1
+                    loss = model(x, y, return_logits=False)[1].detach().float()
+                counted = (y != -1).sum() * (k < n)
+                text = (byte_counts[y.clamp(min=0)] * (y != -1)).sum() * (k < n) if byte_counts is not None else \
+                    counted * 0
+                total += torch.stack([loss * counted, counted, text])
+                progress.update(1)
         if dist.is_initialized():  # over every process, so that all agree (on a checkpoint to save, say): a
             # tensor-parallel group adds its identical sums tp times, and its counts
             dist.all_reduce(total)
@@ -208,16 +213,15 @@ def hellaswag(model: torch.nn.Module, tok: Any, examples: list[HellaSwagExample]
     block = model.config.block_size
     counts = torch.zeros(3, device=device)  # right by summed loss, right by mean loss, examples
     mine = examples[rank::world]
-    progress = ProgressBar(len(mine), "HellaSwag", "examples", show)
-    for start in range(0, len(mine), batch_examples):
-        chunk = mine[start : start + batch_examples]
-        rows = [row for example in chunk for row in ending_rows(tok, example, block)]
-        sums, means = (v.view(len(chunk), 4) for v in ending_losses(model, rows, device, ctx))
-        labels = torch.tensor([e.label for e in chunk], device=device)
-        counts += torch.stack([(sums.argmin(1) == labels).sum(), (means.argmin(1) == labels).sum(),
-                               torch.tensor(len(chunk), device=device)]).float()
-        progress.update(len(chunk))
-    progress.close()
+    with ProgressBar(len(mine), "HellaSwag", "examples", show) as progress:
+        for start in range(0, len(mine), batch_examples):
+            chunk = mine[start : start + batch_examples]
+            rows = [row for example in chunk for row in ending_rows(tok, example, block)]
+            sums, means = (v.view(len(chunk), 4) for v in ending_losses(model, rows, device, ctx))
+            labels = torch.tensor([e.label for e in chunk], device=device)
+            counts += torch.stack([(sums.argmin(1) == labels).sum(), (means.argmin(1) == labels).sum(),
+                                   torch.tensor(len(chunk), device=device)]).float()
+            progress.update(len(chunk))
     if dist.is_initialized():
         dist.all_reduce(counts)
     right, right_norm, n = counts.tolist()

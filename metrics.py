@@ -116,7 +116,7 @@ def curves(rows: list[dict[str, Any]], x: str) -> dict[str, tuple[list[float], l
 
 
 def plot(cfg: PlotConfig) -> str:
-    axes = cfg.x.split(",")
+    axes = [x.strip() for x in cfg.x.split(",")]
     for x in axes:
         if x not in X_AXES:
             raise UserError(f"x must be one of {', '.join(X_AXES)} (or several, comma-separated), got '{x}'")

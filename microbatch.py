@@ -17,6 +17,7 @@ import torch
 
 from configurator import UserError
 
+OUT_OF_MEMORY = ("out of memory", "ALLOC_FAILED")  # what cuBLAS's and cuDNN's allocation failures say
 HEADROOM = 0.9  # the share of the device's memory a probed micro-batch may peak at: the compiled step, the
 # allocator's fragmentation and evaluation's batches need some of the rest
 
@@ -138,6 +139,10 @@ def find(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ctx: Any, sha
             optimizer.step()  # its state, made by the first step, is part of every later step's memory
             return memory.peak()
         except torch.OutOfMemoryError:
+            return None
+        except RuntimeError as e:  # a library's workspace that could not be allocated says so in its own words
+            if not any(words in str(e) for words in OUT_OF_MEMORY):
+                raise
             return None
         finally:
             optimizer.zero_grad(set_to_none=True)

@@ -340,13 +340,16 @@ def check_memory(cfg: TrainConfig, config: GPTConfig, device: torch.device, dtyp
     (16 bytes a parameter) and one micro-batch's activations (accounting.activation_bytes)."""
     with torch.device("meta"):  # shapes only: counts the parameters of any size at once
         n_params = GPT(config).get_num_params(non_embedding=False)
-    micro = microbatch.parse(cfg.micro_batch, cfg.batch_size, None) or 1  # auto: what must fit to probe at all
-    activations = accounting.activation_bytes(config, micro, dtype, cfg.activation_checkpointing)[0]
-    runtime.check_fits(16 * n_params + activations, device,
-                       f"training at batch_size {cfg.batch_size}{f', micro_batch {micro}' * (micro != cfg.batch_size)}"
-                       f" and block_size {config.block_size}",
-                       "set micro_batch to fewer sequences (auto: the largest that fits; either way the tokens per "
-                       "step stay) or lower block_size")
+    micro = microbatch.parse(cfg.micro_batch, cfg.batch_size, None)
+    if micro is None:  # auto: what must fit for the probe to run at all
+        what, advice = "one sequence", "lower block_size, or set activation_checkpointing=True"
+    else:
+        what = f"batch_size {cfg.batch_size}" if micro == cfg.batch_size else f"micro_batch {micro}"
+        advice = ("set micro_batch to fewer sequences (auto: the largest that fits; either way the tokens per step "
+                  "stay) or lower block_size")
+    activations = accounting.activation_bytes(config, micro or 1, dtype, cfg.activation_checkpointing)[0]
+    runtime.check_fits(16 * n_params + activations, device, f"training at {what} and block_size "
+                       f"{config.block_size}", advice)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,9 +393,8 @@ class Run:
     evaluation: dict[str, float] | None = None  # the latest evaluation's figures and iter, for the checkpoints
 
     def first_micro_batch(self) -> int:
-        """The index of the micro-batch this process starts the next step with (batch_pos counts batches of
-        batch_size, the recipe's)."""
-        return self.progress.batch_pos * self.cfg.batch_size // self.micro + self.layout.dp_rank
+        """The index of the micro-batch this process starts the next step with."""
+        return first_micro_batch(self.cfg, self.progress.batch_pos, self.micro, self.layout.dp_rank)
 
 
 def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.ExitStack) -> None:
@@ -453,6 +455,21 @@ def micro_batch_size(cfg: TrainConfig, layout: Layout, model: GPT, optimizer: to
     return size
 
 
+def first_micro_batch(cfg: TrainConfig, batch_pos: int, micro: int, dp_rank: int) -> int:
+    """The index of the micro-batch (of `micro` sequences) that data-parallel share dp_rank starts a step with,
+    batch_pos counting batches of batch_size, the recipe's (check_start: a whole number of micro-batches)."""
+    return batch_pos * cfg.batch_size // micro + dp_rank
+
+
+def check_start(cfg: TrainConfig, batch_pos: int, micro: int) -> None:
+    """Refuse a resume whose data position is no whole number of micro-batches: a checkpoint from a run with
+    another gradient_accumulation_steps, resumed in micro-batches that do not divide where it stopped."""
+    if batch_pos * cfg.batch_size % micro:
+        raise UserError(f"the checkpoint stopped after {batch_pos * cfg.batch_size:,} sequences of data, not a whole "
+                        f"number of micro-batches of {micro}: resume with the gradient_accumulation_steps it was "
+                        "trained with, or a micro_batch that divides that number")
+
+
 def tokens_per_iter(cfg: TrainConfig, model: GPT) -> int:
     """Tokens per optimizer step, over every process."""
     return cfg.gradient_accumulation_steps * cfg.batch_size * model.config.block_size
@@ -485,8 +502,8 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     train_data = Batches(path("train"), meta["dtype"], T, micro, vocab, cfg.seed, group=cfg.batch_size)
     evals = {split: EvalBatches(path(split), meta["dtype"], T, micro, vocab, cfg.eval_iters, group=cfg.batch_size)
              for split in ("train", "val")}
-    first = progress.batch_pos * cfg.batch_size // micro + layout.dp_rank  # the micro-batch this process starts at
-    batch = train_data.get(first, device)  # to compile with
+    parallel.refuse_together(layout, check_start, cfg, progress.batch_pos, micro)
+    batch = train_data.get(first_micro_batch(cfg, progress.batch_pos, micro, layout.dp_rank), device)  # to compile
     eval_model, step_model = parallel.wrap(model, layout, regions, cfg.compile, batch, ctx)
     # data-parallel share r reads micro-batches first + r, + r + dp_world, ...: the global batch split across
     # the shares (the processes of a tensor-parallel group read the same batches)
@@ -495,7 +512,8 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
                                                        stride=layout.dp_world, grad_clip=cfg.grad_clip)
     tok = data_tokenizer(cfg, meta)
     return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress, micro,
-               tokenizer=tok, hellaswag=hellaswag_examples(cfg, layout, tok))
+               evaluation=ckpt.header.evaluation if ckpt is not None else None, tokenizer=tok,
+               hellaswag=hellaswag_examples(cfg, layout, tok))
 
 
 def data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> Tokenizer | None:
@@ -873,7 +891,7 @@ def main(argv: list[str]) -> dict[str, list]:
     model, ckpt = described_model(cfg, layout, meta, dtype)
     if cfg.dry_run:
         micro = microbatch.parse(cfg.micro_batch, cfg.batch_size, None)  # checked against the share above
-        print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.world, dtype,
+        print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.dp_world, dtype,
                                  cfg.activation_checkpointing, micro))
         data_meta(cfg)  # what the run itself would need, refused now as it would refuse it
         if cfg.wandb_log:

@@ -124,8 +124,11 @@ def test_on_a_terminal_the_progress_is_a_bar_cleared_when_done(trained: Trained,
                                                                capsys: pytest.CaptureFixture[str]):
     model, T, vocab = trained_model(trained)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(evaluate, "BAR_S", 0.0)  # every update drawn
     evaluate.estimate_loss(model, eval_batches(trained, T, 8, vocab, 2), CPU, contextlib.nullcontext(), show=True)
     out, err = capsys.readouterr()
     assert out == ""  # the log keeps only what lasts
-    assert "evaluating the train split:   0%" in err and "evaluating the val split:   0%" in err and "0/2 [" in err
+    for split in ("train", "val"):
+        assert f"evaluating the {split} split:   0%" in err and f"evaluating the {split} split: 100%" in err
+    assert "2/2 [" in err
     assert err.endswith("\r")  # the bar cleared from its line (leave=False)

@@ -74,7 +74,7 @@ def test_the_plot_command_draws_several_runs_against_any_axis(char_data: CharDat
     pytest.importorskip("matplotlib")  # requirements-extra.txt (in requirements-dev.txt) installs it: CI draws
     run(char_data, tmp_path / "a")
     run(char_data, tmp_path / "b", learning_rate=3e-3)
-    for x in [*metrics.X_AXES, "iter,seconds"]:
+    for x in [*metrics.X_AXES, "iter, seconds"]:
         png = tmp_path / f"{x}.png"
         code, out, err = run_main(metrics, [f"--runs={tmp_path / 'a'},{tmp_path / 'b'}", f"--x={x}", f"--out={png}"])
         assert (code, out, err) == (0, f"wrote {png}\n", "")
@@ -84,7 +84,7 @@ def test_the_plot_command_draws_several_runs_against_any_axis(char_data: CharDat
     def width(png: Path) -> int:  # the PNG header's IHDR width
         return int.from_bytes(png.read_bytes()[16:20], "big")
 
-    assert width(tmp_path / "iter,seconds.png") > 1.5 * width(tmp_path / "iter.png")  # two panels side by side
+    assert width(tmp_path / "iter, seconds.png") > 1.5 * width(tmp_path / "iter.png")  # two panels side by side
 
 
 @pytest.mark.parametrize(("args", "message"), [

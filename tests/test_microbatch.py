@@ -226,7 +226,21 @@ def test_dry_run_tells_the_split(char_data: CharData, tmp_path: Path, capsys: py
     train.main(tiny_flags(char_data, tmp_path / "out", dry_run=True, micro_batch=2, gradient_accumulation_steps=2))
     out = capsys.readouterr().out
     assert "tokens per iteration: 512 = batch_size 8 x block_size 32 x gradient_accumulation_steps 2" in out
-    assert "micro-batches of 2 sequences: 8 micro-steps per process" in out
+    assert "micro-batches of 2 sequences: 8 micro-steps per data-parallel share" in out
     assert re.search(r"activations of one micro-batch of 2 ", out)
     auto = accounting.dry_run(tiny_gpt().config, 8, 2, 1, torch.float32, False, None)
     assert "micro_batch=auto: the micro-batch is probed when the run starts" in auto
+    # a tensor-parallel pair is one data-parallel share: 4 x 4 sequences, in micro-batches of 8, 2 micro-steps
+    split = accounting.dry_run(tiny_gpt().config, 4, 4, 1, torch.float32, False, 8)
+    assert "(4 per data-parallel share x 1 share(s))" in split and "8 sequences: 2 micro-steps" in split
+
+
+def test_a_resume_that_cannot_start_on_a_micro_batch_is_refused(char_data: CharData, tmp_path: Path):
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, batch_size=4, gradient_accumulation_steps=3, max_iters=1,
+                          eval_interval=1))  # stopped after 12 sequences
+    with pytest.raises(UserError, match=r"^the checkpoint stopped after 12 sequences of data, not a whole number of "
+                                        r"micro-batches of 8: resume with the gradient_accumulation_steps"):
+        train.main(tiny_flags(char_data, out_dir, batch_size=4, gradient_accumulation_steps=4, micro_batch=8,
+                              max_iters=2, init_from="resume"))
+

@@ -7,8 +7,10 @@ import ast
 import dataclasses
 import itertools
 import math
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -450,6 +452,23 @@ def test_bits_per_byte_is_in_the_log_the_checkpoint_and_eval_only(char_data: Cha
     train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2, init_from="resume", eval_only=True))
     assert f"step 2: train loss {saved['train']:.4f}, val loss {saved['val']:.4f}, val bpb {saved['val_bpb']:.4f}" \
         in capsys.readouterr().out
+
+
+def test_a_checkpoint_saved_before_a_resumed_runs_first_evaluation_keeps_the_last_one(
+        char_data: CharData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
+    evaluated = checkpoint.read(str(out_dir)).header.evaluation
+
+    class StoppedStep(train.Step):  # a SIGTERM during the resumed run's first step: saved before it evaluates
+        def __call__(self, *args: object) -> object:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(*args)
+
+    monkeypatch.setattr(train, "Step", StoppedStep)
+    train.main(tiny_flags(char_data, out_dir, max_iters=8, eval_interval=4, init_from="resume"))
+    header = checkpoint.read(str(out_dir)).header
+    assert header.iter_num == 3 and evaluated["iter"] == 2 and header.evaluation == evaluated
 
 
 def test_a_resumed_run_says_where_it_resumed_from(char_data: CharData, tmp_path: Path,
