@@ -173,6 +173,40 @@ def test_find_says_none_when_one_sequence_runs_out_of_memory(monkeypatch: pytest
     assert size is None and probes == [microbatch.Probe(1, None)]
 
 
+@pytest.mark.parametrize("message", ["CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)",
+                                     "cuDNN error: out of memory"])
+def test_a_librarys_allocation_failure_is_a_miss_too(monkeypatch: pytest.MonkeyPatch, message: str):
+    model = tiny_gpt()
+    optimizer = optim.build(model, "adamw", 1e-2, 0.1, (0.9, 0.95), "cpu")
+    forward = model.forward
+
+    def fails_above_3(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if x.shape[0] > 3:
+            raise RuntimeError(message)
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", fails_above_3)
+    size, _, _ = microbatch.find(model, optimizer, torch.autocast("cpu", enabled=False), 12, 64, FakeMemory(10**6))
+    assert size == 3
+
+
+def test_another_error_in_a_probe_is_not_taken_for_memory(monkeypatch: pytest.MonkeyPatch):
+    model = tiny_gpt()
+    optimizer = optim.build(model, "adamw", 1e-2, 0.1, (0.9, 0.95), "cpu")
+    before = [p.detach().clone() for p in model.parameters()]
+    forward = model.forward
+
+    def broken_above_3(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if x.shape[0] > 3:
+            raise RuntimeError("shape mismatch")  # a bug, not a size: it must surface
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", broken_above_3)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        microbatch.find(model, optimizer, torch.autocast("cpu", enabled=False), 12, 64, FakeMemory(10**6))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # put back all the same
+
+
 def test_auto_on_the_cpu_keeps_batch_size_and_says_so(char_data: CharData, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]):
     auto = train.main(tiny_flags(char_data, tmp_path / "auto", micro_batch="auto"))
