@@ -81,11 +81,11 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device:
     for split, batches in evals.items():
         total = torch.zeros(3, device=device)  # the sum of the token losses, the number of tokens, their bytes
         n = batches.n_batches
-        with ProgressBar(len(range(rank, round_up(n, world), world)), f"evaluating the {split} split", "batches",
-                         show) as progress:
-            # every process runs as many forward passes (a sharded model gathers its weights in each, all together):
-            # where the batches run out, batch 0 again, not counted
-            for k in range(rank, round_up(n, world), world):
+        # every process runs as many forward passes (a sharded model gathers its weights in each, all together):
+        # where the batches run out, batch 0 again, not counted
+        mine = range(rank, round_up(n, world), world)
+        with ProgressBar(len(mine), f"evaluating the {split} split", "batches", show) as progress:
+            for k in mine:
                 x, y = batches.get(k if k < n else 0, device)
                 with ctx, torch.set_grad_enabled(train_graph):
                     # the mean over the tokens whose target is not -1

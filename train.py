@@ -412,12 +412,16 @@ def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.
         run.metrics = held.enter_context(contextlib.closing(log))
 
 
+def share_of_step(cfg: TrainConfig, layout: Layout) -> int:
+    """The sequences each data-parallel share takes a step: the recipe's batch_size x gradient_accumulation_steps,
+    divided among the shares."""
+    return cfg.batch_size * cfg.gradient_accumulation_steps // layout.dp_world
+
+
 def check_micro_batch(cfg: TrainConfig, layout: Layout) -> None:
     """Refuse a micro_batch that does not divide each process's share of a step's sequences, or auto where the
     probe cannot run: with sharded weights."""
-    microbatch.parse(cfg.micro_batch, cfg.batch_size, cfg.batch_size * cfg.gradient_accumulation_steps //
-                     layout.dp_world)
-    if str(cfg.micro_batch).strip().lower() == "auto" and layout.sharded:
+    if microbatch.parse(cfg.micro_batch, cfg.batch_size, share_of_step(cfg, layout)) is None and layout.sharded:
         raise UserError("micro_batch=auto: the probe needs whole weights on each process, not fsdp or "
                         "tensor_parallel: give micro_batch a number")
 
@@ -426,7 +430,7 @@ def micro_batch_size(cfg: TrainConfig, layout: Layout, model: GPT, optimizer: to
                      ctx: contextlib.AbstractContextManager, vocab_size: int) -> int:
     """The micro-batch each process runs (micro_batch): batch_size, the number given, or with auto on a GPU the
     largest that fits, probed now on the placed model and agreed by every process (the smallest of theirs)."""
-    share = cfg.batch_size * cfg.gradient_accumulation_steps // layout.dp_world
+    share = share_of_step(cfg, layout)
     size = microbatch.parse(cfg.micro_batch, cfg.batch_size, share)
     if size is not None:
         return size
@@ -507,7 +511,7 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     eval_model, step_model = parallel.wrap(model, layout, regions, cfg.compile, batch, ctx)
     # data-parallel share r reads micro-batches first + r, + r + dp_world, ...: the global batch split across
     # the shares (the processes of a tensor-parallel group read the same batches)
-    accum = cfg.batch_size * cfg.gradient_accumulation_steps // layout.dp_world // micro
+    accum = share_of_step(cfg, layout) // micro
     step = (GraphedStep if cfg.cuda_graph else Step)(step_model, optimizer, scaler, ctx, train_data, accum,
                                                        stride=layout.dp_world, grad_clip=cfg.grad_clip)
     tok = data_tokenizer(cfg, meta)
