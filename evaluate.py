@@ -37,24 +37,29 @@ BAR_S = 0.1  # on a terminal, the bar is redrawn at most this often
 class ProgressBar:
     """A long pass's progress: on a terminal a tqdm bar (stderr), cleared when the pass ends; in a log (stderr not
     a terminal, where a bar's redrawn line would be noise) a line every PROGRESS_S seconds, so that a long
-    evaluation shows it is alive. Nothing where not shown (the other data-parallel ranks)."""
+    evaluation shows it is alive. Nothing where not shown (the other data-parallel ranks).
+
+    A tqdm is made only for a bar on a terminal: every tqdm takes a lock shared with forked processes, which one
+    killed while holding it would leave held for ever (a training run forked and killed, as tests do)."""
 
     def __init__(self, total: int, what: str, unit: str, show: bool) -> None:
         self.what, self.unit, self.total, self.done = what, unit, total, 0
         self.shown = time.perf_counter()
         self.line = show and not sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=what, unit=unit, leave=False, disable=not show or self.line,
-                        mininterval=BAR_S)
+        self.bar = tqdm(total=total, desc=what, unit=unit, leave=False, mininterval=BAR_S) \
+            if show and not self.line else None
 
     def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
     def update(self, n: int) -> None:
         self.done += n
-        self.bar.update(n)
+        if self.bar is not None:
+            self.bar.update(n)
         if self.line and time.perf_counter() - self.shown > PROGRESS_S:
             print(f"{self.what}: {self.done:,} of {self.total:,} {self.unit}", flush=True)
             self.shown = time.perf_counter()

@@ -113,6 +113,8 @@ def test_a_long_evaluation_shows_its_progress_when_asked(trained: Trained, monke
     model, T, vocab = trained_model(trained)
     evals = eval_batches(trained, T, 8, vocab, 2)
     monkeypatch.setattr(evaluate, "PROGRESS_S", -1.0)  # every batch stands for a long wait
+    # no tqdm at all without a terminal: its lock, shared with forked processes, could be left held by a killed one
+    monkeypatch.setattr(evaluate, "tqdm", lambda *args, **kwargs: pytest.fail("a tqdm was made"))
     evaluate.estimate_loss(model, evals, CPU, contextlib.nullcontext(), show=True)  # stderr is no terminal: a log
     assert capsys.readouterr().out.splitlines() == [f"evaluating the {split} split: {k} of 2 batches"
                                                     for split in ("train", "val") for k in (1, 2)]
