@@ -134,8 +134,9 @@ def script_env(**extra: str) -> dict[str, str]:
 
 def run_script(script: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 300,
                prefix: list[str] | None = None) -> tuple[int, str, str]:
-    """Run `python [prefix...] script args...` from the repo root; returns (returncode, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, *(prefix or []), script, *map(str, args)], cwd=REPO_ROOT, check=False,
+    """Run `python [prefix...] script args...` (script: a path in the repo) in the test's working directory (a
+    temporary one: _in_a_temp_dir); returns (returncode, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, *(prefix or []), str(REPO_ROOT / script), *map(str, args)], check=False,
                           capture_output=True, encoding="utf-8", timeout=timeout, env=env or script_env())
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -205,6 +206,13 @@ def one_process_group() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
+def _in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in an empty directory of its own: what a user left in the repo (data/, out-* folders from the
+    quick start) cannot change a result, and no test leaves anything there."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(autouse=True)

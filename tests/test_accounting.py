@@ -14,7 +14,7 @@ import accounting
 import checkpoint
 import train
 from configurator import UserError
-from conftest import CharData, run_main, run_script, tiny_gpt
+from conftest import REPO_ROOT, CharData, run_main, run_script, tiny_gpt
 from model import GPT, resolve_config
 
 # GPT-2 small by hand (Radford et al. 2019; HF's GPT2Model): vocabulary 50257, context 1024, 768 wide, 12 layers,
@@ -64,7 +64,8 @@ def test_accounting_command_line():
     assert "attn_pattern='alternating'" in out
     cases = ((["gpt5"], "unknown preset 'gpt5' (did you mean"), ([], "name a preset"),
              (["gpt2", "--window_size=0", "--attn_pattern=alternating"], "window_size must be in"),
-             (["config/train_gpt2.py"], "account it with python train.py config/train_gpt2.py --dry_run=True"))
+             ([str(REPO_ROOT / "config" / "train_gpt2.py")],
+              f"account it with python train.py {REPO_ROOT / 'config' / 'train_gpt2.py'} --dry_run=True"))
     for argv, message in cases:
         rc, _, err = run_main("accounting.py", argv)
         assert rc == 2, (argv, err)
@@ -92,7 +93,7 @@ def test_dry_run_needs_no_memory_and_accounts_before_naming_missing_data(tmp_pat
 
 def test_dry_run_of_a_config_file_counts_the_model_train_saves(char_data: CharData, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]):
-    configs = ["config/train_shakespeare_char.py", "config/arch/llama.py"]
+    configs = [str(REPO_ROOT / "config" / "train_shakespeare_char.py"), str(REPO_ROOT / "config" / "arch" / "llama.py")]
     flags = [f"--data_root={char_data.root}", f"--dataset={char_data.name}", "--device=cpu"]  # 62 chars -> 64
     train.main([*configs, *flags, "--dry_run=True"])
     counted = table_counts(capsys.readouterr().out)["total"]

@@ -279,8 +279,16 @@ def test_a_checkpoint_from_before_the_refactor_resumes_and_samples_as_it_did(tmp
                            "--start=MENENIUS:", "--stream=False", "--checkpoint=latest"])
     assert samples == expected["samples_latest"]
     resumed = train.main(tiny_flags(data, out, max_iters=9, eval_interval=3, init_from="resume"))
-    assert [list(x) for x in resumed["train_loss"]] == expected["resume_train_loss"]  # to the last bit
-    assert [list(x) for x in resumed["eval"]] == expected["resume_eval"]
+    # the losses were written on another CPU, whose float kernels may round differently in the last bits: equal to
+    # float32 rounding, a relative 1e-5, which is far inside what a misread weight, optimizer state or data
+    # position would change (the loss moves by tenths from one step to the next); the samples are characters drawn
+    # from those weights, the same wherever the draws do not sit on a rounding's edge
+    assert [it for it, _ in resumed["train_loss"]] == [it for it, _ in expected["resume_train_loss"]]
+    assert [loss for _, loss in resumed["train_loss"]] == pytest.approx(
+        [loss for _, loss in expected["resume_train_loss"]], rel=1e-5, abs=0)
+    assert [it for it, *_ in resumed["eval"]] == [it for it, *_ in expected["resume_eval"]]
+    assert [losses for _, *losses in resumed["eval"]] == [
+        pytest.approx(losses, rel=1e-5, abs=0) for _, *losses in expected["resume_eval"]]
 
 
 @pytest.mark.parametrize(("change", "message"), [

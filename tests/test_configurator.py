@@ -298,7 +298,8 @@ def test_an_architecture_overlay_composes_with_a_recipe(overlay: str, expected: 
     real = train.build_model
     monkeypatch.setattr(train, "build_model", lambda *args, **kwargs: built.append(real(*args, **kwargs)) or built[-1])
     with pytest.raises(UserError, match="prepare the data first"):  # after the model is built and accounted
-        train.main(["config/train_shakespeare_char.py", f"config/arch/{overlay}.py", "--dry_run=True",
+        train.main([str(REPO_ROOT / "config" / "train_shakespeare_char.py"),
+                    str(REPO_ROOT / "config" / "arch" / f"{overlay}.py"), "--dry_run=True",
                     "--device=cpu", f"--data_root={tmp_path}"])
     (model, _), = built
     config = dataclasses.asdict(model.config)
@@ -309,10 +310,10 @@ def test_an_architecture_overlay_composes_with_a_recipe(overlay: str, expected: 
 
 def test_a_reader_that_goes_away_ends_the_script_quietly():
     # `python train.py --help | head`: print meets a closed pipe; no traceback, the status a shell gives SIGPIPE
-    script = ("import configurator\n"
+    script = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport configurator\n"
               "def main(argv):\n    print('some help')\n    raise BrokenPipeError(32, 'Broken pipe')\n"
               "configurator.run(main)\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
                           env=script_env(), timeout=60, check=False)
     assert (done.returncode, done.stderr) == (141, "")
 

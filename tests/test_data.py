@@ -343,7 +343,7 @@ def signalled_midway(name: str, args: list[str], marker: str, sig: int) -> tuple
     # an ignored signal stays ignored in a child, a handled one is the default there
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        run = subprocess.Popen([sys.executable, f"data/{name}/prepare.py", *args], cwd=ROOT,
+        run = subprocess.Popen([sys.executable, str(ROOT / "data" / name / "prepare.py"), *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=script_env(),
                                start_new_session=True)
     finally:

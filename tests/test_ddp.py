@@ -41,7 +41,7 @@ class Runs:
 
 def torchrun(flags: list[str], stderr: int | IO[str] = subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "train.py", *flags, "--backend=gloo"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                             str(REPO_ROOT / "train.py"), *flags, "--backend=gloo"], stdout=subprocess.PIPE,
                             stderr=stderr, text=True, env=script_env(PYTHONUNBUFFERED="1"))
 
 

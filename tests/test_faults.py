@@ -48,7 +48,7 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact_even_without_std
     # terminal's Ctrl-C ends it too: the run goes on to its checkpoint, and its last lines go to stderr
     out_dir = tmp_path / "out"
     flags = tiny_flags(char_data, out_dir, max_iters=100_000, eval_interval=100_000)
-    run = subprocess.Popen([sys.executable, "train.py", *map(str, flags)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+    run = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *map(str, flags)], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=script_env(PYTHONUNBUFFERED="1"))
     for line in run.stdout:
         if line.startswith("iter 20:"):
@@ -243,7 +243,7 @@ def test_a_second_run_in_the_same_out_dir_is_refused_until_the_first_ends_even_b
                                "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
                                "f.write(f'pid {os.getpid()} on a host: a run'); f.flush()\n"
                                "print('held', flush=True)\ntime.sleep(600)", str(out_dir)],
-        cwd=REPO_ROOT, env=script_env(), stdout=subprocess.PIPE, text=True)
+        env=script_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(UserError, match=rf"^out_dir {re.escape(str(out_dir))} is in use by another run \(pid "

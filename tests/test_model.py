@@ -32,7 +32,7 @@ import model as model_module
 import runtime
 import sample
 import train
-from conftest import TINY_MODEL, CharData, run_main, tiny_flags, tiny_gpt
+from conftest import REPO_ROOT, TINY_MODEL, CharData, run_main, tiny_flags, tiny_gpt
 from configurator import UserError
 from generate import clear_cache, setup_cache
 from hf import HF_TRANSPOSED
@@ -1176,7 +1176,8 @@ def test_train_script_reports_bad_switches_in_one_line(char_data: CharData, tmp_
 @pytest.mark.parametrize("name", ["gpt1", "llama", "gpt3"])
 def test_architecture_overlays_train_resume_and_sample(name: str, char_data: CharData, tmp_path: Path):
     """config/arch/{gpt1,llama,gpt3}.py as shipped, over the char recipe, shrunk by flags to run in seconds on a CPU."""
-    configs = ["config/train_shakespeare_char.py", f"config/arch/{name}.py"]
+    configs = [str(REPO_ROOT / "config" / "train_shakespeare_char.py"),
+               str(REPO_ROOT / "config" / "arch" / f"{name}.py")]
     small = ["--n_layer=2", "--n_embd=48", "--block_size=32", "--batch_size=8", "--eval_iters=2", "--log_interval=1",
              "--device=cpu", "--compile=False", "--dropout=0.0", "--warmup_iters=2", "--always_save_checkpoint=True",
              "--eval_at_start=True", f"--data_root={char_data.root}", f"--dataset={char_data.name}",

@@ -46,7 +46,7 @@ class Runs:
 
 def launch(nproc: int, flags: list[str], script: str = "train.py") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                             script, *flags, "--backend=gloo"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                             str(REPO_ROOT / script), *flags, "--backend=gloo"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=script_env(PYTHONUNBUFFERED="1"))
 
 
