@@ -1,6 +1,7 @@
 """data/files/prepare.py: a folder of your own text files, one file a document. The token streams decode back to
-exactly the files' texts, the split follows each path's hash (and stays put when files are added), the output does
-not depend on the number of workers, and a refusal or an interrupted run leaves the earlier files untouched."""
+exactly the files' texts, the split follows each path's hash (and stays put when files are added; a small folder
+holds out its lowest-hashed file), the output does not depend on the number of workers, and a refusal or an
+interrupted run leaves the earlier files untouched."""
 
 from __future__ import annotations
 
@@ -46,20 +47,22 @@ def src(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "src", FILES | NOT_UTF8)
 
 
+def path_hash(rel: str) -> int:
+    """The docstring's hash of a '/'-separated relative path: blake2b's first 8 bytes, read little-endian."""
+    return int.from_bytes(hashlib.blake2b(rel.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 def expected(root: Path, val_per_mille: float = VAL) -> dict[str, list[str]]:
     """From the docstring's rules alone: every non-empty *.py file at any depth, in order of its '/'-separated
-    relative path, decoded with U+FFFD for bad bytes; in val when blake2b's first 8 bytes of that path, read
-    little-endian, fall below val_per_mille / 1000 of 2**64."""
-    docs: dict[str, list[str]] = {"train": [], "val": []}
+    relative path, decoded with U+FFFD for bad bytes; in val when its hash falls below val_per_mille / 1000 of
+    2**64, or, when no file does, the file with the lowest hash."""
     found = [os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/")
              for d, _, names in os.walk(root) for n in names if n.endswith(".py")]
-    for rel in sorted(found):
-        data = (root / rel).read_bytes()
-        digest = hashlib.blake2b(rel.encode("utf-8"), digest_size=8).digest()
-        if data:
-            split = "val" if int.from_bytes(digest, "little") < val_per_mille / 1000 * 2**64 else "train"
-            docs[split].append(data.decode("utf-8", errors="replace"))
-    return docs
+    raw = {rel: (root / rel).read_bytes() for rel in sorted(found)}
+    texts = {rel: data.decode("utf-8", errors="replace") for rel, data in raw.items() if data}
+    val = {rel for rel in texts if path_hash(rel) < val_per_mille / 1000 * 2**64} or {min(texts, key=path_hash)}
+    return {"train": [text for rel, text in texts.items() if rel not in val],
+            "val": [text for rel, text in texts.items() if rel in val]}
 
 
 def documents(out: Path) -> dict[str, list[str]]:
@@ -130,8 +133,9 @@ def test_adding_files_moves_no_other_file_between_splits(src: Path, tmp_path: Pa
     (["--input={tmp}/nope"], r"^--input: no such folder .*nope$"),
     (["--glob=*.rs"], r"^no file under .*src matches --glob='\*\.rs'$"),
     (["--glob=empty.py"], r"matches --glob='empty\.py' \(1 empty ones skipped\)$"),
-    (["--val_per_mille=0"], r"^the val split would be empty: 0 of 10 files fall in val at --val_per_mille=0;"),
-    (["--val_per_mille=1000"], r"^the train split would be empty: 10 of 10 files"),
+    (["--glob=a.py"], r"^only 1 file to prepare, and at least 2 are needed \(one for train, one for val\)"),
+    (["--val_per_mille=1000"], r"^the train split would be empty: 10 of 10 files fall in val at --val_per_mille=1000; "
+                               r"choose a lower --val_per_mille$"),
     (["--num_proc=0"], r"^--num_proc must be 1 or more, got 0$"),
     (["--out_dir={tmp}/a_file/out"], r"^cannot write to .*a_file/out: Not a directory; the files there are left"),
     (["--globb=*.py"], r"did you mean 'glob'"),
@@ -150,6 +154,77 @@ def test_refusals_replace_nothing(src: Path, tmp_path: Path, flags: list[str], m
 def test_a_refusal_is_one_line_and_exit_status_2(tmp_path: Path):
     code, stdout, stderr = run_main(prepare_module("files"), [f"--input={tmp_path / 'nope'}"])
     assert (code, stdout, stderr) == (2, "", f"error: --input: no such folder {tmp_path / 'nope'}\n")
+
+
+def numbered(root: Path, n: int) -> Path:
+    """A folder of `n` one-line files, m000.py onwards."""
+    return make_folder(root, {f"m{i:03d}.py": f"m_{i} = {i}\n" for i in range(n)})
+
+
+def at_defaults(src: Path, out: Path, *flags: str) -> tuple[int, str, str]:
+    """Run the script with the default --val_per_mille."""
+    return run_main(prepare_module("files"), [f"--input={src}", "--glob=*.py", f"--out_dir={out}", *flags])
+
+
+@pytest.mark.parametrize("n", [20, 68])
+def test_a_small_folder_holds_out_its_lowest_hashed_file(tmp_path: Path, n: int):
+    src = numbered(tmp_path / "src", n)
+    rels = sorted(p.name for p in src.iterdir())
+    assert not any(path_hash(rel) < 5 / 1000 * 2**64 for rel in rels)  # the threshold alone would leave val empty
+    code, stdout, stderr = at_defaults(src, tmp_path / "out", "--num_proc=1")
+    assert code == 0, stderr
+    lowest = min(rels, key=path_hash)
+    docs = documents(tmp_path / "out")
+    assert docs["val"] == [(src / lowest).read_text(encoding="utf-8")]
+    assert docs == expected(src, 5)
+    assert stdout.splitlines()[0] == (f"val: 1 of {n} files (none falls in val at --val_per_mille=5; "
+                                      "the lowest-hashed file is held out)")
+    assert "val: 1 documents" in stdout and f"train: {n - 1} documents" in stdout
+
+
+def test_a_large_enough_folder_keeps_the_threshold_split(tmp_path: Path):
+    src = numbered(tmp_path / "src", 400)
+    rels = sorted(p.name for p in src.iterdir())
+    val = [rel for rel in rels if path_hash(rel) < 5 / 1000 * 2**64]
+    assert len(val) > 1  # the threshold alone fills val, with more than the lowest-hashed file
+    code, stdout, stderr = at_defaults(src, tmp_path / "out", "--num_proc=1")
+    assert code == 0, stderr
+    assert documents(tmp_path / "out")["val"] == [(src / rel).read_text(encoding="utf-8") for rel in val]
+    assert "held out" not in stdout and f"val: {len(val)} documents" in stdout
+
+
+def test_a_folder_of_one_file_is_refused_in_one_line(tmp_path: Path):
+    src = numbered(tmp_path / "src", 1)
+    code, stdout, stderr = at_defaults(src, tmp_path / "out")
+    assert (code, stdout) == (2, "")
+    assert stderr == ("error: only 1 file to prepare, and at least 2 are needed (one for train, one for val): "
+                      "add files to --input or widen --glob\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_val_file_emptied_after_listing_is_refused_and_a_new_run_chooses_again(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch):
+    src = numbered(tmp_path / "src", 20)
+    lowest = min((p.name for p in src.iterdir()), key=path_hash)
+    module = prepare_module("files")
+    real = module.list_files
+
+    def emptied_after_listing(root: str, pattern: str) -> tuple[list[tuple[str, int]], int]:
+        listed = real(root, pattern)
+        (src / lowest).write_bytes(b"")
+        return listed
+
+    monkeypatch.setattr(module, "list_files", emptied_after_listing)
+    code, _, stderr = at_defaults(src, tmp_path / "out", "--num_proc=1")
+    # the last line: the progress bar came before it, on stderr too
+    assert (code, stderr.splitlines()[-1]) == (2, "error: the val split came out empty: its files were emptied after "
+                                                  "they were listed; run again")
+    assert os.listdir(tmp_path / "out") == []  # no temporary left, nothing renamed into place
+    monkeypatch.setattr(module, "list_files", real)
+    code, stdout, stderr = at_defaults(src, tmp_path / "out", "--num_proc=1")
+    assert code == 0, stderr
+    assert documents(tmp_path / "out") == expected(src, 5)  # the next-lowest hash among the files left
+    assert "skipped 1 empty files" in stdout
 
 
 @pytest.mark.parametrize(("failure", "status", "message"), [

@@ -9,7 +9,10 @@ decoded as U+FFFD, and the end says how many such files there were.
 
 The val split is a pure function of each file's path relative to DIR: a file is in val when the first 8 bytes of
 blake2b('/'-separated relative path, UTF-8), a little-endian integer over 2**64, fall below val_per_mille / 1000.
-So it is the same on every machine and a file never changes split when others are added or removed.
+So it is the same on every machine and a file never changes split when others are added or removed. When that puts
+no file in val (a small folder), the lowest-hashed file is held out instead, and the script says so: the same rule
+with the threshold raised just enough to take one file. At least 2 files are needed, and a split that would put
+every file in val is refused.
 
 Worker processes tokenize chunks of files (~1 MB each, a few chunks per worker in flight), and the tokens go to
 temporary files beside train.bin / val.bin in sorted path order as they come, so memory stays bounded whatever
@@ -82,17 +85,42 @@ def list_files(root: str, pattern: str) -> tuple[list[tuple[str, int]], int]:
     return files, len(sized) - len(files)
 
 
-def in_val(rel: str, val_per_mille: float) -> bool:
-    """Whether the file at `rel` (relative to the input folder, '/'-separated) belongs to the val split."""
+def path_hash(rel: str) -> int:
+    """Where the file at `rel` (relative to the input folder, '/'-separated) falls in [0, 2**64): blake2b's first
+    8 bytes of the path, little-endian."""
     digest = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64 * 1000 < val_per_mille
+    return int.from_bytes(digest, "little")
 
 
-def refuse_empty_split(n_val: int, n_files: int, val_per_mille: float) -> None:
-    empty = [name for name, n in (("train", n_files - n_val), ("val", n_val)) if n == 0]
-    if empty:
-        raise configurator.UserError(f"the {empty[0]} split would be empty: {n_val} of {n_files} files fall in val "
-                                     f"at --val_per_mille={val_per_mille:g}; choose another --val_per_mille")
+def in_val(rel: str, val_per_mille: float) -> bool:
+    """Whether the file at `rel` falls below the val threshold, val_per_mille / 1000 of the hash range."""
+    return path_hash(rel) / 2**64 * 1000 < val_per_mille
+
+
+def val_files(rels: list[str], val_per_mille: float) -> tuple[set[str], bool]:
+    """The files held out for val, and whether the threshold gave none so that the lowest-hashed file was taken:
+    a pure function of the paths, so the split is reproducible, and unchanged wherever the threshold gives one."""
+    if len(rels) < 2:
+        raise configurator.UserError(f"only {len(rels)} file to prepare, and at least 2 are needed (one for train, "
+                                     "one for val): add files to --input or widen --glob")
+    val = {rel for rel in rels if in_val(rel, val_per_mille)}
+    fallback = not val
+    if fallback:  # a small folder: raise the threshold just past the lowest hash rather than refuse
+        lowest = min(map(path_hash, rels))
+        val = {rel for rel in rels if path_hash(rel) == lowest}
+    if len(val) == len(rels):
+        raise configurator.UserError(f"the train split would be empty: {len(val)} of {len(rels)} files fall in val "
+                                     f"at --val_per_mille={val_per_mille:g}; choose a lower --val_per_mille")
+    return val, fallback
+
+
+def refuse_emptied_split(counts: Counts) -> None:
+    """After tokenizing: a split chosen non-empty can still end empty when its files were emptied since they were
+    listed; a new run lists them again and chooses by the same rule among the files left."""
+    for split, n in counts.documents.items():
+        if n == 0:
+            raise configurator.UserError(f"the {split} split came out empty: its files were emptied after they were "
+                                         "listed; run again")
 
 
 def chunked(files: list[tuple[str, int]]) -> list[list[str]]:
@@ -146,10 +174,11 @@ def in_order(pool: multiprocessing.pool.Pool | None, work: Callable, tasks: Iter
         yield pending.popleft().get()
 
 
-def tokenize_into(root: str, files: list[tuple[str, int]], val_per_mille: float, dtype: str, num_proc: int,
+def tokenize_into(root: str, files: list[tuple[str, int]], val: set[str], dtype: str, num_proc: int,
                   outs: dict[str, BinaryIO]) -> Counts:
-    """Append each file's tokens to outs['train'] or outs['val'], in sorted path order, with a progress bar."""
-    split = {rel: "val" if in_val(rel, val_per_mille) else "train" for rel, _ in files}
+    """Append each file's tokens to outs['val'] when it is in `val`, else outs['train'], in sorted path order, with
+    a progress bar."""
+    split = {rel: "val" if rel in val else "train" for rel, _ in files}
     chunks = chunked(files)
     num_proc = min(num_proc, len(chunks))
     work = functools.partial(encode_files, root, dtype)
@@ -171,15 +200,14 @@ def tokenize_into(root: str, files: list[tuple[str, int]], val_per_mille: float,
     return counts
 
 
-def write_dataset(args: Settings, files: list[tuple[str, int]], meta: dict) -> Counts:
+def write_dataset(args: Settings, files: list[tuple[str, int]], val: set[str], meta: dict) -> Counts:
     """Tokenize into temporary files beside the outputs, renamed into place when all are complete
     (tokenizer.staged)."""
     with tokenizer.staged(args.out_dir) as tmp:
-        with open(tmp["train.bin"], "wb") as train, open(tmp["val.bin"], "wb") as val:
-            counts = tokenize_into(args.input, files, args.val_per_mille, meta["dtype"], args.num_proc,
-                                   {"train": train, "val": val})
-        # again: files may have been emptied since they were listed
-        refuse_empty_split(counts.documents["val"], sum(counts.documents.values()), args.val_per_mille)
+        with open(tmp["train.bin"], "wb") as train_out, open(tmp["val.bin"], "wb") as val_out:
+            counts = tokenize_into(args.input, files, val, meta["dtype"], args.num_proc,
+                                   {"train": train_out, "val": val_out})
+        refuse_emptied_split(counts)
         tokenizer.dump_meta(meta, tmp["meta.json"])
     return counts
 
@@ -190,13 +218,16 @@ def main(argv: list[str]) -> None:
     if args.num_proc < 1:
         raise configurator.UserError(f"--num_proc must be 1 or more, got {args.num_proc}")
     files, n_empty = list_files(args.input, args.glob)
-    refuse_empty_split(sum(in_val(rel, args.val_per_mille) for rel, _ in files), len(files), args.val_per_mille)
+    val, fallback = val_files([rel for rel, _ in files], args.val_per_mille)
+    if fallback:
+        print(f"val: {len(val)} of {len(files)} files (none falls in val at --val_per_mille={args.val_per_mille:g}; "
+              "the lowest-hashed file is held out)")
     vocab_size = tokenizer.gpt2_encoding().n_vocab
     source = f"files under {args.input} matching {args.glob!r}"
     meta = {"tokenizer": "gpt2", "vocab_size": vocab_size, "dtype": tokenizer.dtype_for_vocab(vocab_size),
             "eot_id": tokenizer.GPT2_EOT, "source": source}
     tokenizer.check_meta(meta)
-    counts = write_dataset(args, files, meta)
+    counts = write_dataset(args, files, val, meta)
     for split in ("train", "val"):
         print(f"{split}: {counts.documents[split]:,} documents, {counts.tokens[split]:,} tokens")
     print(f"skipped {n_empty + counts.empty:,} empty files; {counts.not_utf8:,} files were not UTF-8 "
