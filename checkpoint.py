@@ -90,6 +90,11 @@ class Header:
     def model_config(self, **overrides: Any) -> GPTConfig:
         return GPTConfig(**self.model_args | overrides)
 
+    def setting(self, name: str, default: Any = None) -> Any:
+        """A setting of the run that wrote the checkpoint (its dataset, data_root, batch_size, ...), or default
+        where it records none: another tool's checkpoint, or one from before the setting existed."""
+        return (self.config or {}).get(name, default)
+
     def tokenizer_kind(self, path: str) -> str:
         """The kind of tokenizer the model was trained with (gpt2, char), without building it."""
         if self.meta is None or "tokenizer" not in self.meta:

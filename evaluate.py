@@ -1,14 +1,22 @@
 """How good the model is: its mean loss per token (and bits per byte) on the train and val splits, over the same
 batches at every evaluation (dataloader.EvalBatches), shared out across the data-parallel processes; and its
-zero-shot HellaSwag accuracy, also as a command:
+zero-shot HellaSwag accuracy. train.py evaluates through these; as a command, for any checkpoint:
 
-    python evaluate.py --out_dir=out-gpt2 --hellaswag=hellaswag_val.jsonl
-    python evaluate.py --init_from=gpt2 --limit=1000   # OpenAI's weights; the val file downloaded once
+    python evaluate.py --out_dir=out-shakespeare-char               # val loss and bits per byte on its own data
+    python evaluate.py --out_dir=out-gpt2 --tasks=train,val,hellaswag --hellaswag=hellaswag_val.jsonl
+    python evaluate.py --init_from=gpt2 --tasks=hellaswag --limit=1000  # OpenAI's weights; the file downloaded once
+    python evaluate.py --init_from=gpt2 --dataset=openwebtext           # their loss needs data: they have none
+
+tasks (comma-separated) says what to measure: val and train, a split's loss and bits per byte; hellaswag, for
+models with GPT-2's BPE only. By default val, and hellaswag too where --hellaswag names a file. The loss is
+measured on the dataset the checkpoint was trained on (its data_root and dataset) unless --dataset /
+--data_root name others, whose tokenizer must be the model's; over the run's own eval_iters batches of its
+batch_size sequences unless given, the same sequences its evaluations read: the figures are those train.py
+--init_from=resume --eval_only=True reports. main returns them, named as train.py's evaluation names them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -23,12 +31,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import checkpoint
 import configurator
+import hf
 import runtime
 from configurator import UserError
 from dataloader import EvalBatches
-from model import round_up
-from sample import SampleConfig, load
+from model import GPT, round_up
+from tokenizer import GPT2_META, Tokenizer, read_meta
 
 PROGRESS_S = 10.0  # in a log, a long evaluation prints its progress this often
 BAR_S = 0.1  # on a terminal, the bar is redrawn at most this often
@@ -234,37 +244,134 @@ def hellaswag(model: torch.nn.Module, tok: Any, examples: list[HellaSwagExample]
     return {"acc": right / n, "acc_norm": right_norm / n, "n": int(n)}
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the command: a checkpoint's (or OpenAI's GPT-2's) figures
+
+
+TASKS = ("val", "train", "hellaswag")
+EVAL_ITERS = 200  # train.py's defaults: the run's own settings where its checkpoint records them
+BATCH_SIZE = 12
+
+
 @dataclass
 class EvalConfig:
-    """Score a model on HellaSwag (zero-shot): a checkpoint in out_dir, or OpenAI's GPT-2 weights."""
+    """Measure a model: a checkpoint in out_dir, or OpenAI's GPT-2 weights."""
 
     init_from: str = "resume"  # resume (from out_dir) | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
     out_dir: str = "out"  # the checkpoint's folder (init_from=resume)
     checkpoint: str = "best"  # best | latest
-    hellaswag: str = ""  # the val jsonl; empty: data/hellaswag/hellaswag_val.jsonl, downloaded once
-    limit: int = 0  # score the first this many examples; 0: all
-    batch_examples: int = 16  # examples per forward pass (4 rows each)
+    tasks: str = ""  # comma-separated, of val (the val split's loss and bits per byte) | train (the train split's)
+    # | hellaswag (GPT-2 BPE models only); empty: val, and hellaswag too where --hellaswag names a file
+    dataset: str = ""  # the data of the loss; empty: the checkpoint's own (OpenAI's weights have none: name one)
+    data_root: str = ""  # where the dataset folders are; empty: the checkpoint's own, else data
+    eval_iters: int | None = None  # batches per split, at most (fewer where a split holds fewer); None: as many as
+    # the run's own evaluations read (its eval_iters), so that the figures are the ones train.py reported
+    batch_size: int | None = None  # sequences per batch; None: the run's own batch_size
+    hellaswag: str = ""  # HellaSwag's val jsonl; empty: data/hellaswag/hellaswag_val.jsonl, downloaded once
+    limit: int = 0  # score the first this many HellaSwag examples; 0: all
+    batch_examples: int = 16  # HellaSwag examples per forward pass (4 rows each)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
 
 
-def main(argv: list[str]) -> dict[str, float]:
-    cfg = configurator.load(EvalConfig, argv)
+def chosen_tasks(cfg: EvalConfig) -> list[str]:
+    """The tasks the settings ask for, the settings checked; a HellaSwag file given is asking for HellaSwag."""
+    if cfg.init_from not in ("resume", *hf.GPT2_NAMES):
+        raise UserError(f"init_from must be resume or one of {', '.join(hf.GPT2_NAMES)}, got '{cfg.init_from}'")
     if cfg.limit < 0 or cfg.batch_examples < 1:
         raise UserError("limit must be at least 0 and batch_examples at least 1")
-    examples = read_hellaswag(hellaswag_file(cfg.hellaswag))[: cfg.limit or None]
+    for name in ("eval_iters", "batch_size"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be at least 1 (or None: the run's own), got {getattr(cfg, name)}")
+    default = ["val", "hellaswag"] if cfg.hellaswag else ["val"]
+    tasks = [t.strip() for t in cfg.tasks.split(",") if t.strip()] or default
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UserError(f"unknown task '{unknown[0]}' in tasks={cfg.tasks} (one or more of {', '.join(TASKS)})")
+    if cfg.hellaswag and "hellaswag" not in tasks:  # a file given and never read: say so rather than ignore it
+        raise UserError(f"hellaswag={cfg.hellaswag} names a file to score, but tasks={cfg.tasks} leaves hellaswag "
+                        "out: add it to tasks, or drop hellaswag")
+    return tasks
+
+
+def loss_data(cfg: EvalConfig, header: checkpoint.Header | None, tok: Tokenizer) -> tuple[str, dict[str, Any]]:
+    """The folder of the data to measure the loss on (dataset and data_root as given, else the checkpoint's own)
+    and its meta.json; refused where its ids are not the model's tokens, as resuming on it would be."""
+    def setting(name: str, default: str | None = None) -> Any:
+        return header.setting(name, default) if header is not None else default
+
+    dataset = cfg.dataset or setting("dataset")
+    if not dataset:
+        source = f"checkpoint {cfg.out_dir}" if header is not None else f"init_from={cfg.init_from}"
+        alone = ", or score HellaSwag alone (--tasks=hellaswag)" if tok.kind == "gpt2" else ""
+        raise UserError(f"{source} names no dataset of its own: name one to measure its loss on (--dataset=NAME, "
+                        f"--data_root=DIR){alone}")
+    data_dir = os.path.join(cfg.data_root or setting("data_root", "data"), dataset)
+    meta = read_meta(data_dir)
+    if meta["tokenizer"] != tok.kind:
+        raise UserError(f"the model was trained on {tok.kind} tokens, {data_dir} has {meta['tokenizer']} tokens: "
+                        "evaluate it on data with its tokenizer")
+    if tok.kind == "char" and meta["chars"] != tok.chars:  # the same ids would stand for other characters
+        raise UserError(f"the model was trained on {len(tok.chars)} characters, {data_dir} has another vocabulary "
+                        f"({len(meta['chars'])} characters): evaluate it on data prepared with its characters")
+    return data_dir, meta
+
+
+def eval_batches(cfg: EvalConfig, header: checkpoint.Header | None, data_dir: str, meta: dict[str, Any],
+                 splits: list[str], block_size: int) -> dict[str, EvalBatches]:
+    """Each split's evaluation batches. By default the run's own eval_iters and batch_size: the sequences its
+    evaluations read (EvalBatches spreads eval_iters x batch_size of them over the split), so the same figures."""
+    def setting(name: str, default: int) -> int:
+        return int(header.setting(name, default)) if header is not None else default
+
+    eval_iters = cfg.eval_iters or setting("eval_iters", EVAL_ITERS)
+    batch_size = cfg.batch_size or setting("batch_size", BATCH_SIZE)
+    # ids past the data's vocabulary (the model's padding rows) are refused, as train.py refuses them
+    return {split: EvalBatches(os.path.join(data_dir, f"{split}.bin"), meta["dtype"], block_size, batch_size,
+                               meta["vocab_size"], eval_iters) for split in splits}
+
+
+def report_loss(model: GPT, tok: Tokenizer, evals: dict[str, EvalBatches], data_dir: str, device: torch.device,
+                ctx: Any) -> dict[str, float]:
+    """Each split's loss and bits per byte, as train.py's evaluation computes them, a line each."""
+    byte_counts = torch.from_numpy(tok.byte_counts(model.config.vocab_size)).to(device)
+    losses = estimate_loss(model, evals, device, ctx, show=True, byte_counts=byte_counts)
+    for split, batches in evals.items():
+        print(f"{split} loss {losses[split]:.4f}, {losses[f'{split}_bpb']:.4f} bits per byte ({batches.n_batches} "
+              f"batches of {batches.batch_size} x {batches.block_size} tokens) on {data_dir}")
+    return losses
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    """The figures the tasks ask for, a line each; returned as train.py's evaluation names them (val, val_bpb,
+    train, train_bpb, hellaswag_acc, hellaswag_acc_norm) with hellaswag_n. Every refusal comes before the
+    downloads (HellaSwag's file, OpenAI's weights) and the forward passes."""
+    cfg = configurator.load(EvalConfig, argv)
+    tasks = chosen_tasks(cfg)
+    ckpt = checkpoint.read(cfg.out_dir, cfg.checkpoint, mmap=True) if cfg.init_from == "resume" else None
+    header = ckpt.header if ckpt is not None else None
+    tok = header.tokenizer(ckpt.path) if ckpt is not None else Tokenizer(GPT2_META)
+    if "hellaswag" in tasks and tok.kind != "gpt2":
+        raise UserError(f"HellaSwag is English text: it needs a model with GPT-2's BPE, not a {tok.kind} tokenizer")
+    splits = [split for split in ("train", "val") if split in tasks]
+    data_dir, meta = loss_data(cfg, header, tok) if splits else ("", {})
+    examples = read_hellaswag(hellaswag_file(cfg.hellaswag))[: cfg.limit or None] if "hellaswag" in tasks else []
     device = runtime.resolve_device(cfg.device)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
-    model, tok = load(SampleConfig(init_from=cfg.init_from, out_dir=cfg.out_dir, checkpoint=cfg.checkpoint), device,
-                      dtype)
-    if tok.kind != "gpt2":
-        raise UserError(f"HellaSwag is English text: it needs a model with GPT-2's BPE, not a {tok.kind} tokenizer")
-    began = time.perf_counter()
-    result = hellaswag(model, tok, examples, device, contextlib.nullcontext(), batch_examples=cfg.batch_examples,
-                       show=True)
-    print(f"HellaSwag: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} over {result['n']:,} examples "
-          f"({time.perf_counter() - began:.1f} s)")
-    return result
+    # float32 weights under autocast, the full (padded) vocabulary: the model as train.py evaluates it
+    model = ckpt.build_model(device) if ckpt is not None else hf.pretrained(cfg.init_from).to(device)
+    ctx = runtime.autocast(device, dtype)
+    results: dict[str, float] = {}
+    if splits:
+        evals = eval_batches(cfg, header, data_dir, meta, splits, model.config.block_size)
+        results |= report_loss(model, tok, evals, data_dir, device, ctx)
+    if examples:
+        began = time.perf_counter()
+        scores = hellaswag(model, tok, examples, device, ctx, batch_examples=cfg.batch_examples, show=True)
+        print(f"HellaSwag: acc {scores['acc']:.4f}, acc_norm {scores['acc_norm']:.4f} over {scores['n']:,} examples "
+              f"({time.perf_counter() - began:.1f} s)")
+        results |= {f"hellaswag_{k}": v for k, v in scores.items()}
+    return results
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """evaluate.py: the loss is the mean token loss of each split's evaluation batches, computed alike through the
 training graph, shared out across data-parallel ranks without counting a batch twice, and a long evaluation says
-it is alive."""
+it is alive. The command reports a checkpoint's loss and bits per byte on its own data as train.py does, and
+refuses in one line what it cannot measure (HellaSwag for a char model, data of another vocabulary)."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import math
+import re
+import shutil
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +21,11 @@ import torch.nn.functional as F
 
 import checkpoint
 import evaluate
-from conftest import Trained
+import hf
+from conftest import TINY_MODEL, Trained, make_char_dataset, run_main, shakespeare_text, tiny_gpt
 from dataloader import EvalBatches
 from model import GPT
+from tokenizer import GPT2_META, write_dataset
 
 CPU = torch.device("cpu")
 
@@ -134,3 +142,109 @@ def test_on_a_terminal_the_progress_is_a_bar_cleared_when_done(trained: Trained,
         assert f"evaluating the {split} split:   0%" in err and f"evaluating the {split} split: 100%" in err
     assert "2/2 [" in err
     assert err.endswith("\r")  # the bar cleared from its line (leave=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the command
+
+
+def test_the_command_reports_what_train_py_reports_for_the_same_checkpoint(trained: Trained, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]):
+    # the oracle: train.py's own evaluation of the checkpoint (resume, eval_only), on a copy of it; the defaults
+    # read the data, eval_iters and batch_size the checkpoint's run used
+    import train  # here: a broken train.py must not stop this file loading
+
+    out_dir = tmp_path / "out"
+    shutil.copytree(trained.out_dir, out_dir)
+    history = train.main([*trained.flags, f"--out_dir={out_dir}", "--init_from=resume", "--eval_only=True"])
+    ((_, train_loss, val_loss),) = history["eval"]
+    (val_bpb,) = re.findall(r"^step 12: .*, val bpb ([\d.]+)", capsys.readouterr().out, re.M)
+    result = evaluate.main([f"--out_dir={out_dir}", "--checkpoint=latest", "--tasks=train,val", "--device=cpu"])
+    assert result["val"] == pytest.approx(val_loss, rel=1e-6)
+    assert result["train"] == pytest.approx(train_loss, rel=1e-6)
+    assert f"{result['val_bpb']:.4f}" == val_bpb
+    where = f"(2 batches of 8 x 32 tokens) on {trained.data.dir}"  # eval_iters=2, batch_size=8, block_size=32
+    assert capsys.readouterr().out.splitlines() == [
+        f"train loss {result['train']:.4f}, {result['train_bpb']:.4f} bits per byte {where}",
+        f"val loss {result['val']:.4f}, {result['val_bpb']:.4f} bits per byte {where}"]
+
+
+def test_bits_per_byte_is_the_loss_in_bits_times_tokens_over_bytes(tmp_path: Path):
+    # characters of 1 to 3 bytes in UTF-8, so that bytes and tokens differ; the whole val split in batches of 3
+    # (the last one filled out); the data named by flags, as the checkpoint records none
+    text = shakespeare_text().replace("e", "é").replace("-", "—")
+    data = make_char_dataset(tmp_path / "data", "accents", text)
+    args = {"vocab_size": 64} | TINY_MODEL
+    header = checkpoint.Header(model_args=args, iter_num=0, meta=data.meta)
+    checkpoint.save(checkpoint.Checkpoint("", header, tiny_gpt().state_dict()), str(tmp_path / "out"))
+    result = evaluate.main([f"--out_dir={tmp_path / 'out'}", f"--data_root={data.root}", f"--dataset={data.name}",
+                            "--eval_iters=1000", "--batch_size=3", "--device=cpu"])
+    assert set(result) == {"val", "val_bpb"}  # by default, the val split alone
+    T = args["block_size"]
+    val = torch.from_numpy(np.fromfile(data.dir / "val.bin", dtype=np.uint16).astype(np.int64))
+    n = (len(val) - 1) // T
+    assert n % 3  # the padding rows are exercised
+    x, y = val[:n * T].view(n, T), val[1:n * T + 1].view(n, T)
+    with torch.no_grad():
+        loss = F.cross_entropy(tiny_gpt()(x, y)[0].flatten(0, 1), y.flatten()).item()
+    text_bytes = sum(len(data.meta["chars"][i].encode("utf-8")) for i in y.flatten().tolist())
+    assert text_bytes > y.numel()
+    assert result["val"] == pytest.approx(loss, rel=1e-5)
+    assert result["val_bpb"] == pytest.approx(loss / math.log(2) * y.numel() / text_bytes, rel=1e-5)
+
+
+def test_a_char_model_asked_for_hellaswag_is_refused_before_any_download(trained: Trained, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)  # no data/hellaswag/ here: the default file would be downloaded
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        pytest.fail("the network was touched")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    code, out, err = run_main(evaluate, [f"--out_dir={trained.out_dir}", "--tasks=val,hellaswag", "--device=cpu"])
+    assert (code, out, err) == (2, "", "error: HellaSwag is English text: it needs a model with GPT-2's BPE, not a "
+                                       "char tokenizer\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def other_characters(root: Path) -> tuple[Path, str]:
+    """As many characters as the trained model's, one of them another: the same ids, other text."""
+    data = make_char_dataset(root, "other", shakespeare_text().replace("z", "Z"))
+    return data.dir, f"the model was trained on 62 characters, {data.dir} has another vocabulary (62 characters): " \
+                     "evaluate it on data prepared with its characters"
+
+
+def bpe_tokens(root: Path) -> tuple[Path, str]:
+    ids = np.arange(1000, dtype=np.uint16)
+    write_dataset(str(root / "bpe"), {"train": ids, "val": ids}, GPT2_META)
+    return root / "bpe", f"the model was trained on char tokens, {root / 'bpe'} has gpt2 tokens: evaluate it on " \
+                         "data with its tokenizer"
+
+
+@pytest.mark.parametrize("make", [other_characters, bpe_tokens])
+def test_data_of_another_vocabulary_is_refused_in_one_line(trained: Trained, tmp_path: Path,
+                                                           make: Callable[[Path], tuple[Path, str]]):
+    data_dir, message = make(tmp_path / "data")
+    code, out, err = run_main(evaluate, [f"--out_dir={trained.out_dir}", f"--data_root={data_dir.parent}",
+                                         f"--dataset={data_dir.name}", "--device=cpu"])
+    assert (code, out, err) == (2, "", f"error: {message}\n")
+
+
+def test_openai_weights_have_no_data_of_their_own(monkeypatch: pytest.MonkeyPatch):
+    # refused before their download
+    monkeypatch.setattr(hf, "pretrained", lambda *args, **kwargs: pytest.fail("the weights were downloaded"))
+    code, _, err = run_main(evaluate, ["--init_from=gpt2"])
+    assert (code, err) == (2, "error: init_from=gpt2 names no dataset of its own: name one to measure its loss on "
+                              "(--dataset=NAME, --data_root=DIR), or score HellaSwag alone (--tasks=hellaswag)\n")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--tasks=val,hellaswg"], "unknown task 'hellaswg' in tasks=val,hellaswg (one or more of val, train, "
+                               "hellaswag)"),
+    (["--tasks=val", "--hellaswag=h.jsonl"], "hellaswag=h.jsonl names a file to score, but tasks=val leaves "
+                                             "hellaswag out: add it to tasks, or drop hellaswag"),
+    (["--eval_iters=0"], "eval_iters must be at least 1 (or None: the run's own), got 0"),
+])
+def test_settings_that_measure_nothing_are_refused_in_one_line(flags: list[str], message: str):
+    assert run_main(evaluate, flags) == (2, "", f"error: {message}\n")

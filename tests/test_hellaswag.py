@@ -94,20 +94,31 @@ def test_a_context_longer_than_the_window_keeps_its_end():
     assert rows[3][0][-3:] == tok.encode(" five six seven")
 
 
-def test_the_command_scores_a_checkpoint(tmp_path: Path):
+def gpt2_checkpoint(out_dir: Path) -> Path:
+    """A tiny model with GPT-2's BPE saved as a checkpoint that names no dataset (none to measure a loss on)."""
     header = checkpoint.Header(model_args=ARGS, iter_num=0, meta=GPT2_META)
-    checkpoint.save(checkpoint.Checkpoint("", header, tiny_gpt2().state_dict()), str(tmp_path / "out"))
-    code, out, err = run_main(evaluate, [f"--out_dir={tmp_path / 'out'}", f"--hellaswag={FIXTURE}", "--limit=4",
-                                         "--device=cpu"])
+    checkpoint.save(checkpoint.Checkpoint("", header, tiny_gpt2().state_dict()), str(out_dir))
+    return out_dir
+
+
+def test_the_command_scores_a_checkpoint(tmp_path: Path):
+    out_dir = gpt2_checkpoint(tmp_path / "out")
+    code, out, err = run_main(evaluate, [f"--out_dir={out_dir}", "--tasks=hellaswag", f"--hellaswag={FIXTURE}",
+                                         "--limit=4", "--device=cpu"])
     assert code == 0, err
     expected = evaluate.hellaswag(tiny_gpt2(), Tokenizer(GPT2_META), evaluate.read_hellaswag(str(FIXTURE))[:4], CPU,
                                   contextlib.nullcontext())
     assert out.startswith(f"HellaSwag: acc {expected['acc']:.4f}, acc_norm {expected['acc_norm']:.4f} over 4 "
                           "examples (")
+    result = evaluate.main([f"--out_dir={out_dir}", "--tasks=hellaswag", f"--hellaswag={FIXTURE}", "--limit=4",
+                            "--device=cpu"])
+    assert result == {f"hellaswag_{k}": v for k, v in expected.items()}
 
 
 def test_the_command_refuses_in_one_line(tmp_path: Path):
-    code, _, err = run_main(evaluate, [f"--hellaswag={tmp_path / 'none.jsonl'}"])
+    out_dir = gpt2_checkpoint(tmp_path / "out")
+    code, _, err = run_main(evaluate, [f"--out_dir={out_dir}", "--tasks=hellaswag",
+                                       f"--hellaswag={tmp_path / 'none.jsonl'}"])
     assert (code, err) == (2, f"error: no HellaSwag file at {tmp_path / 'none.jsonl'}\n")
     data = make_char_dataset(tmp_path / "data")
     model_args = ARGS | {"vocab_size": data.meta["vocab_size"]}
