@@ -14,14 +14,41 @@ from dataclasses import replace
 import torch
 
 import configurator
+import optim
 from configurator import UserError
 from model import GPT, PRESETS, GPTConfig, resolve_config
 
 
-def table(model: GPT, dtype: torch.dtype | None = None) -> str:
-    """Parameters per component, total and non-embedding, weight bytes, training memory, FLOPs per token. With the
-    dtype of a run of train.py, only what it does: float32 weights, gradients and AdamW states whatever it computes
-    in (autocast); without, pure bfloat16 training's memory too."""
+OPTIMIZER_STATES = {"adamw": "AdamW", "muon": "Muon+AdamW"}  # train.py's optimizer setting -> column label
+
+
+def non_embedding_params(model: GPT) -> int:
+    """Every parameter but the token and position embeddings (each shared tensor once); an untied head is a matrix
+    of its own and stays counted. Not GPT.get_num_params, the N of the FLOPs' 6N, which keeps a tied token
+    embedding because it does the head's matmul."""
+    t = model.transformer
+    embeddings = sum(t[part].weight.numel() for part in ("wte", "wpe") if part in t)
+    return model.get_num_params(non_embedding=False) - embeddings
+
+
+def optimizer_state_elements(model: GPT, optimizer: str = "adamw") -> int:
+    """Elements of optimizer state, each the size of a parameter's element: AdamW keeps two moments a parameter;
+    Muon one momentum buffer for each matrix that optim.muon_groups gives it, AdamW's two for the rest. The
+    per-tensor step counters (one scalar each) are left out, as a rounding error."""
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_STATES)}, got '{optimizer}'")
+    if optimizer == "adamw":
+        return 2 * model.get_num_params(non_embedding=False)
+    # the groups a muon run builds (only their membership is read: the rates do not matter, no state is allocated)
+    groups = optim.muon_groups(model, weight_decay=0.0, muon_lr=0.0, adam_lr=0.0)
+    return sum((1 if group.get("muon") else 2) * p.numel() for group in groups for p in group["params"])
+
+
+def table(model: GPT, dtype: torch.dtype | None = None, optimizer: str = "adamw") -> str:
+    """Parameters per component, total, non-embedding and the FLOPs' N, weight bytes, training memory with the
+    state of `optimizer` (adamw | muon, train.py's setting), FLOPs per token. With the dtype of a run of train.py,
+    only what it does: float32 weights, gradients and optimizer states whatever it computes in (autocast);
+    without, pure bfloat16 training's memory too."""
     t = model.transformer
     counts = {}
     for label, part in (("token embedding", "wte"), ("position embedding", "wpe")):
@@ -32,19 +59,23 @@ def table(model: GPT, dtype: torch.dtype | None = None) -> str:
     tied = model.lm_head.weight is t.wte.weight
     counts["head (tied to the token embedding)" if tied else "head"] = 0 if tied else model.lm_head.weight.numel()
     total = model.get_num_params(non_embedding=False)
-    non_emb = model.get_num_params()
     assert total == sum(counts.values()), "a parameter is in no component"
-    rows = [f"{k:<36} {v:>17,}" for k, v in counts.items()]
-    rows += ["-" * 54, f"{'total':<36} {total:>17,}", f"{'non-embedding':<36} {non_emb:>17,}",
+    states = optimizer_state_elements(model, optimizer)
+    columns = ("weights", "grads", OPTIMIZER_STATES[optimizer], "total")
+    non_embedding = "non-embedding" if tied else "non-embedding (the untied head kept)"
+    summary = {"total": total, non_embedding: non_embedding_params(model),
+               "N in the FLOPs' 6N (the head's matmul included)": model.get_num_params()}
+    rows = [f"{k:<48} {v:>17,}" for k, v in counts.items()]
+    rows += ["-" * 66, *(f"{k:<48} {v:>17,}" for k, v in summary.items()),
              f"weights: {total * 4 / 2**20:,.2f} MB in float32"
              + ("" if dtype else f", {total * 2 / 2**20:,.2f} MB in bf16") + " (MB = 2^20 B)",
-             "", f"{'training memory (GiB)':<24} {'weights':>9} {'grads':>9} {'AdamW':>9} {'total':>9}"]
-    kinds = [("fp32 (or bf16 AMP)", 4, 4, 8), ("bf16 (pure, bf16 states)", 2, 2, 4)]
+             "", f"{'training memory (GiB)':<24}" + "".join(f"{h:>12}" for h in columns)]
+    kinds = [("fp32 (or bf16 AMP)", 4), ("bf16 (pure, bf16 states)", 2)]  # bytes of a weight, a grad, a state
     if dtype is not None:
-        kinds = [(f"fp32, {str(dtype).removeprefix('torch.')} compute", 4, 4, 8)]
-    for label, w, g, opt in kinds:
-        gib = [total * b / 2**30 for b in (w, g, opt, w + g + opt)]
-        rows.append(f"{label:<24} " + " ".join(f"{x:>9,.2f}" for x in gib))
+        kinds = [(f"fp32, {str(dtype).removeprefix('torch.')} compute", 4)]
+    for label, size in kinds:
+        gib = [n * size / 2**30 for n in (total, total, states)]
+        rows.append(f"{label:<24}" + "".join(f"{x:>12,.2f}" for x in (*gib, sum(gib))))
     rows.append(f"\ntraining FLOPs per token at block_size {model.config.block_size}: {model.flops_per_token():,.0f}")
     return "\n".join(rows)
 

@@ -230,7 +230,8 @@ def table(rows: list[dict[str, Any]], cfg: BenchConfig, model_cfg: GPTConfig, n_
     m = model_cfg
     lines = [f"{r['device']}, torch {r['torch']}, {r['dtype']}; GPT {m.n_layer} layers, {m.n_head} heads, "
              f"{m.n_embd} wide, block {m.block_size}, vocab {m.vocab_size}, bias {m.bias}, "
-             f"{n_params / 1e6:.1f}M params (non-embedding); {work}", "", f"`{r['command']}`", "",
+             f"{n_params / 1e6:.1f}M params in the FLOPs' 6N (the head's matmul included); {work}", "",
+             f"`{r['command']}`", "",
              "| " + " | ".join([KEYS[k] for k in keys] + [head for head, _ in columns.values()]) + " |",
              "|---|" + "---:|" * (len(keys) + len(columns) - 1)]
     for row in rows:

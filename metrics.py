@@ -2,7 +2,7 @@
 command that draws the losses of one or several runs against iterations, tokens or wall seconds.
 
     python metrics.py --runs=out-a,out-b --x=tokens --out=curves.png   # needs matplotlib
-    python metrics.py --runs=out-a,out-b --x=iter,seconds                # side by side
+    python metrics.py --runs=out-a,out-b --x=iter,seconds                # side by side, into out-a/curves.png
 
 Rows: {"kind": "train", "iter", "tokens", "seconds", "loss", "lr", "ms_per_iter", "tok_per_s", "mfu",
 "peak_mem_gib"}, {"kind": "eval", "iter", "tokens", "seconds", "train_loss", "val_loss", "val_bpb"} and, with
@@ -97,7 +97,7 @@ class PlotConfig:
 
     runs: str = ""  # comma list of out_dirs, each holding a metrics.jsonl
     x: str = "iter"  # iter | tokens | seconds: the horizontal axis; several, comma-separated: a panel each
-    out: str = "curves.png"  # the PNG to write
+    out: str = ""  # the PNG to write; empty: curves.png in the first run's folder, beside what it draws
     title: str = ""  # above the plot; empty: none
 
 
@@ -116,6 +116,7 @@ def curves(rows: list[dict[str, Any]], x: str) -> dict[str, tuple[list[float], l
 
 
 def plot(cfg: PlotConfig) -> str:
+    """Draw the runs' losses into a PNG; returns its path (cfg.out, or curves.png in the first run's folder)."""
     axes = [x.strip() for x in cfg.x.split(",")]
     for x in axes:
         if x not in X_AXES:
@@ -142,16 +143,17 @@ def plot(cfg: PlotConfig) -> str:
     if cfg.title:
         fig.suptitle(cfg.title)
     fig.tight_layout()
-    tmp = f"{cfg.out}.tmp.{os.getpid()}.png"
+    out = cfg.out or os.path.join(runs[0], "curves.png")
+    tmp = f"{out}.tmp.{os.getpid()}.png"
     try:
         fig.savefig(tmp, dpi=100)
-        os.replace(tmp, cfg.out)
+        os.replace(tmp, out)
     except OSError as e:
-        raise UserError(f"cannot write {cfg.out}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return cfg.out
+    return out
 
 
 def main(argv: list[str]) -> None:

@@ -48,6 +48,9 @@ def test_train_rows_on_random_tokens_fill_the_table_and_the_json(tmp_path: Path,
     assert "| compile | batch | ms/iter | tokens/s | MFU | peak mem (GiB) | warm-up (s) | loss |" in printed
     assert "cpu, torch " in printed and "GPT 2 layers, 2 heads, 32 wide, block 32, vocab 64" in printed
     assert "`python bench.py --device=cpu" in printed
+    # the count is get_num_params's, the N of the FLOPs per token, which keeps the tied head: not "non-embedding"
+    assert f"{rows[0]['n_params'] / 1e6:.1f}M params in the FLOPs' 6N (the head's matmul included)" in printed
+    assert "non-embedding" not in printed
     assert "| off | 4 |" in printed and "| - | - |" in printed  # MFU and memory shown as "-"
 
 

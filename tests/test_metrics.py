@@ -87,6 +87,22 @@ def test_the_plot_command_draws_several_runs_against_any_axis(char_data: CharDat
     assert width(tmp_path / "iter, seconds.png") > 1.5 * width(tmp_path / "iter.png")  # two panels side by side
 
 
+def test_the_plot_command_writes_into_the_first_runs_folder_without_out(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run_dir in runs:  # a log by hand: the default path needs no training
+        run_dir.mkdir()
+        log = metrics.MetricsLog(str(run_dir), start=0, reevaluates=False)
+        for it, loss in ((1, 3.0), (2, 2.5)):
+            log.write("train", float(it), iter=it, tokens=it * TOKENS, loss=loss)
+        log.write("eval", 2.0, iter=2, tokens=2 * TOKENS, train_loss=2.5, val_loss=2.6)
+        log.close()
+    code, out, err = run_main(metrics, [f"--runs={runs[0]},{runs[1]}"])
+    assert (code, out, err) == (0, f"wrote {runs[0] / 'curves.png'}\n", "")
+    assert (runs[0] / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(Path.cwd().iterdir()) == [] and not (runs[1] / "curves.png").exists()  # nothing where it was run
+
+
 @pytest.mark.parametrize(("args", "message"), [
     ([], "--runs=OUT_DIR[,OUT_DIR...] is required: the runs whose metrics.jsonl to draw"),
     (["--runs=RUN", "--x=steps"], "x must be one of iter, tokens, seconds (or several, comma-separated), got 'steps'"),
