@@ -71,19 +71,31 @@ def run(main: Callable[[list[str]], Any]) -> None:
             leave()
         sys.exit(2)  # under torchrun too: a scheduler or `&&` must see the failure
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        stop_children()
-        sys.exit(130)  # 128 + SIGINT, as a shell reports it
+        interrupted()
     except BrokenPipeError:  # the reader went away (`--help | head`, a Ctrl-C'd `| tee`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
         sys.exit(141)  # 128 + SIGPIPE, as a shell reports a process killed by it
+    except Exception:
+        if INTERRUPTS:  # a library's clean-up turned the Ctrl-C into an error of its own (a pool's result that
+            # timed out while its workers were stopping): the user still asked to stop, and nothing broke
+            interrupted()
+        raise
+
+
+def interrupted() -> None:
+    """The end of a script stopped by Ctrl-C: one line, the library workers stopped, exit status 130."""
+    print("interrupted", file=sys.stderr)
+    stop_children()
+    sys.exit(130)  # 128 + SIGINT, as a shell reports it
 
 
 @functools.cache  # once a process: the fork hooks stay registered
 def children_end_with_their_parent() -> None:
     """From now on, on Linux, a process forked from this one (or from one of its children) gets SIGTERM when
-    the process that forked it ends, however that ends. A library's worker that a Ctrl-C caught between its fork
-    and its registration is then not left running, unknown to anyone (stop_children cannot see it)."""
+    the process that forked it ends, however that ends, and leaves Ctrl-C to it: a terminal's Ctrl-C reaches every
+    process of the group, and a library's worker would print its own traceback; the parent stops its workers
+    (stop_children) instead. A worker that a Ctrl-C caught between its fork and its registration is then not left
+    running, unknown to anyone (stop_children cannot see it)."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: no parent-death signal
@@ -91,6 +103,7 @@ def children_end_with_their_parent() -> None:
     forking = [os.getpid()]
 
     def in_child() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != forking[0]:  # the parent ended before the signal was asked for
             os._exit(1)
@@ -329,6 +342,19 @@ def help_text(cls: type) -> str:
 def load(cls: type[T], argv: list[str]) -> T:
     """Build `cls` (a dataclass) from config files and --key=value flags, in the order given."""
     return cls(**settings_from_args(cls, argv))
+
+
+def settings_from_dict(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """values (names of cls's fields) coerced to their field types, as a config file's are; a value that does not
+    fit is a UserError naming where it came from."""
+    hints = typing.get_type_hints(cls)
+    coerced = {}
+    for key, value in values.items():
+        try:
+            coerced[key] = coerce(key, value, hints[key])
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+    return coerced
 
 
 def settings_from_args(cls: type, argv: list[str]) -> dict[str, Any]:

@@ -332,6 +332,37 @@ def test_a_forked_worker_ends_with_the_process_that_forked_it(tmp_path: Path):
     assert ended(int(out))
 
 
+def test_a_forked_worker_leaves_ctrl_c_to_the_process_that_forked_it():
+    # a terminal's Ctrl-C reaches every process of the group: a library's worker must not print a traceback of its
+    # own (its parent stops it); the parent keeps Python's handler
+    script = ("import os, signal, sys\nsys.path.insert(0, sys.argv[1])\nimport configurator\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "configurator.children_end_with_their_parent()\nread, write = os.pipe()\n"
+              "if os.fork() == 0:\n"
+              "    os.write(write, str(signal.getsignal(signal.SIGINT) is signal.SIG_IGN).encode())\n"
+              "    os._exit(0)\nos.close(write)\nchild = os.read(read, 100).decode()\n"
+              "print(child, signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out == "True True\n"
+
+
+def test_a_ctrl_c_that_a_library_turns_into_another_error_still_ends_as_interrupted():
+    # datasets' map, stopped by Ctrl-C, waits for its pool's results in a finally block, and their timeout replaces
+    # the KeyboardInterrupt: the user asked to stop, so "interrupted" and 130, not a traceback
+    script = ("import signal, sys, time\nsys.path.insert(0, sys.argv[1])\nimport configurator\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "def main(argv):\n    try:\n        signal.raise_signal(signal.SIGINT)\n        time.sleep(30)\n"
+              "    finally:\n        raise TimeoutError\nconfigurator.run(main)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                          env=script_env(), timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
+    script = script.replace("signal.raise_signal(signal.SIGINT)", "pass").replace("time.sleep(30)", "pass")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                          env=script_env(), timeout=60, check=False)
+    assert done.returncode == 1 and done.stderr.rstrip().endswith("TimeoutError")  # without a Ctrl-C: a bug's
+
+
 def ended(pid: int) -> bool:
     """Whether process pid has ended: gone, or a zombie where nobody reaps it (a container without an init)."""
     try:
