@@ -429,10 +429,21 @@ def locate(out_dir: str, which: str = "latest") -> str:
         raise UserError(f"no latest checkpoint in {out_dir}, only {best[0]}: to continue from it, copy it to "
                         f"{latest} (cp -P {os.path.join(out_dir, best[0])} {os.path.join(out_dir, latest)}) and "
                         "resume")
-    elsewhere = [d for d in sorted(os.listdir(".")) if os.path.isdir(d) and present(d)] if os.path.isdir(".") else []
-    hint = f" (checkpoints here are in: {', '.join(elsewhere[:5])})" if elsewhere else ""
     raise UserError(f"no checkpoint at {os.path.join(out_dir, CKPT_FILE)}: train one first (init_from=scratch) or "
-                    f"set out_dir{hint}")
+                    f"set out_dir{checkpoints_here()}")
+
+
+def checkpoints_here(shown: int = 5) -> str:
+    """' (checkpoints here are in: a, b, ... and N more)': the folders of the working directory that hold
+    checkpoints, the most recently written first (the run a user just made is the one they mean); '' for none."""
+    found = {}
+    for entry in os.listdir(".") if os.path.isdir(".") else []:
+        names = present(entry) if os.path.isdir(entry) else []
+        if names:
+            found[entry] = max(os.lstat(os.path.join(entry, name)).st_mtime for name in names)
+    newest = sorted(found, key=lambda d: (-found[d], d))
+    more = f" and {len(newest) - shown} more" if len(newest) > shown else ""
+    return f" (checkpoints here are in: {', '.join(newest[:shown])}{more})" if newest else ""
 
 
 def read(out_dir: str, which: str = "latest", map_location: str | torch.device = "cpu", mmap: bool = False,
@@ -455,6 +466,13 @@ def read(out_dir: str, which: str = "latest", map_location: str | torch.device =
     if "model" not in data:
         raise UserError(f"checkpoint {path} is not one of ours: missing model")
     return Checkpoint(path, header, data["model"], data.get("optimizer") if optimizer else None)
+
+
+def run_settings(out_dir: str) -> dict[str, Any]:
+    """The settings of the run whose latest checkpoint is in out_dir, as it recorded them (train.py's TrainConfig
+    fields; a nanoGPT checkpoint's config holds nanoGPT's, which mostly share their names), for a resume to
+    continue that run. Only the header is read: the weights of a single file stay on disk (mmap)."""
+    return dict(read(out_dir, mmap=True, shards_later=True).header.config or {})
 
 
 def from_nanogpt(data: dict[str, Any], path: str) -> dict[str, Any]:

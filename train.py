@@ -51,6 +51,7 @@ from tokenizer import GPT2_META, Tokenizer, read_meta
 
 CPU_WARNING_FLOPS = 1e12  # training FLOPs per iteration above which a CPU run is warned that it is a GPU recipe
 CPU_FLOPS = 1e11  # a typical CPU's FLOP/s in float32 training, for that warning's estimate
+QUIET_S = 10.0  # a log line at least this often, whatever log_interval says: a slow machine must not look hung
 
 
 @dataclass
@@ -62,7 +63,7 @@ class TrainConfig(ModelSettings):
     # I/O
     out_dir: str = "out"  # where ckpt.pt is written (and read by init_from=resume)
     eval_interval: int = 2000  # evaluate, and maybe checkpoint, every this many iterations
-    log_interval: int = 1  # print loss, timing and MFU every this many iterations
+    log_interval: int = 1  # print loss, timing and MFU every this many iterations (and at least every 10 s)
     eval_iters: int = 200  # batches per split in each evaluation, at most: fewer where the split holds fewer batches
     eval_only: bool = False  # evaluate once and exit
     eval_at_start: bool = False  # evaluate before the first step from scratch too (it delays the first step)
@@ -160,6 +161,50 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
         return cfg.learning_rate + progress * (cfg.min_lr - cfg.learning_rate)
     progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+# A resume takes the settings of the checkpoint's run, unless given, but for those that an invocation says for
+# itself; those of this machine's layout (a sharded run may be resumed in one process, a GPU's micro-batch may not
+# fit another); and the model's shape, which the checkpoint's weights fix (check_resume refuses another) and a
+# preset given must not find overridden. dropout, which is not in the weights, is the run's.
+NOT_RESUMED = ("init_from", "out_dir", "overwrite", "eval_only", "dry_run", "device", "backend", "fsdp",
+               "tensor_parallel", "micro_batch", *(name for name in ModelSettings.__dataclass_fields__
+                                                      if name != "dropout"))
+# settings whose change on a resume makes another run of it (beside the dataset and the sequences per step)
+SCHEDULE = ("optimizer", "learning_rate", "min_lr", "muon_lr", "decay_lr", "lr_schedule", "warmup_iters",
+            "lr_decay_iters", "decay_fraction", "max_iters")
+
+
+def load_settings(argv: list[str]) -> tuple[TrainConfig, str | None]:
+    """The settings config files and flags give; with init_from=resume, laid over those of the run the checkpoint
+    holds (its dataset, batch, accumulation, schedule, evaluation, ...: all but NOT_RESUMED), so that a resume
+    continues that run. The second value is a note naming what the settings given change of that run, if
+    anything."""
+    given = configurator.settings_from_args(TrainConfig, argv)
+    if given.get("init_from") != "resume":
+        return TrainConfig(**given), None
+    out_dir = given.get("out_dir", TrainConfig.out_dir)
+    fields = TrainConfig.__dataclass_fields__
+    kept = {k: v for k, v in checkpoint.run_settings(out_dir).items() if k in fields and k not in NOT_RESUMED}
+    # checked as a config file's values are: a foreign checkpoint's (nanoGPT's) might not fit our types
+    saved = configurator.settings_from_dict(TrainConfig, kept, f"the checkpoint in {out_dir}")
+    cfg = TrainConfig(**saved | given)
+    return cfg, resume_changes(TrainConfig(**saved), saved.keys(), cfg, given.keys(), out_dir)
+
+
+def resume_changes(saved: TrainConfig, recorded: Any, cfg: TrainConfig, given: Any, out_dir: str) -> str | None:
+    """'note: ...' naming each setting given that changes what the checkpoint's run means: its data, its sequences
+    per step, its schedule; None when none does."""
+    changes = [f"dataset {saved.dataset} -> {cfg.dataset}"] if "dataset" in given and saved.dataset != cfg.dataset \
+        else []
+    before, after = (c.batch_size * c.gradient_accumulation_steps for c in (saved, cfg))
+    if {"batch_size", "gradient_accumulation_steps"} <= set(recorded) and before != after:
+        changes.append(f"sequences per step {before:,} -> {after:,} (batch_size x gradient_accumulation_steps)")
+    changes += [f"{k} {getattr(saved, k)} -> {getattr(cfg, k)}" for k in SCHEDULE
+                if k in given and k in recorded and getattr(saved, k) != getattr(cfg, k)]
+    if not changes:
+        return None
+    return f"note: this resume changes the run in {out_dir}: {'; '.join(changes)}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,10 +381,13 @@ def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device, dt
 
 
 def check_memory(cfg: TrainConfig, config: GPTConfig, device: torch.device, dtype: torch.dtype) -> None:
-    """Refuse, before the model is built, a run that cannot fit the device: weights, gradients and AdamW's states
-    (16 bytes a parameter) and one micro-batch's activations (accounting.activation_bytes)."""
+    """Refuse, before the model is built, a run that cannot fit the device: float32 weights, gradients and the
+    optimizer's states (accounting.optimizer_state_elements) and one micro-batch's activations
+    (accounting.activation_bytes)."""
     with torch.device("meta"):  # shapes only: counts the parameters of any size at once
-        n_params = GPT(config).get_num_params(non_embedding=False)
+        model = GPT(config)
+    n_params = model.get_num_params(non_embedding=False)
+    states = accounting.optimizer_state_elements(model, cfg.optimizer)
     micro = microbatch.parse(cfg.micro_batch, cfg.batch_size, None)
     if micro is None:  # auto: what must fit for the probe to run at all
         what, advice = "one sequence", "lower block_size, or set activation_checkpointing=True"
@@ -348,7 +396,7 @@ def check_memory(cfg: TrainConfig, config: GPTConfig, device: torch.device, dtyp
         advice = ("set micro_batch to fewer sequences (auto: the largest that fits; either way the tokens per step "
                   "stay) or lower block_size")
     activations = accounting.activation_bytes(config, micro or 1, dtype, cfg.activation_checkpointing)[0]
-    runtime.check_fits(16 * n_params + activations, device, f"training at {what} and block_size "
+    runtime.check_fits(4 * (2 * n_params + states) + activations, device, f"training at {what} and block_size "
                        f"{config.block_size}", advice)
 
 
@@ -700,6 +748,7 @@ class Pace:
         self.restart(steady=False)
         self.shown = False
         self.anchor: tuple[float, int] | None = None  # (time, iteration) where the first steady interval began
+        self.next_line: int | None = None  # several processes: the iteration of the next line, agreed (plan)
 
     def restart(self, steady: bool) -> None:
         self.since = time.perf_counter()
@@ -711,6 +760,21 @@ class Pace:
 
     def seconds_per_iter(self) -> float:  # only when read: a CUDA graph's steps are queued in microseconds
         return (time.perf_counter() - self.since) / self.iters
+
+    def overdue(self, iter_num: int, distributed: bool) -> bool:
+        """Whether a log line is due by time: QUIET_S since the last line (or evaluation). Processes' clocks differ,
+        and a line is a collective step, so several processes keep to the iteration they agreed at the last line."""
+        if distributed:
+            return self.next_line is not None and iter_num >= self.next_line
+        return time.perf_counter() - self.since >= QUIET_S
+
+    def plan(self, iter_num: int, log_interval: int, seconds_per_iter: float, device: torch.device) -> None:
+        """Several processes, at a log line: agree on the iteration of the next, within QUIET_S at the slowest
+        process's pace (and never later than log_interval says)."""
+        steps = max(1, min(log_interval, int(QUIET_S / max(seconds_per_iter, 1e-9))))
+        agreed = torch.tensor(steps, device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        self.next_line = iter_num + int(agreed.item())
 
     def eta(self, iter_num: int, max_iters: int) -> float | None:
         """Seconds until max_iters at the pace since the first steady interval began; None before it ends."""
@@ -729,6 +793,8 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, pace: Pace) -> None:
         dist.all_reduce(loss_sum)  # gloo has no AVG: sum, then divide
     loss = loss_sum.item() / layout.world  # waits for the device: the steps queued are done
     dt = pace.seconds_per_iter()
+    if layout.distributed:
+        pace.plan(run.progress.iter_num, run.cfg.log_interval, dt, layout.device)
     run.history["train_loss"].append((run.progress.iter_num, loss))
     if not layout.master:
         return
@@ -744,8 +810,8 @@ def log_step(run: Run, loss_sum: torch.Tensor, lr: float, pace: Pace) -> None:
         run.metrics.write("train", time.perf_counter() - run.launched, iter=run.progress.iter_num,
                           tokens=run.progress.iter_num * tokens, loss=loss, lr=lr, ms_per_iter=dt * 1000,
                           tok_per_s=tokens / dt, mfu=mfu, peak_mem_gib=memory)
-    if pace.steady and not pace.shown:
-        remaining = run.cfg.max_iters - run.progress.iter_num
+    remaining = run.cfg.max_iters - run.progress.iter_num
+    if pace.steady and not pace.shown and remaining > 0:
         print(f"at this pace the remaining {remaining:,} iterations take about {duration(remaining * dt)}, "
               "evaluations not included", flush=True)
         pace.shown = True
@@ -862,8 +928,9 @@ def train(run: Run) -> None:
             progress.batch_pos += cfg.gradient_accumulation_steps
             pace.tick()
 
-            # log, and stop a run whose updates keep being skipped
-            logged = progress.iter_num % cfg.log_interval == 0
+            # log (every log_interval iterations, and at least every QUIET_S), and stop a run whose updates keep
+            # being skipped
+            logged = progress.iter_num % cfg.log_interval == 0 or pace.overdue(progress.iter_num, layout.distributed)
             if logged:
                 log_step(run, loss_sum, lr, pace)
                 pace.restart(step.steady)
@@ -882,9 +949,11 @@ def train(run: Run) -> None:
 def main(argv: list[str]) -> dict[str, list]:
     """Train as the settings say; returns the history of training and evaluation losses."""
     launched = time.perf_counter()
-    cfg = configurator.load(TrainConfig, argv)
+    cfg, changes = load_settings(argv)
     check_settings(cfg)
     layout = parallel.setup(cfg.device, cfg.backend, cfg.tensor_parallel, cfg.fsdp, cfg.gradient_accumulation_steps)
+    if changes and layout.master:
+        print(changes)
     parallel.refuse_together(layout, check_micro_batch, cfg, layout)
     dtype = runtime.resolve_dtype(cfg.dtype, layout.device)
     if not cfg.dry_run:  # a dry run accounts the model in one process, whatever the layout
@@ -904,11 +973,7 @@ def main(argv: list[str]) -> dict[str, list]:
     with contextlib.ExitStack() as held:  # out_dir's lock and stdout's stand-in, released however main ends
         held.enter_context(contextlib.redirect_stdout(StdoutOrStderr(sys.stdout)))
         parallel.rank_0_decides(layout, lambda: claim_out_dir_and_check_wandb(cfg, held))
-        if cfg.cuda_graph and (blocker := graph_blocker(layout.device, layout.distributed, dtype,
-                                                        cfg.activation_checkpointing)):
-            if layout.master:  # a recipe's hint, as compile is: the run goes on without it
-                print(f"cuda_graph=True: the step runs without a CUDA graph here: {blocker}")
-            cfg = replace(cfg, cuda_graph=False)
+        cfg = without_a_graph_it_cannot_capture(cfg, layout, dtype)
         if layout.master:
             warn_if_gpu_recipe_on_cpu(model, layout.device, tokens_per_iter(cfg, model))
             if note := schedule_note(cfg):
@@ -919,7 +984,8 @@ def main(argv: list[str]) -> dict[str, list]:
             begin_record(run, ckpt, held)
         del ckpt  # free its memory before training
         if layout.master:
-            print(f"\n{model.get_num_params() / 1e6:.2f}M parameters (non-embedding), device {layout.device}, "
+            print(f"\n{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters "
+                  f"({accounting.non_embedding_params(model) / 1e6:.2f}M non-embedding), device {layout.device}, "
                   f"{dtype}, {layout.describe(cfg.fsdp)}, {tokens_per_iter(cfg, model):,} tokens per iteration")
         if cfg.wandb_log and layout.master:
             import wandb
@@ -933,6 +999,17 @@ def main(argv: list[str]) -> dict[str, list]:
     return run.history
 
 
+def without_a_graph_it_cannot_capture(cfg: TrainConfig, layout: Layout, dtype: torch.dtype) -> TrainConfig:
+    """cuda_graph=True is a recipe's hint, as compile is: where the step cannot be captured the run goes on without
+    it, and on a GPU says why (a CPU or MPS run has no CUDA graph to miss)."""
+    blocker = cfg.cuda_graph and graph_blocker(layout.device, layout.distributed, dtype, cfg.activation_checkpointing)
+    if not blocker:
+        return cfg
+    if layout.master and layout.device.type == "cuda":
+        print(f"cuda_graph=True: the step runs without a CUDA graph here: {blocker}")
+    return replace(cfg, cuda_graph=False)
+
+
 def described_model(cfg: TrainConfig, layout: Layout, meta: dict[str, Any],
                     dtype: torch.dtype) -> tuple[GPT, checkpoint.Checkpoint | None]:
     """build_model's model and checkpoint, its sizes checked against the tensor-parallel split and its parameter
@@ -943,7 +1020,7 @@ def described_model(cfg: TrainConfig, layout: Layout, meta: dict[str, Any],
     if layout.dp_rank:  # each data-parallel share its own dropout masks; a tensor-parallel group the same ones
         torch.manual_seed(cfg.seed + layout.dp_rank)
     if layout.master:
-        print(accounting.table(model, dtype))
+        print(accounting.table(model, dtype, cfg.optimizer))
     return model, ckpt
 
 

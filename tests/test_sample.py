@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ import checkpoint
 import sample
 import train
 from configurator import UserError
-from conftest import CharData, Trained, make_char_dataset, reference_tokens, run_script, tiny_flags, tiny_gpt
+from conftest import CharData, Trained, make_char_dataset, reference_tokens, run_main, run_script, tiny_flags, tiny_gpt
 from generate import Sampling, generate_tokens
 from model import GPT, GPTConfig
 from test_tokenizer import DOCS, splits_a_character
@@ -432,3 +433,20 @@ def test_token_losses_with_small_blocks(block_size: int):
             expected = [F.cross_entropy(model(torch.tensor([[a]]))[0][0, -1], torch.tensor(b)).item()
                         for a, b in itertools.pairwise(ids)]
         torch.testing.assert_close(losses, torch.tensor(expected))
+
+
+def test_with_no_out_dir_the_folders_holding_checkpoints_are_listed_newest_first():
+    # the working directory (a temporary one) as a user's repo after several runs: seven out_dirs written in an
+    # order other than their names' (one holds a best.pt only), and a folder without checkpoints
+    order = [2, 6, 0, 4, 1, 5, 3]  # out-2 written first, out-3 last
+    for when, i in enumerate(order):
+        path = Path(f"out-{i}", "best.pt" if i == 4 else "ckpt.pt")
+        path.parent.mkdir()
+        path.write_bytes(b"")
+        os.utime(path, (1e9 + when * 60, 1e9 + when * 60))
+    Path("data").mkdir()
+    code, _, err = run_main("sample.py", ["--device=cpu"])
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: no checkpoint at out/ckpt.pt: train one first (init_from=scratch) or set out_dir (checkpoints here "
+        "are in: out-3, out-5, out-1, out-4, out-0 and 2 more)"]

@@ -27,7 +27,7 @@ import parallel
 import sample
 import train
 from configurator import UserError
-from conftest import REPO_ROOT, CharData, Trained, tiny_flags
+from conftest import REPO_ROOT, CharData, Trained, make_char_dataset, tiny_flags
 from model import GPTConfig
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -239,7 +239,7 @@ def test_a_compiled_model_without_dropout_is_evaluated_through_its_training_grap
 def test_cuda_graph_where_it_cannot_capture_trains_as_without_it_and_says_why(char_data: CharData, tmp_path: Path,
                                                                             capsys: pytest.CaptureFixture[str]):
     graphed = train.main(tiny_flags(char_data, tmp_path / "a", cuda_graph=True))
-    assert "cuda_graph=True: the step runs without a CUDA graph here: no CUDA device (cpu)" in capsys.readouterr().out
+    assert "without a CUDA graph" not in capsys.readouterr().out  # a GPU recipe on a CPU: no graph to miss
     plain = train.main(tiny_flags(char_data, tmp_path / "b"))
     assert graphed["train_loss"] == plain["train_loss"]
     assert checkpoint.read(str(tmp_path / "a")).header.config["cuda_graph"] is False
@@ -304,6 +304,49 @@ def test_a_checkpoint_resumes_with_this_machines_way_of_stepping(char_data: Char
     assert [it for it, _ in resumed["train_loss"]] == [5, 6]
     for (_, ours), (_, theirs) in zip(resumed["train_loss"], plain["train_loss"][4:], strict=True):
         assert ours == pytest.approx(theirs, rel=1e-4)  # the same update, by another kernel
+
+
+def test_a_resume_with_no_settings_continues_the_checkpoints_run(char_data: CharData, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]):
+    # the run's data, batch, accumulation, schedule, model and device come from the checkpoint: only out_dir,
+    # init_from and the longer max_iters are given, as a user who lost the command line would give them
+    common = {"eval_interval": 4, "decay_lr": True, "warmup_iters": 2, "lr_decay_iters": 8, "min_lr": 1e-3,
+              "gradient_accumulation_steps": 2, "batch_size": 4, "n_layer": 1, "seed": 7}
+    straight = train.main(tiny_flags(char_data, tmp_path / "straight", max_iters=8, **common))
+    out_dir = tmp_path / "resumed"
+    train.main(tiny_flags(char_data, out_dir, max_iters=4, **common))
+    capsys.readouterr()
+    second = train.main([f"--out_dir={out_dir}", "--init_from=resume", "--max_iters=8"])
+    assert second["train_loss"] == straight["train_loss"][4:]  # iterations 5..8, bit for bit
+    assert second["eval"][-1] == straight["eval"][-1]
+    out = capsys.readouterr().out
+    assert re.findall("^note: this resume .*", out, re.MULTILINE) == [
+        f"note: this resume changes the run in {out_dir}: max_iters 4 -> 8"]
+    assert "256 tokens per iteration" in out  # 4 sequences x 2 micro-steps x 32 tokens: the run's, not the default
+
+
+def test_a_resume_says_what_the_settings_given_change_of_its_run(trained: Trained, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]):
+    out_dir = tmp_path / "out"
+    shutil.copytree(trained.out_dir, out_dir)
+    other = make_char_dataset(tmp_path / "data", name="other_name")  # the same characters under another name
+    train.main([f"--out_dir={out_dir}", "--init_from=resume", f"--data_root={other.root}", "--dataset=other_name",
+                "--gradient_accumulation_steps=2", "--learning_rate=5e-3", "--max_iters=14"])
+    notes = re.findall("^note: this resume .*", capsys.readouterr().out, re.MULTILINE)
+    assert notes == [f"note: this resume changes the run in {out_dir}: dataset {trained.data.name} -> other_name; "
+                     "sequences per step 8 -> 16 (batch_size x gradient_accumulation_steps); learning_rate 0.01 -> "
+                     "0.005; max_iters 12 -> 14"]
+    assert checkpoint.read(str(out_dir)).header.config["dataset"] == "other_name"  # the run goes on with them
+
+
+def test_a_checkpoint_whose_settings_do_not_fit_is_refused_in_one_line(trained: Trained, tmp_path: Path):
+    ckpt = torch.load(trained.out_dir / "ckpt.pt", weights_only=True)
+    ckpt["config"]["batch_size"] = "many"
+    (tmp_path / "out").mkdir()
+    torch.save(ckpt, tmp_path / "out" / "ckpt.pt")
+    with pytest.raises(UserError, match=rf"^the checkpoint in {re.escape(str(tmp_path / 'out'))}: setting "
+                                        r"'batch_size' expects int, got 'many'$"):
+        train.main([f"--out_dir={tmp_path / 'out'}", "--init_from=resume"])
 
 
 def test_resume_refuses_a_shape_other_than_the_checkpoints(trained: Trained, tmp_path: Path):
@@ -410,6 +453,21 @@ def test_timings_stay_right_when_evaluations_fall_between_logs(char_data: CharDa
     assert etas == {"2": "", "4": "", "6": "6 s", "8": "84 s", "10": "59 s", "12": ""}
 
 
+@pytest.mark.parametrize(("quiet_s", "logged"), [(0.0, [1, 2, 3]), (1e9, [])])
+def test_a_log_line_comes_at_least_every_quiet_seconds_whatever_log_interval_says(
+        char_data: CharData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet_s: float, logged: list[int]):
+    # QUIET_S 0: every step is overdue; a long QUIET_S leaves log_interval's own lines, of which there are none
+    monkeypatch.setattr(train, "QUIET_S", quiet_s)
+    history = train.main(tiny_flags(char_data, tmp_path / "out", max_iters=3, log_interval=1000))
+    assert [it for it, _ in history["train_loss"]] == logged
+
+
+def test_no_pace_is_told_for_no_iterations_left(char_data: CharData, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]):
+    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=2))  # steady only from the last iteration on
+    assert "at this pace" not in capsys.readouterr().out
+
+
 def test_a_gpu_recipe_on_the_cpu_is_warned_and_the_pace_is_told(char_data: CharData, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]):
@@ -427,10 +485,15 @@ def test_a_gpu_recipe_on_the_cpu_is_warned_and_the_pace_is_told(char_data: CharD
 
 def test_the_run_says_its_layout_and_tokens_per_iteration(char_data: CharData, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]):
-    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=1, gradient_accumulation_steps=3))
+    # 128 wide: the embeddings are a hundredth of the weights, which the log's two decimals show
+    train.main(tiny_flags(char_data, tmp_path / "out", max_iters=1, gradient_accumulation_steps=3, n_embd=128))
+    weights = checkpoint.read(str(tmp_path / "out")).model
+    total = sum(t.numel() for name, t in weights.items() if name != "lm_head.weight")  # tied to wte
+    embeddings = weights["transformer.wte.weight"].numel() + weights["transformer.wpe.weight"].numel()
+    assert f"{total / 1e6:.2f}" != f"{(total - embeddings) / 1e6:.2f}"
     # 3 micro-batches of 8 sequences of 32 tokens
-    assert re.search(r"^[\d.]+M parameters \(non-embedding\), device cpu, torch\.float32, 1 process, 768 tokens per "
-                     r"iteration$", capsys.readouterr().out, re.MULTILINE)
+    assert f"\n{total / 1e6:.2f}M parameters ({(total - embeddings) / 1e6:.2f}M non-embedding), device cpu, " \
+           "torch.float32, 1 process, 768 tokens per iteration\n" in capsys.readouterr().out
 
 
 def test_durations_read_as_a_person_would():
