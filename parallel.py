@@ -313,6 +313,9 @@ def wrap(model: GPT, layout: Layout, regions: list[nn.Module], compile: bool, ba
     both (its regions compiled in place)."""
     eval_model = model
     if compile:
+        if layout.master:  # say what the silence is: compiling takes from seconds to minutes
+            print("compiling the model (torch.compile; compile=False skips it): the first step waits for it",
+                  flush=True)
         eval_model = runtime.maybe_compile(model, *batch, ctx, regions=regions if layout.sharded else None)
     step_model = eval_model
     if layout.distributed and not layout.sharded:

@@ -247,11 +247,13 @@ def test_cuda_graph_where_it_cannot_capture_trains_as_without_it_and_says_why(ch
 
 @pytest.mark.slow
 def test_a_compiled_run_trains_as_an_eager_one_and_saves_without_prefixes(char_data: CharData, tmp_path: Path,
-                                                                          recwarn: pytest.WarningsRecorder):
+                                                                          recwarn: pytest.WarningsRecorder,
+                                                                          capsys: pytest.CaptureFixture[str]):
     flags = {"max_iters": 2, "eval_interval": 2, "n_layer": 1}  # one layer: the compile takes half the time
     history = train.main(tiny_flags(char_data, tmp_path / "out", compile=True, **flags))
     assert not [str(w.message) for w in recwarn if "torch.compile failed" in str(w.message)]
     eager = train.main(tiny_flags(char_data, tmp_path / "eager", compile=False, **flags))
+    assert capsys.readouterr().out.count("compiling the model (torch.compile") == 1  # the silence said, once
     assert [it for it, _ in history["train_loss"]] == [1, 2]
     for (_, compiled_loss), (_, eager_loss) in zip(history["train_loss"], eager["train_loss"], strict=True):
         assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)  # the same model, fused kernels
