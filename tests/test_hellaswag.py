@@ -137,7 +137,8 @@ def test_a_training_run_scores_hellaswag_at_its_evaluations(tmp_path: Path, caps
     write_dataset(str(tmp_path / "bpe"), {"train": ids, "val": ids[:300]}, GPT2_META)
     flags = [f"--data_root={tmp_path}", "--dataset=bpe", f"--out_dir={tmp_path / 'out'}", "--device=cpu",
              "--dtype=float32", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=32",
-             "--batch_size=4", "--max_iters=4", "--eval_interval=2", "--eval_iters=2", "--log_interval=2",
+             "--batch_size=4", "--gradient_accumulation_steps=1", "--max_iters=4", "--eval_interval=2",
+             "--eval_iters=2", "--log_interval=2",
              "--hellaswag_interval=1", f"--hellaswag={FIXTURE}"]
     train.main(flags)
     lines = re.findall(r"^step (\d+): hellaswag acc ([\d.]+), acc_norm ([\d.]+) \(5 examples\)$",
