@@ -15,6 +15,7 @@ import torch
 
 import configurator
 import optim
+import process
 from configurator import UserError
 from model import GPT, PRESETS, GPTConfig, resolve_config
 
@@ -132,4 +133,4 @@ def main(argv: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

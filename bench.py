@@ -36,6 +36,7 @@ import torch.distributed as dist
 import configurator
 import optim
 import parallel
+import process
 import runtime
 from configurator import UserError
 from dataloader import Batches
@@ -389,4 +390,4 @@ def launcher(layout: Layout) -> list[str]:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

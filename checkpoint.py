@@ -40,6 +40,7 @@ import torch.distributed as dist
 import configurator
 import optim
 import parallel
+import process
 import safeload
 from configurator import UserError
 from model import GPT, GPTConfig
@@ -166,7 +167,7 @@ def save(ckpt: Checkpoint, out_dir: str, best: bool = False) -> str:
     tmp = f"{path}.tmp.{os.getpid()}"
     best_tmp = f"{os.path.join(out_dir, BEST_FILE)}.tmp.{os.getpid()}"
     try:
-        with configurator.uninterrupted():
+        with process.uninterrupted():
             write_file(ckpt.to_dict(), tmp)
             if best:
                 link_or_copy(tmp, best_tmp)
@@ -307,7 +308,7 @@ def claim(out_dir: str) -> Iterator[None]:
 
 def remove_leftovers(out_dir: str) -> None:
     """Remove the temporary files and directories of out_dir's writers that are no longer running."""
-    configurator.remove_dead_writers(out_dir, LEFTOVER)
+    process.remove_dead_writers(out_dir, LEFTOVER)
 
 
 def present(out_dir: str) -> list[str]:
@@ -629,4 +630,4 @@ def main(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

@@ -5,32 +5,24 @@
 Arguments are applied in order, later ones winning. A config file is plain Python (nanoGPT's config files
 work as they are): it is run in its own namespace and every public name it leaves behind is a setting.
 Values are coerced to the field's type, unknown names are refused with the nearest valid one, and
-`--help` lists every setting with its default. User mistakes raise UserError, which `run` prints as one line.
+`--help` lists every setting with its default. User mistakes raise UserError, which process.run (every script's
+entry point) prints as one line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import difflib
-import functools
 import importlib
 import inspect
 import math
 import os
 import re
 import runpy
-import shutil
-import signal
-import sys
-import threading
-import time
 import tokenize
 import traceback
 import types
 import typing
-from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -41,7 +33,7 @@ class UserError(Exception):
 
     Under torchrun only rank 0 says it: the other processes raise it with no message and print nothing. together:
     every process raises it at the same point (parallel.refuse_together, rank_0_decides), and they leave
-    together (leave)."""
+    together (process.leave)."""
 
     def __init__(self, message: str = "", together: bool = False) -> None:
         super().__init__(message)
@@ -57,169 +49,6 @@ def require(package: str, purpose: str, install: str = "-r requirements-extra.tx
         if e.name != package:
             raise  # the package is there, something it imports is not: not the user's doing
         raise UserError(f"{purpose} needs the {package} package: pip install {install}") from None
-
-
-def run(main: Callable[[list[str]], Any]) -> None:
-    """Entry point of every script: call main(argv) and turn a UserError into one line and exit 2."""
-    try:
-        with interrupts_noted():
-            main(sys.argv[1:])
-    except UserError as e:
-        if str(e):
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        if e.together:
-            leave()
-        sys.exit(2)  # under torchrun too: a scheduler or `&&` must see the failure
-    except KeyboardInterrupt:
-        interrupted()
-    except BrokenPipeError:  # the reader went away (`--help | head`, a Ctrl-C'd `| tee`): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
-        sys.exit(141)  # 128 + SIGPIPE, as a shell reports a process killed by it
-    except Exception:
-        if INTERRUPTS:  # a library's clean-up turned the Ctrl-C into an error of its own (a pool's result that
-            # timed out while its workers were stopping): the user still asked to stop, and nothing broke
-            interrupted()
-        raise
-
-
-def interrupted() -> None:
-    """The end of a script stopped by Ctrl-C: one line, the library workers stopped, exit status 130."""
-    print("interrupted", file=sys.stderr)
-    stop_children()
-    sys.exit(130)  # 128 + SIGINT, as a shell reports it
-
-
-@functools.cache  # once a process: the fork hooks stay registered
-def children_end_with_their_parent() -> None:
-    """From now on, on Linux, a process forked from this one (or from one of its children) gets SIGTERM when
-    the process that forked it ends, however that ends, and leaves Ctrl-C to it: a terminal's Ctrl-C reaches every
-    process of the group, and a library's worker would print its own traceback; the parent stops its workers
-    (stop_children) instead. A worker that a Ctrl-C caught between its fork and its registration is then not left
-    running, unknown to anyone (stop_children cannot see it)."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: no parent-death signal
-        return
-    forking = [os.getpid()]
-
-    def in_child() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != forking[0]:  # the parent ended before the signal was asked for
-            os._exit(1)
-
-    os.register_at_fork(before=lambda: forking.__setitem__(0, os.getpid()), after_in_child=in_child)
-
-
-def stop_children() -> None:
-    """End the worker processes a library started (multiprocessing's, and the multiprocess fork's that datasets
-    uses) before the interpreter exits: at exit each waits for its children, and a child that ignores Ctrl-C
-    and was never told to stop (a process manager that Ctrl-C caught being started) would keep it waiting for
-    ever."""
-    for name in ("multiprocessing", "multiprocess"):
-        module = sys.modules.get(name)
-        for child in module.active_children() if module is not None else []:
-            child.terminate()
-
-
-def leave() -> None:
-    """Before the processes of a torchrun launch exit 2 together: torchrun stops every worker once one has
-    failed, so the others first wait until rank 0 has printed why (a barrier, or a moment before the process
-    group exists); and the process group is closed, as a communication thread left running aborts the exit."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    elif os.environ.get("RANK", "0") != "0":
-        time.sleep(1.0)
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Ctrl-C held back until the block ends, then handled as it would have been: a Ctrl-C during a checkpoint
-    write, or during the renames that put a prepared dataset in place, lets them finish and then stops, rather
-    than leaving a file half written or a dataset half replaced. Signals reach Python in the main thread only:
-    elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if held and callable(previous):  # Python's default handler raises KeyboardInterrupt; StopRequest's stops
-            previous(signal.SIGINT, held[0])
-        elif held and previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
-
-
-PR_SET_PDEATHSIG = 1  # prctl's option (linux/prctl.h): the signal a process gets when its parent ends
-INTERRUPTS: list[int] = []  # the Ctrl-Cs noted while interrupts_noted is in force
-
-
-@contextlib.contextmanager
-def interrupts_noted() -> Iterator[None]:
-    """While the block runs, Ctrl-C raises KeyboardInterrupt as usual and is also noted in INTERRUPTS. Python
-    cannot raise it inside a finaliser (a __del__, a weakref or at-fork callback: it prints it there and goes on),
-    so it is delivered again a moment later (interrupt_again), and work about to be committed checks INTERRUPTS
-    too (tokenizer.staged). Only where Ctrl-C is Python's default (not ignored, not handled by the caller) and in
-    the main thread, where signals reach Python."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    INTERRUPTS.clear()
-    hook = sys.unraisablehook
-    signal.signal(signal.SIGINT, noted_interrupt)
-    sys.unraisablehook = functools.partial(interrupt_again, os.getpid(), hook)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        sys.unraisablehook = hook
-
-
-def noted_interrupt(signum: int, frame: Any) -> None:
-    INTERRUPTS.append(signum)
-    raise KeyboardInterrupt
-
-
-def interrupt_again(pid: int, previous: Callable[[Any], None], unraisable: Any) -> None:
-    """sys.unraisablehook: a Ctrl-C that came while Python ran a finaliser is delivered again a moment later,
-    outside it, rather than printed as an ignored traceback while the work goes on. In a forked worker (which its
-    parent stops) it is dropped. Anything else goes to the previous hook."""
-    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
-        previous(unraisable)
-    elif os.getpid() == pid:
-        threading.Timer(0.01, os.kill, (pid, signal.SIGINT)).start()
-
-
-def remove_dead_writers(folder: str, pattern: re.Pattern[str]) -> None:
-    """Remove the entries of folder that match pattern, temporary files and directories of writers, unless the
-    writer whose pid the pattern's first group captures is still running (no pid captured: always)."""
-    for entry in os.listdir(folder):
-        match = pattern.fullmatch(entry)
-        if match is None or (match[1] is not None and running(int(match[1]))):
-            continue
-        path = os.path.join(folder, entry)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-
-
-def running(pid: int) -> bool:
-    """Whether process pid is alive (on this machine): the owner of a temporary file named after it, say."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _nearest(name: str, choices: list[str]) -> str:

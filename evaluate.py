@@ -34,6 +34,7 @@ from tqdm import tqdm
 import checkpoint
 import configurator
 import hf
+import process
 import runtime
 from configurator import UserError
 from dataloader import EvalBatches
@@ -375,4 +376,4 @@ def main(argv: list[str]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

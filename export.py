@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import checkpoint
 import configurator
 import hf
+import process
 from configurator import UserError
 from runtime import DTYPES
 
@@ -108,4 +109,4 @@ def write_directory(path: str, write: Callable[[str], None]) -> None:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import configurator
+import process
 from configurator import UserError
 
 METRICS_FILE = "metrics.jsonl"
@@ -161,4 +162,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 import checkpoint
 import configurator
 import hf
+import process
 import runtime
 from configurator import UserError
 from generate import Sampling, generate_tokens
@@ -192,4 +193,4 @@ def main(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

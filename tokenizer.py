@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import tiktoken
 
+import process
 import safeload
-import configurator
 from configurator import UserError
 
 META_FILE = "meta.json"
@@ -111,10 +111,10 @@ def staged(data_dir: str) -> Iterator[dict[str, str]]:
     tmp = {name: os.path.join(data_dir, f".{name}.tmp-{os.getpid()}") for name in DATASET_FILES}
     try:
         os.makedirs(data_dir, exist_ok=True)
-        configurator.remove_dead_writers(data_dir, STAGED_TEMP)
+        process.remove_dead_writers(data_dir, STAGED_TEMP)
         yield tmp
-        with configurator.uninterrupted():
-            if configurator.INTERRUPTS:  # a Ctrl-C that Python could not raise where it came: keep the old data
+        with process.uninterrupted():
+            if process.INTERRUPTS:  # a Ctrl-C that Python could not raise where it came: keep the old data
                 raise KeyboardInterrupt
             for name in DATASET_FILES:
                 os.replace(tmp[name], os.path.join(data_dir, name))

@@ -12,7 +12,8 @@ where ckpt.pt stopped (same losses as an unbroken run).
 
 Read top to bottom: the settings and the schedule; checks; the model (from scratch, a checkpoint or GPT-2); the
 run's parts; the loop (`train`); `main`. The machinery lives in modules named for their idea: dataloader.py (the
-batches), step.py (one optimizer step, its CUDA graph, the watchdog), evaluate.py, checkpoint.py, parallel.py.
+batches), step.py (one optimizer step, its CUDA graph, the watchdog), evaluate.py, checkpoint.py, parallel.py,
+process.py (the stop request, the exit statuses).
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -38,6 +37,7 @@ import hf
 import microbatch
 import optim
 import parallel
+import process
 import runtime
 from configurator import UserError
 from dataloader import Batches, EvalBatches
@@ -46,6 +46,7 @@ from generate import Sampling, clear_cache, generate
 from metrics import MetricsLog
 from model import GPT, PRESETS, GPTConfig, ModelSettings, resolve_config
 from parallel import Layout
+from process import StdoutOrStderr, StopRequest
 from step import GraphedStep, Step, Watchdog, graph_blocker, set_capturable, set_lr
 from tokenizer import GPT2_META, Tokenizer, read_meta
 
@@ -828,72 +829,17 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-class StopRequest:
-    """Within `with`, the first SIGTERM (what a cluster scheduler sends before preemption) or Ctrl-C asks the run
-    to stop at the next step boundary, with a checkpoint; a second Ctrl-C stops it at once."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signal: str | None = None  # the name of the signal that asked, once one has
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # only the main thread may take signals
-            # a signal the user's shell ignores (nohup, a background job) stays ignored
-            taken = [s for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
-            self.previous = {s: signal.signal(s, self.handle) for s in taken}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def handle(self, signum: int, frame: object) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-    def agreed(self, layout: Layout) -> str | None:
-        """The signal to stop for, the same on every process: under torchrun they vote (rank 0's signal names it)."""
-        if not layout.distributed:
-            return self.signal
-        vote = torch.tensor(float(self.signal is not None), device=layout.device)
-        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
-        return (self.signal or "a signal to another process") if vote.item() else None
-
-
-class StdoutOrStderr:
-    """sys.stdout for the run, until its reader is gone (`| tee` ended by the same Ctrl-C, `| head`): from then on
-    the lines go to stderr and training goes on, so that a print never ends a run before its checkpoint."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self.stream.write(text)
-        except BrokenPipeError:
-            self.to_stderr()
-            return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            self.to_stderr()
-
-    def to_stderr(self) -> None:
-        if self.stream is not sys.stderr:  # the exit's flush of the real stdout must not fail either
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
-            self.stream = sys.stderr
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the loop
+
+
+def stop_agreed(stop: StopRequest, layout: Layout) -> str | None:
+    """The signal to stop for, the same on every process: under torchrun they vote (rank 0's signal names it)."""
+    if not layout.distributed:
+        return stop.signal
+    vote = torch.tensor(float(stop.signal is not None), device=layout.device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return (stop.signal or "a signal to another process") if vote.item() else None
 
 
 def train(run: Run) -> None:
@@ -937,7 +883,7 @@ def train(run: Run) -> None:
                 watchdog.check(progress.iter_num)
 
             # a stop request: one process checks its flag every step; several vote when they log (which syncs)
-            reason = stop.agreed(layout) if logged or not layout.distributed else None
+            reason = stop_agreed(stop, layout) if logged or not layout.distributed else None
             if reason:
                 path = save(run)
                 if layout.master:
@@ -1025,4 +971,4 @@ def described_model(cfg: TrainConfig, layout: Layout, meta: dict[str, Any],
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

@@ -160,10 +160,10 @@ def prepare_module(name: str) -> ModuleType:
 
 def run_main(script: str | ModuleType, args: list[str]) -> tuple[int, str, str]:
     """What `python script args` gives (exit status, stdout, stderr), run in this process through the script's own
-    entry point, configurator.run(main): the same code path, without a subprocess's seconds of importing torch.
+    entry point, process.run(main): the same code path, without a subprocess's seconds of importing torch.
     script: a top-level script's name, or a module (data/*/prepare.py, loaded by path). An exception other than a
     user error propagates, as a traceback would."""
-    import configurator  # here, like `train` below: a broken module must not stop the other test files loading
+    import process  # here, like `train` below: a broken module must not stop the other test files loading
 
     module = importlib.import_module(script.removesuffix(".py")) if isinstance(script, str) else script
     out = io.StringIO()
@@ -171,7 +171,7 @@ def run_main(script: str | ModuleType, args: list[str]) -> tuple[int, str, str]:
     code: int | str | None = 0
     with mock.patch.object(sys, "argv", ["prog", *map(str, args)]), redirect_stdout(out), redirect_stderr(err):
         try:
-            configurator.run(module.main)
+            process.run(module.main)
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import dataclasses
 import importlib
 import re
 import runpy
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import configurator
 import export
 import sample
 import train
-from conftest import REPO_ROOT, run_main, script_env
+from conftest import REPO_ROOT, run_main
 from configurator import UserError
 
 
@@ -196,16 +194,6 @@ def test_sample_config_defaults_and_optional_top_k():
     assert configurator.load(sample.SampleConfig, []).top_k is None  # a default of 200 would exceed a char vocabulary
 
 
-def test_run_turns_user_error_into_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]):
-    def failing_main(argv: list[str]) -> None:
-        raise UserError("something is wrong")
-
-    with pytest.raises(SystemExit, match="2") as exit_info:
-        configurator.run(failing_main)
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: something is wrong\n"
-
-
 @pytest.mark.parametrize(("text", "expected"), [
     ("batch_size = 8\nx = 1 / 0\n", r"c\.py, line 2: ZeroDivisionError: division by zero"),
     ("batch_size = (\n", r"c\.py, line 1: SyntaxError: '\(' was never closed"),
@@ -306,66 +294,3 @@ def test_an_architecture_overlay_composes_with_a_recipe(overlay: str, expected: 
     assert {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")} == {
         "n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2}
     assert {k: config[k] for k in expected} == expected
-
-
-def test_a_reader_that_goes_away_ends_the_script_quietly():
-    # `python train.py --help | head`: print meets a closed pipe; no traceback, the status a shell gives SIGPIPE
-    script = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport configurator\n"
-              "def main(argv):\n    print('some help')\n    raise BrokenPipeError(32, 'Broken pipe')\n"
-              "configurator.run(main)\n")
-    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
-                          env=script_env(), timeout=60, check=False)
-    assert (done.returncode, done.stderr) == (141, "")
-
-
-def test_a_forked_worker_ends_with_the_process_that_forked_it(tmp_path: Path):
-    # a child that ignores Ctrl-C, as a process manager's server does, left behind by a parent that exits
-    script = ("import os, signal, sys, time\nsys.path.insert(0, sys.argv[1])\nimport configurator\n"
-              "configurator.children_end_with_their_parent()\npid = os.fork()\n"
-              "if pid == 0:\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n    time.sleep(60)\n    os._exit(0)\n"
-              "print(pid, flush=True)\n")
-    out = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    deadline = time.monotonic() + 30
-    while not ended(int(out)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert ended(int(out))
-
-
-def test_a_forked_worker_leaves_ctrl_c_to_the_process_that_forked_it():
-    # a terminal's Ctrl-C reaches every process of the group: a library's worker must not print a traceback of its
-    # own (its parent stops it); the parent keeps Python's handler
-    script = ("import os, signal, sys\nsys.path.insert(0, sys.argv[1])\nimport configurator\n"
-              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-              "configurator.children_end_with_their_parent()\nread, write = os.pipe()\n"
-              "if os.fork() == 0:\n"
-              "    os.write(write, str(signal.getsignal(signal.SIGINT) is signal.SIG_IGN).encode())\n"
-              "    os._exit(0)\nos.close(write)\nchild = os.read(read, 100).decode()\n"
-              "print(child, signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
-    out = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    assert out == "True True\n"
-
-
-def test_a_ctrl_c_that_a_library_turns_into_another_error_still_ends_as_interrupted():
-    # datasets' map, stopped by Ctrl-C, waits for its pool's results in a finally block, and their timeout replaces
-    # the KeyboardInterrupt: the user asked to stop, so "interrupted" and 130, not a traceback
-    script = ("import signal, sys, time\nsys.path.insert(0, sys.argv[1])\nimport configurator\n"
-              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-              "def main(argv):\n    try:\n        signal.raise_signal(signal.SIGINT)\n        time.sleep(30)\n"
-              "    finally:\n        raise TimeoutError\nconfigurator.run(main)\n")
-    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
-                          env=script_env(), timeout=60, check=False)
-    assert (done.returncode, done.stderr) == (130, "interrupted\n")
-    script = script.replace("signal.raise_signal(signal.SIGINT)", "pass").replace("time.sleep(30)", "pass")
-    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
-                          env=script_env(), timeout=60, check=False)
-    assert done.returncode == 1 and done.stderr.rstrip().endswith("TimeoutError")  # without a Ctrl-C: a bug's
-
-
-def ended(pid: int) -> bool:
-    """Whether process pid has ended: gone, or a zombie where nobody reaps it (a container without an init)."""
-    try:
-        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True

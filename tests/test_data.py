@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import process
 import tokenizer
-import configurator
 from conftest import prepare_module as script
 from conftest import run_main, script_env
 from configurator import UserError
@@ -404,7 +404,7 @@ def test_a_ctrl_c_that_a_finaliser_swallowed_comes_again_and_keeps_the_old_files
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     printed = []  # what Python's own hook would have printed as "Exception ignored"
     monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_type))
-    monkeypatch.setattr(configurator, "INTERRUPTS", [])
+    monkeypatch.setattr(process, "INTERRUPTS", [])
 
     class Finaliser:
         def __del__(self) -> None:  # Ctrl-C arrives while Python runs a finaliser: it cannot raise it from there
@@ -412,13 +412,13 @@ def test_a_ctrl_c_that_a_finaliser_swallowed_comes_again_and_keeps_the_old_files
             sum(range(1000))  # bytecode after the signal, where Python runs the handler
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:  # interrupts_noted: as configurator.run runs every script
-        with pytest.raises(KeyboardInterrupt), configurator.interrupts_noted(), tokenizer.staged(str(tmp_path)) as tmp:
+    try:  # interrupts_noted: as process.run runs every script
+        with pytest.raises(KeyboardInterrupt), process.interrupts_noted(), tokenizer.staged(str(tmp_path)) as tmp:
             for name in tokenizer.DATASET_FILES:
                 Path(tmp[name]).write_bytes(b"new")
             Finaliser()  # its Ctrl-C is swallowed there: the block goes on, for now
             time.sleep(5)  # the Ctrl-C comes again within it
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert configurator.INTERRUPTS == [signal.SIGINT] * 2 and printed == []
+    assert process.INTERRUPTS == [signal.SIGINT] * 2 and printed == []
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

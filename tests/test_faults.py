@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import checkpoint
-import configurator
 import train
 from configurator import UserError
 from conftest import REPO_ROOT, CharData, script_env, tiny_flags
@@ -86,32 +85,6 @@ def test_ctrl_c_saves_at_the_step_boundary_and_resume_is_exact(char_data: CharDa
     assert [it for it, _ in history["train_loss"]] == list(range(1, 8))
     assert stopped_at(capsys.readouterr().out, "SIGINT") == 7
     resumes_exactly(char_data, tmp_path, out_dir, 7)
-
-
-def test_an_ignored_signal_stays_ignored():
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup, or a background job
-    try:
-        with train.StopRequest():
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
-def test_a_second_ctrl_c_stops_at_once_and_says_so(capsys: pytest.CaptureFixture[str]):
-    stop = train.StopRequest()
-    stop.handle(signal.SIGINT, None)
-    assert stop.signal == "SIGINT"  # the first asks for a stop at the next step boundary
-    with pytest.raises(KeyboardInterrupt):
-        stop.handle(signal.SIGINT, None)
-
-    def interrupted(argv: list[str]) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(SystemExit, match="130"):
-        configurator.run(interrupted)
-    assert capsys.readouterr().err == "interrupted\n"
 
 
 @pytest.mark.parametrize("where", ["is_a_file", "under_a_file", "read_only"])

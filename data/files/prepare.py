@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
+import process
 import tokenizer
 
 CHUNK_BYTES = 1 << 20  # a worker's task: consecutive files up to about this much text
@@ -214,7 +215,7 @@ def write_dataset(args: Settings, files: list[tuple[str, int]], val: set[str], m
 
 def main(argv: list[str]) -> None:
     args = configurator.load(Settings, argv)
-    configurator.children_end_with_their_parent()  # no worker outlives a Ctrl-C
+    process.children_end_with_their_parent()  # no worker outlives a Ctrl-C
     if args.num_proc < 1:
         raise configurator.UserError(f"--num_proc must be 1 or more, got {args.num_proc}")
     files, n_empty = list_files(args.input, args.glob)
@@ -236,4 +237,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

@@ -25,6 +25,7 @@ except ModuleNotFoundError:
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
+import process
 import tokenizer
 
 HUB_DATASET = "openwebtext"
@@ -105,7 +106,7 @@ def write_split(dset: datasets.Dataset, path: str, dtype: str) -> int:
 
 def main(argv: list[str]) -> None:
     args = configurator.load(Settings, argv)
-    configurator.children_end_with_their_parent()  # no worker outlives a Ctrl-C
+    process.children_end_with_their_parent()  # no worker outlives a Ctrl-C
     if datasets is None:
         configurator.require("datasets", "data/openwebtext/prepare.py")
     docs = load_documents(args.input, args.num_proc)
@@ -129,4 +130,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
+import process
 import tokenizer
 
 # data/ is not a package: import the character-level script by its path to share its text builder
@@ -56,4 +57,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    configurator.run(main)
+    process.run(main)

@@ -1,0 +1,115 @@
+"""process.py: how a script's process ends (a user error's one line and exit 2, Ctrl-C's 130, a gone reader's 141),
+the stop that SIGTERM or Ctrl-C asks of training, and the worker processes it forks."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import process
+from conftest import REPO_ROOT, script_env
+from configurator import UserError
+
+
+def test_run_turns_user_error_into_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]):
+    def failing_main(argv: list[str]) -> None:
+        raise UserError("something is wrong")
+
+    with pytest.raises(SystemExit, match="2") as exit_info:
+        process.run(failing_main)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: something is wrong\n"
+
+
+def test_a_reader_that_goes_away_ends_the_script_quietly():
+    # `python train.py --help | head`: print meets a closed pipe; no traceback, the status a shell gives SIGPIPE
+    script = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport process\n"
+              "def main(argv):\n    print('some help')\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+              "process.run(main)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                          env=script_env(), timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_forked_worker_ends_with_the_process_that_forked_it(tmp_path: Path):
+    # a child that ignores Ctrl-C, as a process manager's server does, left behind by a parent that exits
+    script = ("import os, signal, sys, time\nsys.path.insert(0, sys.argv[1])\nimport process\n"
+              "process.children_end_with_their_parent()\npid = os.fork()\n"
+              "if pid == 0:\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n    time.sleep(60)\n    os._exit(0)\n"
+              "print(pid, flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    deadline = time.monotonic() + 30
+    while not ended(int(out)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ended(int(out))
+
+
+def test_a_forked_worker_leaves_ctrl_c_to_the_process_that_forked_it():
+    # a terminal's Ctrl-C reaches every process of the group: a library's worker must not print a traceback of its
+    # own (its parent stops it); the parent keeps Python's handler
+    script = ("import os, signal, sys\nsys.path.insert(0, sys.argv[1])\nimport process\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "process.children_end_with_their_parent()\nread, write = os.pipe()\n"
+              "if os.fork() == 0:\n"
+              "    os.write(write, str(signal.getsignal(signal.SIGINT) is signal.SIG_IGN).encode())\n"
+              "    os._exit(0)\nos.close(write)\nchild = os.read(read, 100).decode()\n"
+              "print(child, signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out == "True True\n"
+
+
+def test_a_ctrl_c_that_a_library_turns_into_another_error_still_ends_as_interrupted():
+    # datasets' map, stopped by Ctrl-C, waits for its pool's results in a finally block, and their timeout replaces
+    # the KeyboardInterrupt: the user asked to stop, so "interrupted" and 130, not a traceback
+    script = ("import signal, sys, time\nsys.path.insert(0, sys.argv[1])\nimport process\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "def main(argv):\n    try:\n        signal.raise_signal(signal.SIGINT)\n        time.sleep(30)\n"
+              "    finally:\n        raise TimeoutError\nprocess.run(main)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                          env=script_env(), timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
+    script = script.replace("signal.raise_signal(signal.SIGINT)", "pass").replace("time.sleep(30)", "pass")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True, text=True,
+                          env=script_env(), timeout=60, check=False)
+    assert done.returncode == 1 and done.stderr.rstrip().endswith("TimeoutError")  # without a Ctrl-C: a bug's
+
+
+def test_an_ignored_signal_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup, or a background job
+    try:
+        with process.StopRequest():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_so(capsys: pytest.CaptureFixture[str]):
+    stop = process.StopRequest()
+    stop.handle(signal.SIGINT, None)
+    assert stop.signal == "SIGINT"  # the first asks for a stop at the next step boundary
+    with pytest.raises(KeyboardInterrupt):
+        stop.handle(signal.SIGINT, None)
+
+    def interrupted(argv: list[str]) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit, match="130"):
+        process.run(interrupted)
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def ended(pid: int) -> bool:
+    """Whether process pid has ended: gone, or a zombie where nobody reaps it (a container without an init)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
