@@ -122,6 +122,14 @@ def estimate_loss(model: torch.nn.Module, evals: dict[str, EvalBatches], device:
     return out
 
 
+def bytes_per_token(tok: Tokenizer | None, vocab_size: int, device: torch.device) -> torch.Tensor | None:
+    """estimate_loss's byte_counts: UTF-8 bytes per token id of a model's (padded) vocabulary, on the device
+    (Tokenizer.byte_counts); None without a tokenizer, and then the loss alone."""
+    if tok is None:
+        return None
+    return torch.from_numpy(tok.byte_counts(vocab_size)).to(device)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # HellaSwag, zero-shot (Zellers et al. 2019): which of four endings the model finds likeliest after a context
 
@@ -245,6 +253,20 @@ def hellaswag(model: torch.nn.Module, tok: Any, examples: list[HellaSwagExample]
     return {"acc": right / n, "acc_norm": right_norm / n, "n": int(n)}
 
 
+def hellaswag_for_run(interval: int, path: str, tok: Tokenizer | None, sharded: bool) -> list[HellaSwagExample]:
+    """The examples a training run scores at every interval-th evaluation (train.py's hellaswag_interval; 0: none),
+    read (or downloaded) before it trains; refused where they cannot be scored: data without GPT-2's BPE, or
+    sharded weights (each process would need as many forward passes as the others)."""
+    if not interval:
+        return []
+    if tok is None or tok.kind != "gpt2":
+        raise UserError("hellaswag_interval: HellaSwag is English text and needs data tokenized with GPT-2's BPE")
+    if sharded:
+        raise UserError("hellaswag_interval: not with sharded weights (fsdp, tensor_parallel); score the "
+                        "checkpoints with python evaluate.py instead")
+    return read_hellaswag(hellaswag_file(path))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the command: a checkpoint's (or OpenAI's GPT-2's) figures
 
@@ -335,7 +357,7 @@ def eval_batches(cfg: EvalConfig, header: checkpoint.Header | None, data_dir: st
 def report_loss(model: GPT, tok: Tokenizer, evals: dict[str, EvalBatches], data_dir: str, device: torch.device,
                 ctx: Any) -> dict[str, float]:
     """Each split's loss and bits per byte, as train.py's evaluation computes them, a line each."""
-    byte_counts = torch.from_numpy(tok.byte_counts(model.config.vocab_size)).to(device)
+    byte_counts = bytes_per_token(tok, model.config.vocab_size, device)
     losses = estimate_loss(model, evals, device, ctx, show=True, byte_counts=byte_counts)
     for split, batches in evals.items():
         print(f"{split} loss {losses[split]:.4f}, {losses[f'{split}_bpb']:.4f} bits per byte ({batches.n_batches} "

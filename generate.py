@@ -5,11 +5,12 @@ call of a small decode step with static shapes, which torch.compile can turn int
 
 The sampling controls (temperature, top-k, top-p, repetition penalty) travel together as one frozen Sampling.
 use_cache=False is the reference path: the whole window through the model for every token, the same tokens.
-Used by sample.py, bench.py and the tests.
+Used by sample.py, bench.py and the tests; at its end, the samples train.py shows during training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ import torch
 from torch.nn import functional as F
 
 import runtime
+from configurator import UserError
 from model import GPT, KVCache
+from tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -288,3 +291,50 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling: Sampl
     """idx (B, T) extended by up to max_new_tokens sampled tokens -> (B, T + n); see generate_tokens."""
     new = list(generate_tokens(model, idx, max_new_tokens, sampling, **kwargs))
     return torch.cat([idx, *(t[:, None] for t in new)], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# samples during training (train.py's sample_interval): fixed prompts continued greedily and sampled
+
+
+SAMPLE_WAYS = {"greedy": 0.0, "sampled": 0.8}  # each way's temperature
+
+
+def sample_prompts(prompts: str, tok: Tokenizer) -> list[str]:
+    """The prompts of the samples during training: `prompts` split at '|', else a new document (BPE) or a new line
+    (characters); a prompt the tokenizer cannot encode is refused now, not at the first sample."""
+    if prompts:
+        chosen = prompts.split("|")
+    elif tok.kind == "char":
+        chosen = ["\n" if "\n" in tok.chars else tok.chars[0]]
+    else:
+        chosen = ["<|endoftext|>"]
+    for prompt in chosen:
+        if not tok.encode(prompt):
+            raise UserError(f"sample_prompts: an empty prompt in {prompts!r}")
+    return chosen
+
+
+def training_samples(model: GPT, tok: Tokenizer, prompts: list[str], device: torch.device,
+                     ctx: contextlib.AbstractContextManager, max_new_tokens: int,
+                     seed: int) -> list[tuple[str, dict[str, str]]]:
+    """Each prompt with its continuations by a model in training, {way: text} for each of SAMPLE_WAYS, drawn from
+    the tokenizer's ids only (not the padding rows). The draws come from a random state of their own, seeded with
+    `seed`, so the caller's (training's dropout masks) goes on as it would without samples; the KV cache is freed
+    and the model left in train mode."""
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), ctx:
+            torch.manual_seed(seed)
+            samples = []
+            for prompt in prompts:
+                idx = torch.tensor([tok.encode(prompt)], device=device)  # (1, T)
+                texts = {}
+                for way, temperature in SAMPLE_WAYS.items():
+                    sampling = Sampling(temperature=temperature, vocab=tok.vocab_size)
+                    texts[way] = tok.decode(generate(model, idx, max_new_tokens, sampling)[0, idx.size(1):].tolist())
+                samples.append((prompt, texts))
+            return samples
+    finally:
+        clear_cache(model)
+        model.train()

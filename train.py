@@ -12,8 +12,8 @@ where ckpt.pt stopped (same losses as an unbroken run).
 
 Read top to bottom: the settings and the schedule; checks; the model (from scratch, a checkpoint or GPT-2); the
 run's parts; the loop (`train`); `main`. The machinery lives in modules named for their idea: dataloader.py (the
-batches), step.py (one optimizer step, its CUDA graph, the watchdog), evaluate.py, checkpoint.py, parallel.py,
-process.py (the stop request, the exit statuses).
+batches), step.py (one optimizer step, its CUDA graph, the watchdog), evaluate.py (the loss, bits per byte,
+HellaSwag), generate.py (the samples), checkpoint.py, parallel.py, process.py (the stop request, the exit statuses).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import process
 import runtime
 from configurator import UserError
 from dataloader import Batches, EvalBatches
-from evaluate import HellaSwagExample, estimate_loss, hellaswag, hellaswag_file, read_hellaswag
-from generate import Sampling, clear_cache, generate
+from evaluate import HellaSwagExample, bytes_per_token, estimate_loss, hellaswag, hellaswag_for_run
+from generate import sample_prompts, training_samples
 from metrics import MetricsLog
 from model import GPT, PRESETS, GPTConfig, ModelSettings, resolve_config
 from parallel import Layout
@@ -437,7 +437,7 @@ class Run:
     launched: float = field(default_factory=time.perf_counter)  # when main started (a perf_counter reading)
     metrics: MetricsLog | None = None  # out_dir/metrics.jsonl, on rank 0 of a training run
     tokenizer: Tokenizer | None = None  # the data's, where it can be built here: bits per byte, samples
-    byte_counts: torch.Tensor | None = None  # UTF-8 bytes per token id on the device (bytes_per_token)
+    byte_counts: torch.Tensor | None = None  # UTF-8 bytes per token id on the device, for bits per byte
     hellaswag: list[HellaSwagExample] = field(default_factory=list)  # with hellaswag_interval
     evaluation: dict[str, float] | None = None  # the latest evaluation's figures and iter, for the checkpoints
 
@@ -566,12 +566,13 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     tok = data_tokenizer(cfg, meta)
     return Run(cfg, layout, meta, model, eval_model, step, optimizer, scaler, ctx, train_data, evals, progress, micro,
                evaluation=ckpt.header.evaluation if ckpt is not None else None, tokenizer=tok,
-               hellaswag=hellaswag_examples(cfg, layout, tok))
+               hellaswag=hellaswag_for_run(cfg.hellaswag_interval, cfg.hellaswag, tok, layout.sharded),
+               byte_counts=bytes_per_token(tok, model.config.vocab_size, device))
 
 
 def data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> Tokenizer | None:
-    """The data's tokenizer, for bits per byte and samples; None where it cannot be built here (an unknown kind,
-    say): the run goes on with the loss alone, and refuses samples it cannot decode."""
+    """The data's tokenizer, for bits per byte and samples (their prompts checked now); None where it cannot be
+    built here (an unknown kind, say): the run goes on with the loss alone, and refuses samples it cannot decode."""
     try:
         tok = Tokenizer(meta)
     except (ValueError, KeyError, UserError) as e:
@@ -580,62 +581,21 @@ def data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> Tokenizer | None:
                             "set sample_interval=0") from None
         return None
     if cfg.sample_interval:
-        sample_prompts(cfg, tok)
+        sample_prompts(cfg.sample_prompts, tok)
     return tok
 
 
-def hellaswag_examples(cfg: TrainConfig, layout: Layout, tok: Tokenizer | None) -> list[HellaSwagExample]:
-    """HellaSwag's examples for hellaswag_interval, read (or downloaded) before training; refused where they
-    cannot be scored: data without GPT-2's BPE, or sharded weights (each process would need as many forward
-    passes as the others)."""
-    if not cfg.hellaswag_interval:
-        return []
-    if tok is None or tok.kind != "gpt2":
-        raise UserError("hellaswag_interval: HellaSwag is English text and needs data tokenized with GPT-2's BPE")
-    if layout.sharded:
-        raise UserError("hellaswag_interval: not with sharded weights (fsdp, tensor_parallel); score the "
-                        "checkpoints with python evaluate.py instead")
-    return read_hellaswag(hellaswag_file(cfg.hellaswag))
-
-
-def sample_prompts(cfg: TrainConfig, tok: Tokenizer) -> list[str]:
-    """The prompts of the samples during training: sample_prompts split at '|', else a new document (BPE) or a
-    new line (characters); a prompt the tokenizer cannot encode is refused now, not at the first sample."""
-    if cfg.sample_prompts:
-        prompts = cfg.sample_prompts.split("|")
-    elif tok.kind == "char":
-        prompts = ["\n" if "\n" in tok.chars else tok.chars[0]]
-    else:
-        prompts = ["<|endoftext|>"]
-    for prompt in prompts:
-        if not tok.encode(prompt):
-            raise UserError(f"sample_prompts: an empty prompt in {cfg.sample_prompts!r}")
-    return prompts
-
-
 def show_samples(run: Run) -> None:
-    """Rank 0, at an evaluation: each prompt continued greedily and sampled (temperature 0.8), printed and logged.
-    The sampling draws from a random state of its own (the run's seed), so training goes on exactly as it would
-    without samples."""
-    cfg, model, device, tok = run.cfg, run.model, run.layout.device, run.tokenizer
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), run.ctx:
-            torch.manual_seed(cfg.seed)
-            for prompt in sample_prompts(cfg, tok):
-                idx = torch.tensor([tok.encode(prompt)], device=device)
-                ways = {"greedy": Sampling(temperature=0.0, vocab=tok.vocab_size),
-                        "sampled": Sampling(temperature=0.8, vocab=tok.vocab_size)}
-                texts = {way: tok.decode(generate(model, idx, cfg.sample_tokens, sampling)[0, idx.size(1):].tolist())
-                         for way, sampling in ways.items()}
-                for way, text in texts.items():
-                    print(f"sample at iter {run.progress.iter_num}, {way}: {prompt!r} -> {text!r}")
-                if run.metrics:
-                    run.metrics.write("sample", time.perf_counter() - run.launched, iter=run.progress.iter_num,
-                                      prompt=prompt, **texts)
-    finally:
-        clear_cache(model)
-        model.train()
+    """Rank 0, at an evaluation: the prompts continued greedily and sampled (generate.training_samples, from a
+    random state of their own: training goes on exactly as it would without them), printed and logged."""
+    cfg, it = run.cfg, run.progress.iter_num
+    prompts = sample_prompts(cfg.sample_prompts, run.tokenizer)
+    for prompt, texts in training_samples(run.model, run.tokenizer, prompts, run.layout.device, run.ctx,
+                                          cfg.sample_tokens, cfg.seed):
+        for way, text in texts.items():
+            print(f"sample at iter {it}, {way}: {prompt!r} -> {text!r}")
+        if run.metrics:
+            run.metrics.write("sample", time.perf_counter() - run.launched, iter=it, prompt=prompt, **texts)
 
 
 def save(run: Run, best: bool = False) -> str | None:
@@ -657,7 +617,7 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
     cfg, layout, progress = run.cfg, run.layout, run.progress
     losses = estimate_loss(run.eval_model, run.evals, layout.device, run.ctx, layout.dp_rank, layout.dp_world,
                            train_graph=cfg.compile and not cfg.dropout, show=layout.master,
-                           byte_counts=bytes_per_token(run))
+                           byte_counts=run.byte_counts)
     run.history["eval"].append((progress.iter_num, losses["train"], losses["val"]))
     if cfg.hellaswag_interval and nth_evaluation(cfg, cfg.hellaswag_interval, progress.iter_num):
         scores = hellaswag(run.model, run.tokenizer, run.hellaswag, layout.device, run.ctx, layout.dp_rank,
@@ -710,16 +670,6 @@ def log_evaluation(run: Run, losses: dict[str, float]) -> None:
 def nth_evaluation(cfg: TrainConfig, n: int, it: int) -> bool:
     """Whether the evaluation at iteration `it` is one of every n (or the run's last)."""
     return it % (cfg.eval_interval * n) == 0 or it == cfg.max_iters
-
-
-def bytes_per_token(run: Run) -> torch.Tensor | None:
-    """UTF-8 bytes per token id on the device, for bits per byte (Tokenizer.byte_counts), made once."""
-    if run.tokenizer is None:
-        return None
-    if run.byte_counts is None:
-        run.byte_counts = torch.from_numpy(run.tokenizer.byte_counts(run.model.config.vocab_size)).to(
-            run.layout.device)
-    return run.byte_counts
 
 
 def target_report(run: Run, val_loss: float) -> str:

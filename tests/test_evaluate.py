@@ -1,7 +1,8 @@
 """evaluate.py: the loss is the mean token loss of each split's evaluation batches, computed alike through the
 training graph, shared out across data-parallel ranks without counting a batch twice, and a long evaluation says
-it is alive. The command reports a checkpoint's loss and bits per byte on its own data as train.py does, and
-refuses in one line what it cannot measure (HellaSwag for a char model, data of another vocabulary)."""
+it is alive; bits per byte divide by each token id's UTF-8 bytes. The command reports a checkpoint's loss and bits
+per byte on its own data as train.py does, and refuses in one line what it cannot measure (HellaSwag for a char
+model, data of another vocabulary)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import hf
 from conftest import TINY_MODEL, Trained, make_char_dataset, run_main, shakespeare_text, tiny_gpt
 from dataloader import EvalBatches
 from model import GPT
-from tokenizer import GPT2_META, write_dataset
+from tokenizer import GPT2_META, Tokenizer, write_dataset
 
 CPU = torch.device("cpu")
 
@@ -70,6 +71,14 @@ def test_bits_per_byte_is_the_summed_loss_in_bits_over_the_bytes_of_the_targets(
     text_bytes = sum(1 + i % 4 if i < vocab - 1 else 0 for i in y.flatten().tolist())
     assert losses["val_bpb"] == pytest.approx(nats / math.log(2) / text_bytes, rel=1e-5)
     assert set(evaluate.estimate_loss(model, evals, CPU, contextlib.nullcontext())) == {"train", "val"}
+
+
+def test_bytes_per_token_are_each_ids_utf8_bytes_on_the_device_and_none_without_a_tokenizer():
+    chars = "a\u00e9\u20ac\U0001f600"  # 1, 2, 3 and 4 bytes in UTF-8
+    tok = Tokenizer({"tokenizer": "char", "vocab_size": 4, "dtype": "uint16", "eot_id": None, "chars": chars})
+    counts = evaluate.bytes_per_token(tok, 6, CPU)  # a padded vocabulary: ids 4 and 5 stand for no text
+    assert counts.device == CPU and counts.tolist() == [len(ch.encode("utf-8")) for ch in chars] + [0, 0]
+    assert evaluate.bytes_per_token(None, 6, CPU) is None
 
 
 def test_a_model_evaluated_through_its_training_graph_gives_the_same_losses_and_leaves_nothing(trained: Trained):

@@ -1,13 +1,15 @@
 """generate.py: the KV cache against the full-window reference decoder (a trained model, a random one, every
 architecture of test_model, and the block and init switches all at once), the window jumps and the cache's spans,
 the decode step eager, compiled or refused, the sampling controls (temperature, top_k, top_p, repetition penalty),
-the logits' soft cap, and the stop ids.
+the logits' soft cap, and the stop ids; and the samples train.py shows during training (their prompts, the
+model's continuations, a random state of their own).
 
 Models are tiny and run on the CPU in float32, where the cached and uncached paths agree token for token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +21,12 @@ from torch.nn import functional as F
 
 import checkpoint
 import generate
+from configurator import UserError
 from conftest import Trained, reference_tokens, tiny_gpt
 from generate import GREEDY, Sampling, adjust_logits, clear_cache, generate_tokens, sample_logits, setup_cache
 from model import GPT
 from test_model import ARCHS, MODERN, build
+from tokenizer import GPT2_META, Tokenizer
 
 
 def random_model(block_size: int = 32, vocab_size: int = 64, seed: int = 0) -> GPT:
@@ -452,3 +456,66 @@ def test_each_row_repeats_the_stop_id_it_produced():
     out = sampled_steps(model, idx, 30, stop_ids=stop_ids)
     assert out == expected_with_stops(free, set(stop_ids), 30)
     assert out[0] == [free[0][0]] * len(out[0])
+
+
+# --- samples during training -------------------------------------------------------------------------------------
+
+CHARS = "\nabcdefghij"  # 11 ids under a model of 64: ids 11 to 63 are padding rows, no character
+
+
+def char_tokenizer(chars: str = CHARS) -> Tokenizer:
+    return Tokenizer({"tokenizer": "char", "vocab_size": len(chars), "dtype": "uint16", "eot_id": None,
+                      "chars": chars})
+
+
+@pytest.mark.parametrize(("setting", "chars", "expected"), [
+    ("", CHARS, ["\n"]),  # a new line
+    ("", "xyz", ["x"]),  # no new line among the characters: the first of them
+    ("ab|\nc|j", CHARS, ["ab", "\nc", "j"]),
+])
+def test_sample_prompts_are_the_setting_split_at_bars_else_a_new_line(setting: str, chars: str,
+                                                                       expected: list[str]):
+    assert generate.sample_prompts(setting, char_tokenizer(chars)) == expected
+
+
+def test_a_bpe_models_samples_start_a_new_document():
+    assert generate.sample_prompts("", Tokenizer(GPT2_META)) == ["<|endoftext|>"]
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("a||b", "sample_prompts: an empty prompt in 'a||b'"),
+    ("|a", "sample_prompts: an empty prompt in '|a'"),
+    ("ab\u00a7", "characters not in the model's vocabulary: '\u00a7'"),
+])
+def test_a_prompt_that_cannot_be_encoded_is_refused(setting: str, message: str):
+    with pytest.raises(UserError, match=re.escape(message)):
+        generate.sample_prompts(setting, char_tokenizer())
+
+
+@torch.no_grad()
+def greedy_text(model: GPT, tok: Tokenizer, prompt: str, n: int) -> str:
+    """The oracle: the plain forward's argmax over the tokenizer's ids, n times (no cache; no window jump)."""
+    idx = torch.tensor([tok.encode(prompt)])
+    for _ in range(n):
+        idx = torch.cat((idx, model(idx)[0][:, -1, : tok.vocab_size].argmax(-1, keepdim=True)), dim=1)
+    return tok.decode(idx[0, -n:].tolist())
+
+
+def test_training_samples_are_the_models_continuations_from_a_random_state_of_their_own():
+    model = tiny_gpt(dropout=0.1).train()  # in training: dropout on, which a sample must not use
+    tok = char_tokenizer()
+    prompts = ["ab", "\n"]
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    samples = generate.training_samples(model, tok, prompts, torch.device("cpu"), contextlib.nullcontext(), 12, 3)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's draws go on as without samples
+    assert model.training and all(block.attn.kv_cache is None for block in model.transformer.h)
+    assert [(prompt, list(texts)) for prompt, texts in samples] == [(p, ["greedy", "sampled"]) for p in prompts]
+    model.eval()
+    assert [texts["greedy"] for _, texts in samples] == [greedy_text(model, tok, p, 12) for p in prompts]
+    assert all(len(text) == 12 and set(text) <= set(CHARS) for _, texts in samples for text in texts.values())
+    torch.rand(100)  # another state of the caller's: the same samples, a function of the seed alone
+    again = generate.training_samples(model, tok, prompts, torch.device("cpu"), contextlib.nullcontext(), 12, 3)
+    assert again == samples
+    other = generate.training_samples(model, tok, prompts, torch.device("cpu"), contextlib.nullcontext(), 12, 4)
+    assert [texts["sampled"] for _, texts in other] != [texts["sampled"] for _, texts in samples]

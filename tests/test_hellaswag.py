@@ -1,5 +1,6 @@
 """evaluate.py's HellaSwag: the file reader on examples in the dataset's own format (tests/fixtures), the scoring
-against an independent one written here on transformers' GPT2LMHeadModel, and the command."""
+against an independent one written here on transformers' GPT2LMHeadModel, the command, and a training run's
+examples, read or refused before it trains."""
 
 from __future__ import annotations
 
@@ -155,3 +156,23 @@ def test_a_training_run_refuses_hellaswag_it_cannot_score(tmp_path: Path):
     data = make_char_dataset(tmp_path / "data")
     with pytest.raises(evaluate.UserError, match="needs data tokenized with GPT-2's BPE"):
         train.main(tiny_flags(data, tmp_path / "out", hellaswag_interval=1, hellaswag=str(FIXTURE)))
+
+
+def test_a_training_run_reads_its_examples_up_front_and_none_without_hellaswag_interval(tmp_path: Path):
+    examples = evaluate.hellaswag_for_run(1, str(FIXTURE), Tokenizer(GPT2_META), sharded=False)
+    assert examples == evaluate.read_hellaswag(str(FIXTURE))
+    assert evaluate.hellaswag_for_run(0, str(tmp_path / "none.jsonl"), None, sharded=True) == []  # nothing read
+
+
+@pytest.mark.parametrize(("tokenizer", "sharded", "message"), [
+    (None, False, "hellaswag_interval: HellaSwag is English text and needs data tokenized with GPT-2's BPE"),
+    ("char", False, "hellaswag_interval: HellaSwag is English text and needs data tokenized with GPT-2's BPE"),
+    ("gpt2", True, "hellaswag_interval: not with sharded weights (fsdp, tensor_parallel); score the checkpoints "
+                   "with python evaluate.py instead"),
+])
+def test_a_training_run_refuses_examples_it_cannot_score(tmp_path: Path, tokenizer: str | None, sharded: bool,
+                                                         message: str):
+    meta = {"gpt2": GPT2_META, "char": make_char_dataset(tmp_path / "data").meta}
+    tok = Tokenizer(meta[tokenizer]) if tokenizer else None
+    with pytest.raises(evaluate.UserError, match=f"^{re.escape(message)}$"):
+        evaluate.hellaswag_for_run(1, str(FIXTURE), tok, sharded)
