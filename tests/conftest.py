@@ -208,6 +208,17 @@ def one_process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _a_compile_cache_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """torch.compile's kernels cached on disk by another process (another test run, a user's runs) are not ours to
+    trust: a cache shared by a run with ATEN_CPU_CAPABILITY=avx2 and one without hands each the other instruction
+    set's kernels, and wrong numbers. This run's processes (both xdist workers, and the scripts they start) share
+    a cache of their own, in the run's temporary directory, which pytest removes with it."""
+    base = tmp_path_factory.getbasetemp()
+    run_dir = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/popen-gwK: the run's
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(run_dir / "inductor-cache")
+
+
 @pytest.fixture(autouse=True)
 def _in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in an empty directory of its own: what a user left in the repo (data/, out-* folders from the
