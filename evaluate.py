@@ -378,9 +378,9 @@ def main(argv: list[str]) -> dict[str, float]:
         raise UserError(f"HellaSwag is English text: it needs a model with GPT-2's BPE, not a {tok.kind} tokenizer")
     splits = [split for split in ("train", "val") if split in tasks]
     data_dir, meta = loss_data(cfg, header, tok) if splits else ("", {})
-    examples = read_hellaswag(hellaswag_file(cfg.hellaswag))[: cfg.limit or None] if "hellaswag" in tasks else []
     device = runtime.resolve_device(cfg.device)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
+    examples = read_hellaswag(hellaswag_file(cfg.hellaswag))[: cfg.limit or None] if "hellaswag" in tasks else []
     # float32 weights under autocast, the full (padded) vocabulary: the model as train.py evaluates it
     model = ckpt.build_model(device) if ckpt is not None else hf.pretrained(cfg.init_from).to(device)
     ctx = runtime.autocast(device, dtype)

@@ -38,6 +38,7 @@ INTERRUPTS: list[int] = []  # the Ctrl-Cs noted while interrupts_noted is in for
 
 def run(main: Callable[[list[str]], Any]) -> None:
     """Entry point of every script: call main(argv) and turn a UserError into one line and exit 2."""
+    INTERRUPTS.clear()  # a Ctrl-C noted by an earlier run in this process is not this one's
     try:
         with interrupts_noted():
             main(sys.argv[1:])

@@ -64,7 +64,7 @@ class TrainConfig(ModelSettings):
     # I/O
     out_dir: str = "out"  # where ckpt.pt is written (and read by init_from=resume)
     eval_interval: int = 2000  # evaluate, and maybe checkpoint, every this many iterations
-    log_interval: int = 1  # print loss, timing and MFU every this many iterations (and at least every 10 s)
+    log_interval: int = 1  # print loss, timing and MFU every this many iterations (and at least every QUIET_S)
     eval_iters: int = 200  # batches per split in each evaluation, at most: fewer where the split holds fewer batches
     eval_only: bool = False  # evaluate once and exit
     eval_at_start: bool = False  # evaluate before the first step from scratch too (it delays the first step)
@@ -131,7 +131,7 @@ class TrainConfig(ModelSettings):
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
     compile: bool = True  # torch.compile the model; falls back to eager with a warning if it fails
     cuda_graph: bool = False  # replay each step as one CUDA graph, one launch instead of hundreds (one GPU,
-    # bf16/fp32; elsewhere the step runs without it, with a note)
+    # bf16/fp32; elsewhere the step runs without it, with a note on a GPU)
     fp8: bool = False  # FP8 matrix multiplies (torchao's float8 training; H100-class GPUs): less memory, faster
     # only for wide models, other numerics, so opt-in; needs pip install torchao
 
@@ -165,14 +165,15 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
 
 
 # A resume takes the settings of the checkpoint's run, unless given, but for those that an invocation says for
-# itself; those of this machine's layout (a sharded run may be resumed in one process, a GPU's micro-batch may not
-# fit another); and the model's shape, which the checkpoint's weights fix (check_resume refuses another) and a
-# preset given must not find overridden. dropout, which is not in the weights, is the run's.
-NOT_RESUMED = ("init_from", "out_dir", "overwrite", "eval_only", "dry_run", "device", "backend", "fsdp",
-               "tensor_parallel", "micro_batch", *(name for name in ModelSettings.__dataclass_fields__
-                                                      if name != "dropout"))
+# itself (a target the run reached would stop it again at once); those of this machine (a sharded run may be
+# resumed in one process, a GPU's micro-batch or dtype may not suit another); and the model's shape, which the
+# checkpoint's weights fix (check_resume refuses another) and a preset given must not find overridden. dropout,
+# which is not in the weights, is the run's.
+NOT_RESUMED = ("init_from", "out_dir", "overwrite", "eval_only", "dry_run", "target_val_loss", "device", "dtype",
+               "backend", "fsdp", "tensor_parallel", "micro_batch", "cuda_graph", "fp8",
+               *(name for name in ModelSettings.__dataclass_fields__ if name != "dropout"))
 # settings whose change on a resume makes another run of it (beside the dataset and the sequences per step)
-SCHEDULE = ("optimizer", "learning_rate", "min_lr", "muon_lr", "decay_lr", "lr_schedule", "warmup_iters",
+SCHEDULE = ("learning_rate", "min_lr", "muon_lr", "decay_lr", "lr_schedule", "warmup_iters",
             "lr_decay_iters", "decay_fraction", "max_iters")
 
 
@@ -189,20 +190,25 @@ def load_settings(argv: list[str]) -> tuple[TrainConfig, str | None]:
     kept = {k: v for k, v in checkpoint.run_settings(out_dir).items() if k in fields and k not in NOT_RESUMED}
     # checked as a config file's values are: a foreign checkpoint's (nanoGPT's) might not fit our types
     saved = configurator.settings_from_dict(TrainConfig, kept, f"the checkpoint in {out_dir}")
+    recorded = set(saved)
+    if "lr_decay_iters" not in given and "lr_decay_iters" in saved and \
+            saved["lr_decay_iters"] == saved.get("max_iters"):
+        del saved["lr_decay_iters"]  # a schedule that ended with the run ends with the resumed run's max_iters
     cfg = TrainConfig(**saved | given)
-    return cfg, resume_changes(TrainConfig(**saved), saved.keys(), cfg, given.keys(), out_dir)
+    return cfg, resume_changes(TrainConfig(**saved), recorded, cfg, set(given), out_dir)
 
 
-def resume_changes(saved: TrainConfig, recorded: Any, cfg: TrainConfig, given: Any, out_dir: str) -> str | None:
+def resume_changes(saved: TrainConfig, recorded: set[str], cfg: TrainConfig, given: set[str],
+                   out_dir: str) -> str | None:
     """'note: ...' naming each setting given that changes what the checkpoint's run means: its data, its sequences
-    per step, its schedule; None when none does."""
-    changes = [f"dataset {saved.dataset} -> {cfg.dataset}"] if "dataset" in given and saved.dataset != cfg.dataset \
-        else []
+    per step, its schedule (the decay's end too, where it follows max_iters); None when none does."""
+    changes = [f"dataset {saved.dataset} -> {cfg.dataset}"] if "dataset" in given & recorded and \
+        saved.dataset != cfg.dataset else []
     before, after = (c.batch_size * c.gradient_accumulation_steps for c in (saved, cfg))
     if {"batch_size", "gradient_accumulation_steps"} <= set(recorded) and before != after:
         changes.append(f"sequences per step {before:,} -> {after:,} (batch_size x gradient_accumulation_steps)")
     changes += [f"{k} {getattr(saved, k)} -> {getattr(cfg, k)}" for k in SCHEDULE
-                if k in given and k in recorded and getattr(saved, k) != getattr(cfg, k)]
+                if k in recorded and getattr(saved, k) != getattr(cfg, k)]
     if not changes:
         return None
     return f"note: this resume changes the run in {out_dir}: {'; '.join(changes)}"
@@ -699,7 +705,8 @@ class Pace:
         self.restart(steady=False)
         self.shown = False
         self.anchor: tuple[float, int] | None = None  # (time, iteration) where the first steady interval began
-        self.next_line: int | None = None  # several processes: the iteration of the next line, agreed (plan)
+        self.next_line: int | None = None  # several processes: the iteration of the next line, agreed (plan);
+        # None before the first, which comes after the first step
 
     def restart(self, steady: bool) -> None:
         self.since = time.perf_counter()
@@ -716,7 +723,7 @@ class Pace:
         """Whether a log line is due by time: QUIET_S since the last line (or evaluation). Processes' clocks differ,
         and a line is a collective step, so several processes keep to the iteration they agreed at the last line."""
         if distributed:
-            return self.next_line is not None and iter_num >= self.next_line
+            return self.next_line is None or iter_num >= self.next_line
         return time.perf_counter() - self.since >= QUIET_S
 
     def plan(self, iter_num: int, log_interval: int, seconds_per_iter: float, device: torch.device) -> None:

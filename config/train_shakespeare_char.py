@@ -33,4 +33,4 @@ warmup_iters = 100
 # eager, each step replayed as one CUDA graph: a step of this small model is mostly kernel launches, which the
 # graph replaces with one; compiling would cost more start-up time than it saves over 5000 short steps
 compile = False
-cuda_graph = True  # where there is no CUDA device (or float16), the step runs without it, with a note
+cuda_graph = True  # without a CUDA device (or in float16) the step runs without it

@@ -236,8 +236,8 @@ def test_a_compiled_model_without_dropout_is_evaluated_through_its_training_grap
     assert asked == [train_graph]
 
 
-def test_cuda_graph_where_it_cannot_capture_trains_as_without_it_and_says_why(char_data: CharData, tmp_path: Path,
-                                                                            capsys: pytest.CaptureFixture[str]):
+def test_cuda_graph_on_a_cpu_trains_as_without_it_and_says_nothing(char_data: CharData, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]):
     graphed = train.main(tiny_flags(char_data, tmp_path / "a", cuda_graph=True))
     assert "without a CUDA graph" not in capsys.readouterr().out  # a GPU recipe on a CPU: no graph to miss
     plain = train.main(tiny_flags(char_data, tmp_path / "b"))
@@ -310,15 +310,16 @@ def test_a_checkpoint_resumes_with_this_machines_way_of_stepping(char_data: Char
 
 def test_a_resume_with_no_settings_continues_the_checkpoints_run(char_data: CharData, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]):
-    # the run's data, batch, accumulation, schedule, model and device come from the checkpoint: only out_dir,
-    # init_from and the longer max_iters are given, as a user who lost the command line would give them
+    # the run's data, batch, accumulation, schedule and evaluation come from the checkpoint, its model from the
+    # weights: only out_dir, init_from, the longer max_iters and this machine's device are given, as a user who lost
+    # the command line would give them
     common = {"eval_interval": 4, "decay_lr": True, "warmup_iters": 2, "lr_decay_iters": 8, "min_lr": 1e-3,
               "gradient_accumulation_steps": 2, "batch_size": 4, "n_layer": 1, "seed": 7}
     straight = train.main(tiny_flags(char_data, tmp_path / "straight", max_iters=8, **common))
     out_dir = tmp_path / "resumed"
     train.main(tiny_flags(char_data, out_dir, max_iters=4, **common))
     capsys.readouterr()
-    second = train.main([f"--out_dir={out_dir}", "--init_from=resume", "--max_iters=8"])
+    second = train.main([f"--out_dir={out_dir}", "--init_from=resume", "--max_iters=8", "--device=cpu"])
     assert second["train_loss"] == straight["train_loss"][4:]  # iterations 5..8, bit for bit
     assert second["eval"][-1] == straight["eval"][-1]
     out = capsys.readouterr().out
@@ -332,13 +333,30 @@ def test_a_resume_says_what_the_settings_given_change_of_its_run(trained: Traine
     out_dir = tmp_path / "out"
     shutil.copytree(trained.out_dir, out_dir)
     other = make_char_dataset(tmp_path / "data", name="other_name")  # the same characters under another name
-    train.main([f"--out_dir={out_dir}", "--init_from=resume", f"--data_root={other.root}", "--dataset=other_name",
+    train.main([f"--out_dir={out_dir}", "--init_from=resume", "--device=cpu", f"--data_root={other.root}",
+                "--dataset=other_name",
                 "--gradient_accumulation_steps=2", "--learning_rate=5e-3", "--max_iters=14"])
     notes = re.findall("^note: this resume .*", capsys.readouterr().out, re.MULTILINE)
     assert notes == [f"note: this resume changes the run in {out_dir}: dataset {trained.data.name} -> other_name; "
                      "sequences per step 8 -> 16 (batch_size x gradient_accumulation_steps); learning_rate 0.01 -> "
-                     "0.005; max_iters 12 -> 14"]
+                     "0.005; lr_decay_iters 12 -> 14; max_iters 12 -> 14"]
     assert checkpoint.read(str(out_dir)).header.config["dataset"] == "other_name"  # the run goes on with them
+
+
+def test_a_schedule_that_ended_with_the_run_ends_with_a_longer_resumed_run(char_data: CharData, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]):
+    # lr_decay_iters left to max_iters (4): a resume to 8 decays to 8, and says so; one given stays as given
+    schedule = {"decay_lr": True, "warmup_iters": 1, "min_lr": 1e-3}
+    train.main(tiny_flags(char_data, tmp_path / "a", max_iters=4, **schedule))
+    train.main(tiny_flags(char_data, tmp_path / "b", max_iters=4, lr_decay_iters=6, **schedule))
+    capsys.readouterr()
+    for name in ("a", "b"):
+        train.main([f"--out_dir={tmp_path / name}", "--init_from=resume", "--max_iters=8", "--device=cpu"])
+    notes = re.findall("^note: this resume .*", capsys.readouterr().out, re.MULTILINE)
+    assert notes == [f"note: this resume changes the run in {tmp_path / 'a'}: lr_decay_iters 4 -> 8; max_iters 4 -> 8",
+                     f"note: this resume changes the run in {tmp_path / 'b'}: max_iters 4 -> 8"]
+    config = {name: checkpoint.read(str(tmp_path / name)).header.config for name in ("a", "b")}
+    assert (config["a"]["lr_decay_iters"], config["b"]["lr_decay_iters"]) == (8, 6)
 
 
 def test_a_checkpoint_whose_settings_do_not_fit_is_refused_in_one_line(trained: Trained, tmp_path: Path):
@@ -348,7 +366,7 @@ def test_a_checkpoint_whose_settings_do_not_fit_is_refused_in_one_line(trained: 
     torch.save(ckpt, tmp_path / "out" / "ckpt.pt")
     with pytest.raises(UserError, match=rf"^the checkpoint in {re.escape(str(tmp_path / 'out'))}: setting "
                                         r"'batch_size' expects int, got 'many'$"):
-        train.main([f"--out_dir={tmp_path / 'out'}", "--init_from=resume"])
+        train.main([f"--out_dir={tmp_path / 'out'}", "--init_from=resume", "--device=cpu"])
 
 
 def test_resume_refuses_a_shape_other_than_the_checkpoints(trained: Trained, tmp_path: Path):

@@ -11,8 +11,8 @@ The val split is a pure function of each file's path relative to DIR: a file is 
 blake2b('/'-separated relative path, UTF-8), a little-endian integer over 2**64, fall below val_per_mille / 1000.
 So it is the same on every machine and a file never changes split when others are added or removed. When that puts
 no file in val (a small folder), the lowest-hashed file is held out instead, and the script says so: the same rule
-with the threshold raised just enough to take one file. At least 2 files are needed, and a split that would put
-every file in val is refused.
+with the threshold raised just enough to take one file (a file added with a lower hash then takes its place). At
+least 2 files are needed, and a split that would put every file in val is refused.
 
 Worker processes tokenize chunks of files (~1 MB each, a few chunks per worker in flight), and the tokens go to
 temporary files beside train.bin / val.bin in sorted path order as they come, so memory stays bounded whatever
