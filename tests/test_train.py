@@ -482,10 +482,27 @@ def test_a_log_line_comes_at_least_every_quiet_seconds_whatever_log_interval_say
     assert [it for it, _ in history["train_loss"]] == logged
 
 
+@pytest.mark.usefixtures("one_process_group")
+def test_several_processes_agree_on_the_iteration_of_the_next_log_line():
+    # their clocks differ, so they agree at each line: within QUIET_S at the pace measured, never later than
+    # log_interval; the first line comes after the first step
+    pace = train.Pace()
+    assert pace.overdue(1, distributed=True)
+    pace.plan(10, log_interval=100, seconds_per_iter=train.QUIET_S / 4, device=torch.device("cpu"))
+    assert pace.next_line == 14 and not pace.overdue(13, distributed=True) and pace.overdue(14, distributed=True)
+    pace.plan(14, log_interval=3, seconds_per_iter=train.QUIET_S / 4, device=torch.device("cpu"))
+    assert pace.next_line == 17
+    pace.plan(17, log_interval=100, seconds_per_iter=train.QUIET_S * 5, device=torch.device("cpu"))
+    assert pace.next_line == 18  # slower than QUIET_S a step: every step
+
+
 def test_no_pace_is_told_for_no_iterations_left(char_data: CharData, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]):
     train.main(tiny_flags(char_data, tmp_path / "out", max_iters=2))  # steady only from the last iteration on
-    assert "at this pace" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(r"^iter 2: ", out, re.MULTILINE) and "at this pace" not in out
+    train.main(tiny_flags(char_data, tmp_path / "more", max_iters=3))  # where one is left, it is told
+    assert "at this pace the remaining 1 iterations take about" in capsys.readouterr().out
 
 
 def test_a_gpu_recipe_on_the_cpu_is_warned_and_the_pace_is_told(char_data: CharData, tmp_path: Path,
