@@ -235,7 +235,7 @@ def test_help_gives_a_description_whole_with_its_continuation_lines_and_inherite
         "  --tensor_parallel=1  (int)  under torchrun: split each block's matrices over this many processes "
         "(Megatron); fewer than all of them needs fsdp=True (e.g. 4 processes = FSDP 2 x TP 2)",
         "  --cuda_graph=False  (bool)  replay each step as one CUDA graph, one launch instead of hundreds (one GPU, "
-        "bf16/fp32; elsewhere the step runs without it, with a note)",
+        "bf16/fp32; elsewhere the step runs without it, with a note on a GPU)",
         "  --fp8=False  (bool)  FP8 matrix multiplies (torchao's float8 training; H100-class GPUs): less memory, "
         "faster only for wide models, other numerics, so opt-in; needs pip install torchao",
         "  --n_layer=None  (int | None)  transformer blocks",
