@@ -457,10 +457,7 @@ def read(out_dir: str, which: str = "latest", map_location: str | torch.device =
     path = locate(out_dir, which)
     if os.path.isdir(path):
         return Checkpoint(path, read_header(path)) if shards_later else read_sharded(path, optimizer)
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as e:  # noqa: BLE001 (torch raises many types for a damaged zip or pickle)
-        raise UserError(corrupt(path, e)) from None
+    data = load_file(path, map_location, mmap)
     if isinstance(data, dict) and "model_args" in data and "batch_pos" not in data:
         data = from_nanogpt(data, path)
     header = Header.from_dict(data, path)
@@ -469,11 +466,26 @@ def read(out_dir: str, which: str = "latest", map_location: str | torch.device =
     return Checkpoint(path, header, data["model"], data.get("optimizer") if optimizer else None)
 
 
+def load_file(path: str, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """A single-file checkpoint's dict as torch.load(weights_only=True) reads it; a damaged file is one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a damaged zip or pickle)
+        raise UserError(corrupt(path, e)) from None
+
+
 def run_settings(out_dir: str) -> dict[str, Any]:
     """The settings of the run whose latest checkpoint is in out_dir, as it recorded them (train.py's TrainConfig
     fields; a nanoGPT checkpoint's config holds nanoGPT's, which mostly share their names), for a resume to
-    continue that run. Only the header is read: the weights of a single file stay on disk (mmap)."""
-    return dict(read(out_dir, mmap=True, shards_later=True).header.config or {})
+    continue that run. Only the settings are read (the weights of a single file stay on disk: mmap), without the
+    conversion a nanoGPT file gets when its model is read (read), which says so once."""
+    path = locate(out_dir)
+    if os.path.isdir(path):
+        config = read_header(path).config
+    else:
+        data = load_file(path, mmap=True)
+        config = data.get("config") if isinstance(data, dict) else None
+    return dict(config) if isinstance(config, dict) else {}  # a foreign file: read refuses it in one line later
 
 
 def from_nanogpt(data: dict[str, Any], path: str) -> dict[str, Any]:
