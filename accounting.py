@@ -16,7 +16,9 @@ import torch
 import configurator
 import optim
 import process
+import runtime
 from configurator import UserError
+from microbatch import BatchPlan
 from model import GPT, PRESETS, GPTConfig, resolve_config
 
 
@@ -94,21 +96,38 @@ def activation_bytes(config: GPTConfig, batch_size: int, dtype: torch.dtype, che
     return layers + logits, logits
 
 
-def dry_run(config: GPTConfig, batch_size: int, accum: int, dp_world: int, dtype: torch.dtype,
-            checkpointing: bool, micro: int | None) -> str:
-    """The batch arithmetic and activation_bytes' estimate, for micro-batches of `micro` sequences (None: to be
-    probed when the run starts, train.py's micro_batch=auto; the estimate is then batch_size's). dp_world: the
-    data-parallel shares the step's sequences are divided among (a tensor-parallel group is one share)."""
-    B, T = batch_size, config.block_size
-    share = B * accum // dp_world  # each share's sequences per step
-    split = ("micro_batch=auto: the micro-batch is probed when the run starts\n" if micro is None else
-             f"micro-batches of {micro} sequences: {share // micro} micro-steps per data-parallel share\n"
+def check_training_fits(config: GPTConfig, optimizer: str, micro: int | None, batch_size: int, dtype: torch.dtype,
+                        checkpointing: bool, device: torch.device) -> None:
+    """Refuse, before the model is built, a run that cannot fit the device: float32 weights, gradients and the
+    optimizer's states (optimizer_state_elements) and the activations of one micro-batch of `micro` sequences
+    (None: micro_batch=auto, whose probe needs one sequence to fit)."""
+    with torch.device("meta"):  # shapes only: counts the parameters of any size at once
+        model = GPT(config)
+    n_params = model.get_num_params(non_embedding=False)
+    states = optimizer_state_elements(model, optimizer)
+    if micro is None:
+        what, advice = "one sequence", "lower block_size, or set activation_checkpointing=True"
+    else:
+        what = f"batch_size {batch_size}" if micro == batch_size else f"micro_batch {micro}"
+        advice = ("set micro_batch to fewer sequences (auto: the largest that fits; either way the tokens per step "
+                  "stay) or lower block_size")
+    activations = activation_bytes(config, micro or 1, dtype, checkpointing)[0]
+    runtime.check_fits(4 * (2 * n_params + states) + activations, device, f"training at {what} and block_size "
+                       f"{config.block_size}", advice)
+
+
+def dry_run(config: GPTConfig, plan: BatchPlan, dtype: torch.dtype, checkpointing: bool, probed: bool) -> str:
+    """The batch plan's arithmetic and activation_bytes' estimate for its micro-batches (probed: train.py's
+    micro_batch=auto, the micro-batch found when the run starts; the estimate is then batch_size's)."""
+    B, T, accum, dp_world, micro = plan.batch_size, config.block_size, plan.accumulation, plan.dp_world, plan.micro
+    split = ("micro_batch=auto: the micro-batch is probed when the run starts\n" if probed else
+             f"micro-batches of {micro} sequences: {plan.micro_steps} micro-steps per data-parallel share\n"
              if micro != B else "")
-    total, logits = activation_bytes(config, micro or B, dtype, checkpointing)
-    return (f"\ntokens per iteration: {accum * B * T:,} = batch_size {B} x block_size {T} x "
+    total, logits = activation_bytes(config, micro, dtype, checkpointing)
+    return (f"\ntokens per iteration: {plan.tokens_per_iter:,} = batch_size {B} x block_size {T} x "
             f"gradient_accumulation_steps {accum} ({accum // dp_world} per data-parallel share x {dp_world} "
             f"share(s))\n{split}"
-            f"activations of one micro-batch of {micro or B} ({str(dtype).removeprefix('torch.')}, "
+            f"activations of one micro-batch of {micro} ({str(dtype).removeprefix('torch.')}, "
             f"activation_checkpointing={checkpointing}): ~{total / 2**30:,.2f} GiB (estimate), of which logits "
             f"{logits / 2**30:,.2f} GiB\ndry run: nothing trained")
 

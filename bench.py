@@ -9,7 +9,7 @@
 
 train: each row builds a fresh model, optimizer and GradScaler, runs `warmup` untimed steps (compilation
 included), then times `iters` calls of step.Step, the very step the training loop runs. Under torchrun the
-model is wrapped in DDP or sharded (--fsdp, --tensor_parallel) as train.py does it (parallel.place and wrap),
+model is wrapped in DDP or sharded (--fsdp, --tensor_parallel) by train.py's own assembly (step.Parts),
 gradient_accumulation_steps is the total over the data-parallel processes, tokens/s counts all GPUs, MFU and
 memory are per GPU (rank 0's).
 sample: each row builds a fresh model in the working dtype (as sample.py loads it), runs generate.generate_tokens
@@ -41,11 +41,12 @@ import runtime
 from configurator import UserError
 from dataloader import Batches
 from generate import Sampling, generate_tokens
+from microbatch import BatchPlan
 from model import GPT, CausalSelfAttention, GPTConfig, ModelSettings, banded_attention
 from parallel import Layout
 from runtime import synchronize
-from step import Step
-from tokenizer import read_meta
+from step import Parts
+from datafiles import read_meta
 
 KEYS = {"layout": "layout", "compile": "compile", "cuda_graph": "CUDA graph", "kv_cache": "KV cache",
         "batch_size": "batch", "new_tokens": "new tokens", "seq_len": "T", "attention": "attention"}
@@ -127,40 +128,38 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
               dtype: torch.dtype, compiled: bool, batch_size: int) -> dict[str, Any]:
     """Fresh model, optimizer and scaler; warm up, then time cfg.iters training steps. Returns the metrics."""
     device = layout.device
-    with torch.device(device) if layout.sharded else contextlib.nullcontext():  # as train.py builds it
+    with torch.device(device) if layout.sharded else contextlib.nullcontext():  # a model to shard: on its device
         model = GPT(model_cfg)
-    regions = parallel.place(model, layout, dtype, cfg.fsdp, cfg.activation_checkpointing, compiled, cfg.fp8)
     # train.py's default rates: the values do not change the time of a step
-    optimizer = optim.build(model, cfg.optimizer, 6e-4, 0.1, (0.9, 0.95), device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ctx = runtime.autocast(device, dtype)
+    parts = Parts.assemble(model, layout, dtype, lambda m: optim.build(m, cfg.optimizer, 6e-4, 0.1, (0.9, 0.95),
+                                                                       device.type),
+                           cfg.fsdp, cfg.activation_checkpointing, compiled, cfg.fp8)
     T = model_cfg.block_size
+    plan = BatchPlan(batch_size, cfg.gradient_accumulation_steps, T, layout.dp_world, layout.dp_rank, batch_size)
     if meta is None:
         data = RandomBatch(model_cfg.vocab_size, batch_size, T, device)
     else:  # train.bin's batches in turn, as training reads them
         path = os.path.join(cfg.data_root, cfg.dataset, "train.bin")
         data = Batches(path, meta["dtype"], T, batch_size, model_cfg.vocab_size, cfg.seed)
-    accum = cfg.gradient_accumulation_steps // layout.dp_world
     index = 0
     batch = data.get(index, device)
 
     t0 = time.perf_counter()
-    eval_model, step_model = parallel.wrap(model, layout, regions, compiled, batch, ctx)
-    step = Step(step_model, optimizer, scaler, ctx, data, accum, stride=1, grad_clip=cfg.grad_clip)
+    eval_model, step = parts.stepper(data, batch, plan.micro_steps, stride=1, grad_clip=cfg.grad_clip)
     for it in range(cfg.warmup + cfg.iters):
         if it == cfg.warmup:
             synchronize(device)
             t1 = time.perf_counter()
         loss, _, batch = step(index, batch)
-        index += accum
+        index += plan.micro_steps
     final_loss = loss.item()  # waits for the device too
     synchronize(device)
     dt = (time.perf_counter() - t1) / cfg.iters  # seconds per iteration
-    tokens_per_iter = batch_size * T * cfg.gradient_accumulation_steps  # over every process
-    failed = compiled and (eval_model is model if not regions else regions[0]._compiled_call_impl is None)
+    tokens = plan.tokens_per_iter  # over every process
+    failed = compiled and (eval_model is model if not parts.regions else parts.regions[0]._compiled_call_impl is None)
     return {"status": "compile failed: eager" if failed else "ok",
-            "ms_per_iter": dt * 1000, "tokens_per_s": tokens_per_iter / dt,
-            "mfu": model.estimate_mfu(tokens_per_iter // layout.world, dt, runtime.peak_flops(device)),
+            "ms_per_iter": dt * 1000, "tokens_per_s": tokens / dt,
+            "mfu": model.estimate_mfu(tokens // layout.world, dt, runtime.peak_flops(device)),
             "warmup_s": t1 - t0, "loss": final_loss}
 
 

@@ -1,5 +1,6 @@
-"""The checkpoint: its format, atomic saving, exact resume of a run, and a ready model for any script. This file
-is the only one that knows the checkpoint's keys; the others get a Header, a model or a tokenizer from it.
+"""The checkpoint: its format, atomic saving, exact resume of a run, and the out_dir that holds them. This file
+is the only one that knows the checkpoint's keys; the others get a Header, a model or a tokenizer from it (a model
+ready to use: source.py).
 
 A checkpoint is plain data (tensors, numbers, strings, lists, dicts), loadable with torch.load(weights_only=True):
 the Header's fields (asdict) beside "model" (the weights, saved from the unwrapped, uncompiled model, so its keys
@@ -7,7 +8,7 @@ carry no `_orig_mod.` / `module.` prefixes) and "optimizer". Writes go to a temp
 the old one, so a crash mid-save leaves the last good checkpoint intact.
 
 out_dir holds two: ckpt.pt, the latest state, which init_from=resume continues from; and best.pt, the one with the
-best validation loss so far, which sample.py and export.py read unless told otherwise (load_model).
+best validation loss so far, which sample.py, evaluate.py and export.py read unless told otherwise (source.Source).
 
 A sharded run (fsdp=True, tensor_parallel > 1) saves instead with torch.distributed.checkpoint: every process writes
 its own shards, in parallel, into a directory of its own (ckpt-<iter>-<id>/, with the header in header.pt), and
@@ -24,11 +25,9 @@ import contextlib
 import errno
 import os
 import re
-import shlex
 import shutil
-import socket
 import sys
-import time
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -38,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 import configurator
+import metrics
 import optim
 import parallel
 import process
@@ -45,20 +45,31 @@ import safeload
 from configurator import UserError
 from model import GPT, GPTConfig
 from parallel import Layout
-from tokenizer import GPT2_META, NANOGPT_META, Tokenizer, meta_from_pickle
+from datafiles import NANOGPT_META, meta_from_pickle
+from tokenizer import GPT2_META, Tokenizer
 
 CKPT_FILE = "ckpt.pt"  # the latest state
 BEST_FILE = "best.pt"  # the best validation loss so far
 SHARDED = {CKPT_FILE: "ckpt.dcp", BEST_FILE: "best.dcp"}  # their sharded counterparts: links to directories
-LOCK_FILE = ".lock"  # held by the run that writes out_dir's checkpoints (claim)
+LOCK_FILE = ".lock"  # held by the run that writes out_dir's checkpoints (hold_out_dir)
+WRITE_TEST = ".write-test-"  # hold_out_dir's proof that out_dir takes files
 HEADER_FILE = "header.pt"  # in a sharded checkpoint's directory: everything but the model and optimizer tensors
 SHARDED_DIR = re.compile(r"ckpt-\d+-[0-9a-f]{8}(\.tmp)?")  # the directories save_sharded writes
 # what a writer of out_dir leaves behind if it is killed mid-write, the writer's pid in group 1 where it has one
-LEFTOVER = re.compile(r"(?:(?:ckpt|best)\.pt\.tmp|\.(?:ckpt|best)\.dcp|metrics\.jsonl\.tmp)\.(\d+)"
-                      r"|ckpt-\d+-[0-9a-f]{8}\.tmp|\.write-test-.*")
+LEFTOVER = re.compile(r"(?:(?:ckpt|best)\.pt\.tmp|\.(?:ckpt|best)\.dcp)\.(\d+)|ckpt-\d+-[0-9a-f]{8}\.tmp"
+                      rf"|{re.escape(WRITE_TEST)}.*|{metrics.TEMPORARY}")
 
 
 TENSORS = ("model", "optimizer")  # the keys beside the header's fields
+
+
+@dataclass
+class Progress:
+    """How far training has come: all a checkpoint needs, with the weights and optimizer, to resume exactly."""
+
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+    batch_pos: int = 0  # global index of the first training batch of the next iteration
 
 
 @dataclass
@@ -81,6 +92,15 @@ class Header:
     # HellaSwag's acc and acc_norm where measured
 
     @classmethod
+    def for_run(cls, config: GPTConfig, progress: Progress, meta: dict[str, Any], settings: dict[str, Any],
+                device: torch.device, evaluation: dict[str, float] | None) -> Header:
+        """The header of a training run's checkpoint: its model, progress, data, settings, provenance (the code,
+        torch, device and command: metrics.provenance) and latest evaluation."""
+        return cls(model_args=asdict(config), iter_num=progress.iter_num, meta=meta, config=settings,
+                   best_val_loss=progress.best_val_loss, batch_pos=progress.batch_pos,
+                   provenance=metrics.provenance(device), evaluation=evaluation)
+
+    @classmethod
     def from_dict(cls, data: Any, path: str) -> Header:
         """The header of a loaded checkpoint dict (or header.pt); a UserError naming what a foreign one lacks."""
         missing = [k for k in ("model_args", "iter_num") if not isinstance(data, dict) or k not in data]
@@ -90,6 +110,20 @@ class Header:
 
     def model_config(self, **overrides: Any) -> GPTConfig:
         return GPTConfig(**self.model_args | overrides)
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.iter_num, self.best_val_loss, self.batch_pos)
+
+    @property
+    def optimizer(self) -> str:
+        """The optimizer whose state the checkpoint holds (train.py's optimizer setting); before Muon, AdamW's."""
+        return self.setting("optimizer", "adamw")
+
+    @property
+    def chars(self) -> str | None:
+        """A character-level model's characters, in id order; None for other tokenizers."""
+        return (self.meta or {}).get("chars")
 
     def setting(self, name: str, default: Any = None) -> Any:
         """A setting of the run that wrote the checkpoint (its dataset, data_root, batch_size, ...), or default
@@ -144,18 +178,6 @@ class Checkpoint:
         were."""
         header = {k: v for k, v in asdict(self.header).items() if v is not None}
         return header | {"model": self.model, "optimizer": self.optimizer}
-
-
-def load_model(out_dir: str, which: str = "best", device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> tuple[GPT, Tokenizer]:
-    """out_dir's best (or latest) checkpoint as a model ready to decode, in eval mode on `device`, its weights in
-    `dtype` (None: as saved), without the vocabulary rows train.py padded on; and its tokenizer. Weights are read
-    from disk as they are used (mmap): the optimizer state is never read."""
-    ckpt = read(out_dir, which, mmap=True)
-    tok = ckpt.header.tokenizer(ckpt.path)
-    model = ckpt.build_model(device)
-    model.crop_vocab(tok.vocab_size)  # no token id maps to the padding rows: never sample them
-    return model.eval().to(device=device, dtype=dtype), tok
 
 
 def save(ckpt: Checkpoint, out_dir: str, best: bool = False) -> str:
@@ -279,36 +301,22 @@ def remove_link(out_dir: str, link: str) -> None:
 
 
 @contextlib.contextmanager
-def claim(out_dir: str) -> Iterator[None]:
-    """Hold out_dir for one run: an exclusive lock on out_dir/.lock, which the operating system releases when the
-    process ends in any way, a kill included. A second run there is refused in one line naming the first. Once
-    held, what killed writers left behind is removed (their temporary files and directories)."""
+def hold_out_dir(out_dir: str, resume: bool, overwrite: bool) -> Iterator[None]:
+    """out_dir for one training run: made, able to hold checkpoints (said now, rather than at the first save after
+    the training time is spent), held for this run alone (process.hold: a second run is refused in one line, and
+    what killed writers left is removed), and its checkpoints replaced by a new run only when told to."""
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here, and no second run is refused
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=WRITE_TEST):
+            pass
+    except OSError as e:
+        raise UserError(f"out_dir {out_dir} cannot hold checkpoints: {e.strerror or e}") from None
+    with process.hold(out_dir, LOCK_FILE, LEFTOVER, "out_dir"):
+        found = present(out_dir)
+        if found and not resume and not overwrite:
+            raise UserError(f"out_dir {out_dir} already holds checkpoints ({', '.join(found)}): continue them "
+                            "with --init_from=resume, choose another out_dir, or replace them with --overwrite=True")
         yield
-        return
-    with open(os.path.join(out_dir, LOCK_FILE), "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise UserError(f"out_dir {out_dir} is in use by another run ({f.read().strip() or 'unknown'}): wait "
-                            "for it to end, or choose another out_dir") from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                f"{shlex.join(sys.argv)}\n")
-        f.flush()
-        remove_leftovers(out_dir)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def remove_leftovers(out_dir: str) -> None:
-    """Remove the temporary files and directories of out_dir's writers that are no longer running."""
-    process.remove_dead_writers(out_dir, LEFTOVER)
 
 
 def present(out_dir: str) -> list[str]:
@@ -377,7 +385,7 @@ def restore_run(ckpt: Checkpoint, layout: Layout, model: GPT, optimizer: torch.o
             raise UserError(f"the optimizer state in {ckpt.path} does not fit this run's optimizer ({e}): its weights "
                             "still sample and export, but cannot be resumed here") from None
     for group in optimizer.param_groups:
-        group.update(how)  # set_capturable then puts the step counts where these kernels want them
+        group.update(how)  # optim.set_capturable then puts the step counts where these kernels want them
     header = ckpt.header
     if header.scaler is not None:
         scaler.load_state_dict(header.scaler)
@@ -492,7 +500,7 @@ def from_nanogpt(data: dict[str, Any], path: str) -> dict[str, Any]:
     """A checkpoint nanoGPT's train.py wrote (model_args, iter_num, best_val_loss, config, model, optimizer, and
     no data position: ours always has one) as ours: its weights without torch.compile's _orig_mod. prefix, and
     the tokenizer nanoGPT's sample.py would take: data/<its dataset>/meta.pkl if there is one (read as
-    tokenizer.read_meta reads it), else GPT-2's BPE."""
+    datafiles.read_meta reads it), else GPT-2's BPE."""
     model = {"model": {k.removeprefix("_orig_mod."): v for k, v in data["model"].items()}} if isinstance(
         data.get("model"), dict) else {}
     dataset = (data.get("config") or {}).get("dataset")
@@ -613,7 +621,7 @@ def to_single_file(path: str) -> Checkpoint:
     ckpt = read_sharded(path)
     with torch.device("meta"):  # shapes only: the parameter order the run's optimizer has
         model = GPT(ckpt.header.model_config())
-    optimizer = optim.build(model, ckpt.header.config.get("optimizer", "adamw"), 1.0, 0.0, (0.9, 0.95), "cpu")
+    optimizer = optim.build(model, ckpt.header.optimizer, 1.0, 0.0, (0.9, 0.95), "cpu")
     ckpt.optimizer = optimizer_by_position(ckpt.optimizer, optimizer_names(model, optimizer))
     return ckpt
 

@@ -33,13 +33,14 @@ from tqdm import tqdm
 
 import checkpoint
 import configurator
-import hf
 import process
 import runtime
 from configurator import UserError
+from datafiles import read_meta
 from dataloader import EvalBatches
 from model import GPT, round_up
-from tokenizer import GPT2_META, Tokenizer, read_meta
+from source import Source, check_tokens
+from tokenizer import Tokenizer
 
 PROGRESS_S = 10.0  # in a log, a long evaluation prints its progress this often
 BAR_S = 0.1  # on a terminal, the bar is redrawn at most this often
@@ -299,8 +300,6 @@ class EvalConfig:
 
 def chosen_tasks(cfg: EvalConfig) -> list[str]:
     """The tasks the settings ask for, the settings checked; a HellaSwag file given is asking for HellaSwag."""
-    if cfg.init_from not in ("resume", *hf.GPT2_NAMES):
-        raise UserError(f"init_from must be resume or one of {', '.join(hf.GPT2_NAMES)}, got '{cfg.init_from}'")
     if cfg.limit < 0 or cfg.batch_examples < 1:
         raise UserError("limit must be at least 0 and batch_examples at least 1")
     for name in ("eval_iters", "batch_size"):
@@ -331,12 +330,7 @@ def loss_data(cfg: EvalConfig, header: checkpoint.Header | None, tok: Tokenizer)
                         f"--data_root=DIR){alone}")
     data_dir = os.path.join(cfg.data_root or setting("data_root", "data"), dataset)
     meta = read_meta(data_dir)
-    if meta["tokenizer"] != tok.kind:
-        raise UserError(f"the model was trained on {tok.kind} tokens, {data_dir} has {meta['tokenizer']} tokens: "
-                        "evaluate it on data with its tokenizer")
-    if tok.kind == "char" and meta["chars"] != tok.chars:  # the same ids would stand for other characters
-        raise UserError(f"the model was trained on {len(tok.chars)} characters, {data_dir} has another vocabulary "
-                        f"({len(meta['chars'])} characters): evaluate it on data prepared with its characters")
+    check_tokens(tok.kind, tok.chars if tok.kind == "char" else None, meta, data_dir, "evaluate it on")
     return data_dir, meta
 
 
@@ -371,9 +365,8 @@ def main(argv: list[str]) -> dict[str, float]:
     downloads (HellaSwag's file, OpenAI's weights) and the forward passes."""
     cfg = configurator.load(EvalConfig, argv)
     tasks = chosen_tasks(cfg)
-    ckpt = checkpoint.read(cfg.out_dir, cfg.checkpoint, mmap=True) if cfg.init_from == "resume" else None
-    header = ckpt.header if ckpt is not None else None
-    tok = header.tokenizer(ckpt.path) if ckpt is not None else Tokenizer(GPT2_META)
+    opened = Source.open(cfg.init_from, cfg.out_dir, cfg.checkpoint)
+    header, tok = opened.header, opened.tokenizer()
     if "hellaswag" in tasks and tok.kind != "gpt2":
         raise UserError(f"HellaSwag is English text: it needs a model with GPT-2's BPE, not a {tok.kind} tokenizer")
     splits = [split for split in ("train", "val") if split in tasks]
@@ -382,7 +375,7 @@ def main(argv: list[str]) -> dict[str, float]:
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     examples = read_hellaswag(hellaswag_file(cfg.hellaswag))[: cfg.limit or None] if "hellaswag" in tasks else []
     # float32 weights under autocast, the full (padded) vocabulary: the model as train.py evaluates it
-    model = ckpt.build_model(device) if ckpt is not None else hf.pretrained(cfg.init_from).to(device)
+    model = opened.model(device, padded=True)
     ctx = runtime.autocast(device, dtype)
     results: dict[str, float] = {}
     if splits:

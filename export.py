@@ -5,7 +5,7 @@ the settings that keep it from the nearer of the two.
 
     python export.py --out_dir=out-shakespeare-char --hf_dir=hf-model  # then AutoModelForCausalLM.from_pretrained
 
-The rows train.py padded the vocabulary with are cropped (checkpoint.load_model), so the exported vocab_size is the
+The rows train.py padded the vocabulary with are cropped (source.Source), so the exported vocab_size is the
 tokenizer's; a GPT-2 BPE checkpoint also gets vocab.json + merges.txt, so AutoTokenizer loads it too. The
 conversion is hf.to_hf. The directory is written beside its destination and renamed into place when complete: an
 export that fails or is killed leaves what was there as it was. A destination that holds files is replaced only
@@ -20,12 +20,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import checkpoint
 import configurator
 import hf
 import process
 from configurator import UserError
 from runtime import DTYPES
+from source import Source
 
 
 @dataclass
@@ -45,7 +45,8 @@ def main(argv: list[str]) -> str:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got '{cfg.dtype}'")
     hf_dir = cfg.hf_dir or os.path.join(cfg.out_dir, "hf")
     check_destination(hf_dir, cfg.replace)
-    model, tok = checkpoint.load_model(cfg.out_dir, cfg.checkpoint)
+    opened = Source.open("resume", cfg.out_dir, cfg.checkpoint)
+    model, tok = opened.model(), opened.tokenizer()
     hf_model = hf.to_hf(model, tok.eot_id).to(DTYPES[cfg.dtype])
     written = []
 

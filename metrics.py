@@ -11,22 +11,42 @@ byte only where they are known. "seconds" is wall time from the first launch, su
 between a stop and the resume not counted). A resumed run first drops what came after its checkpoint (those
 iterations are run again), so the log has neither a gap nor a duplicate; a run from scratch starts a new log.
 Only rank 0 writes.
+
+The Record is that record as a run keeps it: the lines train.py prints (each step's loss, speed and ETA, each
+evaluation, the samples, the target reached), the rows of metrics.jsonl and of wandb, from one owner.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import json
 import math
 import os
-from dataclasses import dataclass
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 import configurator
 import process
+import runtime
 from configurator import UserError
+from parallel import Layout
 
 METRICS_FILE = "metrics.jsonl"
+TEMPORARY = r"metrics\.jsonl\.tmp\.(\d+)"  # MetricsLog's replacement in the making, its writer's pid in group 1
+QUIET_S = 10.0  # a log line at least this often, whatever log_interval says: a slow machine must not look hung
+CPU_WARNING_FLOPS = 1e12  # training FLOPs per iteration above which a CPU run is warned that it is a GPU recipe
+CPU_FLOPS = 1e11  # a typical CPU's FLOP/s in float32 training, for that warning's estimate
 X_AXES = {"iter": "iteration", "tokens": "tokens", "seconds": "wall seconds"}
 
 
@@ -86,6 +106,207 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run's record as train.py keeps it: printed lines, metrics.jsonl rows, wandb
+
+
+def provenance(device: torch.device) -> dict[str, str]:
+    """Where a run's numbers come from: the code's git commit (with "+changes" when the working tree differs
+    from it; "unknown" outside a git checkout), torch's and Python's versions, the device, the command line."""
+    return {"code": code_version(), "torch": str(torch.__version__), "python": platform.python_version(),
+            "device": runtime.device_name(device),
+            "command": shlex.join([sys.executable.rsplit(os.sep, 1)[-1], *sys.argv])}
+
+
+@functools.cache  # once a process: the code does not change while it runs
+def code_version() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (a copy of the files)
+        return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
+def duration(seconds: float) -> str:
+    """A rough human reading of a duration: '45 s', '12 min', '3.4 h', '2.1 days'."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    if seconds < 6000:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def peak_memory(device: torch.device) -> str:
+    """', peak memory N GiB' on a GPU (rank 0's: under FSDP or tensor parallelism the others' are alike)."""
+    if device.type != "cuda":
+        return ""
+    return f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+
+
+def cpu_warning(flops_per_iter: float, device: torch.device) -> str | None:
+    """A config made for GPUs (config/train_gpt2.py) on a CPU: a warning, to print before minutes of compiling and
+    hours per evaluation, rather than leaving the user to wonder."""
+    if device.type != "cpu" or flops_per_iter <= CPU_WARNING_FLOPS:
+        return None
+    return (f"warning: {flops_per_iter / 1e12:,.1f} TFLOP per iteration on the CPU: this is a GPU recipe; at the 0.1 "
+            f"TFLOP/s of a typical CPU an iteration takes about {duration(flops_per_iter / CPU_FLOPS)} (the first "
+            "log line says how long max_iters would take)")
+
+
+class Pace:
+    """The time per iteration between log lines: the steps since the last restart. Steady: those steps ran at
+    their lasting speed (not the first steps of the run, which hold start-up work, nor a CUDA graph's warm-up and
+    capture); the first steady interval also says how long the rest of the run will take, and from then on every
+    log line its ETA: the wall time per iteration since then, evaluations and checkpoints included."""
+
+    def __init__(self) -> None:
+        self.restart(steady=False)
+        self.shown = False
+        self.anchor: tuple[float, int] | None = None  # (time, iteration) where the first steady interval began
+        self.next_line: int | None = None  # several processes: the iteration of the next line, agreed (plan);
+        # None before the first, which comes after the first step
+
+    def restart(self, steady: bool) -> None:
+        self.since = time.perf_counter()
+        self.iters = 0
+        self.steady = steady
+
+    def tick(self) -> None:
+        self.iters += 1
+
+    def seconds_per_iter(self) -> float:  # only when read: a CUDA graph's steps are queued in microseconds
+        return (time.perf_counter() - self.since) / self.iters
+
+    def overdue(self, iter_num: int, distributed: bool) -> bool:
+        """Whether a log line is due by time: QUIET_S since the last line (or evaluation). Processes' clocks differ,
+        and a line is a collective step, so several processes keep to the iteration they agreed at the last line."""
+        if distributed:
+            return self.next_line is None or iter_num >= self.next_line
+        return time.perf_counter() - self.since >= QUIET_S
+
+    def plan(self, iter_num: int, log_interval: int, seconds_per_iter: float, device: torch.device) -> None:
+        """Several processes, at a log line: agree on the iteration of the next, within QUIET_S at the slowest
+        process's pace (and never later than log_interval says)."""
+        steps = max(1, min(log_interval, int(QUIET_S / max(seconds_per_iter, 1e-9))))
+        agreed = torch.tensor(steps, device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        self.next_line = iter_num + int(agreed.item())
+
+    def eta(self, iter_num: int, max_iters: int) -> float | None:
+        """Seconds until max_iters at the pace since the first steady interval began; None before it ends."""
+        if self.anchor is None:
+            if self.steady:
+                self.anchor = (self.since, iter_num - self.iters)
+            return None
+        began, first = self.anchor
+        return (time.perf_counter() - began) / (iter_num - first) * (max_iters - iter_num)
+
+
+@dataclass
+class Record:
+    """A training run's record, kept by every process (a log line is a collective step: the mean loss over the
+    processes, the iteration of the next line) and written by rank 0 alone: the printed lines, out_dir/metrics.jsonl
+    (open) and wandb (start_wandb). `launched`: when the run began, a perf_counter reading."""
+
+    layout: Layout
+    tokens_per_iter: int  # over every process
+    max_iters: int
+    log_interval: int
+    launched: float = field(default_factory=time.perf_counter)
+    mfu_of: Callable[[int, float], float | None] = lambda tokens, seconds: None  # the model's FLOPs utilisation
+    # at `tokens` per process an iteration of `seconds`: a fraction, or None where the peak is unknown
+    pace: Pace = field(default_factory=Pace)
+    log: MetricsLog | None = None
+    wandb: Any = None  # the wandb module, once a run is started in it
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.launched
+
+    def open(self, out_dir: str, start: int, reevaluates: bool, held: contextlib.ExitStack) -> None:
+        """Rank 0: metrics.jsonl for the run starting at iteration `start` (MetricsLog), closed by `held`."""
+        self.log = held.enter_context(contextlib.closing(MetricsLog(out_dir, start, reevaluates)))
+
+    def start_wandb(self, project: str, name: str, config: dict[str, Any], held: contextlib.ExitStack) -> None:
+        """Rank 0: a wandb run for this one, finished by `held`."""
+        self.wandb = importlib.import_module("wandb")
+        self.wandb.init(project=project, name=name, config=config)
+        held.callback(self.wandb.finish)
+
+    def due(self, iter_num: int) -> bool:
+        """Whether iteration iter_num, just taken, gets a log line: every log_interval, and at least every
+        QUIET_S."""
+        return iter_num % self.log_interval == 0 or self.pace.overdue(iter_num, self.layout.distributed)
+
+    def step(self, iter_num: int, loss_sum: torch.Tensor, lr: float) -> float:
+        """A step's line: the mean training loss of the step over all processes (returned), the learning rate, the
+        speed since the last line, MFU, memory, and once steady the ETA; its row in metrics.jsonl."""
+        layout, pace = self.layout, self.pace
+        if layout.distributed:
+            dist.all_reduce(loss_sum)  # gloo has no AVG: sum, then divide
+        loss = loss_sum.item() / layout.world  # waits for the device: the steps queued are done
+        dt = pace.seconds_per_iter()
+        if layout.distributed:
+            pace.plan(iter_num, self.log_interval, dt, layout.device)
+        if not layout.master:
+            return loss
+        tokens = self.tokens_per_iter
+        mfu = self.mfu_of(tokens // layout.world, dt)
+        mfu_text = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
+        eta = pace.eta(iter_num, self.max_iters)
+        eta_text = f", eta {duration(eta)}" if eta is not None and iter_num < self.max_iters else ""
+        print(f"iter {iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tokens / dt:,.0f} tok/s"
+              f"{mfu_text}{peak_memory(layout.device)}{eta_text}")
+        if self.log:
+            memory = torch.cuda.max_memory_allocated(layout.device) / 2**30 if layout.device.type == "cuda" else None
+            self.log.write("train", self.seconds(), iter=iter_num, tokens=iter_num * tokens, loss=loss, lr=lr,
+                           ms_per_iter=dt * 1000, tok_per_s=tokens / dt, mfu=mfu, peak_mem_gib=memory)
+        remaining = self.max_iters - iter_num
+        if pace.steady and not pace.shown and remaining > 0:
+            print(f"at this pace the remaining {remaining:,} iterations take about {duration(remaining * dt)}, "
+                  "evaluations not included", flush=True)
+            pace.shown = True
+        return loss
+
+    def evaluation(self, iter_num: int, losses: dict[str, float], lr: float, hellaswag_examples: int = 0) -> None:
+        """Rank 0: an evaluation's line (HellaSwag's on its own), its row in metrics.jsonl and in wandb."""
+        bpb = f", val bpb {losses['val_bpb']:.4f}" if "val_bpb" in losses else ""
+        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{bpb}"
+              f"{peak_memory(self.layout.device)}")
+        if "hellaswag_acc" in losses:
+            print(f"step {iter_num}: hellaswag acc {losses['hellaswag_acc']:.4f}, acc_norm "
+                  f"{losses['hellaswag_acc_norm']:.4f} ({hellaswag_examples:,} examples)")
+        others = {k: v for k, v in losses.items() if k not in ("train", "val")}  # bits per byte, HellaSwag
+        if self.log:
+            self.log.write("eval", self.seconds(), iter=iter_num, tokens=iter_num * self.tokens_per_iter,
+                           train_loss=losses["train"], val_loss=losses["val"], **others)
+        if self.wandb:
+            extra = {f"val/{k.removeprefix('val_')}": v for k, v in others.items()}  # val/bpb, val/hellaswag_acc
+            self.wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                            **extra})
+
+    def samples(self, iter_num: int, prompt: str, texts: dict[str, str]) -> None:
+        """Rank 0: a prompt's continuations, one way each (greedy, sampled), printed and logged."""
+        for way, text in texts.items():
+            print(f"sample at iter {iter_num}, {way}: {prompt!r} -> {text!r}")
+        if self.log:
+            self.log.write("sample", self.seconds(), iter=iter_num, prompt=prompt, **texts)
+
+    def target_reached(self, target: float, val_loss: float, iter_num: int) -> str:
+        """The speedrun's measure of reaching target_val_loss: steps, tokens, wall time since launch,
+        device-hours."""
+        seconds, world = self.seconds(), self.layout.world
+        device = "GPU" if self.layout.device.type == "cuda" else self.layout.device.type.upper()
+        return (f"target val loss {target} reached: {val_loss:.4f} at iter {iter_num}, "
+                f"{iter_num * self.tokens_per_iter:,} tokens, {seconds:.1f} s from launch, "
+                f"{seconds * world / 3600:.4f} {device}-hours ({world} {device}(s))")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ A step takes batch_size x gradient_accumulation_steps sequences over all process
 its share in micro-batches of one size, which must divide the share; the number of micro-steps follows. The data
 order does not depend on the size (dataloader.Batches), so neither do the tokens a step sees: only the memory
 and the speed do.
+
+The batch plan (BatchPlan) is that arithmetic computed once for a run: the micro-batch, the micro-steps, the tokens
+per step and the micro-batch each process starts a step with; train.py, bench.py and accounting.py read it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from configurator import UserError
+from parallel import Layout
 
 OUT_OF_MEMORY = ("out of memory", "ALLOC_FAILED")  # what cuBLAS's and cuDNN's allocation failures say
 HEADROOM = 0.9  # the share of the device's memory a probed micro-batch may peak at: the compiled step, the
@@ -159,3 +164,104 @@ def find(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ctx: Any, sha
             for p, s in zip(params, saved):
                 p.copy_(s)
     return size, probes, budget
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the batch plan: a run's batch arithmetic, computed once
+
+
+def share_of_step(batch_size: int, accumulation: int, dp_world: int) -> int:
+    """The sequences each data-parallel share takes a step: the recipe's batch_size x gradient_accumulation_steps,
+    divided among the shares."""
+    return batch_size * accumulation // dp_world
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a step's sequences are cut: the recipe's batch_size x accumulation sequences of block_size tokens over
+    every process, each data-parallel share (dp_rank of dp_world) taking its part in micro-batches of `micro`.
+    Data-parallel share r reads micro-batches first + r, + r + dp_world, ...: the global batch split across the
+    shares (the processes of a tensor-parallel group read the same batches)."""
+
+    batch_size: int  # the recipe's sequences per batch: the data's unit (dataloader's group), and batch_pos's
+    accumulation: int  # gradient_accumulation_steps: batches per step, over every process
+    block_size: int
+    dp_world: int
+    dp_rank: int
+    micro: int  # sequences per micro-batch and process
+
+    @property
+    def share(self) -> int:
+        return share_of_step(self.batch_size, self.accumulation, self.dp_world)
+
+    @property
+    def micro_steps(self) -> int:
+        """Micro-batches each process runs a step."""
+        return self.share // self.micro
+
+    @property
+    def tokens_per_iter(self) -> int:
+        """Tokens per optimizer step, over every process."""
+        return self.accumulation * self.batch_size * self.block_size
+
+    def first_micro_batch(self, batch_pos: int) -> int:
+        """The index of the micro-batch this share starts a step with, batch_pos counting batches of batch_size
+        (check_start: a whole number of micro-batches)."""
+        return batch_pos * self.batch_size // self.micro + self.dp_rank
+
+    def check_start(self, batch_pos: int) -> None:
+        """Refuse a resume whose data position is no whole number of micro-batches: a checkpoint from a run with
+        another gradient_accumulation_steps, resumed in micro-batches that do not divide where it stopped."""
+        if batch_pos * self.batch_size % self.micro:
+            raise UserError(f"the checkpoint stopped after {batch_pos * self.batch_size:,} sequences of data, not a "
+                            f"whole number of micro-batches of {self.micro}: resume with the "
+                            "gradient_accumulation_steps it was trained with, or a micro_batch that divides that "
+                            "number")
+
+
+def check(spec: int | str, batch_size: int, accumulation: int, layout: Layout) -> None:
+    """Refuse a micro_batch that does not divide each process's share of a step's sequences, or auto where the
+    probe cannot run: with sharded weights."""
+    share = share_of_step(batch_size, accumulation, layout.dp_world)
+    if parse(spec, batch_size, share) is None and layout.sharded:
+        raise UserError("micro_batch=auto: the probe needs whole weights on each process, not fsdp or "
+                        "tensor_parallel: give micro_batch a number")
+
+
+def plan(spec: int | str, batch_size: int, accumulation: int, layout: Layout, model: torch.nn.Module,
+         optimizer: torch.optim.Optimizer, ctx: Any, vocab_size: int) -> BatchPlan:
+    """The run's batch plan, its micro-batch as micro_batch says: batch_size, the number given, or with auto on a
+    GPU the largest that fits, probed now on the placed model and agreed by every process (the smallest of
+    theirs)."""
+    block_size = model.config.block_size
+
+    def made(micro: int) -> BatchPlan:
+        return BatchPlan(batch_size, accumulation, block_size, layout.dp_world, layout.dp_rank, micro)
+
+    share = share_of_step(batch_size, accumulation, layout.dp_world)
+    size = parse(spec, batch_size, share)
+    if size is not None:
+        return made(size)
+    device = layout.device
+    if device.type != "cuda":
+        if layout.master:
+            print(f"micro_batch=auto: on {device.type} the micro-batch stays batch_size={batch_size} (the probe "
+                  "measures a GPU's memory)")
+        return made(batch_size)
+    buckets = 4 * sum(p.numel() for p in model.parameters()) if layout.distributed else 0  # DDP's, float32
+    found, probes, budget = find(model, optimizer, ctx, share, vocab_size, CudaMemory(device), buckets)
+    size = found or 0
+    if layout.distributed:
+        agreed = torch.tensor(size, device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        size = int(agreed.item())
+    if not size:
+        raise UserError(f"micro_batch=auto: not even one sequence of {block_size} tokens trains in {device}'s "
+                        "memory: try activation_checkpointing=True, a smaller block_size, or fsdp=True over several "
+                        "GPUs" if layout.master else "", together=layout.distributed)
+    chosen = made(size)
+    if layout.master:
+        print(f"micro_batch=auto: micro-batches of {size} ({chosen.micro_steps} micro-steps a step per process; "
+              f"{chosen.tokens_per_iter:,} tokens a step, as the recipe says). Probed: "
+              f"{', '.join(map(str, probes))} against {budget / 2**30:.1f} GiB", flush=True)
+    return chosen

@@ -5,7 +5,8 @@ and four tricks of recent small-model training: query-key normalisation, a squar
 zero-initialised residual projections.
 
 Read top to bottom in GPT-2's order: the config and its presets, norms and positions, attention, MLP, Block, head, GPT.
-Decoding with a KV cache lives in generate.py; this file holds the network only and imports no project module.
+Decoding with a KV cache lives in generate.py, the optimizers in optim.py; this file holds the network only and
+imports no project module.
 
 References: Radford et al. 2018/2019 (GPT-1, GPT-2: pre-LayerNorm, residual projections scaled by 1/sqrt(2*n_layer)),
 Vaswani et al. 2017 (attention), Zhang & Sennrich 2019 (RMSNorm), Shazeer 2020 (SwiGLU), Su et al. 2021 (RoPE),
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import inspect
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -545,17 +545,6 @@ class GPT(nn.Module):
         self.config.vocab_size = vocab_size
         self.lm_head.weight = nn.Parameter(self.lm_head.weight[:vocab_size])
         wte.weight = self.lm_head.weight if tied else nn.Parameter(wte.weight[:vocab_size])
-
-    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
-                             device_type: str) -> torch.optim.AdamW:
-        """AdamW with weight decay on matrices and embeddings (dim >= 2) only, never on biases or norm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's 12*(nh*hd)*T per

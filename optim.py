@@ -1,5 +1,7 @@
-"""The optimizers a run can take: nanoGPT's AdamW (GPT.configure_optimizers: weight decay on matrices and
-embeddings only), or Muon for the blocks' weight matrices with AdamW for everything else, in one optimizer.
+"""The optimizers a run can take: nanoGPT's AdamW (adamw: weight decay on matrices and embeddings only), or Muon
+for the blocks' weight matrices with AdamW for everything else, in one optimizer; and how the run drives either:
+the schedule's learning rate (set_lr, through the lr_scale that build gives each group) and whether a CUDA graph
+can hold the step (set_capturable).
 
 Muon (Jordan et al. 2024, "Muon: MomentUm Orthogonalized by Newton-Schulz"; Bernstein & Newhouse 2024): each
 2-D weight matrix of a block takes SGD-momentum's update orthogonalised, its singular values pushed towards 1 by a
@@ -14,6 +16,7 @@ exact; it costs one all-gather per matrix per step, like FSDP's own gathering of
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -46,7 +49,7 @@ def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
 class Muon(torch.optim.Optimizer):
     """Muon for the param groups marked `muon`, AdamW for the others (see the module's docstring). Group settings:
     lr, weight_decay (decoupled, as AdamW's), and momentum (Muon) or betas and eps (AdamW). A learning rate may
-    be a tensor on the device (step.set_capturable): the step then reads no number from the device, and a CUDA
+    be a tensor on the device (set_capturable): the step then reads no number from the device, and a CUDA
     graph can hold it. found_inf, when set (a 0-dim float tensor: 1 for a step to skip), makes the step leave
     the weights and every state as they were, on the device, without asking the host."""
 
@@ -175,15 +178,51 @@ def muon_groups(model: GPT, weight_decay: float, muon_lr: float, adam_lr: float)
             {"params": [p for _, p in named if p.dim() < 2], "lr": adam_lr, "weight_decay": 0.0}]
 
 
+def adamw(model: GPT, weight_decay: float, learning_rate: float, betas: tuple[float, float],
+          device_type: str) -> torch.optim.AdamW:
+    """nanoGPT's AdamW (its GPT.configure_optimizers): weight decay on matrices and embeddings (dim >= 2) only,
+    never on biases or norm gains; the fused kernel on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+
 def build(model: GPT, name: str, learning_rate: float, weight_decay: float, betas: tuple[float, float],
           device_type: str, muon_lr: float = 0.02, muon_momentum: float = 0.95) -> torch.optim.Optimizer:
     """The optimizer `name` (adamw | muon) for the model. Every group records lr_scale, its learning rate over
-    learning_rate: the schedule (step.set_lr) sets each group's rate to the scheduled rate times it."""
+    learning_rate: the schedule (set_lr) sets each group's rate to the scheduled rate times it."""
     if name == "adamw":
-        optimizer = model.configure_optimizers(weight_decay, learning_rate, betas, device_type)
+        optimizer = adamw(model, weight_decay, learning_rate, betas, device_type)
     else:
         optimizer = Muon(muon_groups(model, weight_decay, muon_lr, learning_rate), learning_rate, muon_momentum,
                          betas)
     for group in optimizer.param_groups:
         group["lr_scale"] = group["lr"] / learning_rate if learning_rate else 0.0
     return optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate for this step: each group's rate is lr times its lr_scale (build: Muon's matrices have a
+    rate of their own), or lr where a group has none."""
+    for group in optimizer.param_groups:
+        rate = lr * group.get("lr_scale", 1.0)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(rate)
+        else:
+            group["lr"] = rate
+
+
+def set_capturable(optimizer: torch.optim.Optimizer, device: torch.device, on: bool) -> None:
+    """Whether a CUDA graph can hold the optimizer step: then its state and the learning rate live on the device
+    (the rate a tensor that set_lr fills, so the schedule reaches the replayed step); else the rate is a number."""
+    for group in optimizer.param_groups:
+        group["capturable"] = on
+        group["lr"] = torch.tensor(float(group["lr"]), device=device) if on else float(group["lr"])
+        if group.get("fused") or on:  # these kernels keep their step counts beside the weights
+            for p in group["params"]:
+                if "step" in optimizer.state.get(p, {}):
+                    optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device, torch.float32)

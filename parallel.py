@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import runtime
 from configurator import UserError
+from fp8 import check_fp8, to_float8
 from model import GPT, GPTConfig
 
 if TYPE_CHECKING:
@@ -135,11 +136,21 @@ def rank_0_decides(layout: Layout, check: Callable[[], None]) -> None:
         raise UserError(message if layout.master else "", together=layout.distributed)
 
 
+def anyone(layout: Layout, flag: bool) -> bool:
+    """Whether any process's flag is up (a stop request, say): the same answer on every process, a collective
+    step under torchrun."""
+    if not layout.distributed:
+        return flag
+    vote = torch.tensor(float(flag), device=layout.device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
+
+
 def check_run(layout: Layout, dtype: torch.dtype, fsdp: bool, tp: int, fp8: bool) -> None:
     """Refuse, before a model is built, fp8=True where it cannot run, a sharded layout that cannot be built
     (check_layout), or what that does not combine with."""
     if fp8:
-        runtime.check_fp8(layout.device)
+        check_fp8(layout.device)
     check_layout(layout.world, tp, fsdp, layout.distributed)
     if not layout.sharded:
         return
@@ -300,7 +311,7 @@ def place(model: GPT, layout: Layout, dtype: torch.dtype, fsdp: bool, activation
     model.activation_checkpointing = activation_checkpointing
     model.to(layout.device)
     if fp8:
-        runtime.to_float8(model)
+        to_float8(model)
     if layout.sharded:
         return parallelize(model, layout.mesh, fsdp, activation_checkpointing, compile, dtype)
     return []

@@ -8,11 +8,12 @@ Every script ends through `run`: a UserError is one line and exit status 2, Ctrl
 reader that went away (`| head`) is 141, as a shell reports SIGPIPE. The rest makes a stop safe wherever it comes:
 training stops at a step boundary when asked (StopRequest), a checkpoint write or a dataset's renames finish before
 a Ctrl-C is taken (uninterrupted), forked workers end with the process that forked them, a print to a closed pipe
-does not end a run (StdoutOrStderr), and what a killed writer left behind is removed by the next one.
+does not end a run (StdoutOrStderr), a folder is held by one run at a time (hold), and what a killed writer left
+behind is removed by the next one.
 
 Its own module because it is one idea apart from the settings (configurator.py): signals and processes, not flags,
-shared by every script and by the modules that write files (checkpoint.py, tokenizer.py). It needs no torch: the
-vote of a torchrun launch's processes on a stop is a collective, and lives with the loop (train.stop_agreed).
+shared by every script and by the modules that write files (checkpoint.py, datafiles.py). It needs no torch: the
+vote of a torchrun launch's processes on a stop is a collective (parallel.anyone).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import ctypes
 import functools
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -138,7 +141,7 @@ def interrupts_noted() -> Iterator[None]:
     """While the block runs, Ctrl-C raises KeyboardInterrupt as usual and is also noted in INTERRUPTS. Python
     cannot raise it inside a finaliser (a __del__, a weakref or at-fork callback: it prints it there and goes on),
     so it is delivered again a moment later (interrupt_again), and work about to be committed checks INTERRUPTS
-    too (tokenizer.staged). Only where Ctrl-C is Python's default (not ignored, not handled by the caller) and in
+    too (datafiles.staged). Only where Ctrl-C is Python's default (not ignored, not handled by the caller) and in
     the main thread, where signals reach Python."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
@@ -173,7 +176,7 @@ def interrupt_again(pid: int, previous: Callable[[Any], None], unraisable: Any) 
 class StopRequest:
     """Within `with`, the first SIGTERM (what a cluster scheduler sends before preemption) or Ctrl-C asks the run
     to stop at the next step boundary, with a checkpoint; a second Ctrl-C stops it at once. Under torchrun the
-    processes vote on it (train.stop_agreed)."""
+    processes vote on it (parallel.anyone)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -229,10 +232,11 @@ class StdoutOrStderr:
 
 def remove_dead_writers(folder: str, pattern: re.Pattern[str]) -> None:
     """Remove the entries of folder that match pattern, temporary files and directories of writers, unless the
-    writer whose pid the pattern's first group captures is still running (no pid captured: always)."""
+    writer whose pid the pattern's first group that matched captures is still running (none captured: always)."""
     for entry in os.listdir(folder):
         match = pattern.fullmatch(entry)
-        if match is None or (match[1] is not None and running(int(match[1]))):
+        pid = next((group for group in match.groups() if group is not None), None) if match else None
+        if match is None or (pid is not None and running(int(pid))):
             continue
         path = os.path.join(folder, entry)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -240,6 +244,35 @@ def remove_dead_writers(folder: str, pattern: re.Pattern[str]) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+
+
+@contextlib.contextmanager
+def hold(folder: str, lock_file: str, leftovers: re.Pattern[str], name: str) -> Iterator[None]:
+    """Hold folder for this process alone: an exclusive lock on folder/lock_file, which the operating system
+    releases when the process ends in any way, a kill included. A second holder is refused in one line naming the
+    first (`name`: what the folder is to the user). Once held, what dead writers left there is removed
+    (remove_dead_writers)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here, and no second holder is refused
+        yield
+        return
+    with open(os.path.join(folder, lock_file), "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(f"{name} {folder} is in use by another run ({f.read().strip() or 'unknown'}): wait "
+                            f"for it to end, or choose another {name}") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                f"{shlex.join(sys.argv)}\n")
+        f.flush()
+        remove_dead_writers(folder, leftovers)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def running(pid: int) -> bool:

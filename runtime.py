@@ -6,18 +6,12 @@ Nothing is probed at import: every choice is made when a script asks.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-import platform
-import shlex
-import subprocess
-import sys
 import warnings
 from typing import Any
 
 import torch
 
-import configurator
 from configurator import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -154,48 +148,3 @@ def peak_flops(device: torch.device | str) -> float | None:
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
-
-def provenance(device: torch.device) -> dict[str, str]:
-    """Where a run's numbers come from: the code's git commit (with "+changes" when the working tree differs
-    from it; "unknown" outside a git checkout), torch's and Python's versions, the device, the command line."""
-    return {"code": code_version(), "torch": str(torch.__version__), "python": platform.python_version(),
-            "device": device_name(device), "command": shlex.join([sys.executable.rsplit(os.sep, 1)[-1], *sys.argv])}
-
-
-@functools.cache  # once a process: the code does not change while it runs
-def code_version() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (a copy of the files)
-        return "unknown"
-    return commit + ("+changes" if changed else "")
-
-
-def check_fp8(device: torch.device) -> None:
-    """Refuse fp8=True, with one line, where it cannot run: without FP8 matrix multiplies (said first: installing
-    torchao would not help), or without torchao."""
-    if device.type != "cuda":
-        raise UserError(f"fp8=True needs a CUDA GPU with FP8 matrix multiplies (H100, L4, RTX 40xx), not {device}")
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < (8, 9):
-        raise UserError(f"fp8=True needs FP8 matrix multiplies (compute capability 8.9 or later: H100, L4, RTX 40xx); "
-                        f"{torch.cuda.get_device_name(device)} has {major}.{minor}")
-    configurator.require("torchao", "fp8=True", install="torchao")
-
-
-def to_float8(model: torch.nn.Module) -> None:
-    """Swap the model's linear layers, in place, for torchao's Float8Linear: each matrix multiply of the forward
-    and backward passes scales its operands to FP8 (one scale per tensor) and multiplies at twice the bf16 rate.
-    The output head stays as it is (its logits feed the loss directly, and tied to the embedding it is also a
-    lookup table), and so does any layer whose sizes are not multiples of 16 (FP8 matmuls need them). The weights
-    and their names do not change: checkpoints are the same either way."""
-    from torchao.float8 import convert_to_float8_training
-
-    def eligible(module: torch.nn.Module, name: str) -> bool:
-        return name != "lm_head" and module.in_features % 16 == 0 and module.out_features % 16 == 0
-
-    convert_to_float8_training(model, module_filter_fn=eligible)

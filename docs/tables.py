@@ -1,5 +1,7 @@
 """Regenerate the tables of docs/results.md that come from files in docs/data/ (bench.py --json rows, train.py
-logs), between the markers `<!-- tables.py begin -->` and `<!-- tables.py end -->`.
+logs), between the markers `<!-- tables.py begin -->` and `<!-- tables.py end -->`: the two tables of the reshaping
+into modules, then one section per measurement, its heading saying what it measured, its command, machine, torch
+version, date and commit before its table, and what the table shows after it (SECTIONS).
 
     python docs/tables.py          # print the tables
     python docs/tables.py --write  # put them into docs/results.md, and draw docs/gpt2_curves.png and
@@ -111,6 +113,17 @@ def tokens_per_s(name: str) -> float:
     return median_rate(DATA / f"gpt2_{name}.log")
 
 
+GPT2_WHERE = """\
+Issue 20's first measurements. The corpus: the `.py` files of the GPU image's own site-packages, prepared with
+`python data/files/prepare.py --input=SITE_PACKAGES --glob='*.py' --num_proc=16 --val_per_mille=8` (8 s on the
+H200 machine's 16 cores). Every run: `python train.py CONFIG --dataset=files --max_iters=200 --eval_interval=25
+--eval_iters=32 --log_interval=10 --batch_size=32 --gradient_accumulation_steps=16 --always_save_checkpoint=False`
+(524,288 tokens per step), the baseline with `--warmup_iters=20 --lr_decay_iters=200`, the Muon runs with the
+config's own schedule (warmup 10, stable, linear decay over the last 40%); each line of the log time-stamped
+from launch. One NVIDIA H200, torch 2.11.0+cu130, bf16, compiled, 2026-12-02, commit 37479af, one run each
+(no seed spread yet). The table and `docs/gpt2_curves.png` below are made from the logs docs/data/gpt2_*.log."""
+
+
 def gpt2_table() -> str:
     base = curve("baseline")
     target = base[-1][2]  # the baseline's val loss at its last step
@@ -129,7 +142,9 @@ def gpt2_table() -> str:
               "accumulation: `python bench.py --batch_size=32 --gradient_accumulation_steps=16 --compile=on "
               "--warmup=2 --iters=4 "
               "--optimizer=adamw|muon`: " + ", ".join(f"{n} {r['tokens_per_s']:,.0f} tokens/s" for n, r in opt.items())
-              + f" ({opt['muon']['tokens_per_s'] / opt['adamw']['tokens_per_s']:.3f}x)."]
+              + f" ({opt['muon']['tokens_per_s'] / opt['adamw']['tokens_per_s']:.3f}x); "
+              f"{opt['adamw']['device']}, torch {opt['adamw']['torch']}, recorded with the runs above "
+              "(docs/data/optimizer_*.json).", "", "![val loss against steps and seconds](gpt2_curves.png)"]
     return "\n".join(lines)
 
 
@@ -138,6 +153,18 @@ MEDIUM = ("`python train.py CONFIG --dataset=files --n_layer=24 --n_head=16 --n_
           "--always_save_checkpoint=False` (262,144 tokens per step), CONFIG = `config/train_gpt2.py "
           "--learning_rate=3e-4 --min_lr=3e-5 --warmup_iters=10 --lr_decay_iters=100` (GPT-3's rate for this size) or "
           "`config/train_gpt2_muon.py` unchanged.")
+
+
+MEDIUM_WHERE = """\
+GPT-2 medium (24 layers, 1024 wide, 350M parameters) on the site-packages corpus of the 124M runs above, measured
+for issue 20 on one NVIDIA H200, torch 2.11.0+cu130, bf16, 2026-12-02, at commit 56880aa, each log line
+time-stamped from launch; the table is made from docs/data/gpt2_medium_*.log. The command:"""
+
+MEDIUM_FINDINGS = """\
+The Muon recipe, unchanged from 124M, is below the AdamW baseline's 100-step loss at its first evaluation (step
+25) and ends 1.94 lower (1.9989 against 3.9362). Its steps are slower (176,130 against 202,385 tokens/s, 0.87x),
+and it starts 40 s later (compilation of its blocks), so its wall-time ratio (0.63x) is worse than its step
+ratio."""
 
 
 def medium_table() -> str:
@@ -161,6 +188,22 @@ SHAKESPEARE_MUON = {"m1": "--max_iters=1000 --lr_decay_iters=1000 --learning_rat
                     "m3": "--max_iters=500 --lr_decay_iters=500 --learning_rate=3e-3",
                     "m4": "--max_iters=1000 --lr_decay_iters=1000"}
 SEEDS = {"": 1337, "_seed2": 1338}  # log name suffix -> --seed
+
+
+SHAKESPEARE_MUON_WHERE = """\
+Shakespeare characters (10.7M parameters), measured for issue 20 on one NVIDIA H200, torch 2.11.0+cu130, bf16,
+2026-12-02, at commit 0fa955a, each log line time-stamped from launch; the table is made from
+docs/data/shakespeare_*.log."""
+
+SHAKESPEARE_MUON_FINDINGS = """\
+Muon with a schedule that ends with the run (1000 steps, `--lr_decay_iters=1000`) reaches the classic recipe's
+best val loss of the same seed, for both seeds, in 0.81x and 0.85x of its time. Shorter Muon runs (500 or 750
+steps) stay above it. So 0.5x is out of reach here: about 7 s of every run is start-up (the same for both); Muon
+needs about 1000 steps against the classic recipe's 1500 to 1750, at 8.5 against 6.9 ms a step (a 10M model's
+step is bound by kernel launches, and Muon adds some). Even at the classic step's cost, 1000 steps plus start-up
+and evaluations come to about 0.65x. (An earlier sweep of this page, at commit 56880aa, kept the config's
+`lr_decay_iters=5000` while shortening `max_iters`, so its Muon runs never decayed and none reached the classic
+best; train.py now says so when a run stops before its schedule ends.)"""
 
 
 def shakespeare_muon_table() -> str:
@@ -197,6 +240,19 @@ ABLATION = {"full": "config/train_gpt2_muon.py", "full_s2": "the same, --seed=13
             "layernorm": "LayerNorm (--norm=layernorm)", "tied": "tied head (--tie_embeddings=True)"}
 
 
+ABLATION_WHERE = """\
+Measured for issue 20 on one NVIDIA H200, torch 2.11.0+cu130, bf16, 2026-12-02, at commit 0fa955a, on the
+site-packages corpus of the 124M runs above, each log line time-stamped from launch; the table is made from
+docs/data/gpt2_ablation_*.log. The command:"""
+
+ABLATION_FINDINGS = """\
+Each switch of the recipe turned off alone costs at most 5 steps (learned positions instead of rotary ones: 30
+steps instead of 25); all of them together are worth 25 steps (Muon with GPT-2's blocks needs 50, the table of
+124M runs above, evaluated every 25 steps). By the loss at step 25, the largest are rotary positions (0.18), the
+soft-cap (0.11), QK-norm (0.08) and the untied head (0.08); the ReLU^2 MLP and RMSNorm change it by less than
+0.01. The two seeds of the full recipe differ by 0.013 at step 25."""
+
+
 def ablation_table() -> str:
     target = curve("baseline")[-1][2]
     lines = ["`python train.py config/train_gpt2_muon.py --dataset=files --max_iters=200 --eval_interval=5 "
@@ -213,6 +269,15 @@ def ablation_table() -> str:
     return "\n".join(lines)
 
 
+RECIPE_SPEED_FINDINGS = """\
+The recipe runs at 0.907x the baseline's tokens/s (the goal was 0.95x). Muon's own cost is 2.3% (recipe with
+AdamW against with Muon, same call). The blocks cost the rest: turning the soft-cap off gives back 2.1% and
+rotary positions 2.8%; both are passes over memory that the compiled step cannot fuse into the matrix multiplies
+around them (the soft-cap one more read and write of the 32 x 1024 x 50,304 logits per micro-step, about 1.4 ms
+at the H200's 4.8 TB/s; the rotation of q and k in each layer, forward and backward). Both buy more than they
+cost: 0.11 and 0.18 of loss at step 25."""
+
+
 def recipe_speed_table() -> str:
     rows = {n: json.loads((DATA / f"recipe_speed_{n}.json").read_text())[0]
             for n in ("baseline", "recipe_adamw", "recipe_muon")}
@@ -220,16 +285,19 @@ def recipe_speed_table() -> str:
     lines = ["`python bench.py --batch_size=32 --gradient_accumulation_steps=16 --compile=on --warmup=2 --iters=4 "
              "[FLAGS]` (524,288 tokens per step, random tokens), the recipe's blocks being `--norm=rmsnorm "
              "--pos_emb=rope --bias=False --tie_embeddings=False --mlp=relu2 --qk_norm=True --logit_softcap=15 "
-             "--zero_init_proj=True`. Commit 0fa955a:", "", "| run | ms/iter | tokens/s | against the baseline |",
-             "|---|---:|---:|---:|"]
+             f"--zero_init_proj=True`. Measured for issue 20 on one {rows['baseline']['device']}, torch "
+             f"{rows['baseline']['torch']}, bf16, 2026-12-02, at commit 0fa955a; the table is made from "
+             "docs/data/recipe_speed_*.json:", "",
+             "| run | ms/iter | tokens/s | against the baseline |", "|---|---:|---:|---:|"]
     lines += [f"| {n} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.3f}x |"
               for n, r in rows.items()]
     printed = [line.split() for line in (DATA / "recipe_speed_0a53361.txt").read_text().splitlines()
                if not line.startswith("#")]
     bases = [float(r[2]) for r in printed if r[0].startswith("baseline")]
     base = sum(bases) / len(bases)
-    lines += ["", "Commit 0a53361 (the step takes the loss without the logits), another call; each row the recipe "
-              "with Muon and one change (the baseline: the mean of its two rounds):", "",
+    lines += ["", "Commit 0a53361 (the step takes the loss without the logits), another call on the same machine, "
+              "the same day; each row the recipe with Muon and one change (the baseline: the mean of its two rounds), "
+              "from docs/data/recipe_speed_0a53361.txt:", "",
               "| run | ms/iter | tokens/s | peak memory (GiB) | against the baseline |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r[0]} | {float(r[1]):.1f} | {int(r[2]):,} | {float(r[3]):.2f} | {float(r[2]) / base:.3f}x |"
               for r in printed]
@@ -260,6 +328,28 @@ MICRO_RUNS = {"fixed_124m": "124M, batch_size 30", "auto_124m": "124M, micro_bat
               "cuda_graph": "Shakespeare (10.7M), batch 64 x 64, cuda_graph=True, micro_batch=auto"}
 
 
+MICRO_WHERE = """\
+Measured for issue 22 on one NVIDIA H200 (143,771 MiB), torch 2.11.0+cu130, bf16, compiled, 2026-12-02, at commit
+bf0a8bd, on the site-packages corpus of the 124M runs above, each log line time-stamped from launch; the table is
+made from docs/data/micro_batch_*.log. 124M: `python train.py config/train_gpt2.py --dataset=files
+--eval_iters=2 --log_interval=1 --warmup_iters=1 --max_iters=4 --lr_decay_iters=4 --eval_interval=4
+[--micro_batch=auto]`, both in one call; gpt2-xl: the same with `--preset=gpt2-xl --max_iters=3
+--lr_decay_iters=3 --eval_interval=3 --micro_batch=auto`, in the call before. With a CUDA graph (commit d375e90;
+the run had one more `torch.cuda.empty_cache()` before the capture, and a second run without it, since removed,
+gave the same losses and peak): `python train.py config/train_shakespeare_char.py --data_root=DIR --max_iters=8
+--lr_decay_iters=8 --eval_interval=8 --eval_iters=2 --log_interval=1 --cuda_graph=True --micro_batch=auto
+--batch_size=64 --gradient_accumulation_steps=64 --compile=False`."""
+
+MICRO_FINDINGS = """\
+The config's 30 sequences x 16 micro-steps become 120 x 4 for 124M and 32 x 15 for gpt2-xl, at the same 491,520
+tokens a step. Three probes each (1, 2, then the line's choice, which fitted). The compiled step peaked at the
+eager probe's figure (97.85 and 120.95 GiB), within the 125.1 GiB budget. The losses of the first two steps agree
+with the fixed setting's within 0.0001 (10.6978, 7.6102 against 10.6978, 7.6101): the same tokens. For 124M the
+larger micro-batch took 886.5 against 915.9 ms a step (0.97x, one run each in one call; not profiled, so no cause
+claimed). With the CUDA graph: all 4,096 sequences in one micro-batch, the graph captured at step 4 and replayed
+at 91.34 GiB."""
+
+
 def micro_batch_table() -> str:
     """micro_batch=auto against the config's fixed micro-batch: what the probes chose, and the run's steps."""
     lines = ["| run | micro-batch x micro-steps | tokens per step | probes (peak GiB) against the budget | "
@@ -279,6 +369,20 @@ def micro_batch_table() -> str:
         lines.append(f"| {what} | {split} | {tokens} | {probes} | {iters[-1][4]} GiB | {ms:.1f} | {rate:,} | "
                      f"{iters[0][1]}, {iters[1][1]} |")
     return "\n".join(lines)
+
+
+HELLASWAG_WHERE = """\
+Measured for issue 22 on one NVIDIA H200 (143,771 MiB), torch 2.11.0+cu130, bf16, 2026-12-02, at commit bf0a8bd:
+`python evaluate.py --out_dir=DIR --checkpoint=latest --hellaswag=hellaswag_val.jsonl [--batch_examples=64]`, DIR the
+124M run of micro_batch=auto above after 4 steps (its accuracy is chance, 0.25, as it should be). The val file is
+the standard one (10,042 lines, 12,246,618 bytes, sha256 dc1be2fa...8da4ec), carried to the GPU machine. The
+training rows: the last evaluation of the two runs of the metrics log below (`--hellaswag_interval`, commit
+8b6e625). The table is made from docs/data/hellaswag_*.log and docs/data/runs/*/train.log."""
+
+HELLASWAG_FINDINGS = """\
+The whole file takes 15.0 s at 16 and at 64 examples a pass. Of that, tokenizing and padding all examples take
+1.4 s on the 2-core development machine's CPU; the rest is not profiled yet. Inside training
+(`--hellaswag_interval`), the last evaluation of each run below took 18-19 s with its val loss."""
 
 
 def hellaswag_table() -> str:
@@ -309,18 +413,29 @@ def metrics_plot(path: Path) -> None:
                                     title="GPT-2 124M on site-packages .py, 262,144 tokens a step, one H200"))
 
 
+def sections() -> list[tuple[str, list[str]]]:
+    """The generated part of results.md: (heading, paragraphs) in order; each measurement's section says where it
+    was measured before its table and what it shows after."""
+    return [
+        ("### Speed: 63f2b55 (modules by idea) against 51427ac (before them)", [speed_table()]),
+        ("### The Shakespeare recipe's losses: 63f2b55 against 51427ac", [recipe_table()]),
+        ("## GPT-2 124M in 200 steps: AdamW against Muon", [GPT2_WHERE, gpt2_table()]),
+        ("## What each switch of the Muon recipe buys (GPT-2 124M)",
+         [ABLATION_WHERE, ablation_table(), ABLATION_FINDINGS]),
+        ("## The Muon recipe's tokens/s against the baseline's (GPT-2 124M)",
+         [recipe_speed_table(), RECIPE_SPEED_FINDINGS]),
+        ("## GPT-2 medium (350M) in 100 steps: AdamW against Muon", [MEDIUM_WHERE, medium_table(), MEDIUM_FINDINGS]),
+        ("## Shakespeare characters: the classic recipe against Muon variants",
+         [SHAKESPEARE_MUON_WHERE, shakespeare_muon_table(), SHAKESPEARE_MUON_FINDINGS]),
+        ("## micro_batch=auto: the largest micro-batch that fits, the tokens per step kept",
+         [MICRO_WHERE, micro_batch_table(), MICRO_FINDINGS]),
+        ("## HellaSwag over the whole val file (10,042 examples)",
+         [HELLASWAG_WHERE, hellaswag_table(), HELLASWAG_FINDINGS]),
+    ]
+
+
 def tables() -> str:
-    return "\n\n".join(["### Speed: 63f2b55 (modules by idea) against 51427ac (before them)", speed_table(),
-                        "### The Shakespeare recipe's losses: 63f2b55 against 51427ac", recipe_table(),
-                        "### GPT-2 124M in 200 steps: AdamW against Muon", gpt2_table(),
-                        "### What each switch of the recipe buys (124M)", ablation_table(),
-                        "### The recipe's tokens/s against the baseline's (124M)", recipe_speed_table(),
-                        "### GPT-2 medium (350M) in 100 steps: AdamW against Muon", medium_table(),
-                        "### Shakespeare characters: the classic recipe against Muon variants",
-                        shakespeare_muon_table(),
-                        "### micro_batch=auto: the largest micro-batch that fits, the tokens per step kept",
-                        micro_batch_table(),
-                        "### HellaSwag over the whole val file (10,042 examples)", hellaswag_table()])
+    return "\n\n".join(part for heading, paragraphs in sections() for part in (heading, *paragraphs))
 
 
 def main(argv: list[str]) -> None:

@@ -32,8 +32,10 @@ import torch.distributed as dist
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # tests import model, tokenizer, configurator, ... from any directory
 
-from model import GPT, GPTConfig  # noqa: E402 (needs the sys.path entry above)
-from tokenizer import write_meta  # noqa: E402
+from datafiles import write_meta  # noqa: E402 (needs the sys.path entry above)
+from model import GPT, GPTConfig  # noqa: E402
+from source import Source  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
 
 # Tiny models gain nothing from intra-op threads, and OpenMP's spin-waiting makes them several times slower
 # whenever another process (a parallel test subprocess, a neighbour's job) wants the same cores.
@@ -49,6 +51,12 @@ def tiny_gpt(seed: int = 0, **overrides: Any) -> GPT:
 
 
 @torch.no_grad()
+def ready_to_decode(out_dir: str, which: str = "best", dtype: torch.dtype | None = None) -> tuple[GPT, Tokenizer]:
+    """out_dir's checkpoint as sample.py and export.py get it (source.Source), and its tokenizer."""
+    opened = Source.open("resume", out_dir, which)
+    return opened.model("cpu", dtype), opened.tokenizer()
+
+
 def reference_tokens(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
     """Greedy generation written from generate_tokens' docstring alone, with the plain forward and no cache: the
     model sees a window of at most block_size tokens; when a new token would overflow it, the window restarts

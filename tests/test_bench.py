@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 import bench
 import generate
 import train
 from configurator import UserError
-from model import GPT
-from tokenizer import write_meta
+from datafiles import write_meta
+from dataloader import Batches
+from model import GPT, GPTConfig
 
 SHAPE = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32"]  # the vocabulary left open
 TINY = [*SHAPE, "--vocab_size=64", "--compile=off", "--warmup=1", "--iters=2"]
@@ -65,14 +69,47 @@ def write_dataset(root: Path, chars: str = "abcdefgh") -> None:
                                "chars": chars, "source": "test"})
 
 
+def loss_after_two_steps_by_hand(row: dict[str, Any], train_bin: Path) -> float:
+    """A train row's loss after two untimed steps, in plain PyTorch: the row's model drawn at bench.py's seed
+    (1337); training's batches of train_bin (2 sequences of 32 tokens, built as train.py builds them); two steps of
+    AdamW at train.py's default rates (6e-4, weight decay 0.1 on matrices and embeddings, betas 0.9 and 0.95), each
+    on the mean loss of two batches (0 and 1, then 2 and 3), gradients clipped to norm 1; then the mean
+    cross-entropy of batches 4 and 5, which the timed step trains on. (Two steps: Adam's first step is the sign of
+    the gradient whatever its betas or clipping.)"""
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(**{f.name: row[f.name] for f in dataclasses.fields(GPTConfig)}))
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=6e-4, betas=(0.9, 0.95))
+    batches = Batches(str(train_bin), "uint16", 32, 2, 8, seed=1337, group=2)  # vocabulary: the dataset's 8
+
+    def mean_loss(indices: list[int]) -> torch.Tensor:
+        losses = [F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()) for x, y in map(batches.read, indices)]
+        return sum(losses) / len(losses)
+
+    for first in (0, 2):
+        mean_loss([first, first + 1]).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        return mean_loss([4, 5]).item()
+
+
 def test_train_rows_read_a_dataset_as_training_does(tmp_path: Path) -> None:
     write_dataset(tmp_path)
-    rows, seconds = timed([*SHAPE, "--compile=off", "--warmup=1", "--iters=2", "--batch_size=2",
+    rows, seconds = timed([*SHAPE, "--compile=off", "--warmup=2", "--iters=1", "--batch_size=2",
                            "--gradient_accumulation_steps=2", f"--data_root={tmp_path}", "--dataset=tiny"])
     (row,) = rows
     assert row["status"] == "ok" and row["data"] == "tiny" and row["accum"] == 2
     assert row["vocab_size"] == 64  # the dataset's 8 characters, padded to vocab_multiple as train.py pads them
-    assert row["tokens_per_s"] > 2 * (2 * 32 * 2) / seconds  # 2 timed steps of 2 micro-batches of 2 x 32
+    # a step is 2 micro-batches of 2 sequences of 32 tokens: 128 tokens in ms_per_iter
+    assert row["tokens_per_s"] == pytest.approx(2 * 2 * 32 / (row["ms_per_iter"] / 1000), rel=1e-9)
+    assert 0 < row["ms_per_iter"] / 1000 < seconds
+    # the timed step's loss (training's batches 4 and 5, after two steps on 0 to 3), by hand: the same float32 ops
+    # on this CPU, equal up to rounding (a tight bound: clipping and weight decay move this loss little)
+    assert row["loss"] == pytest.approx(loss_after_two_steps_by_hand(row, tmp_path / "tiny" / "train.bin"), rel=1e-6)
 
 
 @pytest.mark.parametrize(("vocab_flags", "vocab_size"), [

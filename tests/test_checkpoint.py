@@ -1,6 +1,6 @@
 """checkpoint.py: a checkpoint is plain data (a Header beside the weights and optimizer state) that loads with
 weights_only=True; saves are atomic; the latest and the best are found by name; a foreign or damaged file is
-refused in one line; load_model gives a ready model and its tokenizer; a sharded checkpoint converts to the single
+refused in one line; a sharded checkpoint converts to the single
 file it stands for; and a checkpoint written before the refactor (tests/fixtures/checkpoint_51427ac) resumes and
 samples exactly as the code that wrote it did."""
 
@@ -20,11 +20,12 @@ import torch
 
 import checkpoint
 import evaluate
+import optim
 import sample
 import train
 from checkpoint import Checkpoint, Header
 from configurator import UserError
-from conftest import REPO_ROOT, Trained, make_char_dataset, run_main, tiny_flags, tiny_gpt
+from conftest import REPO_ROOT, Trained, make_char_dataset, ready_to_decode, run_main, tiny_flags, tiny_gpt
 from dataloader import EvalBatches
 from model import GPT
 
@@ -187,17 +188,6 @@ def test_a_foreign_or_damaged_file_is_refused_in_one_line(trained: Trained, tmp_
     assert "\n" not in str(refused.value)
 
 
-def test_load_model_gives_the_best_model_ready_to_decode_and_its_tokenizer(trained: Trained):
-    model, tok = checkpoint.load_model(str(trained.out_dir))
-    ckpt = checkpoint.read(str(trained.out_dir), which="best")
-    full = ckpt.build_model()
-    assert not model.training and tok.vocab_size == trained.data.meta["vocab_size"] == 62
-    assert tok.encode("First") == [trained.data.meta["chars"].index(c) for c in "First"]
-    assert torch.equal(logits(model), logits(full)[..., :62])  # the padding rows, never sampled, cropped off
-    half, _ = checkpoint.load_model(str(trained.out_dir), which="latest", dtype=torch.bfloat16)
-    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
-
-
 @pytest.mark.parametrize(("meta", "message"), [
     (None, "does not record its tokenizer; refusing to guess one"),
     ({"vocab_size": 40}, "does not record its tokenizer; refusing to guess one"),
@@ -209,7 +199,7 @@ def test_a_checkpoint_without_a_tokenizer_it_can_build_is_refused_rather_than_gu
     checkpoint.save(small_checkpoint(tiny_gpt(), meta=meta), str(tmp_path))
     with pytest.raises(UserError, match=rf"^checkpoint {re.escape(str(tmp_path.resolve() / 'ckpt.pt'))} "
                                         rf"{re.escape(message)}$"):
-        checkpoint.load_model(str(tmp_path))
+        ready_to_decode(str(tmp_path))
 
 
 def test_a_sharded_checkpoint_converts_to_the_single_file_it_was_saved_from(trained: Trained, tmp_path: Path,
@@ -218,7 +208,7 @@ def test_a_sharded_checkpoint_converts_to_the_single_file_it_was_saved_from(trai
 
     original = checkpoint.read(str(trained.out_dir), optimizer=True)
     model = original.build_model()
-    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    optimizer = optim.adamw(model, 0.1, 1e-3, (0.9, 0.99), "cpu")
     optimizer.load_state_dict(original.optimizer)
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     out = tmp_path / "out"
@@ -302,6 +292,6 @@ def test_a_checkpoint_whose_model_args_or_weights_are_foreign_is_one_line(traine
     ckpt["model_args"] = ckpt["model_args"] | change["model_args"]
     torch.save(ckpt, tmp_path / "ckpt.pt")
     with pytest.raises(UserError, match=rf"^checkpoint {re.escape(str(tmp_path / 'ckpt.pt'))}{message}"):
-        checkpoint.load_model(str(tmp_path))
+        ready_to_decode(str(tmp_path))
     code, _, err = run_main("sample.py", [f"--out_dir={tmp_path}", "--device=cpu", "--max_new_tokens=2"])
     assert code == 2 and err.count("\n") == 1

@@ -17,6 +17,7 @@ import checkpoint
 import configurator
 import export
 import sample
+import source
 import train
 from conftest import REPO_ROOT, run_main
 from configurator import UserError
@@ -283,8 +284,9 @@ def test_an_architecture_overlay_composes_with_a_recipe(overlay: str, expected: 
     # python train.py config/train_shakespeare_char.py config/arch/<overlay>.py --dry_run=True: the recipe's shape
     # (6 layers, 6 heads, 384 wide, block 256) with the overlay's block
     built = []
-    real = train.build_model
-    monkeypatch.setattr(train, "build_model", lambda *args, **kwargs: built.append(real(*args, **kwargs)) or built[-1])
+    real = source.for_training
+    monkeypatch.setattr(source, "for_training",
+                        lambda *args, **kwargs: built.append(real(*args, **kwargs)) or built[-1])
     with pytest.raises(UserError, match="prepare the data first"):  # after the model is built and accounted
         train.main([str(REPO_ROOT / "config" / "train_shakespeare_char.py"),
                     str(REPO_ROOT / "config" / "arch" / f"{overlay}.py"), "--dry_run=True",

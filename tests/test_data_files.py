@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import datafiles
 import tokenizer
 from configurator import UserError
 from conftest import prepare_module, run_main, run_script, script_env
@@ -68,7 +69,7 @@ def expected(root: Path, val_per_mille: float = VAL) -> dict[str, list[str]]:
 def documents(out: Path) -> dict[str, list[str]]:
     """Each split's documents, decoded from its .bin file; checks every document's ids are tiktoken's own
     encoding of its text, each followed by end-of-text."""
-    assert tokenizer.read_meta(str(out)) | {"source": None} == tokenizer.GPT2_META | {"source": None}
+    assert datafiles.read_meta(str(out)) | {"source": None} == tokenizer.GPT2_META | {"source": None}
     enc = tokenizer.gpt2_encoding()
     docs = {}
     for split in ("train", "val"):
@@ -255,7 +256,7 @@ def test_an_interrupted_run_leaves_the_old_files(src: Path, tmp_path: Path, monk
     if failure == "interrupt":
         monkeypatch.setattr(module, "encode_files", interrupted)
     else:
-        monkeypatch.setattr(tokenizer.json, "dump", disk_full)
+        monkeypatch.setattr(datafiles.json, "dump", disk_full)
     code, _, stderr = run_main(module, [f"--input={src}", "--glob=*.py", f"--out_dir={out}", f"--val_per_mille={VAL}",
                                         "--num_proc=1"])
     assert code == status and stderr.endswith(message), stderr

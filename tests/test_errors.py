@@ -157,9 +157,9 @@ def bad_checkpoint_cases(root: Path, trained: Trained) -> dict[str, Case]:
         "resume_without_checkpoint": ("train.py", tiny_flags(data, root / "empty", **resume), "no checkpoint at"),
         "resume_random_bytes": ("train.py", tiny_flags(data, random_bytes, **resume), "corrupt or truncated"),
         "resume_on_another_char_vocabulary": ("train.py", tiny_flags(other_chars, other_shape, **resume),
-                                              f"the checkpoint was trained on {len(data.meta['chars'])} characters, "
+                                              f"the model was trained on {len(data.meta['chars'])} characters, "
                                               f"{other_chars.dir} has another vocabulary (14 characters): resume on "
-                                              "the data it was trained on"),
+                                              "data prepared with its characters"),
         "resume_truncated": ("train.py", tiny_flags(data, truncated, **resume), "corrupt or truncated"),
         "resume_with_a_preset_of_another_shape": ("train.py", [f"--data_root={data.root}", f"--dataset={data.name}",
                                                                f"--out_dir={other_shape}", "--device=cpu",

@@ -24,9 +24,10 @@ import checkpoint
 import evaluate
 import hf
 from conftest import TINY_MODEL, Trained, make_char_dataset, run_main, shakespeare_text, tiny_gpt
+from datafiles import write_dataset
 from dataloader import EvalBatches
 from model import GPT
-from tokenizer import GPT2_META, Tokenizer, write_dataset
+from tokenizer import GPT2_META, Tokenizer
 
 CPU = torch.device("cpu")
 

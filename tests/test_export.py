@@ -157,7 +157,7 @@ def test_export_missing_checkpoint_exits_2(tmp_path: Path):
 
 def test_export_refuses_a_checkpoint_without_its_tokenizer(trained: Trained, tmp_path: Path):
     ckpt = torch.load(trained.out_dir / "ckpt.pt", weights_only=True)
-    del ckpt["meta"]  # what load_model (test_checkpoint) refuses: export writes nothing
+    del ckpt["meta"]  # what source.Source (test_checkpoint) refuses: export writes nothing
     torch.save(ckpt, tmp_path / "ckpt.pt")
     with pytest.raises(UserError, match=r"does not record its tokenizer; refusing to guess one$"):
         export.main([f"--out_dir={tmp_path}", f"--hf_dir={tmp_path / 'hf'}"])

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import checkpoint
+import step
 import train
 from configurator import UserError
 from conftest import REPO_ROOT, CharData, script_env, tiny_flags
@@ -67,14 +68,14 @@ def test_ctrl_c_saves_at_the_step_boundary_and_resume_is_exact(char_data: CharDa
     # in this process: Ctrl-C arrives during the 7th step
     steps = []
 
-    class InterruptedStep(train.Step):
+    class InterruptedStep(step.Step):
         def __call__(self, *args: object) -> object:
             steps.append(1)
             if len(steps) == 7:
                 os.kill(os.getpid(), signal.SIGINT)
             return super().__call__(*args)
 
-    monkeypatch.setattr(train, "Step", InterruptedStep)
+    monkeypatch.setattr(step, "Step", InterruptedStep)
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
     try:
         out_dir = tmp_path / "out"
@@ -99,7 +100,7 @@ def test_an_out_dir_that_cannot_hold_checkpoints_is_refused_before_training(char
         if os.geteuid() == 0:  # root writes through permissions: the file system's refusal is injected instead
             def refused(**kwargs: object) -> None:
                 raise PermissionError(13, "Permission denied")
-            monkeypatch.setattr(train.tempfile, "NamedTemporaryFile", refused)
+            monkeypatch.setattr(checkpoint.tempfile, "NamedTemporaryFile", refused)
     monkeypatch.setattr(train, "start_run", lambda *args: pytest.fail("training started"))
     with pytest.raises(UserError, match=f"out_dir {re.escape(str(out_dir))} cannot hold checkpoints"):
         train.main(tiny_flags(char_data, out_dir))
@@ -210,7 +211,7 @@ def test_a_second_run_in_the_same_out_dir_is_refused_until_the_first_ends_even_b
                                                                                          tmp_path: Path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    holder = subprocess.Popen(  # a run's lock as checkpoint.claim takes it, held by a real process until killed
+    holder = subprocess.Popen(  # a run's lock as process.hold takes it, held by a real process until killed
         [sys.executable, "-c", "import fcntl, os, sys, time\n"  # without torch: a second to start, not five
                                "f = open(os.path.join(sys.argv[1], '.lock'), 'a+')\n"
                                "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"

@@ -19,10 +19,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import checkpoint
 import generate
 from configurator import UserError
-from conftest import Trained, reference_tokens, tiny_gpt
+from conftest import Trained, ready_to_decode, reference_tokens, tiny_gpt
 from generate import GREEDY, Sampling, adjust_logits, clear_cache, generate_tokens, sample_logits, setup_cache
 from model import GPT
 from test_model import ARCHS, MODERN, build
@@ -37,7 +36,7 @@ def random_model(block_size: int = 32, vocab_size: int = 64, seed: int = 0) -> G
 def models(trained: Trained) -> dict[str, GPT]:
     """The shared trained char model (as sample.py loads it: padding rows cropped), a random one, and one model of
     every architecture of test_model (vocabulary 61)."""
-    return {"trained": checkpoint.load_model(str(trained.out_dir))[0], "random": random_model(),
+    return {"trained": ready_to_decode(str(trained.out_dir))[0], "random": random_model(),
             **{arch: build(arch) for arch in ARCHS if arch != "gpt2"}}
 
 

@@ -20,8 +20,9 @@ import hf
 import metrics
 import train
 from conftest import make_char_dataset, run_main, tiny_flags
+from datafiles import write_dataset
 from model import GPT, GPTConfig
-from tokenizer import GPT2_META, Tokenizer, write_dataset
+from tokenizer import GPT2_META, Tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hellaswag_sample.jsonl"
 CPU = torch.device("cpu")

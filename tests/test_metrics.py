@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import metrics
 import train
@@ -113,3 +114,21 @@ def test_the_plot_command_refuses_in_one_line(tmp_path: Path, args: list[str], m
     args = [a.replace("RUN", str(tmp_path)) for a in args]
     code, _, err = run_main(metrics, [*args, f"--out={tmp_path / 'x.png'}"])
     assert (code, err) == (2, f"error: {message.replace('RUN', str(tmp_path))}\n")
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_several_processes_agree_on_the_iteration_of_the_next_log_line():
+    # their clocks differ, so they agree at each line: within QUIET_S at the pace measured, never later than
+    # log_interval; the first line comes after the first step
+    pace = metrics.Pace()
+    assert pace.overdue(1, distributed=True)
+    pace.plan(10, log_interval=100, seconds_per_iter=metrics.QUIET_S / 4, device=torch.device("cpu"))
+    assert pace.next_line == 14 and not pace.overdue(13, distributed=True) and pace.overdue(14, distributed=True)
+    pace.plan(14, log_interval=3, seconds_per_iter=metrics.QUIET_S / 4, device=torch.device("cpu"))
+    assert pace.next_line == 17
+    pace.plan(17, log_interval=100, seconds_per_iter=metrics.QUIET_S * 5, device=torch.device("cpu"))
+    assert pace.next_line == 18  # slower than QUIET_S a step: every step
+
+
+def test_durations_read_as_a_person_would():
+    assert [metrics.duration(s) for s in (45, 720, 3.4 * 3600, 2.5 * 86400)] == ["45 s", "12 min", "3.4 h", "2.5 days"]

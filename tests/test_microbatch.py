@@ -21,6 +21,8 @@ import train
 from configurator import UserError
 from conftest import CharData, tiny_flags, tiny_gpt
 from dataloader import Batches, EvalBatches
+from microbatch import BatchPlan
+from parallel import Layout
 
 # ---------------------------------------------------------------------------------------------- sizes
 
@@ -215,10 +217,24 @@ def test_auto_on_the_cpu_keeps_batch_size_and_says_so(char_data: CharData, tmp_p
 
 
 def test_auto_is_refused_with_sharded_weights():
-    cfg = train.TrainConfig(micro_batch="auto")
-    layout = train.Layout(0, 0, 2, torch.device("cpu"), True, tp=2, mesh=object())  # any mesh: sharded
+    layout = Layout(0, 0, 2, torch.device("cpu"), True, tp=2, mesh=object())  # any mesh: sharded
     with pytest.raises(UserError, match=r"^micro_batch=auto: the probe needs whole weights"):
-        train.check_micro_batch(cfg, layout)
+        microbatch.check("auto", 12, 40, layout)
+    microbatch.check("auto", 12, 40, Layout(0, 0, 2, torch.device("cpu"), True))  # DDP: whole weights, probed
+
+
+def test_the_batch_plan_cuts_a_step_as_the_recipe_says():
+    # 6 sequences a batch, 4 batches a step: 24 sequences of 16 tokens over 2 data-parallel shares of 12, each in
+    # micro-batches of 3: 4 micro-steps. Share 1 starts a step at micro-batch 1, then 3, 5, 7 (stride 2)
+    plan = BatchPlan(batch_size=6, accumulation=4, block_size=16, dp_world=2, dp_rank=1, micro=3)
+    assert (plan.share, plan.micro_steps, plan.tokens_per_iter) == (12, 4, 24 * 16)
+    assert plan.first_micro_batch(0) == 1
+    # after 2 steps (8 batches of 6 = 48 sequences = 16 micro-batches of 3) the next step starts at 16 + 1
+    assert plan.first_micro_batch(8) == 17
+    plan.check_start(8)  # 48 sequences: a whole number of micro-batches of 3
+    with pytest.raises(UserError, match=r"^the checkpoint stopped after 6 sequences of data, not a whole number of "
+                                        r"micro-batches of 4"):
+        BatchPlan(6, 4, 16, 1, 0, micro=4).check_start(1)
 
 
 # ---------------------------------------------------------------------------------------------- the same tokens
@@ -262,10 +278,11 @@ def test_dry_run_tells_the_split(char_data: CharData, tmp_path: Path, capsys: py
     assert "tokens per iteration: 512 = batch_size 8 x block_size 32 x gradient_accumulation_steps 2" in out
     assert "micro-batches of 2 sequences: 8 micro-steps per data-parallel share" in out
     assert re.search(r"activations of one micro-batch of 2 ", out)
-    auto = accounting.dry_run(tiny_gpt().config, 8, 2, 1, torch.float32, False, None)
+    config = tiny_gpt().config
+    auto = accounting.dry_run(config, BatchPlan(8, 2, config.block_size, 1, 0, 8), torch.float32, False, True)
     assert "micro_batch=auto: the micro-batch is probed when the run starts" in auto
     # a tensor-parallel pair is one data-parallel share: 4 x 4 sequences, in micro-batches of 8, 2 micro-steps
-    split = accounting.dry_run(tiny_gpt().config, 4, 4, 1, torch.float32, False, 8)
+    split = accounting.dry_run(config, BatchPlan(4, 4, config.block_size, 1, 0, 8), torch.float32, False, False)
     assert "(4 per data-parallel share x 1 share(s))" in split and "8 sequences: 2 micro-steps" in split
 
 

@@ -17,10 +17,11 @@ import torch
 
 import checkpoint
 import export
+import optim
 import sample
 import train
 from configurator import UserError
-from conftest import TINY_MODEL, run_main, shakespeare_text, tiny_flags, tiny_gpt
+from conftest import TINY_MODEL, ready_to_decode, run_main, shakespeare_text, tiny_flags, tiny_gpt
 from model import GPT, GPTConfig
 from test_safeload import Planted
 
@@ -46,7 +47,7 @@ def nanogpt_checkpoint(out_dir: Path, vocab_size: int, dataset: str) -> GPT:
     """out_dir/ckpt.pt as nanoGPT's train.py saves it from a compiled model; the model it holds."""
     model = tiny_gpt(seed=5, vocab_size=vocab_size)
     args = {k: v for k, v in {**TINY_MODEL, "vocab_size": vocab_size}.items() if k in NANOGPT_ARGS}
-    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")  # nanoGPT's two groups, its order
+    optimizer = optim.adamw(model, 0.1, 1e-3, (0.9, 0.99), "cpu")  # nanoGPT's two groups, its order
     model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
     optimizer.step()
     out_dir.mkdir(parents=True)
@@ -69,7 +70,7 @@ def test_a_nanogpt_checkpoint_reads_with_its_meta_pkl_and_samples(nanogpt_dir: t
     _, chars, model = nanogpt_dir
     ckpt = checkpoint.read("out-shakespeare-char")
     assert ckpt.header.meta["chars"] == chars and ckpt.header.iter_num == 250
-    loaded = checkpoint.load_model("out-shakespeare-char")[0]
+    loaded = ready_to_decode("out-shakespeare-char")[0]
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     rc, out, err = run_main(sample, ["--out_dir=out-shakespeare-char", "--device=cpu", "--num_samples=1",
                                      "--max_new_tokens=20", "--start=First Citizen:", "--seed=1"])

@@ -1,6 +1,7 @@
 """optim.py: Muon's update against a reference written here from the algorithm (Jordan et al. 2024), its AdamW part
-against torch.optim.AdamW, the parameter groups, a skipped step that changes nothing, and exact resume; the
-schedules against hand values and the target loss's stop live in test_train.py."""
+against torch.optim.AdamW, the parameter groups (nanoGPT's AdamW's and Muon's), a skipped step that changes
+nothing, exact resume, and the learning rate as the schedule and a CUDA graph set it; the schedules against hand
+values and the target loss's stop live in test_train.py."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 import optim
-import step
 import train
 from conftest import CharData, tiny_flags, tiny_gpt
+
+CPU = torch.device("cpu")
 
 
 def reference_orthogonalise(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -87,6 +89,20 @@ def test_the_adamw_part_steps_as_torch_adamw():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
+def test_adamw_decays_matrices_and_embeddings_only():
+    model = tiny_gpt()  # tied embeddings, biases
+    opt = optim.adamw(model, weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.95), device_type="cpu")
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    params = dict(model.named_parameters())  # the tied weight appears once
+    assert {id(p) for p in params.values() if p.dim() >= 2} == decay
+    assert {id(p) for p in params.values() if p.dim() < 2} == no_decay
+    listed = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in params.values())  # each parameter in exactly one group
+    assert listed.count(id(model.lm_head.weight)) == 1
+    assert all(g["lr"] == 1e-3 and g["betas"] == (0.9, 0.95) for g in opt.param_groups)
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_each_parameter_is_in_exactly_one_group_muon_taking_the_blocks_matrices(tie: bool):
     model = tiny_gpt(tie_embeddings=tie)
@@ -123,8 +139,24 @@ def test_a_skipped_step_changes_no_weight_and_no_state():
 def test_build_gives_each_group_its_share_of_the_schedule():
     opt = optim.build(tiny_gpt(), "muon", 1e-3, 0.1, (0.9, 0.95), "cpu", muon_lr=0.02)
     assert [g["lr_scale"] for g in opt.param_groups] == pytest.approx([20.0, 1.0, 1.0])
-    step.set_lr(opt, 5e-4)
+    optim.set_lr(opt, 5e-4)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
+
+
+def test_a_capturable_optimizer_takes_the_schedule_through_its_rate_tensor_and_goes_back():
+    # cuda_graph=True: the replayed step reads the rate from a tensor; a checkpoint from either kind resumes in both
+    optimizer = optim.adamw(tiny_gpt(block_size=8), 0.1, 1e-2, (0.9, 0.95), "cpu")
+    optim.set_capturable(optimizer, CPU, True)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    optim.set_lr(optimizer, 2e-4)
+    assert all(group["lr"] is rate and rate.item() == pytest.approx(2e-4) for group, rate in
+               zip(optimizer.param_groups, rates, strict=True))  # filled in place: the graph keeps reading it
+    assert all(group["capturable"] for group in optimizer.param_groups)
+    optim.set_capturable(optimizer, CPU, False)
+    back = [(group["lr"], group["capturable"]) for group in optimizer.param_groups]
+    assert back == [(pytest.approx(2e-4), False)] * 2 and all(type(rate) is float for rate, _ in back)
+    optim.set_lr(optimizer, 3e-4)
+    assert [group["lr"] for group in optimizer.param_groups] == [3e-4, 3e-4]
 
 
 def test_a_muon_run_resumes_exactly(char_data: CharData, tmp_path: Path):

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import parallel
-import runtime
 import train
 from configurator import UserError
 from conftest import CharData, run_main, tiny_flags
@@ -159,7 +158,7 @@ def test_a_layout_that_can_be_built_passes(world: int, tp: int, fsdp: bool):
     (torch.bfloat16, True, "fp8=True with fsdp=True is not supported")])
 def test_what_a_sharded_model_does_not_combine_with_is_one_line(dtype: torch.dtype, fp8: bool, message: str,
                                                                 monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(runtime, "check_fp8", lambda device: None)  # as on an FP8 GPU
+    monkeypatch.setattr(parallel, "check_fp8", lambda device: None)  # as on an FP8 GPU
     with pytest.raises(UserError, match=re.escape(message)):
         parallel.check_run(layout(world=2, sharded=True), dtype, True, 1, fp8)
     parallel.check_run(layout(world=2), dtype, False, 1, fp8)  # DDP takes either

@@ -1,4 +1,4 @@
-"""sample.py: the model and tokenizer it loads (checkpoint.load_model), its sampling controls, its continuations
+"""sample.py: its sampling controls, its continuations
 against the reference greedy decoder, batching, stop strings, end-of-text, streaming, and --score; as a script
 and in process.
 
@@ -27,11 +27,13 @@ import checkpoint
 import sample
 import train
 from configurator import UserError
-from conftest import CharData, Trained, make_char_dataset, reference_tokens, run_main, run_script, tiny_flags, tiny_gpt
+from conftest import (CharData, Trained, make_char_dataset, ready_to_decode, reference_tokens, run_main, run_script,
+                      tiny_flags, tiny_gpt)
+from datafiles import write_meta
 from generate import Sampling, generate_tokens
 from model import GPT, GPTConfig
 from test_tokenizer import DOCS, splits_a_character
-from tokenizer import GPT2_EOT, GPT2_META, Tokenizer, gpt2_encoding, write_meta
+from tokenizer import GPT2_EOT, GPT2_META, Tokenizer, gpt2_encoding
 
 DELIMITER = "---------------"
 CPU = torch.device("cpu")
@@ -59,37 +61,6 @@ def record_generate_tokens(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(sample, "generate_tokens", spy)
     return calls
-
-
-# --- the model and tokenizer sample.py loads ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("which", ["best", "latest"])
-def test_load_model_is_the_checkpoint_ready_to_decode(trained: Trained, which: str):
-    model, tok = checkpoint.load_model(str(trained.out_dir), which)
-    ckpt = checkpoint.read(str(trained.out_dir), which)  # its tensors as saved
-    vocab = trained.data.meta["vocab_size"]  # 62 characters; the model was trained with 64 rows
-    assert (tok.kind, tok.vocab_size, ckpt.header.model_args["vocab_size"]) == ("char", vocab, 64)
-    assert model.config.vocab_size == vocab
-    assert not model.training
-    assert model.lm_head.weight is model.transformer.wte.weight  # still tied after cropping
-    weights = model.state_dict()
-    assert weights.keys() == ckpt.model.keys()
-    for name, saved in ckpt.model.items():  # the padding rows cropped, every other weight as saved
-        cropped = name in ("transformer.wte.weight", "lm_head.weight")
-        assert torch.equal(weights[name], saved[:vocab] if cropped else saved), name
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
-
-
-def test_sample_loads_the_checkpoint_in_the_working_dtype(trained: Trained):
-    cfg = sample.SampleConfig(out_dir=str(trained.out_dir), checkpoint="latest")
-    model, tok = sample.load(cfg, CPU, torch.bfloat16)
-    full, _ = checkpoint.load_model(str(trained.out_dir), "latest")
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    assert not model.training
-    assert model.config.vocab_size == tok.vocab_size == trained.data.meta["vocab_size"]
-    for (name, p), q in zip(model.named_parameters(), full.parameters(), strict=True):
-        assert torch.equal(p, q.to(torch.bfloat16)), name
 
 
 # --- sampling controls and continuations --------------------------------------------------------------------------
@@ -121,7 +92,7 @@ def test_controls_refuse_settings_out_of_range(settings: dict[str, Any], message
 
 
 def test_greedy_continuations_are_the_reference_decoder_s(trained: Trained, capsys: pytest.CaptureFixture[str]):
-    model, tok = checkpoint.load_model(str(trained.out_dir))
+    model, tok = ready_to_decode(str(trained.out_dir))
     ids = tok.encode("ROMEO:")
     expected = reference_tokens(model, torch.tensor([ids]), 40)[0, len(ids):].tolist()  # past block_size 32
     cfg = sample.SampleConfig(num_samples=3, max_new_tokens=40, temperature=0.0, stream=False)
@@ -350,7 +321,7 @@ def test_score_prints_token_losses_total_mean_and_perplexity(trained: Trained, t
     assert capsys.readouterr().out == out
 
     *token_lines, summary = out.splitlines()
-    model, tok = checkpoint.load_model(str(trained.out_dir))
+    model, tok = ready_to_decode(str(trained.out_dir))
     losses = sample.token_losses(model, tok.encode(text), CPU).tolist()
     assert len(token_lines) == len(losses) == len(text) - 1
     for line, ch, loss in zip(token_lines, text[1:], losses):
@@ -387,7 +358,7 @@ def test_score_of_the_val_text_agrees_with_the_val_loss(longer_trained: Trained,
 
 
 def test_token_losses_past_block_size(trained: Trained):
-    model, _ = checkpoint.load_model(str(trained.out_dir))
+    model, _ = ready_to_decode(str(trained.out_dir))
     block = model.config.block_size
     ids = val_ids(trained.data, 100)
     losses = sample.token_losses(model, ids, CPU)

