@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 
 import configurator
+import microbatch
 import optim
 import process
 import runtime
@@ -116,10 +117,15 @@ def check_training_fits(config: GPTConfig, optimizer: str, micro: int | None, ba
                        f"{config.block_size}", advice)
 
 
-def dry_run(config: GPTConfig, plan: BatchPlan, dtype: torch.dtype, checkpointing: bool, probed: bool) -> str:
-    """The batch plan's arithmetic and activation_bytes' estimate for its micro-batches (probed: train.py's
-    micro_batch=auto, the micro-batch found when the run starts; the estimate is then batch_size's)."""
-    B, T, accum, dp_world, micro = plan.batch_size, config.block_size, plan.accumulation, plan.dp_world, plan.micro
+def dry_run(config: GPTConfig, batch_size: int, accumulation: int, dp_world: int, micro_batch: int | str,
+            dtype: torch.dtype, checkpointing: bool) -> str:
+    """train.py --dry_run=True: the batch plan's arithmetic over dp_world data-parallel shares and activation_bytes'
+    estimate for its micro-batches (micro_batch=auto: found when the run starts; the estimate is then
+    batch_size's)."""
+    size = microbatch.parse(micro_batch, batch_size, None)  # checked against the share where train.py starts
+    probed = size is None
+    plan = BatchPlan(batch_size, accumulation, config.block_size, dp_world, 0, size or batch_size)
+    B, T, accum, micro = plan.batch_size, config.block_size, plan.accumulation, plan.micro
     split = ("micro_batch=auto: the micro-batch is probed when the run starts\n" if probed else
              f"micro-batches of {micro} sequences: {plan.micro_steps} micro-steps per data-parallel share\n"
              if micro != B else "")

@@ -57,10 +57,15 @@ HEADER_FILE = "header.pt"  # in a sharded checkpoint's directory: everything but
 SHARDED_DIR = re.compile(r"ckpt-\d+-[0-9a-f]{8}(\.tmp)?")  # the directories save_sharded writes
 # what a writer of out_dir leaves behind if it is killed mid-write, the writer's pid in group 1 where it has one
 LEFTOVER = re.compile(r"(?:(?:ckpt|best)\.pt\.tmp|\.(?:ckpt|best)\.dcp)\.(\d+)|ckpt-\d+-[0-9a-f]{8}\.tmp"
-                      rf"|{re.escape(WRITE_TEST)}.*|{metrics.TEMPORARY}")
+                      rf"|{re.escape(WRITE_TEST)}(\d+)-.*|{metrics.TEMPORARY}")
 
 
 TENSORS = ("model", "optimizer")  # the keys beside the header's fields
+
+
+def file_name(which: str, sharded: bool) -> str:
+    """The name in out_dir of the checkpoint `which` (CKPT_FILE, BEST_FILE) as a run of this layout saves it."""
+    return SHARDED[which] if sharded else which
 
 
 @dataclass
@@ -307,7 +312,7 @@ def hold_out_dir(out_dir: str, resume: bool, overwrite: bool) -> Iterator[None]:
     what killed writers left is removed), and its checkpoints replaced by a new run only when told to."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=WRITE_TEST):
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=f"{WRITE_TEST}{os.getpid()}-"):
             pass
     except OSError as e:
         raise UserError(f"out_dir {out_dir} cannot hold checkpoints: {e.strerror or e}") from None

@@ -14,6 +14,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -298,6 +299,22 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling: Sampl
 
 
 SAMPLE_WAYS = {"greedy": 0.0, "sampled": 0.8}  # each way's temperature
+
+
+def data_tokenizer(meta: dict[str, Any], sample_interval: int, prompts: str) -> Tokenizer | None:
+    """The data's tokenizer, for bits per byte and the samples during training (sample_interval: their prompts
+    checked now); None where it cannot be built here (an unknown kind, say): training goes on with the loss alone,
+    and refuses samples it cannot decode."""
+    try:
+        tok = Tokenizer(meta)
+    except (ValueError, KeyError, UserError) as e:
+        if sample_interval:
+            raise UserError(f"sample_interval={sample_interval}: the data's tokenizer cannot be built ({e}); "
+                            "set sample_interval=0") from None
+        return None
+    if sample_interval:
+        sample_prompts(prompts, tok)
+    return tok
 
 
 def sample_prompts(prompts: str, tok: Tokenizer) -> list[str]:

@@ -230,15 +230,21 @@ class Record:
     def seconds(self) -> float:
         return time.perf_counter() - self.launched
 
-    def open(self, out_dir: str, start: int, reevaluates: bool, held: contextlib.ExitStack) -> None:
-        """Rank 0: metrics.jsonl for the run starting at iteration `start` (MetricsLog), closed by `held`."""
-        self.log = held.enter_context(contextlib.closing(MetricsLog(out_dir, start, reevaluates)))
-
-    def start_wandb(self, project: str, name: str, config: dict[str, Any], held: contextlib.ExitStack) -> None:
-        """Rank 0: a wandb run for this one, finished by `held`."""
-        self.wandb = importlib.import_module("wandb")
-        self.wandb.init(project=project, name=name, config=config)
-        held.callback(self.wandb.finish)
+    def begin(self, held: contextlib.ExitStack, notes: list[str], out_dir: str | None, start: int,
+              reevaluates: bool, wandb: dict[str, Any] | None) -> None:
+        """Rank 0, as training begins: where its numbers come from (provenance) and the notes (where a resumed run
+        starts, the run's size); out_dir's metrics.jsonl opened for the run starting at iteration `start`
+        (MetricsLog; out_dir None: evaluating only), and a wandb run started (wandb: its project, name and config),
+        both for the run's life: `held` closes them."""
+        print("run: " + ", ".join(f"{k} {v}" for k, v in provenance(self.layout.device).items()))
+        for note in notes:
+            print(note)
+        if out_dir is not None:
+            self.log = held.enter_context(contextlib.closing(MetricsLog(out_dir, start, reevaluates)))
+        if wandb is not None:
+            self.wandb = importlib.import_module("wandb")
+            self.wandb.init(**wandb)
+            held.push(lambda failed, *_: self.wandb.finish(exit_code=1 if failed else 0))  # a crash is a failed run
 
     def due(self, iter_num: int) -> bool:
         """Whether iteration iter_num, just taken, gets a log line: every log_interval, and at least every

@@ -20,6 +20,7 @@ import torch
 import checkpoint
 import hf
 from configurator import UserError
+from datafiles import read_meta
 from model import GPT, PRESETS, GPTConfig, ModelSettings, resolve_config
 from tokenizer import GPT2_META, Tokenizer
 
@@ -45,9 +46,15 @@ def scratch_config(settings: ModelSettings, vocab_size: int) -> GPTConfig:
         raise UserError(str(e)) from None
 
 
-def dry_run_meta(preset: str | None) -> dict[str, Any]:
-    """What a dry run without the data assumes of it: GPT-2's tokens, the preset's vocabulary."""
-    return GPT2_META | {"vocab_size": PRESETS.get(preset or "", {}).get("vocab_size", GPT2_META["vocab_size"])}
+def data_meta(data_dir: str, preset: str | None, dry_run: bool = False) -> dict[str, Any]:
+    """The dataset's meta.json, whose vocabulary a model from scratch takes; a dry run without one assumes GPT-2's
+    tokens and the preset's vocabulary."""
+    try:
+        return read_meta(data_dir)
+    except UserError:
+        if not dry_run:
+            raise
+        return GPT2_META | {"vocab_size": PRESETS.get(preset or "", {}).get("vocab_size", GPT2_META["vocab_size"])}
 
 
 def check_resume(settings: ModelSettings, optimizer: str, header: checkpoint.Header, out_dir: str) -> None:
@@ -91,7 +98,8 @@ def for_training(settings: ModelSettings, init_from: str, out_dir: str, optimize
                 return GPT(ckpt.header.model_config(dropout=settings.dropout)), ckpt
         fits(ckpt.header.model_config())
         return ckpt.build_model(dropout=settings.dropout), ckpt
-    check_tokens("gpt2", None, meta, data_dir, f"{init_from} needs")
+    if meta["tokenizer"] != "gpt2":
+        raise UserError(f"{init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
     if dry_run:  # the same shapes as OpenAI's weights, without downloading them
         with torch.device("meta"):
             model = GPT(resolve_config(init_from, dropout=settings.dropout))
@@ -133,7 +141,9 @@ class Source:
         """The model on `device`, its weights in `dtype` (None: as saved, float32), in eval mode; without the
         vocabulary rows train.py padded on (no token id maps to them: never sample them) unless `padded` (the
         model as train.py evaluates it)."""
-        model = self.ckpt.build_model(device) if self.ckpt is not None else hf.pretrained(self.init_from).to(device)
+        # a checkpoint's model is drawn on the device (seconds where a CPU takes minutes); OpenAI's weights arrive
+        # on the CPU and move once, in the dtype
+        model = self.ckpt.build_model(device) if self.ckpt is not None else hf.pretrained(self.init_from)
         if not padded:
             model.crop_vocab(self.tokenizer().vocab_size)
         return model.eval().to(device=device, dtype=dtype)

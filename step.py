@@ -165,6 +165,16 @@ def graph_blocker(device: torch.device, distributed: bool, dtype: torch.dtype,
     return None
 
 
+def graph_wanted(cuda_graph: bool, layout: parallel.Layout, dtype: torch.dtype, activation_checkpointing: bool) -> bool:
+    """Whether the step runs as a CUDA graph. cuda_graph=True is a recipe's hint, as compile is: where the step
+    cannot be captured (graph_blocker) the run goes on without it, and on a GPU rank 0 says why (a CPU or MPS run
+    has no CUDA graph to miss)."""
+    blocker = cuda_graph and graph_blocker(layout.device, layout.distributed, dtype, activation_checkpointing)
+    if blocker and layout.master and layout.device.type == "cuda":
+        print(f"cuda_graph=True: the step runs without a CUDA graph here: {blocker}")
+    return cuda_graph and not blocker
+
+
 class Watchdog:
     """Counts the updates apply_update skipped, on the device; read when a log line syncs anyway. A run of
     max_skipped of them in a row (0: never) means training diverged: the run stops with one line naming the

@@ -10,13 +10,13 @@ Data are data/<dataset>/{train,val}.bin with their meta.json (see data/*/prepare
 out_dir/ckpt.pt (the latest) and out_dir/best.pt (the best validation loss); init_from=resume continues exactly
 where ckpt.pt stopped (same losses as an unbroken run).
 
-Read top to bottom: the settings; the learning-rate schedule; `main`, the run's story; the loop (`train`) and what
-it does once in a while (evaluate, save, show samples); then the run's setup, the checks, and the settings of a
-resumed run. Each part of the machinery lives in a
-module named for its idea: source.py (the model: from scratch, a checkpoint, GPT-2), microbatch.py (the batch
-plan), step.py (the step's assembly, one optimizer step, its CUDA graph, the watchdog), optim.py (the optimizers
-and their rates), dataloader.py (the batches), evaluate.py (the loss, bits per byte, HellaSwag), generate.py (the
-samples), metrics.py (the printed lines, metrics.jsonl, wandb), checkpoint.py, parallel.py, process.py.
+Read top to bottom: the settings (a resumed run's too); the learning-rate schedule; `main`, the run's story; the
+loop (`train`) and what it does once in a while (evaluate, save, show samples); then the run's setup and the
+checks. Each part of the machinery lives in a module named for its idea: source.py (the model: from scratch, a
+checkpoint, GPT-2), microbatch.py (the batch plan), step.py (the step's assembly, one optimizer step, its CUDA
+graph, the watchdog), optim.py (the optimizers and their rates), dataloader.py (the batches), evaluate.py (the
+loss, bits per byte, HellaSwag), generate.py (the samples), metrics.py (the printed lines, metrics.jsonl, wandb),
+checkpoint.py, parallel.py, process.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import torch.distributed as dist
 import accounting
 import checkpoint
 import configurator
-import metrics
 import microbatch
 import optim
 import parallel
@@ -47,14 +46,14 @@ from configurator import UserError
 from datafiles import read_meta
 from dataloader import Batches, EvalBatches
 from evaluate import HellaSwagExample, bytes_per_token, estimate_loss, hellaswag, hellaswag_for_run
-from generate import sample_prompts, training_samples
+from generate import data_tokenizer, sample_prompts, training_samples
 from metrics import Record, cpu_warning
 from microbatch import BatchPlan
 from model import GPT, ModelSettings
 from optim import set_lr
 from parallel import Layout
 from process import StdoutOrStderr, StopRequest
-from step import Parts, Step, Watchdog, graph_blocker
+from step import Parts, Step, Watchdog, graph_wanted
 from tokenizer import Tokenizer
 
 
@@ -71,7 +70,7 @@ class TrainConfig(ModelSettings):
     # I/O
     out_dir: str = "out"  # where ckpt.pt is written (and read by init_from=resume)
     eval_interval: int = 2000  # evaluate, and maybe checkpoint, every this many iterations
-    log_interval: int = 1  # print loss, timing and MFU every this many iterations (and at least every QUIET_S)
+    log_interval: int = 1  # print loss, timing and MFU every this many iterations (and at least every metrics.QUIET_S)
     eval_iters: int = 200  # batches per split in each evaluation, at most: fewer where the split holds fewer batches
     eval_only: bool = False  # evaluate once and exit
     eval_at_start: bool = False  # evaluate before the first step from scratch too (it delays the first step)
@@ -147,6 +146,56 @@ class TrainConfig(ModelSettings):
             self.lr_decay_iters = self.max_iters
 
 
+# A resume takes the settings of the checkpoint's run, unless given, but for those that an invocation says for
+# itself (a target the run reached would stop it again at once); those of this machine (a sharded run may be
+# resumed in one process, a GPU's micro-batch or dtype may not suit another); and the model's shape, which the
+# checkpoint's weights fix (check_resume refuses another) and a preset given must not find overridden. dropout,
+# which is not in the weights, is the run's.
+NOT_RESUMED = ("init_from", "out_dir", "overwrite", "eval_only", "dry_run", "target_val_loss", "device", "dtype",
+               "backend", "fsdp", "tensor_parallel", "micro_batch", "cuda_graph", "fp8",
+               *(name for name in ModelSettings.__dataclass_fields__ if name != "dropout"))
+# settings whose change on a resume makes another run of it (beside the dataset and the sequences per step)
+SCHEDULE = ("learning_rate", "min_lr", "muon_lr", "decay_lr", "lr_schedule", "warmup_iters",
+            "lr_decay_iters", "decay_fraction", "max_iters")
+
+
+def load_settings(argv: list[str]) -> tuple[TrainConfig, str | None]:
+    """The settings config files and flags give; with init_from=resume, laid over those of the run the checkpoint
+    holds (its dataset, batch, accumulation, schedule, evaluation, ...: all but NOT_RESUMED), so that a resume
+    continues that run. The second value is a note naming what the settings given change of that run, if
+    anything."""
+    given = configurator.settings_from_args(TrainConfig, argv)
+    if given.get("init_from") != "resume":
+        return TrainConfig(**given), None
+    out_dir = given.get("out_dir", TrainConfig.out_dir)
+    fields = TrainConfig.__dataclass_fields__
+    kept = {k: v for k, v in checkpoint.run_settings(out_dir).items() if k in fields and k not in NOT_RESUMED}
+    # checked as a config file's values are: a foreign checkpoint's (nanoGPT's) might not fit our types
+    saved = configurator.settings_from_dict(TrainConfig, kept, f"the checkpoint in {out_dir}")
+    recorded = set(saved)
+    if "lr_decay_iters" not in given and "lr_decay_iters" in saved and \
+            saved["lr_decay_iters"] == saved.get("max_iters"):
+        del saved["lr_decay_iters"]  # a schedule that ended with the run ends with the resumed run's max_iters
+    cfg = TrainConfig(**saved | given)
+    return cfg, resume_changes(TrainConfig(**saved), recorded, cfg, set(given), out_dir)
+
+
+def resume_changes(saved: TrainConfig, recorded: set[str], cfg: TrainConfig, given: set[str],
+                   out_dir: str) -> str | None:
+    """'note: ...' naming each setting given that changes what the checkpoint's run means: its data, its sequences
+    per step, its schedule (the decay's end too, where it follows max_iters); None when none does."""
+    changes = [f"dataset {saved.dataset} -> {cfg.dataset}"] if "dataset" in given & recorded and \
+        saved.dataset != cfg.dataset else []
+    before, after = (c.batch_size * c.gradient_accumulation_steps for c in (saved, cfg))
+    if {"batch_size", "gradient_accumulation_steps"} <= set(recorded) and before != after:
+        changes.append(f"sequences per step {before:,} -> {after:,} (batch_size x gradient_accumulation_steps)")
+    changes += [f"{k} {getattr(saved, k)} -> {getattr(cfg, k)}" for k in SCHEDULE
+                if k in recorded and getattr(saved, k) != getattr(cfg, k)]
+    if not changes:
+        return None
+    return f"note: this resume changes the run in {out_dir}: {'; '.join(changes)}"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the learning-rate schedule
 
@@ -207,10 +256,15 @@ def main(argv: list[str]) -> dict[str, list]:
         parallel.refuse_together(layout, parallel.check_run, layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     runtime.enable_tf32(layout.device)
-    meta = data_meta(cfg)
+    meta = source.data_meta(os.path.join(cfg.data_root, cfg.dataset), cfg.preset, cfg.dry_run)
     model, ckpt = model_to_train(cfg, layout, meta, dtype)
-    if cfg.dry_run:
-        return dry_run(cfg, layout, model, dtype)
+    if cfg.dry_run:  # the batch arithmetic and memory estimate; what the run itself needs refused as it would be
+        print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.dp_world,
+                                 cfg.micro_batch, dtype, cfg.activation_checkpointing))
+        read_meta(os.path.join(cfg.data_root, cfg.dataset))
+        if cfg.wandb_log:
+            configurator.require("wandb", "wandb_log=True")
+        return {"train_loss": [], "eval": []}
     with contextlib.ExitStack() as held:  # out_dir's lock, metrics.jsonl, wandb, stdout's stand-in: released
         held.enter_context(contextlib.redirect_stdout(StdoutOrStderr(sys.stdout)))  # however main ends
 
@@ -221,16 +275,10 @@ def main(argv: list[str]) -> dict[str, list]:
                 held.enter_context(checkpoint.hold_out_dir(cfg.out_dir, cfg.init_from == "resume", cfg.overwrite))
 
         parallel.rank_0_decides(layout, rank_0_needs)
-        if blocker := cfg.cuda_graph and graph_blocker(layout.device, layout.distributed, dtype,
-                                                       cfg.activation_checkpointing):
-            if layout.master and layout.device.type == "cuda":  # a CPU or MPS run has no CUDA graph to miss
-                print(f"cuda_graph=True: the step runs without a CUDA graph here: {blocker}")
-            cfg = replace(cfg, cuda_graph=False)  # a recipe's hint, as compile is
+        cfg = replace(cfg, cuda_graph=graph_wanted(cfg.cuda_graph, layout, dtype, cfg.activation_checkpointing))
         if layout.master and (note := schedule_note(cfg)):
             print(note)
-        run = start_run(cfg, layout, meta, model, ckpt, dtype, launched)
-        if layout.master:
-            begin_record(run, ckpt, held)
+        run = start_run(cfg, layout, meta, model, ckpt, dtype, launched, held)
         del ckpt  # free its memory before training
         train(run)
     if layout.distributed:
@@ -246,10 +294,10 @@ def train(run: Run) -> None:
     """Until max_iters or a stop request: the learning rate -> once in a while, evaluation, checkpoint and samples
     -> the accumulated micro-steps and the update -> the log line and the watchdog -> a stop request, if any."""
     cfg, layout, progress, step, record = run.cfg, run.layout, run.progress, run.step, run.record
-    latest = checkpoint.SHARDED[checkpoint.CKPT_FILE] if layout.sharded else checkpoint.CKPT_FILE
     watchdog = Watchdog(layout.device, cfg.max_skipped_steps, layout.distributed, layout.master,
-                        os.path.join(cfg.out_dir, latest))
+                        os.path.join(cfg.out_dir, checkpoint.file_name(checkpoint.CKPT_FILE, layout.sharded)))
     batch = run.train_data.get(run.plan.first_micro_batch(progress.batch_pos), layout.device)
+    record.pace.restart(steady=False)  # the set-up's time is not the first steps'
     with StopRequest() as stop:
         while True:
             lr = get_lr(progress.iter_num, cfg)
@@ -284,10 +332,11 @@ def train(run: Run) -> None:
 
             # a stop request: one process checks its flag every step; several vote when they log (which syncs)
             if (logged or not layout.distributed) and parallel.anyone(layout, stop.signal is not None):
+                reason = stop.signal or "a signal to another process"
                 path = save(run)
                 if layout.master:
-                    print(f"{stop.signal or 'a signal to another process'}: stopped after iter {progress.iter_num}, "
-                          f"saved checkpoint to {path}; continue with --init_from=resume", flush=True)
+                    print(f"{reason}: stopped after iter {progress.iter_num}, saved checkpoint to {path}; continue "
+                          "with --init_from=resume", flush=True)
                 return
 
 
@@ -316,7 +365,7 @@ def evaluate_and_save(run: Run, lr: float) -> bool:
         progress.best_val_loss = min(progress.best_val_loss, losses["val"])
         path = save(run, best=improved)
         if layout.master:
-            best = checkpoint.SHARDED[checkpoint.BEST_FILE] if layout.sharded else checkpoint.BEST_FILE
+            best = checkpoint.file_name(checkpoint.BEST_FILE, layout.sharded)
             print(f"saved checkpoint to {path}" + (f" (the best so far, also {best})" if improved else ""))
     if cfg.sample_interval and nth_evaluation(cfg, cfg.sample_interval, progress.iter_num) and layout.master and \
             not layout.sharded:  # from a random state of their own: training goes on exactly as without them
@@ -391,11 +440,12 @@ def model_to_train(cfg: TrainConfig, layout: Layout, meta: dict[str, Any],
     return model, ckpt
 
 
-def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT,
-              ckpt: checkpoint.Checkpoint | None, dtype: torch.dtype, launched: float) -> Run:
+def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT, ckpt: checkpoint.Checkpoint | None,
+              dtype: torch.dtype, launched: float, held: contextlib.ExitStack) -> Run:
     """The run's parts (step.Parts: placed, with the optimizer), its batch plan (a micro-batch of auto probed
     before any optimizer state), the checkpoint's state restored into them, the batches, the compiled and
-    DDP-wrapped (or sharded) model and its step, and the record."""
+    DDP-wrapped (or sharded) model and its step; and its record begun (metrics.Record: what the run is, where it
+    starts, metrics.jsonl and wandb, for the run's life: `held`)."""
     device = layout.device
     if meta["vocab_size"] > model.config.vocab_size:
         raise UserError(f"{os.path.join(cfg.data_root, cfg.dataset)} has {meta['vocab_size']} token ids, the model "
@@ -426,69 +476,22 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     peak = runtime.peak_flops(device)
     record = Record(layout, plan.tokens_per_iter, cfg.max_iters, cfg.log_interval, launched,
                     lambda tokens, dt: model.estimate_mfu(tokens, dt, peak))
-    tok = data_tokenizer(cfg, meta)
+    if layout.master:
+        resumed = [f"resumed from {ckpt.path} at iter {progress.iter_num} (best val loss "
+                   f"{progress.best_val_loss:.4f}, the next batch {progress.batch_pos})"] if ckpt is not None else []
+        no_samples = ["note: sample_interval: no samples during training with sharded weights (fsdp, "
+                      "tensor_parallel)"] if cfg.sample_interval and layout.sharded else []
+        size = (f"\n{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters "
+                f"({accounting.non_embedding_params(model) / 1e6:.2f}M non-embedding), device {device}, {dtype}, "
+                f"{layout.describe(cfg.fsdp)}, {plan.tokens_per_iter:,} tokens per iteration")
+        wandb = {"project": cfg.wandb_project, "name": cfg.wandb_run_name, "config": asdict(cfg)}
+        record.begin(held, [*resumed, *no_samples, size], None if cfg.eval_only else cfg.out_dir,
+                     progress.iter_num, progress.iter_num % cfg.eval_interval == 0, wandb if cfg.wandb_log else None)
+    tok = data_tokenizer(meta, cfg.sample_interval, cfg.sample_prompts)
     return Run(cfg, layout, meta, parts, eval_model, step, plan, train_data, evals, progress, record,
                evaluation=ckpt.header.evaluation if ckpt is not None else None, tokenizer=tok,
                hellaswag=hellaswag_for_run(cfg.hellaswag_interval, cfg.hellaswag, tok, layout.sharded),
                byte_counts=bytes_per_token(tok, model.config.vocab_size, device))
-
-
-def begin_record(run: Run, ckpt: checkpoint.Checkpoint | None, held: contextlib.ExitStack) -> None:
-    """On rank 0: where the numbers come from, where a resumed run starts, the run's size; metrics.jsonl (not to
-    evaluate only) and wandb opened for the run's life. A resumed run evaluates again where it starts if that is
-    due (train)."""
-    cfg, start, model = run.cfg, run.progress.iter_num, run.parts.model
-    print("run: " + ", ".join(f"{k} {v}" for k, v in metrics.provenance(run.layout.device).items()))
-    if ckpt is not None:
-        print(f"resumed from {ckpt.path} at iter {start} (best val loss {run.progress.best_val_loss:.4f}, the next "
-              f"batch {run.progress.batch_pos})")
-    if cfg.sample_interval and run.layout.sharded:
-        print("note: sample_interval: no samples during training with sharded weights (fsdp, tensor_parallel)")
-    if not cfg.eval_only:
-        run.record.open(cfg.out_dir, start, reevaluates=start % cfg.eval_interval == 0, held=held)
-    print(f"\n{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters "
-          f"({accounting.non_embedding_params(model) / 1e6:.2f}M non-embedding), device {run.layout.device}, "
-          f"{run.parts.dtype}, {run.layout.describe(cfg.fsdp)}, {run.plan.tokens_per_iter:,} tokens per iteration")
-    if cfg.wandb_log:
-        run.record.start_wandb(cfg.wandb_project, cfg.wandb_run_name, asdict(cfg), held)
-
-
-def dry_run(cfg: TrainConfig, layout: Layout, model: GPT, dtype: torch.dtype) -> dict[str, list]:
-    """The batch arithmetic and the memory estimate, with what the run itself would need refused now as it would
-    refuse it: the data, wandb."""
-    micro = microbatch.parse(cfg.micro_batch, cfg.batch_size, None)  # checked against the share in main
-    plan = BatchPlan(cfg.batch_size, cfg.gradient_accumulation_steps, model.config.block_size, layout.dp_world, 0,
-                     micro or cfg.batch_size)
-    print(accounting.dry_run(model.config, plan, dtype, cfg.activation_checkpointing, probed=micro is None))
-    read_meta(os.path.join(cfg.data_root, cfg.dataset))
-    if cfg.wandb_log:
-        configurator.require("wandb", "wandb_log=True")
-    return {"train_loss": [], "eval": []}
-
-
-def data_meta(cfg: TrainConfig) -> dict[str, Any]:
-    """The dataset's meta.json; a dry run without one assumes GPT-2's tokens and the preset's vocabulary."""
-    try:
-        return read_meta(os.path.join(cfg.data_root, cfg.dataset))
-    except UserError:
-        if not cfg.dry_run:
-            raise
-        return source.dry_run_meta(cfg.preset)
-
-
-def data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> Tokenizer | None:
-    """The data's tokenizer, for bits per byte and samples (their prompts checked now); None where it cannot be
-    built here (an unknown kind, say): the run goes on with the loss alone, and refuses samples it cannot decode."""
-    try:
-        tok = Tokenizer(meta)
-    except (ValueError, KeyError, UserError) as e:
-        if cfg.sample_interval:
-            raise UserError(f"sample_interval={cfg.sample_interval}: the data's tokenizer cannot be built ({e}); "
-                            "set sample_interval=0") from None
-        return None
-    if cfg.sample_interval:
-        sample_prompts(cfg.sample_prompts, tok)
-    return tok
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -534,58 +537,6 @@ def check_rates(cfg: TrainConfig) -> None:
                         "rise after warmup")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the settings of a resumed run
-
-
-# A resume takes the settings of the checkpoint's run, unless given, but for those that an invocation says for
-# itself (a target the run reached would stop it again at once); those of this machine (a sharded run may be
-# resumed in one process, a GPU's micro-batch or dtype may not suit another); and the model's shape, which the
-# checkpoint's weights fix (check_resume refuses another) and a preset given must not find overridden. dropout,
-# which is not in the weights, is the run's.
-NOT_RESUMED = ("init_from", "out_dir", "overwrite", "eval_only", "dry_run", "target_val_loss", "device", "dtype",
-               "backend", "fsdp", "tensor_parallel", "micro_batch", "cuda_graph", "fp8",
-               *(name for name in ModelSettings.__dataclass_fields__ if name != "dropout"))
-# settings whose change on a resume makes another run of it (beside the dataset and the sequences per step)
-SCHEDULE = ("learning_rate", "min_lr", "muon_lr", "decay_lr", "lr_schedule", "warmup_iters",
-            "lr_decay_iters", "decay_fraction", "max_iters")
-
-
-def load_settings(argv: list[str]) -> tuple[TrainConfig, str | None]:
-    """The settings config files and flags give; with init_from=resume, laid over those of the run the checkpoint
-    holds (its dataset, batch, accumulation, schedule, evaluation, ...: all but NOT_RESUMED), so that a resume
-    continues that run. The second value is a note naming what the settings given change of that run, if
-    anything."""
-    given = configurator.settings_from_args(TrainConfig, argv)
-    if given.get("init_from") != "resume":
-        return TrainConfig(**given), None
-    out_dir = given.get("out_dir", TrainConfig.out_dir)
-    fields = TrainConfig.__dataclass_fields__
-    kept = {k: v for k, v in checkpoint.run_settings(out_dir).items() if k in fields and k not in NOT_RESUMED}
-    # checked as a config file's values are: a foreign checkpoint's (nanoGPT's) might not fit our types
-    saved = configurator.settings_from_dict(TrainConfig, kept, f"the checkpoint in {out_dir}")
-    recorded = set(saved)
-    if "lr_decay_iters" not in given and "lr_decay_iters" in saved and \
-            saved["lr_decay_iters"] == saved.get("max_iters"):
-        del saved["lr_decay_iters"]  # a schedule that ended with the run ends with the resumed run's max_iters
-    cfg = TrainConfig(**saved | given)
-    return cfg, resume_changes(TrainConfig(**saved), recorded, cfg, set(given), out_dir)
-
-
-def resume_changes(saved: TrainConfig, recorded: set[str], cfg: TrainConfig, given: set[str],
-                   out_dir: str) -> str | None:
-    """'note: ...' naming each setting given that changes what the checkpoint's run means: its data, its sequences
-    per step, its schedule (the decay's end too, where it follows max_iters); None when none does."""
-    changes = [f"dataset {saved.dataset} -> {cfg.dataset}"] if "dataset" in given & recorded and \
-        saved.dataset != cfg.dataset else []
-    before, after = (c.batch_size * c.gradient_accumulation_steps for c in (saved, cfg))
-    if {"batch_size", "gradient_accumulation_steps"} <= set(recorded) and before != after:
-        changes.append(f"sequences per step {before:,} -> {after:,} (batch_size x gradient_accumulation_steps)")
-    changes += [f"{k} {getattr(saved, k)} -> {getattr(cfg, k)}" for k in SCHEDULE
-                if k in recorded and getattr(saved, k) != getattr(cfg, k)]
-    if not changes:
-        return None
-    return f"note: this resume changes the run in {out_dir}: {'; '.join(changes)}"
 
 
 if __name__ == "__main__":

@@ -263,21 +263,22 @@ def test_a_run_removes_what_killed_writers_left_in_its_out_dir(char_data: CharDa
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     dead_pid = int(dead.stdout)  # a process that has ended: its pid names no running writer
-    left = [f"ckpt.pt.tmp.{dead_pid}", f"best.pt.tmp.{dead_pid}", f".ckpt.dcp.{dead_pid}", ".write-test-x1y2",
-            f"metrics.jsonl.tmp.{dead_pid}"]
+    left = [f"ckpt.pt.tmp.{dead_pid}", f"best.pt.tmp.{dead_pid}", f".ckpt.dcp.{dead_pid}",
+            f".write-test-{dead_pid}-x1y2", f"metrics.jsonl.tmp.{dead_pid}"]
     for name in left:
         (out_dir / name).write_bytes(b"partial")
     (out_dir / "ckpt-8-0123abcd.tmp").mkdir()
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    alive = out_dir / f"ckpt.pt.tmp.{writer.pid}"  # a writer still running (a conversion, say) keeps its file
-    alive.write_bytes(b"being written")
+    alive = [f"ckpt.pt.tmp.{writer.pid}", f"metrics.jsonl.tmp.{writer.pid}", f".write-test-{writer.pid}-x1y2"]
+    for name in alive:  # a writer still running (a conversion, another run's first moments) keeps its files
+        (out_dir / name).write_bytes(b"being written")
     (out_dir / "notes.txt").write_text("the user's own file", encoding="utf-8")
     try:
         train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
     finally:
         writer.kill()
         writer.wait()
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted([".lock", alive.name, "best.pt", "ckpt.pt",
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([".lock", *alive, "best.pt", "ckpt.pt",
                                                                 "metrics.jsonl", "notes.txt"])
 
 

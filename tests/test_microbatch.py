@@ -279,10 +279,10 @@ def test_dry_run_tells_the_split(char_data: CharData, tmp_path: Path, capsys: py
     assert "micro-batches of 2 sequences: 8 micro-steps per data-parallel share" in out
     assert re.search(r"activations of one micro-batch of 2 ", out)
     config = tiny_gpt().config
-    auto = accounting.dry_run(config, BatchPlan(8, 2, config.block_size, 1, 0, 8), torch.float32, False, True)
+    auto = accounting.dry_run(config, 8, 2, 1, "auto", torch.float32, False)
     assert "micro_batch=auto: the micro-batch is probed when the run starts" in auto
     # a tensor-parallel pair is one data-parallel share: 4 x 4 sequences, in micro-batches of 8, 2 micro-steps
-    split = accounting.dry_run(config, BatchPlan(4, 4, config.block_size, 1, 0, 8), torch.float32, False, False)
+    split = accounting.dry_run(config, 4, 4, 1, 8, torch.float32, False)
     assert "(4 per data-parallel share x 1 share(s))" in split and "8 sequences: 2 micro-steps" in split
 
 
