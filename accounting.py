@@ -35,6 +35,12 @@ def non_embedding_params(model: GPT) -> int:
     return model.get_num_params(non_embedding=False) - embeddings
 
 
+def size(model: GPT) -> str:
+    """'124.44M parameters (85.00M non-embedding)': a run's size in its opening line."""
+    return (f"{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters "
+            f"({non_embedding_params(model) / 1e6:.2f}M non-embedding)")
+
+
 def optimizer_state_elements(model: GPT, optimizer: str = "adamw") -> int:
     """Elements of optimizer state, each the size of a parameter's element: AdamW keeps two moments a parameter;
     Muon one momentum buffer for each matrix that optim.muon_groups gives it, AdamW's two for the rest. The

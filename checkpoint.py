@@ -178,6 +178,11 @@ class Checkpoint:
                             f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
         return model
 
+    def where(self) -> str:
+        """Where the run it holds stood: 'PATH at iter N (best val loss L, the next batch B)'."""
+        h = self.header
+        return f"{self.path} at iter {h.iter_num} (best val loss {h.best_val_loss:.4f}, the next batch {h.batch_pos})"
+
     def to_dict(self) -> dict[str, Any]:
         """What is saved: plain data. Fields a checkpoint of one process leaves at None are left out, as they always
         were."""

@@ -34,6 +34,11 @@ DATASET_FILES = ("train.bin", "val.bin", META_FILE)  # in the order staged renam
 STAGED_TEMP = re.compile(r"\.(?:" + "|".join(map(re.escape, DATASET_FILES)) + r")\.tmp-(\d+)")
 
 
+def bin_path(data_dir: str, split: str) -> str:
+    """Where a prepared dataset keeps a split's tokens: data_dir/train.bin, data_dir/val.bin."""
+    return os.path.join(data_dir, f"{split}.bin")
+
+
 def dtype_for_vocab(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "uint32"
 

@@ -230,15 +230,18 @@ class Record:
     def seconds(self) -> float:
         return time.perf_counter() - self.launched
 
-    def begin(self, held: contextlib.ExitStack, notes: list[str], out_dir: str | None, start: int,
-              reevaluates: bool, wandb: dict[str, Any] | None) -> None:
-        """Rank 0, as training begins: where its numbers come from (provenance) and the notes (where a resumed run
-        starts, the run's size); out_dir's metrics.jsonl opened for the run starting at iteration `start`
-        (MetricsLog; out_dir None: evaluating only), and a wandb run started (wandb: its project, name and config),
-        both for the run's life: `held` closes them."""
+    def begin(self, held: contextlib.ExitStack, notes: list[str], size: str, dtype: torch.dtype, layout: str,
+              out_dir: str | None, start: int, reevaluates: bool, wandb: dict[str, Any] | None) -> None:
+        """Rank 0, as training begins: where its numbers come from (provenance), the notes (where a resumed run
+        starts), and the run's size, device, dtype, layout (in words) and tokens per iteration; out_dir's
+        metrics.jsonl opened for the run starting at iteration `start` (MetricsLog; out_dir None: evaluating
+        only), and a wandb run started (wandb: its project, name and config), both for the run's life: `held`
+        closes them."""
         print("run: " + ", ".join(f"{k} {v}" for k, v in provenance(self.layout.device).items()))
         for note in notes:
             print(note)
+        print(f"\n{size}, device {self.layout.device}, {dtype}, {layout}, {self.tokens_per_iter:,} tokens per "
+              "iteration")
         if out_dir is not None:
             self.log = held.enter_context(contextlib.closing(MetricsLog(out_dir, start, reevaluates)))
         if wandb is not None:

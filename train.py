@@ -43,7 +43,7 @@ import runtime
 import source
 from checkpoint import Progress
 from configurator import UserError
-from datafiles import read_meta
+from datafiles import bin_path, read_meta
 from dataloader import Batches, EvalBatches
 from evaluate import HellaSwagExample, bytes_per_token, estimate_loss, hellaswag, hellaswag_for_run
 from generate import data_tokenizer, sample_prompts, training_samples
@@ -144,6 +144,10 @@ class TrainConfig(ModelSettings):
     def __post_init__(self) -> None:
         if self.lr_decay_iters is None:  # the schedule ends with the run
             self.lr_decay_iters = self.max_iters
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.data_root, self.dataset)
 
 
 # A resume takes the settings of the checkpoint's run, unless given, but for those that an invocation says for
@@ -256,12 +260,12 @@ def main(argv: list[str]) -> dict[str, list]:
         parallel.refuse_together(layout, parallel.check_run, layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     runtime.enable_tf32(layout.device)
-    meta = source.data_meta(os.path.join(cfg.data_root, cfg.dataset), cfg.preset, cfg.dry_run)
+    meta = source.data_meta(cfg.data_dir, cfg.preset, cfg.dry_run)
     model, ckpt = model_to_train(cfg, layout, meta, dtype)
     if cfg.dry_run:  # the batch arithmetic and memory estimate; what the run itself needs refused as it would be
         print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.dp_world,
                                  cfg.micro_batch, dtype, cfg.activation_checkpointing))
-        read_meta(os.path.join(cfg.data_root, cfg.dataset))
+        read_meta(cfg.data_dir)
         if cfg.wandb_log:
             configurator.require("wandb", "wandb_log=True")
         return {"train_loss": [], "eval": []}
@@ -278,6 +282,8 @@ def main(argv: list[str]) -> dict[str, list]:
         cfg = replace(cfg, cuda_graph=graph_wanted(cfg.cuda_graph, layout, dtype, cfg.activation_checkpointing))
         if layout.master and (note := schedule_note(cfg)):
             print(note)
+        if layout.master and cfg.sample_interval and layout.sharded:
+            print("note: sample_interval: no samples during training with sharded weights (fsdp, tensor_parallel)")
         run = start_run(cfg, layout, meta, model, ckpt, dtype, launched, held)
         del ckpt  # free its memory before training
         train(run)
@@ -428,8 +434,8 @@ def model_to_train(cfg: TrainConfig, layout: Layout, meta: dict[str, Any],
         accounting.check_training_fits(config, cfg.optimizer, micro, cfg.batch_size, dtype,
                                        cfg.activation_checkpointing, layout.device)
 
-    model, ckpt = source.for_training(cfg, cfg.init_from, cfg.out_dir, cfg.optimizer, meta,
-                                      os.path.join(cfg.data_root, cfg.dataset), layout.device, fits, cfg.dry_run,
+    model, ckpt = source.for_training(cfg, cfg.init_from, cfg.out_dir, cfg.optimizer, meta, cfg.data_dir,
+                                      layout.device, fits, cfg.dry_run,
                                       sharded=layout.sharded and not cfg.dry_run)
     if layout.tp > 1:  # the sizes the split must divide, known now (from the checkpoint, when resuming)
         parallel.refuse_together(layout, parallel.check_sizes, model.config, layout.tp)
@@ -448,8 +454,8 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     starts, metrics.jsonl and wandb, for the run's life: `held`)."""
     device = layout.device
     if meta["vocab_size"] > model.config.vocab_size:
-        raise UserError(f"{os.path.join(cfg.data_root, cfg.dataset)} has {meta['vocab_size']} token ids, the model "
-                        f"only {model.config.vocab_size}")
+        raise UserError(f"{cfg.data_dir} has {meta['vocab_size']} token ids, the model only "
+                        f"{model.config.vocab_size}")
     parts = Parts.assemble(model, layout, dtype, lambda m: optim.build(
         m, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type, cfg.muon_lr,
         cfg.muon_momentum), cfg.fsdp, cfg.activation_checkpointing, cfg.compile, cfg.fp8)
@@ -461,32 +467,25 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     if ckpt is not None:
         checkpoint.restore_run(ckpt, layout, model, parts.optimizer, parts.scaler)
         progress = ckpt.header.progress
-
-    def path(split: str) -> str:
-        return os.path.join(cfg.data_root, cfg.dataset, f"{split}.bin")
-
-    T, vocab, micro = model.config.block_size, meta["vocab_size"], plan.micro  # ids in the padding rows mean
-    train_data = Batches(path("train"), meta["dtype"], T, micro, vocab, cfg.seed, group=cfg.batch_size)  # nothing
-    evals = {split: EvalBatches(path(split), meta["dtype"], T, micro, vocab, cfg.eval_iters, group=cfg.batch_size)
-             for split in ("train", "val")}
+    # the batches, in micro-batches, read as the recipe's batches of batch_size (the data's order whatever the
+    # micro-batch); ids past the data's vocabulary (the model's padding rows, which mean nothing) refused
+    T, vocab, micro = model.config.block_size, meta["vocab_size"], plan.micro
+    train_data = Batches(bin_path(cfg.data_dir, "train"), meta["dtype"], T, micro, vocab, cfg.seed,
+                         group=cfg.batch_size)
+    evals = {split: EvalBatches(bin_path(cfg.data_dir, split), meta["dtype"], T, micro, vocab, cfg.eval_iters,
+                                group=cfg.batch_size) for split in ("train", "val")}
     parallel.refuse_together(layout, plan.check_start, progress.batch_pos)
-    batch = train_data.get(plan.first_micro_batch(progress.batch_pos), device)  # to compile with
+    batch = train_data.get(plan.first_micro_batch(progress.batch_pos), device)  # to compile the model with
     eval_model, step = parts.stepper(train_data, batch, plan.micro_steps, layout.dp_world, cfg.grad_clip,
                                      cfg.cuda_graph)
     peak = runtime.peak_flops(device)
     record = Record(layout, plan.tokens_per_iter, cfg.max_iters, cfg.log_interval, launched,
                     lambda tokens, dt: model.estimate_mfu(tokens, dt, peak))
     if layout.master:
-        resumed = [f"resumed from {ckpt.path} at iter {progress.iter_num} (best val loss "
-                   f"{progress.best_val_loss:.4f}, the next batch {progress.batch_pos})"] if ckpt is not None else []
-        no_samples = ["note: sample_interval: no samples during training with sharded weights (fsdp, "
-                      "tensor_parallel)"] if cfg.sample_interval and layout.sharded else []
-        size = (f"\n{model.get_num_params(non_embedding=False) / 1e6:.2f}M parameters "
-                f"({accounting.non_embedding_params(model) / 1e6:.2f}M non-embedding), device {device}, {dtype}, "
-                f"{layout.describe(cfg.fsdp)}, {plan.tokens_per_iter:,} tokens per iteration")
         wandb = {"project": cfg.wandb_project, "name": cfg.wandb_run_name, "config": asdict(cfg)}
-        record.begin(held, [*resumed, *no_samples, size], None if cfg.eval_only else cfg.out_dir,
-                     progress.iter_num, progress.iter_num % cfg.eval_interval == 0, wandb if cfg.wandb_log else None)
+        record.begin(held, [f"resumed from {ckpt.where()}"] if ckpt is not None else [], accounting.size(model),
+                     dtype, layout.describe(cfg.fsdp), None if cfg.eval_only else cfg.out_dir, progress.iter_num,
+                     progress.iter_num % cfg.eval_interval == 0, wandb if cfg.wandb_log else None)
     tok = data_tokenizer(meta, cfg.sample_interval, cfg.sample_prompts)
     return Run(cfg, layout, meta, parts, eval_model, step, plan, train_data, evals, progress, record,
                evaluation=ckpt.header.evaluation if ckpt is not None else None, tokenizer=tok,
@@ -535,8 +534,6 @@ def check_rates(cfg: TrainConfig) -> None:
     if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
         raise UserError(f"min_lr ({cfg.min_lr}) is above learning_rate ({cfg.learning_rate}): the schedule would "
                         "rise after warmup")
-
-
 
 
 if __name__ == "__main__":
