@@ -6,6 +6,11 @@ agree on lives here: the on-disk dtype of the token ids (uint16 when the vocabul
 meta.json holds (which tokenizer made the ids, the vocabulary size, the end-of-text id), and that a new dataset
 replaces an old one only once all its files are complete. A folder nanoGPT prepared (meta.pkl, or no meta file at
 all) reads as nanoGPT reads it. Nothing here builds a tokenizer: an offline GPU node may lack the BPE files.
+
+The leak check measures how much of val could be recalled from train (a token and the 32 before it found verbatim
+there): prepare scripts print it, and any prepared folder can be checked:
+
+    python datafiles.py --data_dir=data/files [--ngram=32]
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import pickle
 import re
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+import configurator
 import process
 import safeload
 from configurator import UserError
@@ -157,3 +164,107 @@ def write_dataset(data_dir: str, splits: dict[str, np.ndarray], meta: dict[str, 
         for name, ids in splits.items():
             ids.astype(meta["dtype"]).tofile(tmp[f"{name}.bin"])
         dump_meta(meta, tmp[META_FILE])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the leak check: how much of val a model could recall from train rather than predict
+
+MIX = np.uint64(0x9E3779B97F4A7C15)  # an odd 64-bit multiplier: the window hash's base
+LEAK_SAMPLE = 1 << 26  # windows of train hashed at most (a consistent sample of them beyond, val's alike)
+BLOCK = 1 << 24  # tokens hashed at once: bounds the memory of a large split
+
+
+def window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """A 64-bit hash of every window of n consecutive ids, h[i] of ids[i : i + n]: the polynomial in MIX of the
+    window's ids (wrap-around arithmetic), built from the hashes of windows of 1, 2, 4, ... ids (log2(n) passes
+    over the data, not n), then splitmix64's finaliser, whose high bits sample windows evenly. BLOCK tokens at a
+    time."""
+    out = np.empty(max(0, len(ids) - n + 1), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(out), BLOCK):
+            stop = min(start + BLOCK, len(out))
+            power = ids[start : stop + n - 1].astype(np.uint64) + np.uint64(1)  # windows of `length` ids
+            length, h, covered = 1, None, 0  # h[i]: the hash of the `covered` ids from i
+            while True:
+                if n & length:  # append the next `length` ids to every window
+                    h = power[covered:].copy() if h is None else \
+                        h[: len(power) - covered] * np.uint64(pow(int(MIX), length, 2**64)) + power[covered:]
+                    covered += length
+                if 2 * length > n:
+                    break
+                power = power[:-length] * np.uint64(pow(int(MIX), length, 2**64)) + power[length:]
+                length *= 2
+            h ^= h >> np.uint64(30)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(27)
+            h *= np.uint64(0x94D049BB133111EB)
+            out[start:stop] = h ^ (h >> np.uint64(31))
+    return out
+
+
+class TrainWindows:
+    """The hashes of every window of n + 1 tokens of train (window_hashes), sorted; beyond LEAK_SAMPLE of them a
+    consistent sample, by the hash's high bits, which val's windows are then sampled by alike."""
+
+    def __init__(self, train: np.ndarray, n: int) -> None:
+        self.n = n
+        self.keep = min(1.0, LEAK_SAMPLE / max(1, len(train) - n))
+        self.limit = np.uint64(min(2**64 - 1, int(self.keep * 2**64)))
+        self.seen = np.sort(self.sampled(train))
+
+    def sampled(self, ids: np.ndarray) -> np.ndarray:
+        h = window_hashes(ids, self.n + 1)
+        return h if self.keep == 1.0 else h[h < self.limit]
+
+    def copied(self, ids: np.ndarray) -> tuple[int, int]:
+        """Of ids' tokens with n before them (those sampled), how many occur in train after the same n tokens, and
+        how many were looked up."""
+        asked = np.sort(self.sampled(ids))  # in order: the searches walk seen once, not at random
+        if not len(asked) or not len(self.seen):
+            return 0, len(asked)
+        found = np.searchsorted(self.seen, asked)
+        found[found == len(self.seen)] = 0  # past the end: compared with the first, which differs unless equal
+        return int(np.sum(self.seen[found] == asked)), len(asked)
+
+
+def leak_share(train: np.ndarray, val: np.ndarray, n: int = 32) -> tuple[float, int]:
+    """The share of val's tokens (each with n tokens before it in val) that could be copied from train: the token
+    and its n predecessors occur verbatim, in that order, in train. Windows are compared by a 64-bit hash; beyond
+    LEAK_SAMPLE windows of train, both splits' windows are sampled alike, by the hash's high bits, so the share is
+    an unbiased estimate. Returns the share and the number of val windows it was measured on."""
+    if len(val) <= n or len(train) <= n:
+        return 0.0, 0
+    hits, asked = TrainWindows(train, n).copied(val)
+    return (hits / asked if asked else 0.0), asked
+
+
+@dataclass
+class LeakConfig:
+    """How much of a prepared dataset's val split could be recalled from its train split rather than predicted."""
+
+    data_dir: str = ""  # the dataset's folder: train.bin, val.bin, meta.json (required)
+    ngram: int = 32  # a val token counts as copyable when it and its ngram predecessors occur verbatim in train
+
+
+def leak_line(data_dir: str, n: int) -> str:
+    """The leak check of data_dir's splits in a line."""
+    meta = read_meta(data_dir)
+    splits = {s: np.memmap(os.path.join(data_dir, f"{s}.bin"), dtype=meta["dtype"], mode="r")
+              for s in ("train", "val")}
+    share, windows = leak_share(splits["train"], splits["val"], n)
+    return (f"leak check: {share:.1%} of val's tokens occur in train with the {n} tokens before them (measured on "
+            f"{windows:,} of {max(0, len(splits['val']) - n):,} val tokens): the share a model could recall rather "
+            "than predict")
+
+
+def main(argv: list[str]) -> str:
+    cfg = configurator.load(LeakConfig, argv)
+    if not cfg.data_dir or cfg.ngram < 1:
+        raise UserError("--data_dir=DIR is required (a prepared dataset's folder) and --ngram must be at least 1")
+    line = leak_line(cfg.data_dir, cfg.ngram)
+    print(line)
+    return line
+
+
+if __name__ == "__main__":
+    process.run(main)

@@ -3,6 +3,9 @@ command that draws the losses of one or several runs against iterations, tokens 
 
     python metrics.py --runs=out-a,out-b --x=tokens --out=curves.png   # needs matplotlib
     python metrics.py --runs=out-a,out-b --x=iter,seconds                # side by side, into out-a/curves.png
+    python metrics.py --runs=adamw=out-a1+out-a2+out-a3,muon=out-m1+out-m2+out-m3 --steps=100,200 --target=3.5
+        # per recipe over its seeds: val loss and bits per byte at those steps, steps and seconds to the target
+        # (mean ± standard deviation), and the curves as a mean with a band from the lowest seed to the highest
 
 Rows: {"kind": "train", "iter", "tokens", "seconds", "loss", "lr", "ms_per_iter", "tok_per_s", "mfu",
 "peak_mem_gib"}, {"kind": "eval", "iter", "tokens", "seconds", "train_loss", "val_loss", "val_bpb"} and, with
@@ -324,12 +327,31 @@ class Record:
 
 @dataclass
 class PlotConfig:
-    """Draw the train and val losses of runs from their metrics logs (out_dir/metrics.jsonl) into a PNG."""
+    """Draw the train and val losses of runs from their metrics logs (out_dir/metrics.jsonl) into a PNG: a line
+    each, or for a recipe run with several seeds its mean and a band from its lowest to its highest. With steps or
+    target, a time-to-quality table too."""
 
-    runs: str = ""  # comma list of out_dirs, each holding a metrics.jsonl
+    runs: str = ""  # comma list of out_dirs, each holding a metrics.jsonl; a recipe of several seeds is
+    # NAME=DIR+DIR+... (e.g. adamw=out-a1+out-a2,muon=out-m1+out-m2)
     x: str = "iter"  # iter | tokens | seconds: the horizontal axis; several, comma-separated: a panel each
-    out: str = ""  # the PNG to write; empty: curves.png in the first run's folder, beside what it draws
+    out: str = ""  # the PNG to write; empty: curves.png in the first run's folder, beside what it draws; none: no plot
     title: str = ""  # above the plot; empty: none
+    steps: str = ""  # the table: comma list of iterations to read each recipe's val loss (and bits per byte) at
+    target: float | None = None  # the table: the val loss whose first evaluation at or below it is reached
+
+
+def recipes(spec: str) -> dict[str, list[str]]:
+    """--runs as recipe name -> its runs' out_dirs: NAME=DIR+DIR, or a lone DIR (named by its folder)."""
+    out: dict[str, list[str]] = {}
+    for item in (i.strip() for i in spec.split(",") if i.strip()):
+        name, _, dirs = item.rpartition("=") if "=" in item else (os.path.basename(os.path.normpath(item)), "", item)
+        runs = [d for d in dirs.split("+") if d]
+        if not name or not runs or name in out:
+            raise UserError(f"--runs: '{item}' is not DIR or NAME=DIR+DIR (each name once)")
+        out[name] = runs
+    if not out:
+        raise UserError("--runs=OUT_DIR[,OUT_DIR...] is required: the runs whose metrics.jsonl to draw")
+    return out
 
 
 def curves(rows: list[dict[str, Any]], x: str) -> dict[str, tuple[list[float], list[float]]]:
@@ -346,35 +368,86 @@ def curves(rows: list[dict[str, Any]], x: str) -> dict[str, tuple[list[float], l
     return out
 
 
-def plot(cfg: PlotConfig) -> str:
-    """Draw the runs' losses into a PNG; returns its path (cfg.out, or curves.png in the first run's folder)."""
+def band(runs: list[tuple[list[float], list[float]]], by_position: bool = False
+         ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Several seeds' curves as xs, mean, lowest and highest: at the xs every run has (iterations and tokens agree
+    across seeds, though a log line that QUIET_S forces may come at another iteration in each); by_position, at the
+    first run's xs, the i-th point of each (seconds, which differ from seed to seed)."""
+    if by_position:
+        n = min(len(xs) for xs, _ in runs)
+        xs, columns = runs[0][0][:n], [[ys[i] for _, ys in runs] for i in range(n)]
+    else:
+        points = [dict(zip(*run)) for run in runs]
+        xs = sorted(set.intersection(*(set(p) for p in points)))
+        columns = [[p[x] for p in points] for x in xs]
+    return (xs, [sum(c) / len(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns])
+
+
+def spread(values: list[float], digits: int = 4) -> str:
+    """'mean ± sample standard deviation' over seeds, or the one value."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def reached(rows: list[dict[str, Any]], target: float) -> tuple[int, float] | None:
+    """The iteration and wall seconds of the first evaluation at or below target; None if none is."""
+    for row in rows:
+        if row["kind"] == "eval" and isinstance(row.get("val_loss"), (int, float)) and row["val_loss"] <= target:
+            return row["iter"], row["seconds"]
+    return None
+
+
+def quality_table(logs: dict[str, list[list[dict[str, Any]]]], steps: list[int], target: float | None) -> str:
+    """Per recipe (its seeds' runs): val loss and bits per byte at each step, and the steps and wall seconds to
+    the target, as mean ± spread over the seeds; '-' where a run lacks the step, 'not reached (k of n)' where a
+    seed never reached the target."""
+    head = ["recipe", "seeds", *(f"val @ {s}" for s in steps), *(f"bpb @ {s}" for s in steps)]
+    head += ["steps to target", "seconds to target"] if target is not None else []
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, runs in logs.items():
+        cells = [name, str(len(runs))]
+        for key in ("val_loss", "val_bpb"):
+            for step in steps:
+                values = [row[key] for rows in runs for row in rows
+                          if row["kind"] == "eval" and row["iter"] == step and isinstance(row.get(key), (int, float))]
+                cells.append(spread(values) if len(values) == len(runs) else "-")
+        if target is not None:
+            hits = [reached(rows, target) for rows in runs]
+            done = [h for h in hits if h is not None]
+            if len(done) == len(runs):
+                cells += [spread([float(h[0]) for h in done], 0), spread([h[1] for h in done], 1)]
+            else:
+                cells += [f"not reached ({len(runs) - len(done)} of {len(runs)})"] * 2
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(cfg: PlotConfig, logs: dict[str, list[list[dict[str, Any]]]], first: str) -> str:
+    """Draw the recipes' losses into a PNG; returns its path (cfg.out, or curves.png in the first run's folder)."""
     axes = [x.strip() for x in cfg.x.split(",")]
-    for x in axes:
-        if x not in X_AXES:
-            raise UserError(f"x must be one of {', '.join(X_AXES)} (or several, comma-separated), got '{x}'")
-    runs = [r for r in cfg.runs.split(",") if r]
-    if not runs:
-        raise UserError("--runs=OUT_DIR[,OUT_DIR...] is required: the runs whose metrics.jsonl to draw")
-    logs = {run: read(run) for run in runs}
-    empty = [run for run, rows in logs.items() if not rows]
-    if empty:
-        raise UserError(f"no {METRICS_FILE} rows in {', '.join(empty)}: train there first")
     configurator.require("matplotlib", "metrics.py's plots")
     plt = importlib.import_module("matplotlib.pyplot")
     plt.switch_backend("Agg")  # files only: no display is needed
     fig, panels = plt.subplots(1, len(axes), figsize=(2 + 6 * len(axes), 4.5), squeeze=False)
-    names = [os.path.basename(os.path.normpath(run)) for run in runs]
     for x, ax in zip(axes, panels[0]):
-        for run, name in zip(runs, names if len(set(names)) == len(names) else runs):  # folder names, if they differ
-            lines = curves(logs[run], x)
-            (train,) = ax.plot(*lines["train"], alpha=0.5, label=f"{name} train")
-            ax.plot(*lines["val"], marker="o", color=train.get_color(), label=f"{name} val")
+        for name, runs in logs.items():
+            lines = [curves(rows, x) for rows in runs]
+            color = None
+            for split, style in (("train", {"alpha": 0.5}), ("val", {"marker": "o"})):
+                xs, mean, low, high = band([line[split] for line in lines], by_position=x == "seconds")
+                (drawn,) = ax.plot(xs, mean, color=color, label=f"{name} {split}", **style)
+                color = drawn.get_color()
+                if len(runs) > 1:
+                    ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
         ax.set(xlabel=X_AXES[x], ylabel="loss")
     panels[0][0].legend()
     if cfg.title:
         fig.suptitle(cfg.title)
     fig.tight_layout()
-    out = cfg.out or os.path.join(runs[0], "curves.png")
+    out = cfg.out or os.path.join(first, "curves.png")
     tmp = f"{out}.tmp.{os.getpid()}.png"
     try:
         fig.savefig(tmp, dpi=100)
@@ -387,8 +460,28 @@ def plot(cfg: PlotConfig) -> str:
     return out
 
 
+def report(cfg: PlotConfig) -> list[str]:
+    """The command: the time-to-quality table (with steps or target) and the plot (unless out=none); its lines."""
+    for x in (x.strip() for x in cfg.x.split(",")):
+        if x not in X_AXES:
+            raise UserError(f"x must be one of {', '.join(X_AXES)} (or several, comma-separated), got '{x}'")
+    named = recipes(cfg.runs)
+    logs = {name: [read(run) for run in runs] for name, runs in named.items()}
+    empty = [run for name, runs in named.items() for run, rows in zip(runs, logs[name]) if not rows]
+    if empty:
+        raise UserError(f"no {METRICS_FILE} rows in {', '.join(empty)}: train there first")
+    try:
+        steps = [int(s) for s in cfg.steps.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--steps must be a comma list of iterations, got '{cfg.steps}'") from None
+    lines = [quality_table(logs, steps, cfg.target)] if steps or cfg.target is not None else []
+    if cfg.out != "none":
+        lines.append(f"wrote {plot(cfg, logs, next(iter(named.values()))[0])}")
+    return lines
+
+
 def main(argv: list[str]) -> None:
-    print(f"wrote {plot(configurator.load(PlotConfig, argv))}")
+    print("\n".join(report(configurator.load(PlotConfig, argv))))
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ def signalled_midway(name: str, args: list[str], marker: str, sig: int) -> tuple
         hung.cancel()
 
 
-PREPARES = {"files": ("py", ["--glob=*.py", "--val_per_mille=100"], "tokenizing:"),
+PREPARES = {"files": ("py", ["--glob=*.py", "--val_per_mille=100"], "tokenizing train:"),
             "openwebtext": ("txt", ["--num_proc=2"], "tokenizing (num_proc=2)")}
 
 
@@ -334,7 +334,7 @@ def test_a_killed_prepare_leaves_the_old_files_and_the_next_removes_its_temporar
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     corpus = big_corpus(tmp_path / "in", "py")
     code, _ = signalled_midway("files", [f"--input={corpus}", f"--out_dir={out}", "--glob=*.py",
-                                         "--val_per_mille=100"], "tokenizing:", signal.SIGKILL)
+                                         "--val_per_mille=100"], "tokenizing train:", signal.SIGKILL)
     assert code == -signal.SIGKILL
     left = {p.name: p.read_bytes() for p in out.iterdir()}
     assert {k: v for k, v in left.items() if k in before} == before and set(left) > set(before)  # its temporaries

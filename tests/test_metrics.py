@@ -132,3 +132,47 @@ def test_several_processes_agree_on_the_iteration_of_the_next_log_line():
 
 def test_durations_read_as_a_person_would():
     assert [metrics.duration(s) for s in (45, 720, 3.4 * 3600, 2.5 * 86400)] == ["45 s", "12 min", "3.4 h", "2.5 days"]
+
+
+def hand_log(run_dir: Path, evals: list[tuple[int, float, float, float]]) -> None:
+    """A metrics log by hand: (iter, seconds, val loss, val bpb) evaluations."""
+    run_dir.mkdir()
+    log = metrics.MetricsLog(str(run_dir), start=0, reevaluates=False)
+    for it, seconds, val, bpb in evals:
+        log.write("eval", seconds, iter=it, tokens=it * TOKENS, train_loss=val + 0.1, val_loss=val, val_bpb=bpb)
+    log.close()
+
+
+def test_the_time_to_quality_table_gives_each_recipe_its_mean_and_spread_over_seeds(tmp_path: Path):
+    # two seeds of one recipe, one of another; by hand: at step 100 the first's val losses 3.0 and 3.2 have mean
+    # 3.1 and sample standard deviation sqrt(((-0.1)**2 + 0.1**2) / 1) = 0.1414; it reaches 3.05 at steps 100
+    # and 200 (mean 150, sd 70.71) after 10 and 30 s (mean 20.0, sd 14.1); the second never reaches it
+    hand_log(tmp_path / "a1", [(100, 10.0, 3.0, 4.3), (200, 20.0, 2.5, 3.6)])
+    hand_log(tmp_path / "a2", [(100, 12.0, 3.2, 4.6), (200, 30.0, 2.9, 4.2)])
+    hand_log(tmp_path / "b1", [(100, 9.0, 3.5, 5.0), (200, 18.0, 3.3, 4.8)])
+    runs = f"a={tmp_path / 'a1'}+{tmp_path / 'a2'},b={tmp_path / 'b1'}"
+    code, out, err = run_main(metrics, [f"--runs={runs}", "--steps=100,150", "--target=3.05", "--out=none"])
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "| recipe | seeds | val @ 100 | val @ 150 | bpb @ 100 | bpb @ 150 | steps to target | seconds to target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| a | 2 | 3.1000 ± 0.1414 | - | 4.4500 ± 0.2121 | - | 150 ± 71 | 20.0 ± 14.1 |",
+        "| b | 1 | 3.5000 | - | 5.0000 | - | not reached (1 of 1) | not reached (1 of 1) |"]
+
+
+def test_a_recipe_of_several_seeds_is_drawn_as_a_band(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    hand_log(tmp_path / "a1", [(100, 10.0, 3.0, 4.3), (200, 20.0, 2.5, 3.6)])
+    hand_log(tmp_path / "a2", [(100, 12.0, 3.2, 4.6), (200, 30.0, 2.9, 4.2)])
+    xs, mean, low, high = metrics.band([metrics.curves(metrics.read(str(tmp_path / r)), "iter")["val"]
+                                        for r in ("a1", "a2")])
+    assert (xs, low, high) == ([100, 200], [3.0, 2.5], [3.2, 2.9]) and mean == pytest.approx([3.1, 2.7])
+    png = tmp_path / "band.png"
+    code, out, err = run_main(metrics, [f"--runs=a={tmp_path / 'a1'}+{tmp_path / 'a2'}", f"--out={png}"])
+    assert (code, out, err) == (0, f"wrote {png}\n", "") and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("runs", ["a=", "=x", "a=x,a=y", ","])
+def test_a_malformed_recipe_is_one_line(runs: str):
+    code, _, err = run_main(metrics, [f"--runs={runs}", "--out=none"])
+    assert code == 2 and err.startswith("error: --runs") and err.count("\n") == 1
