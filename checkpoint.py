@@ -516,12 +516,25 @@ def from_nanogpt(data: dict[str, Any], path: str) -> dict[str, Any]:
     dataset = (data.get("config") or {}).get("dataset")
     pickled = os.path.join("data", str(dataset), NANOGPT_META) if dataset else None
     meta = meta_from_pickle(pickled) if pickled and os.path.isfile(pickled) else GPT2_META
+    vocab = (data.get("model_args") or {}).get("vocab_size")
+    if meta is GPT2_META and isinstance(vocab, int) and vocab < GPT2_META["vocab_size"]:
+        where = pickled or "data/<its dataset>/meta.pkl"
+        raise UserError(f"{path} is a nanoGPT checkpoint of {vocab} token ids, too few for GPT-2's BPE: its "
+                        f"tokenizer, {where} relative to this folder (where nanoGPT's sample.py looks), is not "
+                        "here: run from the folder that holds it, or copy it there")
     print(f"note: {path} is a nanoGPT checkpoint; its tokenizer: {pickled if meta is not GPT2_META else 'GPT-2 BPE'}",
           file=sys.stderr)
     return data | model | {"meta": meta}
 
 
 def corrupt(path: str, e: BaseException) -> str:
+    """Why a checkpoint could not be read: damaged, or (where another run holds its out_dir) being replaced by
+    that run as it was read, which says nothing against it."""
+    out_dir = os.path.dirname(path) or "."
+    held = process.holder(out_dir, LOCK_FILE)
+    if held is not None:
+        return (f"out_dir {out_dir} is in use by another run ({held}), which was writing its checkpoints as they "
+                "were read: wait for it to end, or choose another out_dir")
     return f"checkpoint {path} is corrupt or truncated ({reason(e)})"
 
 

@@ -161,7 +161,7 @@ def read_hellaswag(path: str) -> list[HellaSwagExample]:
         try:
             row = json.loads(line)
             ctx, endings, label = row["ctx"], row["endings"], row["label"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
             raise UserError(f"{path} line {n}: not a HellaSwag example (JSON with ctx, endings, label)") from None
         if not (isinstance(ctx, str) and isinstance(endings, list) and len(endings) == 4 and
                 all(isinstance(e, str) for e in endings) and label in range(4) and isinstance(label, int)):

@@ -41,7 +41,7 @@ def parse(spec: int | str, batch_size: int, share: int | None) -> int | None:
         return None
     if not text:
         return batch_size
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # isdigit alone takes '²'
         raise UserError(f"micro_batch must be auto, a whole number of sequences or empty, got '{spec}'")
     size = int(text)
     if share is not None and share % size:

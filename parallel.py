@@ -103,6 +103,9 @@ def setup(device: str, backend: str, tensor_parallel: int, fsdp: bool, accum: in
                         together=True)
     if backend == "auto":
         backend = "nccl" if (device == "auto" or device.startswith("cuda")) and torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
+        raise UserError("" if rank else "backend=nccl needs CUDA GPUs and a torch built with NCCL, and this machine "
+                        "has none: use backend=gloo (or auto)", together=True)
     dist.init_process_group(backend=backend)
     resolved = runtime.resolve_device(f"cuda:{local_rank}" if backend == "nccl" else device)
     if resolved.type == "cuda":

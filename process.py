@@ -275,6 +275,25 @@ def hold(folder: str, lock_file: str, leftovers: re.Pattern[str], name: str) -> 
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def holder(folder: str, lock_file: str) -> str | None:
+    """Who holds folder now (hold), in its lock file's words; None where no process does. Only for a process that
+    does not hold it itself: its own lock would look like another's."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks, no holder known
+        return None
+    try:
+        with open(os.path.join(folder, lock_file), encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "unknown"
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:  # no lock file: never held
+        return None
+    return None
+
+
 def running(pid: int) -> bool:
     """Whether process pid is alive (on this machine): the owner of a temporary file named after it, say."""
     try:

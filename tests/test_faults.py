@@ -231,6 +231,31 @@ def test_a_second_run_in_the_same_out_dir_is_refused_until_the_first_ends_even_b
     assert len(train.main(tiny_flags(char_data, out_dir))["train_loss"]) == 4  # the kill released the lock
 
 
+def test_a_checkpoint_read_mid_write_by_another_run_is_not_called_corrupt(char_data: CharData, tmp_path: Path):
+    # a resume while another run holds out_dir reads a checkpoint that run is replacing: here, half a file
+    out_dir = tmp_path / "out"
+    train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
+    whole = (out_dir / "ckpt.pt").read_bytes()
+    (out_dir / "ckpt.pt").write_bytes(whole[: len(whole) // 2])
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "f = open(os.path.join(sys.argv[1], '.lock'), 'a+')\n"
+                               "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                               "f.truncate(0); f.write(f'pid {os.getpid()} on a host: a run'); f.flush()\n"
+                               "print('held', flush=True)\ntime.sleep(600)", str(out_dir)],
+                              env=script_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(UserError, match=rf"^out_dir {re.escape(str(out_dir))} is in use by another run \(pid "
+                                            rf"{holder.pid} on a host: a run\), which was writing its checkpoints "
+                                            r"as they were read: wait for it to end, or choose another out_dir$"):
+            train.main(tiny_flags(char_data, out_dir, max_iters=4, init_from="resume"))
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(UserError, match=r"ckpt\.pt is corrupt or truncated"):  # held by none: damaged, and said so
+        train.main(tiny_flags(char_data, out_dir, max_iters=4, init_from="resume"))
+
+
 def test_a_run_from_scratch_does_not_replace_checkpoints_unless_told_to(char_data: CharData, tmp_path: Path):
     out_dir = tmp_path / "out"
     train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))

@@ -48,6 +48,7 @@ def test_the_reader_takes_the_datasets_own_lines():
                                                              "label 0 to 3"),
     ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 4}', "line 2: ctx must be text, endings four texts "
                                                                   "and label 0 to 3"),
+    ("[" * 100_000 + "]" * 100_000, "line 2: not a HellaSwag example (JSON with ctx, endings, label)"),  # too deep
 ])
 def test_a_line_that_is_not_an_example_is_one_line(tmp_path: Path, line: str, message: str):
     path = tmp_path / "h.jsonl"

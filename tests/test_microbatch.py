@@ -46,6 +46,7 @@ def test_micro_batch_empty_is_batch_size_a_number_itself_auto_none():
           r"12, 24$"),
     ("0", "^micro_batch must be auto, a whole number of sequences or empty, got '0'$"),
     ("half", "^micro_batch must be auto, a whole number of sequences or empty, got 'half'$"),
+    ("²", "^micro_batch must be auto, a whole number of sequences or empty, got '²'$"),  # a digit to isdigit
     ("2.5", "^micro_batch must be auto"),
 ])
 def test_a_micro_batch_that_cannot_split_the_share_is_refused(spec: str, expected: str):

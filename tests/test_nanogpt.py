@@ -107,6 +107,23 @@ def test_without_a_meta_pkl_a_nanogpt_checkpoint_is_gpt2_bpe(tmp_path: Path, mon
         **{k: v for k, v in TINY_MODEL.items() if k in NANOGPT_ARGS}, "vocab_size": 50304})
 
 
+def test_a_char_checkpoint_run_where_its_meta_pkl_is_not_is_one_line(nanogpt_dir: tuple[Path, str, GPT],
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    # python sample.py --out_dir=../nanoGPT/out-shakespeare-char from our folder: GPT-2's BPE would be assumed for
+    # a 62-token model; its meta.pkl is looked for relative to where it runs, as nanoGPT's sample.py looks
+    root, chars, _ = nanogpt_dir
+    elsewhere = root / "ours"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_main("sample.py", [f"--out_dir={root / 'out-shakespeare-char'}", "--device=cpu",
+                                            "--max_new_tokens=2"])
+    assert (code, out) == (2, "") and err.count("\n") == 1 and "Traceback" not in err
+    assert err == (f"error: {root / 'out-shakespeare-char' / 'ckpt.pt'} is a nanoGPT checkpoint of {len(chars)} token "
+                   "ids, too few for GPT-2's BPE: its tokenizer, data/shakespeare_char/meta.pkl relative to this "
+                   "folder (where nanoGPT's sample.py looks), is not here: run from the folder that holds it, or "
+                   "copy it there\n")
+
+
 def test_a_planted_call_in_meta_pkl_is_refused_and_never_run(nanogpt_dir: tuple[Path, str, GPT]):
     root, _, _ = nanogpt_dir
     with open(root / "data" / "shakespeare_char" / "meta.pkl", "wb") as f:

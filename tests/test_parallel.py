@@ -71,6 +71,7 @@ def test_backend_auto_is_nccl_for_gpus_and_gloo_otherwise(monkeypatch: pytest.Mo
                                                           backend: str):
     torchrun_env(monkeypatch, rank=0, world=2)
     monkeypatch.setattr(parallel.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(parallel.dist, "is_nccl_available", lambda: True)  # as a CUDA build of torch is
 
     def start(backend: str) -> None:
         raise GroupStarted(backend)

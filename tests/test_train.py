@@ -68,8 +68,23 @@ def test_backend_auto_nccl_or_gloo_is_taken(char_data: CharData, tmp_path: Path,
         raise ProcessGroupStarted(backend)
 
     monkeypatch.setattr(parallel.dist, "init_process_group", start)
+    monkeypatch.setattr(parallel.dist, "is_nccl_available", lambda: True)  # as on a GPU machine, whose CUDA
+    monkeypatch.setattr(parallel.torch.cuda, "is_available", lambda: backend == "nccl")  # auto would then take
     with pytest.raises(ProcessGroupStarted, match=f"^{group}$"):
         train.main(tiny_flags(char_data, tmp_path / "out", backend=backend, gradient_accumulation_steps=2))
+
+
+@pytest.mark.parametrize(("cuda", "nccl"), [(False, True), (True, False)])
+def test_nccl_where_there_is_none_is_one_line_before_any_group(char_data: CharData, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, cuda: bool, nccl: bool):
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(parallel.dist, "init_process_group", lambda **kwargs: pytest.fail("a group was started"))
+    monkeypatch.setattr(parallel.dist, "is_nccl_available", lambda: nccl)
+    monkeypatch.setattr(parallel.torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(UserError, match=r"^backend=nccl needs CUDA GPUs and a torch built with NCCL, and this "
+                                        r"machine has none: use backend=gloo \(or auto\)$"):
+        train.main(tiny_flags(char_data, tmp_path / "out", backend="nccl", gradient_accumulation_steps=2))
 
 
 def test_another_backend_is_refused_in_one_line(char_data: CharData, tmp_path: Path):
