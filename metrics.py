@@ -62,17 +62,22 @@ def read(out_dir: str) -> list[dict[str, Any]]:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return []
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not a metrics log: byte {e.start} is not UTF-8") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     for n, line in enumerate(lines):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if n == len(lines) - 1:  # written when the process was killed: the rest of the log is whole
                 continue
             raise UserError(f"{path} line {n + 1} is not JSON: the file is not a metrics log") from None
-        if not isinstance(row, dict) or row.get("kind") not in ("train", "eval", "sample"):
-            raise UserError(f"{path} line {n + 1} is not a metrics row")
+        numbers = isinstance(row, dict) and isinstance(row.get("iter"), int) and \
+            isinstance(row.get("seconds"), (int, float)) and not isinstance(row.get("seconds"), bool)
+        if not numbers or row.get("kind") not in ("train", "eval", "sample"):
+            raise UserError(f"{path} line {n + 1} is not a metrics row (a kind, a whole iter and seconds): move "
+                            "the file aside to start a new log")
         rows.append(row)
     return rows
 
@@ -93,22 +98,34 @@ class MetricsLog:
         kept = resumed_rows(read(out_dir), start, reevaluates) if start else []
         self.offset = max((row["seconds"] for row in kept), default=0.0)  # the earlier launches' wall time
         tmp = f"{self.path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:  # replaced whole: a kill leaves the old log or the new one
-            f.writelines(json.dumps(row) + "\n" for row in kept)
-        os.replace(tmp, self.path)
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run's life; close())
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:  # replaced whole: a kill leaves the old log or the new one
+                f.writelines(json.dumps(row) + "\n" for row in kept)
+            os.replace(tmp, self.path)
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run's life; close())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def write(self, kind: str, seconds: float, **values: Any) -> None:
         """One row; seconds: wall time since this launch. A value of None is left out, a non-finite float is
-        written as a string ('nan', 'inf'): JSON has no such numbers."""
+        written as a string ('nan', 'inf'): JSON has no such numbers. A row that cannot be written (a full disk)
+        stops the run in one line, as a checkpoint that cannot be: a cut row is the log's last line, which the
+        next reader leaves out."""
         row = {"kind": kind, **{k: v for k, v in values.items() if v is not None},
                "seconds": round(self.offset + seconds, 3)}
         row = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}; the run stops (its last checkpoint "
+                            "stays: resume from it once there is room)") from None
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # a full disk said so already, where the row was written
+            self.file.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------

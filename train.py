@@ -35,6 +35,7 @@ import torch.distributed as dist
 import accounting
 import checkpoint
 import configurator
+import metrics
 import microbatch
 import optim
 import parallel
@@ -277,6 +278,8 @@ def main(argv: list[str]) -> dict[str, list]:
                 configurator.require("wandb", "wandb_log=True")
             if not cfg.eval_only:
                 held.enter_context(checkpoint.hold_out_dir(cfg.out_dir, cfg.init_from == "resume", cfg.overwrite))
+            if not cfg.eval_only and cfg.init_from == "resume":
+                metrics.read(cfg.out_dir)  # a damaged log refused now, every process stopping, not at its first row
 
         parallel.rank_0_decides(layout, rank_0_needs)
         cfg = replace(cfg, cuda_graph=graph_wanted(cfg.cuda_graph, layout, dtype, cfg.activation_checkpointing))

@@ -11,6 +11,7 @@ import torch
 
 import metrics
 import train
+from configurator import UserError
 from conftest import TINY_MODEL, CharData, run_main, tiny_flags
 
 TOKENS = 8 * TINY_MODEL["block_size"]  # per iteration: tiny_flags' batch of 8, one micro-step
@@ -176,3 +177,47 @@ def test_a_recipe_of_several_seeds_is_drawn_as_a_band(tmp_path: Path):
 def test_a_malformed_recipe_is_one_line(runs: str):
     code, _, err = run_main(metrics, [f"--runs={runs}", "--out=none"])
     assert code == 2 and err.startswith("error: --runs") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (b"\xff\n", "is not a metrics log: byte "),
+    (b'{"kind": "train", "seconds": 1.0}\n', "line 3 is not a metrics row"),
+    (b'{"kind": "eval", "iter": 2, "seconds": "x"}\n', "line 3 is not a metrics row")])
+def test_a_damaged_log_stops_a_resume_in_one_line_before_it_trains(char_data: CharData, tmp_path: Path,
+                                                                    damage: bytes, message: str):
+    out_dir = tmp_path / "out"
+    run(char_data, out_dir)
+    rows = (out_dir / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    (out_dir / "metrics.jsonl").write_bytes(b"".join(rows[:2]) + damage + b"".join(rows[2:]))
+    code, out, err = run_main("train.py", tiny_flags(char_data, out_dir, max_iters=12, eval_interval=4,
+                                                     init_from="resume"))
+    assert code == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert "iter 9" not in out  # refused before any step
+
+
+def test_a_full_disk_while_the_log_is_written_stops_the_run_in_one_line(char_data: CharData, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    out_dir = tmp_path / "out"
+    real_write = metrics.MetricsLog.write
+    calls = []
+
+    def write(self: metrics.MetricsLog, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 7:  # a row after the first checkpoint finds the disk full
+            original_write = self.file.write
+
+            def cut(text: str) -> int:  # the start of the row, then the disk is full
+                original_write(text[:12])
+                raise OSError(28, "No space left on device")
+
+            self.file.write = cut
+        real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(metrics.MetricsLog, "write", write)
+    with pytest.raises(UserError, match=r"^cannot write .*metrics\.jsonl: No space left on device; the run stops "
+                                        r"\(its last checkpoint stays: resume from it once there is room\)$"):
+        train.main(tiny_flags(char_data, out_dir, max_iters=12, eval_interval=4))
+    monkeypatch.undo()
+    assert len(metrics.read(str(out_dir))) == 6  # the cut row, the log's last line, is left out
+    train.main(tiny_flags(char_data, out_dir, max_iters=12, eval_interval=4, init_from="resume"))
+    assert all(isinstance(row["iter"], int) for row in metrics.read(str(out_dir)))
