@@ -92,6 +92,23 @@ def children_end_with_their_parent() -> None:
     os.register_at_fork(before=lambda: forking.__setitem__(0, os.getpid()), after_in_child=in_child)
 
 
+def end_with_launcher() -> None:
+    """Under torchrun (which sets TORCHELASTIC_RUN_ID in its workers), on Linux: SIGTERM to this worker when its
+    launcher ends, however it ends (a kill -9 of torchrun included), so that the worker stops at its next step
+    boundary as for a SIGTERM, its checkpoint saved, rather than train on unseen; a worker whose launcher is already
+    gone leaves at once."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: no parent-death signal
+        return
+    launcher = os.getppid()
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if launcher == 1:  # adopted by init: the launcher died before the signal was asked for
+        raise UserError("this worker's torchrun launcher has ended: the run is over")
+
+
 def stop_children() -> None:
     """End the worker processes a library started (multiprocessing's, and the multiprocess fork's that datasets
     uses) before the interpreter exits: at exit each waits for its children, and a child that ignores Ctrl-C

@@ -249,6 +249,7 @@ def schedule_note(cfg: TrainConfig) -> str | None:
 def main(argv: list[str]) -> dict[str, list]:
     """Train as the settings say; returns the history of training and evaluation losses."""
     launched = time.perf_counter()
+    process.end_with_launcher()  # a torchrun worker never outlives its launcher
     cfg, changes = load_settings(argv)
     check_settings(cfg)
     layout = parallel.setup(cfg.device, cfg.backend, cfg.tensor_parallel, cfg.fsdp, cfg.gradient_accumulation_steps)

@@ -50,6 +50,34 @@ def test_a_forked_worker_ends_with_the_process_that_forked_it(tmp_path: Path):
     assert ended(int(out))
 
 
+def test_a_torchrun_worker_gets_sigterm_when_its_launcher_is_killed():
+    # a launcher (torchrun's part, played by a plain process) starts a worker as torchrun does, with
+    # TORCHELASTIC_RUN_ID set; kill -9 of the launcher reaches the worker as a SIGTERM, which it reports
+    worker = ("import signal, sys, time\nsys.path.insert(0, sys.argv[1])\nimport process\n"
+              "process.end_with_launcher()\n"
+              "signal.signal(signal.SIGTERM, lambda *a: (print('SIGTERM', flush=True), sys.exit(0)))\n"
+              "print('ready', flush=True)\ntime.sleep(60)\n")
+    launcher = ("import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]])\n"
+                "time.sleep(60)\n")
+    run = subprocess.Popen([sys.executable, "-c", launcher, worker, str(REPO_ROOT)], stdout=subprocess.PIPE,
+                           text=True, env=script_env(TORCHELASTIC_RUN_ID="test"))
+    try:
+        assert run.stdout.readline() == "ready\n"
+        run.kill()  # kill -9: the launcher cannot pass anything on
+        run.wait()
+        assert run.stdout.readline() == "SIGTERM\n"  # the worker (which holds the pipe too) heard of it
+    finally:
+        run.kill()
+
+
+def test_outside_torchrun_no_launcher_is_watched(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    calls = []
+    monkeypatch.setattr(process.ctypes, "CDLL", lambda *a, **k: calls.append(a))
+    process.end_with_launcher()
+    assert calls == []
+
+
 def test_a_forked_worker_leaves_ctrl_c_to_the_process_that_forked_it():
     # a terminal's Ctrl-C reaches every process of the group: a library's worker must not print a traceback of its
     # own (its parent stops it); the parent keeps Python's handler
