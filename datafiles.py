@@ -93,7 +93,23 @@ def read_meta(data_dir: str) -> dict[str, Any]:
         check_meta(meta)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a valid meta file ({e})") from None
-    return meta
+    check_sizes(data_dir, meta.pop("sizes", None))
+    return meta  # without the sizes: what the files mean, not how long they were (a checkpoint records it)
+
+
+def check_sizes(data_dir: str, sizes: dict[str, int] | None) -> None:
+    """Refuse a folder whose .bin files are not the ones its meta.json was written with (the sizes staged records
+    there): a prepare killed between its renames leaves a new train.bin beside an old val.bin and meta.json."""
+    if sizes is not None and not (isinstance(sizes, dict) and all(
+            name in DATASET_FILES and isinstance(size, int) for name, size in sizes.items())):
+        raise UserError(f"{os.path.join(data_dir, META_FILE)} is not a valid meta file (sizes: {sizes!r})")
+    for name, size in (sizes or {}).items():
+        path = os.path.join(data_dir, name)
+        have = os.path.getsize(path) if os.path.isfile(path) else None
+        if have != size:
+            found = f"{have:,} bytes" if have is not None else "missing"
+            raise UserError(f"{data_dir} is not one prepared dataset: {name} is {found}, its meta.json was written "
+                            f"with one of {size:,}: a prepare stopped midway; prepare it again")
 
 
 def meta_from_pickle(path: str) -> dict[str, Any]:
@@ -137,6 +153,7 @@ def staged(data_dir: str) -> Iterator[dict[str, str]]:
         os.makedirs(data_dir, exist_ok=True)
         process.remove_dead_writers(data_dir, STAGED_TEMP)
         yield tmp
+        record_sizes(tmp)
         with process.uninterrupted():
             if process.INTERRUPTS:  # a Ctrl-C that Python could not raise where it came: keep the old data
                 raise KeyboardInterrupt
@@ -149,6 +166,15 @@ def staged(data_dir: str) -> Iterator[dict[str, str]]:
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)
+
+
+def record_sizes(tmp: dict[str, str]) -> None:
+    """Write into the staged meta.json the sizes of the .bin files staged beside it, which read_meta checks: the
+    three files can never be used as a mixed set."""
+    with open(tmp[META_FILE], encoding="utf-8") as f:
+        meta = json.load(f)
+    meta["sizes"] = {name: os.path.getsize(tmp[name]) for name in DATASET_FILES if name != META_FILE}
+    dump_meta(meta, tmp[META_FILE])
 
 
 def write_dataset(data_dir: str, splits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import datafiles
 import process
 import tokenizer
 from configurator import UserError
+from tokenizer import GPT2_META
 
 
 @pytest.mark.parametrize(("change", "expected"), [
@@ -74,3 +75,20 @@ def test_a_ctrl_c_that_a_finaliser_swallowed_comes_again_and_keeps_the_old_files
         signal.signal(signal.SIGINT, previous)
     assert process.INTERRUPTS == [signal.SIGINT] * 2 and printed == []
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_mixed_set_left_by_a_prepare_stopped_between_its_renames_is_refused(tmp_path: Path):
+    # the new train.bin renamed into place, the old val.bin and meta.json not yet: their sizes disagree
+    out = tmp_path / "data"
+    datafiles.write_dataset(str(out), {"train": np.arange(9), "val": np.arange(5)}, GPT2_META)
+    assert json.loads((out / "meta.json").read_text())["sizes"] == {"train.bin": 18, "val.bin": 10}  # uint16
+    assert "sizes" not in datafiles.read_meta(str(out))  # what the ids mean, as before
+    np.arange(12, dtype=np.uint16).tofile(out / "train.bin")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(out))} is not one prepared dataset: train\.bin is 24 "
+                                        r"bytes, its meta\.json was written with one of 18: a prepare stopped "
+                                        r"midway; prepare it again$"):
+        datafiles.read_meta(str(out))
+    (out / "val.bin").unlink()
+    np.arange(9, dtype=np.uint16).tofile(out / "train.bin")
+    with pytest.raises(UserError, match=r"val\.bin is missing, its meta\.json was written with one of 10"):
+        datafiles.read_meta(str(out))
