@@ -207,19 +207,26 @@ def test_a_diverged_model_is_never_saved_over_a_good_checkpoint(char_data: CharD
     assert (out_dir / "ckpt.pt").read_bytes() == good
 
 
+def lock_holder(out_dir: Path) -> subprocess.Popen:
+    """A run's lock on out_dir as process.hold takes it, held by a real process until killed, its lock file saying
+    'pid PID on a host: a run'; returned once held."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"  # without torch: a second to start, not five
+                               "f = open(os.path.join(sys.argv[1], '.lock'), 'a+')\n"
+                               "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                               "f.truncate(0); f.write(f'pid {os.getpid()} on a host: a run'); f.flush()\n"
+                               "print('held', flush=True)\ntime.sleep(600)", str(out_dir)],
+        env=script_env(), stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
 def test_a_second_run_in_the_same_out_dir_is_refused_until_the_first_ends_even_by_a_kill(char_data: CharData,
                                                                                          tmp_path: Path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    holder = subprocess.Popen(  # a run's lock as process.hold takes it, held by a real process until killed
-        [sys.executable, "-c", "import fcntl, os, sys, time\n"  # without torch: a second to start, not five
-                               "f = open(os.path.join(sys.argv[1], '.lock'), 'a+')\n"
-                               "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-                               "f.write(f'pid {os.getpid()} on a host: a run'); f.flush()\n"
-                               "print('held', flush=True)\ntime.sleep(600)", str(out_dir)],
-        env=script_env(), stdout=subprocess.PIPE, text=True)
+    holder = lock_holder(out_dir)
     try:
-        assert holder.stdout.readline() == "held\n"
         with pytest.raises(UserError, match=rf"^out_dir {re.escape(str(out_dir))} is in use by another run \(pid "
                                             rf"{holder.pid} on a host: a run\): wait for it to end, or choose "
                                             r"another out_dir$"):
@@ -237,14 +244,8 @@ def test_a_checkpoint_read_mid_write_by_another_run_is_not_called_corrupt(char_d
     train.main(tiny_flags(char_data, out_dir, max_iters=2, eval_interval=2))
     whole = (out_dir / "ckpt.pt").read_bytes()
     (out_dir / "ckpt.pt").write_bytes(whole[: len(whole) // 2])
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
-                               "f = open(os.path.join(sys.argv[1], '.lock'), 'a+')\n"
-                               "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-                               "f.truncate(0); f.write(f'pid {os.getpid()} on a host: a run'); f.flush()\n"
-                               "print('held', flush=True)\ntime.sleep(600)", str(out_dir)],
-                              env=script_env(), stdout=subprocess.PIPE, text=True)
+    holder = lock_holder(out_dir)
     try:
-        assert holder.stdout.readline() == "held\n"
         with pytest.raises(UserError, match=rf"^out_dir {re.escape(str(out_dir))} is in use by another run \(pid "
                                             rf"{holder.pid} on a host: a run\), which was writing its checkpoints "
                                             r"as they were read: wait for it to end, or choose another out_dir$"):
