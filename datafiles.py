@@ -200,15 +200,18 @@ LEAK_SAMPLE = 1 << 26  # windows of train hashed at most (a consistent sample of
 BLOCK = 1 << 24  # tokens hashed at once: bounds the memory of a large split
 
 
-def window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+def window_hashes(ids: np.ndarray, n: int, below: np.uint64 | None = None) -> np.ndarray:
     """A 64-bit hash of every window of n consecutive ids, h[i] of ids[i : i + n]: the polynomial in MIX of the
     window's ids (wrap-around arithmetic), built from the hashes of windows of 1, 2, 4, ... ids (log2(n) passes
     over the data, not n), then splitmix64's finaliser, whose high bits sample windows evenly. BLOCK tokens at a
-    time."""
-    out = np.empty(max(0, len(ids) - n + 1), dtype=np.uint64)
+    time. With `below`, only the hashes under it (a consistent sample), kept block by block: a large split's
+    windows never all sit in memory."""
+    windows = max(0, len(ids) - n + 1)
+    out = np.empty(windows if below is None else 0, dtype=np.uint64)
+    kept: list[np.ndarray] = []
     with np.errstate(over="ignore"):
-        for start in range(0, len(out), BLOCK):
-            stop = min(start + BLOCK, len(out))
+        for start in range(0, windows, BLOCK):
+            stop = min(start + BLOCK, windows)
             power = ids[start : stop + n - 1].astype(np.uint64) + np.uint64(1)  # windows of `length` ids
             length, h, covered = 1, None, 0  # h[i]: the hash of the `covered` ids from i
             while True:
@@ -224,8 +227,12 @@ def window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
             h *= np.uint64(0xBF58476D1CE4E5B9)
             h ^= h >> np.uint64(27)
             h *= np.uint64(0x94D049BB133111EB)
-            out[start:stop] = h ^ (h >> np.uint64(31))
-    return out
+            h ^= h >> np.uint64(31)
+            if below is None:
+                out[start:stop] = h
+            else:
+                kept.append(h[h < below])
+    return out if below is None else np.concatenate(kept or [np.empty(0, dtype=np.uint64)])
 
 
 class TrainWindows:
@@ -239,8 +246,7 @@ class TrainWindows:
         self.seen = np.sort(self.sampled(train))
 
     def sampled(self, ids: np.ndarray) -> np.ndarray:
-        h = window_hashes(ids, self.n + 1)
-        return h if self.keep == 1.0 else h[h < self.limit]
+        return window_hashes(ids, self.n + 1, None if self.keep == 1.0 else self.limit)
 
     def copied(self, ids: np.ndarray) -> tuple[int, int]:
         """Of ids' tokens with n before them (those sampled), how many occur in train after the same n tokens, and
@@ -275,8 +281,10 @@ class LeakConfig:
 def leak_line(data_dir: str, n: int) -> str:
     """The leak check of data_dir's splits in a line."""
     meta = read_meta(data_dir)
-    splits = {s: np.memmap(os.path.join(data_dir, f"{s}.bin"), dtype=meta["dtype"], mode="r")
-              for s in ("train", "val")}
+    for split in ("train", "val"):
+        if not os.path.isfile(bin_path(data_dir, split)) or not os.path.getsize(bin_path(data_dir, split)):
+            raise UserError(f"{bin_path(data_dir, split)} is missing or empty: prepare {data_dir} again")
+    splits = {s: np.memmap(bin_path(data_dir, s), dtype=meta["dtype"], mode="r") for s in ("train", "val")}
     share, windows = leak_share(splits["train"], splits["val"], n)
     return (f"leak check: {share:.1%} of val's tokens occur in train with the {n} tokens before them (measured on "
             f"{windows:,} of {max(0, len(splits['val']) - n):,} val tokens): the share a model could recall rather "

@@ -358,16 +358,24 @@ class PlotConfig:
 
 
 def recipes(spec: str) -> dict[str, list[str]]:
-    """--runs as recipe name -> its runs' out_dirs: NAME=DIR+DIR, or a lone DIR (named by its folder)."""
+    """--runs as recipe name -> its runs' out_dirs: NAME=DIR+DIR, or a lone DIR (an existing folder is always one,
+    whatever its name holds), named by its folder, or by its path where two folders share a name."""
+    items = [i.strip() for i in spec.split(",") if i.strip()]
+    if not items:
+        raise UserError("--runs=OUT_DIR[,OUT_DIR...] is required: the runs whose metrics.jsonl to draw")
+    lone = [i for i in items if os.path.isdir(i) or "=" not in i]
+    names = [os.path.basename(os.path.normpath(i)) for i in lone]
     out: dict[str, list[str]] = {}
-    for item in (i.strip() for i in spec.split(",") if i.strip()):
-        name, _, dirs = item.rpartition("=") if "=" in item else (os.path.basename(os.path.normpath(item)), "", item)
-        runs = [d for d in dirs.split("+") if d]
+    for item in items:
+        if item in lone:
+            name = os.path.basename(os.path.normpath(item))
+            name, runs = (name if names.count(name) == 1 else item), [item]
+        else:
+            name, _, dirs = item.partition("=")
+            runs = [d for d in dirs.split("+") if d]
         if not name or not runs or name in out:
             raise UserError(f"--runs: '{item}' is not DIR or NAME=DIR+DIR (each name once)")
         out[name] = runs
-    if not out:
-        raise UserError("--runs=OUT_DIR[,OUT_DIR...] is required: the runs whose metrics.jsonl to draw")
     return out
 
 
@@ -419,8 +427,8 @@ def reached(rows: list[dict[str, Any]], target: float) -> tuple[int, float] | No
 
 def quality_table(logs: dict[str, list[list[dict[str, Any]]]], steps: list[int], target: float | None) -> str:
     """Per recipe (its seeds' runs): val loss and bits per byte at each step, and the steps and wall seconds to
-    the target, as mean ± spread over the seeds; '-' where a run lacks the step, 'not reached (k of n)' where a
-    seed never reached the target."""
+    the target, as mean ± spread over the seeds; '-' where a run lacks the step, 'not finite (k of n)' where k
+    seeds had diverged there, 'not reached (k of n)' where a seed never reached the target."""
     head = ["recipe", "seeds", *(f"val @ {s}" for s in steps), *(f"bpb @ {s}" for s in steps)]
     head += ["steps to target", "seconds to target"] if target is not None else []
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -428,9 +436,13 @@ def quality_table(logs: dict[str, list[list[dict[str, Any]]]], steps: list[int],
         cells = [name, str(len(runs))]
         for key in ("val_loss", "val_bpb"):
             for step in steps:
-                values = [row[key] for rows in runs for row in rows
-                          if row["kind"] == "eval" and row["iter"] == step and isinstance(row.get(key), (int, float))]
-                cells.append(spread(values) if len(values) == len(runs) else "-")
+                found = [row.get(key) for rows in runs for row in rows if row["kind"] == "eval" and row["iter"] == step]
+                values = [v for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
+                failed = len(found) - len(values)  # 'nan' or 'inf', as a diverged run logs them
+                if failed:
+                    cells.append(f"not finite ({failed} of {len(runs)})")
+                else:
+                    cells.append(spread(values) if len(values) == len(runs) else "-")
         if target is not None:
             hits = [reached(rows, target) for rows in runs]
             done = [h for h in hits if h is not None]

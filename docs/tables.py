@@ -425,7 +425,8 @@ HOUSE3_WHERE = ("Measured for issue 29 on 2026-12-06 in one device call, the two
 
 
 CLEAN = DATA / "clean"
-SPLITS = {"old": ("the old split: each file by its path's hash, no dedup", "--dedup=none --split_by=file "
+SPLITS = {"old": ("the old split's kind (today's code): each file on its own, no dedup, no decontamination",
+                  "--dedup=none --split_by=file "
                   "--val_per_mille=5 --decontaminate=1"),
           "default": ("the new defaults: exact dedup, whole top-level folders, 5 per mille of the bytes, "
                       "decontaminated", ""),
@@ -448,13 +449,15 @@ the other two seeds' 3.7825 and 3.6699); compiled, bf16. The table is `python me
 docs/data/clean/*/metrics.jsonl, mean ± standard deviation over the seeds; the target is the AdamW recipe's mean
 200-step val loss."""
 CLEAN_FINDINGS = """\
-The old split let a model recall 30% of val's tokens from train (a vendored pyparsing alone was 11% of val); the new
-defaults leave 1.6%, the runs' split 1.5%: what is left is code that two packages really share (license headers,
-common idioms). On that split the Muon recipe's lead over the AdamW recipe holds: it passes AdamW's 200-step loss
-at its first evaluation (step 25) in every seed, and its 200-step loss is 1.64 against 3.17; its seed spread is
-a tenth of AdamW's. Wall seconds to the target differ between the seeds because the second seed's runs compiled
-from a warm kernel cache. Left for the next session: AdamW's third seed, the recipes' own batch of 524,288 tokens,
-and modded-nanogpt's simple baseline beside them (issue 31)."""
+A split of the old kind let a model recall 30% of val's tokens from train (a vendored pyparsing alone was 11% of
+val); the new defaults leave 1.6%, the runs' split 1.5%, after decontamination dropped the val documents of which
+over a fifth could be copied (a quarter of the default split's val tokens, a tenth of the runs'): what is left is
+code that two packages really share (license headers, common idioms). On that split the Muon recipe's lead over the
+AdamW recipe holds: it passes AdamW's 200-step loss at its first evaluation (step 25) in every seed, and its
+200-step loss is 1.64 against 3.17; its seed spread is a tenth of AdamW's. Wall seconds to the target differ
+between the seeds because the second seed's runs compiled from a warm kernel cache. Left for the next session:
+AdamW's third seed, the recipes' own batch of 524,288 tokens, and modded-nanogpt's simple baseline beside them
+(issue 31)."""
 
 
 def split_row(name: str) -> str:

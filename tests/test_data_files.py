@@ -1,11 +1,12 @@
 """data/files/prepare.py: a folder of your own text files, one file a document. The token streams decode back to
 exactly the files' texts; duplicates are read once (exact copies, and with --dedup=near other versions of a file);
 val holds whole groups (a top-level folder each, or a file each), the lowest-hashed first, passing over any of more
-than half its target, until it holds its share of the bytes or --val_tokens tokens; a val document mostly copyable
-from train is dropped; the summary and the leak check say what val holds; the output does not depend on the number
-of workers; and a refusal or an interrupted run leaves the earlier files untouched.
+than half its target, until it holds its share of the bytes (--val_per_mille at most 500) or --val_tokens tokens
+(from the groups that fit in half the bytes, else refused); a val document mostly copyable from train is dropped;
+the summary and the leak check say what val holds; the output does not depend on the number of workers; and a
+refusal or an interrupted run leaves the earlier files untouched.
 
-The oracle (listed, deduplicated, ranked_groups, split_of, contaminated, leak) is the module docstring's rules
+The oracle (listed, deduplicated, ranked_groups, split_of, contaminated, stream, leak) is the module docstring's rules
 written again here, with this file's own blake2b, grouping, byte totals, token counts and n-gram sets: nothing of
 prepare.py's but its output."""
 
@@ -125,28 +126,47 @@ def ranked_groups(files: dict[str, bytes], split_by: str = "dir") -> list[list[s
 def split_of(root: Path, per_mille: float = VAL, val_tokens: int = 0, split_by: str = "dir", dedup: str = "exact",
              decontaminate: float = 0.2) -> dict[str, list[str]]:
     """Each split's files in the order written: val's groups in rank order, the last never, one of more than half
-    the target (per_mille / 1000 of the deduplicated bytes, or val_tokens tokens) passed over, until val holds the
-    target; where every group is that big, the smallest; less the val documents contaminated. Train: every other
-    file, in path order."""
+    the target (per_mille / 1000 of the deduplicated bytes, or val_tokens tokens) passed over, and by bytes one that
+    would take val past half the data, until val holds the target; with val_tokens, only groups that fit, in rank
+    order, within half the bytes; where every group is too
+    big, the smallest; less the val documents contaminated. Train: every other file, in path order. Raises
+    TooFewTokens where val_tokens holds some tokens but fewer than asked."""
     files = deduplicated(listed(root), dedup)
     ranked = ranked_groups(files, split_by)
 
-    def weight(group: list[str]) -> int:
-        return sum(len(ids(files[rel])) if val_tokens else len(files[rel]) for rel in group)
+    def size(group: list[str]) -> int:
+        return sum(len(files[rel]) for rel in group)
 
+    def weight(group: list[str]) -> int:
+        return sum(len(ids(files[rel])) for rel in group) if val_tokens else size(group)
+
+    candidates = []
+    taken = 0
+    for group in ranked[:-1]:
+        if not val_tokens or taken + size(group) <= sum(len(data) for data in files.values()) / 2:
+            candidates.append(group)
+            taken += size(group)
     target = val_tokens or per_mille / 1000 * sum(len(data) for data in files.values())
     val: list[str] = []
-    held = 0
-    for group in ranked[:-1]:
-        if weight(group) <= target / 2:
+    held = val_bytes = 0
+    half = sum(len(data) for data in files.values()) / 2
+    for group in candidates:  # by bytes, a group that would take val past half the data trains too
+        if weight(group) <= target / 2 and (val_tokens or val_bytes + size(group) <= half):
             val += group
             held += weight(group)
+            val_bytes += size(group)
             if held >= target:
                 break
-    val = val or min(ranked[:-1], key=lambda group: sum(len(files[rel]) for rel in group))
+    if val_tokens and 0 < held < val_tokens:
+        raise TooFewTokens(held)
+    val = val or min(ranked[:-1], key=size)
     split = {"train": [rel for rel in files if rel not in val], "val": val}
     dropped = contaminated(files, split, decontaminate)
     return split | {"val": [rel for rel in val if rel not in dropped]}
+
+
+class TooFewTokens(Exception):
+    """--val_tokens asks for more than the groups within half the bytes hold; the message: how many they hold."""
 
 
 def contaminated(files: dict[str, bytes], split: dict[str, list[str]], share: float = 0.2, n: int = 32) -> list[str]:
@@ -168,6 +188,11 @@ def windows(stream: list[int], n: int) -> list[tuple[int, ...]]:
 
 def texts(root: Path, split: dict[str, list[str]]) -> dict[str, list[str]]:
     return {name: [text((root / rel).read_bytes()) for rel in rels] for name, rels in split.items()}
+
+
+def stream(files: dict[str, bytes], rels: list[str]) -> np.ndarray:
+    """A split's tokens: its documents', one after another."""
+    return np.array([token for rel in rels for token in ids(files[rel])])
 
 
 def leak(train: np.ndarray, val: np.ndarray, n: int = 32) -> tuple[float, int]:
@@ -242,7 +267,7 @@ def test_each_file_is_one_document_ended_by_eot(src: Path, tmp_path: Path):
     assert sorted(os.listdir(tmp_path / "out")) == sorted(OUTPUTS)
 
 
-@pytest.mark.parametrize("flags", [[], ["--dedup=near", "--val_tokens=30"]])
+@pytest.mark.parametrize("flags", [[], ["--dedup=near", "--val_tokens=60"]])
 def test_same_bytes_from_one_process_or_several(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 flags: list[str]):
     prepare(src, tmp_path / "one", *flags)
@@ -260,12 +285,12 @@ def test_exact_copies_are_read_once_the_first_in_path_order(tmp_path: Path):
     shared = "def shared() -> str:\n    return 'vendored into every package'\n"
     src = make_folder(tmp_path / "src", {f"g{i}/own.py": f"own_{i} = {i}\n" for i in range(6)}
                       | {f"g{i}/shared.py": shared for i in range(6)} | {"g2/again.py": shared})
-    stdout = prepare(src, tmp_path / "none", "--dedup=none", "--decontaminate=1", per_mille=999)
+    stdout = prepare(src, tmp_path / "none", "--dedup=none", "--decontaminate=1", per_mille=500)
     docs = documents(tmp_path / "none")
     assert shared in docs["val"] and shared in docs["train"]  # without dedup, the copies fall on both sides
     assert "dedup: none (--dedup=none)" in stdout.splitlines()
-    stdout = prepare(src, tmp_path / "out", per_mille=999)
-    split = split_of(src, 999)
+    stdout = prepare(src, tmp_path / "out", per_mille=500)
+    split = split_of(src, 500)
     assert "g0/shared.py" in split["train"] + split["val"]  # the first copy in path order is the one kept
     docs = documents(tmp_path / "out")
     assert docs == texts(src, split)
@@ -303,16 +328,16 @@ def test_a_near_duplicate_goes_with_dedup_near(tmp_path: Path, width: int, edite
 
 def test_split_by_dir_keeps_each_top_level_folder_on_one_side(tmp_path: Path):
     src = make_folder(tmp_path / "src", SPREAD)
-    prepare(src, tmp_path / "dir", per_mille=600)
-    by_dir = split_of(src, 600)
+    prepare(src, tmp_path / "dir", per_mille=500)
+    by_dir = split_of(src, 500)
     docs = documents(tmp_path / "dir")
     assert docs == texts(src, by_dir)
     side = {doc: name for name, split in docs.items() for doc in split}
     for folder in FOLDERS:
         assert len({side[content] for rel, content in SPREAD.items() if rel.startswith(f"{folder}/")}) == 1
     assert sum(rel.startswith("app/") for rel in by_dir["val"]) == 3  # a folder in val, whole
-    prepare(src, tmp_path / "file", "--split_by=file", per_mille=600)
-    by_file = split_of(src, 600, split_by="file")
+    prepare(src, tmp_path / "file", "--split_by=file", per_mille=500)
+    by_file = split_of(src, 500, split_by="file")
     assert documents(tmp_path / "file") == texts(src, by_file)
     assert any(0 < sum(rel.startswith(f"{folder}/") for rel in by_file["val"]) < 3
                for folder in FOLDERS)  # by file, a folder falls on both sides
@@ -320,7 +345,8 @@ def test_split_by_dir_keeps_each_top_level_folder_on_one_side(tmp_path: Path):
 
 @pytest.mark.parametrize(("per_mille", "val_groups"), [
     (0.001, ["b.py"]),  # every group more than half the target: the smallest (b.py and e.py tie: the lower-ranked)
-    (999, ["b.py", "app", "e.py", "pkg", "docs", "lib"]),  # all but the last
+    (500, ["b.py", "app", "e.py", "pkg"]),  # the most: docs/ would take val past half the data; it, lib/ and tools/
+    # train
 ])
 def test_val_holds_at_least_one_group_and_never_all(tmp_path: Path, per_mille: float, val_groups: list[str]):
     src = make_folder(tmp_path / "src", SPREAD)
@@ -331,12 +357,35 @@ def test_val_holds_at_least_one_group_and_never_all(tmp_path: Path, per_mille: f
     assert f"val: {len(val_groups)} group(s) by --split_by=dir" in stdout
 
 
+def test_the_last_ranked_group_trains_even_where_it_would_fit(tmp_path: Path):
+    ranked = sorted(("g0", "g1", "g2"), key=path_hash)
+    lines = dict(zip(ranked, (12, 4, 4)))  # 60%, 20%, 20% of the bytes: the first over half of any target
+    contents = {f"{group}/own.py": "".join(hex_lines(group, n, 60)) for group, n in lines.items()}
+    src = make_folder(tmp_path / "src", contents)
+    prepare(src, tmp_path / "out", per_mille=500)
+    split = split_of(src, 500)
+    assert documents(tmp_path / "out") == texts(src, split)
+    assert split["val"] == [f"{ranked[1]}/own.py"]  # with the last too, val would hold 40%: still short of half
+    # by tokens too: the first group is past half the bytes, the last would fit in it, and val holds the middle alone
+    before = snapshot(tmp_path / "out")
+    middle = len(ids(contents[f"{ranked[1]}/own.py"].encode("utf-8")))
+    with pytest.raises(TooFewTokens, match=f"^{middle}$"):
+        split_of(src, val_tokens=10**6)
+    code, stdout, stderr = run_main(prepare_module("files"), [f"--input={src}", "--glob=*.py", "--val_tokens=1000000",
+                                                               f"--out_dir={tmp_path / 'out'}", "--num_proc=1"])
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == (f"error: --val_tokens=1,000,000: val holds only {middle:,} tokens in groups "
+                                       "that leave train at least half the data: ask for fewer")
+    assert snapshot(tmp_path / "out") == before
+
+
 @pytest.mark.parametrize(("count", "val_groups"), [
     (lambda tokens: 1, ["b.py"]),  # every group more than half of it: the smallest
     (lambda tokens: 2 * tokens["b.py"], ["b.py", "e.py"]),  # app/ is more than half of it: it trains
     (lambda tokens: 2 * max(tokens.values()), ["b.py", "app", "e.py", "pkg"]),  # pkg/ crosses the count, whole
-    (lambda tokens: 10**6, ["b.py", "app", "e.py", "pkg", "docs", "lib"]),  # more than there is: all but the last
-], ids=["one", "twice-b.py", "twice-a-folder", "million"])
+    # all there may be: docs/ and lib/ are under half the count, but would take val past half the bytes
+    (lambda tokens: sum(tokens[group] for group in ("b.py", "app", "e.py", "pkg")), ["b.py", "app", "e.py", "pkg"]),
+], ids=["one", "twice-b.py", "twice-a-folder", "half-the-bytes"])
 def test_val_tokens_takes_whole_groups_until_the_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       count: Callable[[dict[str, int]], int], val_groups: list[str]):
     src = make_folder(tmp_path / "src", SPREAD)
@@ -360,7 +409,7 @@ def test_val_tokens_takes_whole_groups_until_the_count(tmp_path: Path, monkeypat
     assert split["val"] == [rel for group in val_groups for rel in SPREAD if rel.split("/")[0] == group]
     held = sum(tokens[group] for group in val_groups)
     assert f"val: {len(split['val'])} documents, {held:,} tokens" in stdout.splitlines()
-    if len(val_groups) > 1 and n < 10**6:  # the group that crosses the count completes: without it, too few
+    if len(val_groups) > 1:  # the group that crosses the count completes: without it, too few
         assert held - tokens[val_groups[-1]] < n <= held
     # val weighs the groups up to its last one, and a file past it at most: not every group, nor the rest again
     # (unless every group is more than half the count: then all are weighed before the smallest is chosen)
@@ -372,17 +421,17 @@ def test_val_tokens_takes_whole_groups_until_the_count(tmp_path: Path, monkeypat
 
 @pytest.mark.parametrize(("per_group", "warned"), [(1, True), (8, False)])
 def test_the_summary_names_val_largest_document_and_group(tmp_path: Path, per_group: int, warned: bool):
-    contents = {f"g{g}/doc{j}.py": "".join(hex_lines(f"g{g} doc{j}", 3, 40 + 2 * j + g)) for g in range(3)
+    contents = {f"g{g}/doc{j}.py": "".join(hex_lines(f"g{g} doc{j}", 3, 40 + 2 * j + g)) for g in range(5)
                 for j in range(per_group)}
     src = make_folder(tmp_path / "src", contents)
-    stdout = prepare(src, tmp_path / "out", per_mille=999)
-    split = split_of(src, 999)
+    stdout = prepare(src, tmp_path / "out", per_mille=500)
+    split = split_of(src, 500)
     assert documents(tmp_path / "out") == texts(src, split)
     tokens = {rel: len(ids(contents[rel].encode("utf-8"))) for rel in split["val"]}
     by_group: dict[str, int] = {}
     for rel, n in tokens.items():
         by_group[rel.split("/")[0]] = by_group.get(rel.split("/")[0], 0) + n
-    assert len(by_group) == 2  # of 3: the last-ranked trains
+    assert len(by_group) == 2  # of 5, each about a fifth of the bytes: a third would take val past half the data
     total = sum(tokens.values())
     largest = max(tokens, key=tokens.get)
     group = max(by_group, key=by_group.get)
@@ -405,27 +454,33 @@ TRAINED = "".join(hex_lines("trained", 20, 60))
     ("copy", ["--decontaminate=1", "--leak_ngram=0"]),  # no leak check
 ])
 def test_the_leak_check_measures_val_text_found_in_train(tmp_path: Path, held_out: str, flags: list[str]):
-    ranked = sorted(("g0", "g1", "g2"), key=path_hash)  # val: the first two at --val_per_mille=999
+    ranked = sorted(("g0", "g1", "g2"), key=path_hash)  # val: the first two at --val_per_mille=500
     src = make_folder(tmp_path / "src", {
         f"{ranked[0]}/held_out.py": TRAINED if held_out == "copy" else "".join(hex_lines("held out", 20, 60)),
         f"{ranked[1]}/small.py": "".join(hex_lines("small", 3, 60)),
         f"{ranked[2]}/trained.py": TRAINED,
+        # most of the bytes in the last group: held_out.py is under half val's target
+        f"{ranked[2]}/more.py": "".join(hex_lines("more", 60, 60)),
     })
-    stdout = prepare(src, tmp_path / "out", "--dedup=none", *flags, per_mille=999)
+    stdout = prepare(src, tmp_path / "out", "--dedup=none", *flags, per_mille=500)
     decontaminate = 1 if "--decontaminate=1" in flags else 0.2
-    split = split_of(src, 999, dedup="none", decontaminate=decontaminate)
+    split = split_of(src, 500, dedup="none", decontaminate=decontaminate)
     assert documents(tmp_path / "out") == texts(src, split)
     dropped = held_out == "copy" and decontaminate < 1
     assert split["val"][-1] == f"{ranked[1]}/small.py"
     assert len(split["val"]) == (1 if dropped else 2)
     lines = stdout.splitlines()
+    n = 0 if "--leak_ngram=0" in flags else 8 if "--leak_ngram=8" in flags else 32
     if decontaminate < 1:
         copied = len(ids(TRAINED.encode("utf-8"))) if dropped else 0
+        files = listed(src)
+        whole = split_of(src, 500, dedup="none", decontaminate=1)  # val before decontamination
+        before, _ = leak(stream(files, whole["train"]), stream(files, whole["val"]), n or 32)
+        assert (before > 0.5, before < 0.01) == (held_out == "copy", held_out != "copy")
         assert (f"val: dropped {int(dropped)} documents ({copied:,} tokens) of which more than 20% could be copied "
-                "from train (--decontaminate)") in lines
+                f"from train (--decontaminate); before that {before:.1%} of val's tokens could be") in lines
     else:
         assert not any(line.startswith("val: dropped") for line in lines)
-    n = 0 if "--leak_ngram=0" in flags else 8 if "--leak_ngram=8" in flags else 32
     leaks = [line for line in lines if line.startswith("leak check: ")]
     if not n:
         assert leaks == []
@@ -453,7 +508,10 @@ def test_the_leak_check_measures_val_text_found_in_train(tmp_path: Path, held_ou
                               r"--split_by=file$"),
     (["--dedup=fuzzy"], r"^--dedup must be one of exact, near, none, got 'fuzzy'$"),
     (["--split_by=repo"], r"^--split_by must be one of dir, file, got 'repo'$"),
-    (["--val_per_mille=1000"], r"^--val_per_mille must be in \(0, 1000\) and --near_threshold in \(0, 1\], got 1000 "),
+    (["--val_per_mille=501"], r"^--val_per_mille must be in \(0, 500\] \(train keeps at least half\) and "
+                              r"--near_threshold in \(0, 1\], got 501 and 0\.8$"),
+    (["--val_per_mille=999"], r"^--val_per_mille must be in \(0, 500\] .*, got 999 and 0\.8$"),
+    (["--val_per_mille=0"], r"^--val_per_mille must be in \(0, 500\] .*, got 0 and 0\.8$"),
     (["--near_threshold=0"], r"^--val_per_mille must be .*, got 400 and 0$"),
     (["--decontaminate=0"], r"^--decontaminate must be in \(0, 1\] \(1: keep every val document\), got 0$"),
     (["--num_proc=0"], r"^--num_proc must be at least 1, --val_tokens and --leak_ngram at least 0$"),
@@ -500,6 +558,28 @@ def test_an_unreadable_subfolder_is_refused_in_one_line(src: Path, tmp_path: Pat
     assert (code, stdout) == (2, "")
     assert stderr == (f"error: cannot read {locked}: Permission denied (1 folder(s) under {src} cannot be read): "
                       "give access or choose another --input\n")
+    assert snapshot(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("count", [
+    lambda tokens: sum(tokens[group] for group in ("b.py", "app", "e.py", "pkg")) + 1,  # one more than there may be
+    lambda tokens: 10**6,
+], ids=["one-more", "million"])
+def test_val_tokens_beyond_half_the_bytes_is_refused(tmp_path: Path, count: Callable[[dict[str, int]], int]):
+    src = make_folder(tmp_path / "src", SPREAD)
+    prepare(src, tmp_path / "out")
+    before = snapshot(tmp_path / "out")
+    files = listed(src)
+    tokens = {group[0].split("/")[0]: sum(len(ids(files[rel])) for rel in group) for group in ranked_groups(files)}
+    n = count(tokens)
+    held = sum(tokens[group] for group in ("b.py", "app", "e.py", "pkg"))  # docs/ or lib/: past half the bytes
+    with pytest.raises(TooFewTokens, match=f"^{held}$"):
+        split_of(src, val_tokens=n)
+    code, stdout, stderr = run_main(prepare_module("files"), [f"--input={src}", "--glob=*.py", f"--val_tokens={n}",
+                                                               f"--out_dir={tmp_path / 'out'}", "--num_proc=1"])
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == (f"error: --val_tokens={n:,}: val holds only {held:,} tokens in groups "
+                                       "that leave train at least half the data: ask for fewer")
     assert snapshot(tmp_path / "out") == before
 
 

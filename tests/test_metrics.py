@@ -221,3 +221,19 @@ def test_a_full_disk_while_the_log_is_written_stops_the_run_in_one_line(char_dat
     assert len(metrics.read(str(out_dir))) == 6  # the cut row, the log's last line, is left out
     train.main(tiny_flags(char_data, out_dir, max_iters=12, eval_interval=4, init_from="resume"))
     assert all(isinstance(row["iter"], int) for row in metrics.read(str(out_dir)))
+
+
+def test_a_diverged_seed_is_said_and_a_folder_named_with_an_equals_sign_is_a_run(tmp_path: Path):
+    hand_log(tmp_path / "lr=1e-3", [(100, 10.0, 3.0, 4.3)])
+    hand_log(tmp_path / "x+y", [(100, 10.0, 3.2, 4.6)])
+    hand_log(tmp_path / "nan", [(100, 10.0, float("nan"), float("nan"))])  # written as 'nan', as a diverged run
+    (tmp_path / "again").mkdir()
+    hand_log(tmp_path / "again" / "x+y", [(100, 10.0, 3.4, 4.9)])  # a second folder of that name
+    runs = f"{tmp_path / 'lr=1e-3'},{tmp_path / 'x+y'},{tmp_path / 'again' / 'x+y'},d={tmp_path / 'nan'}"
+    code, out, err = run_main(metrics, [f"--runs={runs}", "--steps=100", "--out=none"])
+    assert (code, err) == (0, "")
+    assert out.splitlines()[2:] == [
+        "| lr=1e-3 | 1 | 3.0000 | 4.3000 |",
+        f"| {tmp_path / 'x+y'} | 1 | 3.2000 | 4.6000 |",  # two folders named x+y: named by their paths
+        f"| {tmp_path / 'again' / 'x+y'} | 1 | 3.4000 | 4.9000 |",
+        "| d | 1 | not finite (1 of 1) | not finite (1 of 1) |"]

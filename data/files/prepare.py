@@ -101,6 +101,7 @@ class Counts:
     largest: tuple[int, str] = (0, "")  # val's largest document: tokens, path
     groups: dict[str, int] = field(default_factory=dict)  # val's groups: tokens each
     contaminated: tuple[int, int] = (0, 0)  # val documents dropped as copies of train: documents, tokens
+    leak_before: float | None = None  # the leak check's share before decontamination
 
 
 def list_files(root: str, pattern: str) -> tuple[list[tuple[str, int]], int]:
@@ -141,9 +142,10 @@ def check_settings(args: Settings) -> None:
     if not 0 < args.decontaminate <= 1:
         raise configurator.UserError(f"--decontaminate must be in (0, 1] (1: keep every val document), got "
                                      f"{args.decontaminate:g}")
-    if not 0 < args.val_per_mille < 1000 or not 0 < args.near_threshold <= 1:
-        raise configurator.UserError(f"--val_per_mille must be in (0, 1000) and --near_threshold in (0, 1], got "
-                                     f"{args.val_per_mille:g} and {args.near_threshold:g}")
+    if not 0 < args.val_per_mille <= 500 or not 0 < args.near_threshold <= 1:
+        raise configurator.UserError(f"--val_per_mille must be in (0, 500] (train keeps at least half) and "
+                                     f"--near_threshold in (0, 1], got {args.val_per_mille:g} and "
+                                     f"{args.near_threshold:g}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,14 +238,18 @@ def ranked_groups(files: list[tuple[str, int]], split_by: str) -> list[list[tupl
 
 def val_by_bytes(groups: list[list[tuple[str, int]]], per_mille: float) -> list[tuple[str, int]]:
     """The lowest-hashed groups until they hold per_mille / 1000 of all the bytes, passing over any group of more
-    than half that (it would be most of val: one source's loss, and a big share of train lost); where every group is
-    that big, the smallest. Never every group."""
-    target = per_mille / 1000 * sum(size for group in groups for _, size in group)
+    than half that (it would be most of val: one source's loss, and a big share of train lost) or one that would
+    take val past half the data; where every group is that big, the smallest. Never every group."""
+    total = sum(size for group in groups for _, size in group)
+    target = per_mille / 1000 * total
     val: list[tuple[str, int]] = []
+    taken = 0
     for group in groups[:-1]:
-        if sum(size for _, size in group) <= target / 2:
+        size = sum(n for _, n in group)
+        if size <= target / 2 and taken + size <= total / 2:
             val += group
-            if sum(size for _, size in val) >= target:
+            taken += size
+            if taken >= target:
                 break
     return val or min(groups[:-1], key=lambda group: sum(size for _, size in group))
 
@@ -353,7 +359,13 @@ def val_docs(args: Settings, workers: Workers, groups: list[list[tuple[str, int]
         yield from workers.each(encode, val_by_bytes(groups, args.val_per_mille), "tokenizing val")
         return
     cap, tokens = args.val_tokens / 2, 0
-    candidates = [(rel, size) for group in groups[:-1] for rel, size in group]
+    half = sum(size for group in groups for _, size in group) / 2  # val's bytes never pass half the data's
+    candidates, taken = [], 0
+    for group in groups[:-1]:
+        size = sum(n for _, n in group)
+        if taken + size <= half:
+            candidates += group
+            taken += size
     held: list[tuple[str, tuple[np.ndarray | None, bool]]] = []  # the current group's documents so far
     held_tokens, current, too_big = 0, None, False
     # lazily: a list would tokenize, and hold, every group but the last before val takes the first
@@ -372,6 +384,9 @@ def val_docs(args: Settings, workers: Workers, groups: list[list[tuple[str, int]
             too_big = held_tokens > cap
             if too_big:
                 held = []  # it trains: let its memory go
+    if tokens and tokens < args.val_tokens:
+        raise configurator.UserError(f"--val_tokens={args.val_tokens:,}: val holds only {tokens:,} tokens in groups "
+                                     "that leave train at least half the data: ask for fewer")
     if not tokens:  # every group is bigger than half val_tokens: the smallest
         smallest = min(groups[:-1], key=lambda group: sum(size for _, size in group))
         yield from workers.each(encode, smallest, "tokenizing val")
@@ -396,7 +411,7 @@ def write_dataset(args: Settings, files: list[tuple[str, int]], groups: list[lis
         with open(tmp["train.bin"], "wb") as out:
             write_split("train", workers.each(encode, train, "tokenizing train"), out, counts, args.split_by)
         if args.decontaminate < 1 and counts.tokens["train"]:
-            val = decontaminated(val, np.fromfile(tmp["train.bin"], dtype=meta["dtype"]), args, counts)
+            val = decontaminated(val, np.memmap(tmp["train.bin"], dtype=meta["dtype"], mode="r"), args, counts)
         with open(tmp["val.bin"], "wb") as out:
             write_split("val", val, out, counts, args.split_by)
         refuse_emptied_split(counts)
@@ -410,6 +425,9 @@ def decontaminated(val: list[tuple[str, tuple[np.ndarray | None, bool]]], train:
     leak_ngram before it found verbatim there: another version of a vendored library, say, that dedup's whole-file
     similarity missed): counted in counts.contaminated."""
     windows = datafiles.TrainWindows(train, args.leak_ngram or 32)
+    docs = [ids for _, (ids, _) in val if ids is not None]
+    hits, asked = windows.copied(np.concatenate(docs)) if docs else (0, 0)
+    counts.leak_before = hits / asked if asked else 0.0
     kept = []
     for rel, (ids, not_utf8) in val:
         hits, asked = windows.copied(ids) if ids is not None else (0, 0)
@@ -461,8 +479,10 @@ def summary(counts: Counts, args: Settings) -> list[str]:
     lines.append(f"val: {len(counts.groups):,} group(s) by --split_by={args.split_by}; its largest document {path} "
                  f"holds {big / val_tokens:.1%} of its tokens, its largest group {top[0]} {top[1] / val_tokens:.1%}")
     if args.decontaminate < 1:
+        before = f"; before that {counts.leak_before:.1%} of val's tokens could be" if counts.leak_before is not None \
+            else ""
         lines.append(f"val: dropped {counts.contaminated[0]:,} documents ({counts.contaminated[1]:,} tokens) of which "
-                     f"more than {args.decontaminate:.0%} could be copied from train (--decontaminate)")
+                     f"more than {args.decontaminate:.0%} could be copied from train (--decontaminate){before}")
     if big / val_tokens > 0.1:
         lines.append("warning: one document holds over a tenth of val: its loss swings with that file; hold out "
                      "more (--val_tokens, --val_per_mille)")
