@@ -157,15 +157,16 @@ def signature(data: bytes) -> np.ndarray:
     8-gram. Two signatures agree at a position with probability the Jaccard similarity of the two 8-gram sets."""
     # every shingle, in every file: a signature of a sample of one set and of all of another agree far less often
     # than the sets' similarity (a file sampled past a size limit missed its copy just under it)
-    shingles = datafiles.window_hashes(np.frombuffer(data, dtype=np.uint8), min(SHINGLE, len(data)))
+    raw, k = np.frombuffer(data, dtype=np.uint8), min(SHINGLE, len(data))
     rng = np.random.default_rng(0)  # the same hash functions in every process
     a = rng.integers(1, 2**63, MINHASH, dtype=np.uint64) | np.uint64(1)
     b = rng.integers(0, 2**63, MINHASH, dtype=np.uint64)
     sig = np.full(MINHASH, np.iinfo(np.uint64).max, dtype=np.uint64)
-    buffer = np.empty((MINHASH, min(SHINGLE_BLOCK, len(shingles))), dtype=np.uint64)  # in place: no temporaries
+    windows = len(raw) - k + 1
+    buffer = np.empty((MINHASH, min(SHINGLE_BLOCK, windows)), dtype=np.uint64)  # in place: no temporaries
     with np.errstate(over="ignore"):
-        for start in range(0, len(shingles), SHINGLE_BLOCK):
-            part = shingles[start : start + SHINGLE_BLOCK]
+        for start in range(0, windows, SHINGLE_BLOCK):  # a slice of the file at a time: memory stays bounded
+            part = datafiles.window_hashes(raw[start : start + SHINGLE_BLOCK + k - 1], k)
             hashed = buffer[:, : len(part)]
             np.multiply(a[:, None], part[None, :], out=hashed)
             hashed += b[:, None]
