@@ -482,6 +482,7 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     batch = train_data.get(plan.first_micro_batch(progress.batch_pos), device)  # to compile the model with
     eval_model, step = parts.stepper(train_data, batch, plan.micro_steps, layout.dp_world, cfg.grad_clip,
                                      cfg.cuda_graph)
+    tok = data_tokenizer(meta, cfg.sample_interval, cfg.sample_prompts)  # refuses before the record is begun
     peak = runtime.peak_flops(device)
     record = Record(layout, plan.tokens_per_iter, cfg.max_iters, cfg.log_interval, launched,
                     lambda tokens, dt: model.estimate_mfu(tokens, dt, peak))
@@ -490,7 +491,6 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
         record.begin(held, [f"resumed from {ckpt.where()}"] if ckpt is not None else [], accounting.size(model),
                      dtype, layout.describe(cfg.fsdp), None if cfg.eval_only else cfg.out_dir, progress.iter_num,
                      progress.iter_num % cfg.eval_interval == 0, wandb if cfg.wandb_log else None)
-    tok = data_tokenizer(meta, cfg.sample_interval, cfg.sample_prompts)
     return Run(cfg, layout, meta, parts, eval_model, step, plan, train_data, evals, progress, record,
                evaluation=ckpt.header.evaluation if ckpt is not None else None, tokenizer=tok,
                hellaswag=hellaswag_for_run(cfg.hellaswag_interval, cfg.hellaswag, tok, layout.sharded),
