@@ -285,10 +285,14 @@ def leak_line(data_dir: str, n: int) -> str:
         if not os.path.isfile(bin_path(data_dir, split)) or not os.path.getsize(bin_path(data_dir, split)):
             raise UserError(f"{bin_path(data_dir, split)} is missing or empty: prepare {data_dir} again")
     splits = {s: np.memmap(bin_path(data_dir, s), dtype=meta["dtype"], mode="r") for s in ("train", "val")}
-    share, windows = leak_share(splits["train"], splits["val"], n)
+    return leak_text(*leak_share(splits["train"], splits["val"], n), len(splits["val"]), n)
+
+
+def leak_text(share: float, windows: int, val_tokens: int, n: int) -> str:
+    """The leak check's line: leak_share's share and windows, of val_tokens."""
     return (f"leak check: {share:.1%} of val's tokens occur in train with the {n} tokens before them (measured on "
-            f"{windows:,} of {max(0, len(splits['val']) - n):,} val tokens): the share a model could recall rather "
-            "than predict")
+            f"{windows:,} of {max(0, val_tokens - n):,} val tokens): the share a model could recall rather than "
+            "predict")
 
 
 def main(argv: list[str]) -> str:

@@ -102,6 +102,7 @@ class Counts:
     groups: dict[str, int] = field(default_factory=dict)  # val's groups: tokens each
     contaminated: tuple[int, int] = (0, 0)  # val documents dropped as copies of train: documents, tokens
     leak_before: float | None = None  # the leak check's share before decontamination
+    leak: str = ""  # the leak check's line, of val as written
 
 
 def list_files(root: str, pattern: str) -> tuple[list[tuple[str, int]], int]:
@@ -411,21 +412,28 @@ def write_dataset(args: Settings, files: list[tuple[str, int]], groups: list[lis
         encode = functools.partial(encode_files, args.input, meta["dtype"])
         with open(tmp["train.bin"], "wb") as out:
             write_split("train", workers.each(encode, train, "tokenizing train"), out, counts, args.split_by)
-        if args.decontaminate < 1 and counts.tokens["train"]:
-            val = decontaminated(val, np.memmap(tmp["train.bin"], dtype=meta["dtype"], mode="r"), args, counts)
+        n = args.leak_ngram or 32
+        windows = datafiles.TrainWindows(np.memmap(tmp["train.bin"], dtype=meta["dtype"], mode="r"), n) \
+            if counts.tokens["train"] and (args.decontaminate < 1 or args.leak_ngram) else None
+        if windows is not None and args.decontaminate < 1:
+            val = decontaminated(val, windows, args, counts)
         with open(tmp["val.bin"], "wb") as out:
             write_split("val", val, out, counts, args.split_by)
+        if windows is not None and args.leak_ngram:  # the leak check of what val.bin now holds, train's windows
+            docs = [ids for _, (ids, _) in val if ids is not None]  # hashed once for both
+            ids = np.concatenate(docs) if docs else np.empty(0, dtype=meta["dtype"])
+            hits, asked = windows.copied(ids)
+            counts.leak = datafiles.leak_text(hits / asked if asked else 0.0, asked, len(ids), n)
         refuse_emptied_split(counts)
         datafiles.dump_meta(meta, tmp["meta.json"])
     return counts
 
 
-def decontaminated(val: list[tuple[str, tuple[np.ndarray | None, bool]]], train: np.ndarray, args: Settings,
-                   counts: Counts) -> list[tuple[str, tuple[np.ndarray | None, bool]]]:
+def decontaminated(val: list[tuple[str, tuple[np.ndarray | None, bool]]], windows: datafiles.TrainWindows,
+                   args: Settings, counts: Counts) -> list[tuple[str, tuple[np.ndarray | None, bool]]]:
     """Val less the documents of which more than args.decontaminate could be copied from train (a token and the
     leak_ngram before it found verbatim there: another version of a vendored library, say, that dedup's whole-file
     similarity missed): counted in counts.contaminated."""
-    windows = datafiles.TrainWindows(train, args.leak_ngram or 32)
     docs = [ids for _, (ids, _) in val if ids is not None]
     hits, asked = windows.copied(np.concatenate(docs)) if docs else (0, 0)
     counts.leak_before = hits / asked if asked else 0.0
@@ -507,8 +515,8 @@ def main(argv: list[str]) -> None:
     print("\n".join(summary(counts, args)))
     print(f"skipped {n_empty + counts.empty:,} empty files; {counts.not_utf8:,} files were not UTF-8 "
           "(their bad bytes decoded as U+FFFD)")
-    if args.leak_ngram:
-        print(datafiles.leak_line(args.out_dir, args.leak_ngram))
+    if counts.leak:
+        print(counts.leak)
     print(f"source: {source}; wrote train.bin, val.bin, meta.json to {args.out_dir}")
 
 
