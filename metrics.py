@@ -438,7 +438,9 @@ def quality_table(logs: dict[str, list[list[dict[str, Any]]]], steps: list[int],
             for step in steps:
                 found = [row.get(key) for rows in runs for row in rows if row["kind"] == "eval" and row["iter"] == step]
                 values = [v for v in found if isinstance(v, (int, float)) and math.isfinite(v)]
-                failed = len(found) - len(values)  # 'nan' or 'inf', as a diverged run logs them
+                # 'nan' or 'inf', as a diverged run logs them; a log without the key (bpb for a token-only
+                # dataset) has nothing to say there: '-'
+                failed = sum(isinstance(v, str) or (isinstance(v, float) and not math.isfinite(v)) for v in found)
                 if failed:
                     cells.append(f"not finite ({failed} of {len(runs)})")
                 else:
@@ -467,6 +469,8 @@ def plot(cfg: PlotConfig, logs: dict[str, list[list[dict[str, Any]]]], first: st
             color = None
             for split, style in (("train", {"alpha": 0.5}), ("val", {"marker": "o"})):
                 xs, mean, low, high = band([line[split] for line in lines], by_position=x == "seconds")
+                if not xs:  # a log of evaluations only: no train curve, and no legend entry for one
+                    continue
                 (drawn,) = ax.plot(xs, mean, color=color, label=f"{name} {split}", **style)
                 color = drawn.get_color()
                 if len(runs) > 1:

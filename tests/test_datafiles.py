@@ -92,3 +92,43 @@ def test_a_mixed_set_left_by_a_prepare_stopped_between_its_renames_is_refused(tm
     np.arange(9, dtype=np.uint16).tofile(out / "train.bin")
     with pytest.raises(UserError, match=r"val\.bin is missing, its meta\.json was written with one of 10"):
         datafiles.read_meta(str(out))
+
+
+def test_reference_shards_hold_the_same_documents_in_the_reference_format(tmp_path: Path):
+    # docs/reference.py: modded-nanogpt's loader reads a 256-int32 header (magic, version, count), then uint16
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs"))
+    import reference
+    eot = GPT2_META["eot_id"]
+    docs = [[5, 6, eot], [7, eot], [8, 9, 10, eot], [11, eot], [12, 13, eot]]
+    val = np.array([1, 2, eot, 3, 4], dtype=np.uint16)
+    datafiles.write_dataset(str(tmp_path / "data"), {"train": np.concatenate(docs), "val": val}, GPT2_META)
+    counts = reference.convert(str(tmp_path / "data"), tmp_path / "ref", seed=1, shard_tokens=8)
+    assert counts == {"train": 14, "val": 5}
+    shards = {}
+    for path in sorted((tmp_path / "ref").iterdir()):
+        raw = path.read_bytes()
+        header = np.frombuffer(raw[:1024], dtype="<i4")
+        assert list(header[:3]) == [20240520, 1, (len(raw) - 1024) // 2] and not header[3:].any()
+        shards[path.name] = np.frombuffer(raw[1024:], dtype="<u2").tolist()
+    assert list(shards) == ["fineweb_train_000001.bin", "fineweb_train_000002.bin", "fineweb_val_000001.bin"]
+    assert [len(s) for s in shards.values()] == [8, 6, 5]
+    assert shards["fineweb_val_000001.bin"] == val.tolist()  # val as it was: the reference reads its first tokens
+    train = shards["fineweb_train_000001.bin"] + shards["fineweb_train_000002.bin"]
+    pieces = [[int(t) for t in piece.split()] + [eot] for piece in " ".join(map(str, train)).split(str(eot))[:-1]]
+    assert sorted(pieces) == sorted(docs) and pieces != docs  # whole documents, shuffled
+
+
+def test_reference_evaluations_become_metrics_rows(tmp_path: Path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs"))
+    import metrics
+    import reference
+    log = tmp_path / "reference.log"
+    log.write_text("    11.8 logs/x.txt\n    32.5 step:0/200 val_loss:10.82584 train_time:0.000s step_avg:nanms\n"
+                   "    60.1 step:1/200 train_time:1.000s step_avg:1000.00ms\n"
+                   "    89.0 step:25/200 val_loss:3.19000 train_time:55.920s step_avg:2236.79ms\n")
+    assert reference.main(["metrics", f"--log={log}", f"--out={tmp_path / 'run'}"]).startswith("wrote 1 evaluations")
+    assert metrics.read(str(tmp_path / "run")) == [  # not step 0's: ours have none to compare it with
+        {"kind": "eval", "iter": 25, "val_loss": 3.19, "seconds": 89.0, "train_seconds": 55.92}]
+    log.write_text("step 25: train loss 3.1, val loss 3.2\n")  # our own log is not its
+    with pytest.raises(SystemExit, match=r"^error: the log holds no evaluation line"):
+        reference.main(["metrics", f"--log={log}", f"--out={tmp_path / 'run2'}"])

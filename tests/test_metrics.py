@@ -229,11 +229,15 @@ def test_a_diverged_seed_is_said_and_a_folder_named_with_an_equals_sign_is_a_run
     hand_log(tmp_path / "nan", [(100, 10.0, float("nan"), float("nan"))])  # written as 'nan', as a diverged run
     (tmp_path / "again").mkdir()
     hand_log(tmp_path / "again" / "x+y", [(100, 10.0, 3.4, 4.9)])  # a second folder of that name
-    runs = f"{tmp_path / 'lr=1e-3'},{tmp_path / 'x+y'},{tmp_path / 'again' / 'x+y'},d={tmp_path / 'nan'}"
+    (tmp_path / "no_bpb").mkdir()  # a log with val loss only, as one written from another program's lines
+    (tmp_path / "no_bpb" / "metrics.jsonl").write_text('{"kind": "eval", "iter": 100, "val_loss": 3.5, "seconds": 9}\n')
+    runs = f"{tmp_path / 'lr=1e-3'},{tmp_path / 'x+y'},{tmp_path / 'again' / 'x+y'},d={tmp_path / 'nan'}," \
+           f"{tmp_path / 'no_bpb'}"
     code, out, err = run_main(metrics, [f"--runs={runs}", "--steps=100", "--out=none"])
     assert (code, err) == (0, "")
     assert out.splitlines()[2:] == [
         "| lr=1e-3 | 1 | 3.0000 | 4.3000 |",
         f"| {tmp_path / 'x+y'} | 1 | 3.2000 | 4.6000 |",  # two folders named x+y: named by their paths
         f"| {tmp_path / 'again' / 'x+y'} | 1 | 3.4000 | 4.9000 |",
-        "| d | 1 | not finite (1 of 1) | not finite (1 of 1) |"]
+        "| d | 1 | not finite (1 of 1) | not finite (1 of 1) |",
+        "| no_bpb | 1 | 3.5000 | - |"]
