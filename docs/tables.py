@@ -512,13 +512,14 @@ def sections() -> list[tuple[str, list[str]]]:
         ("### The Shakespeare recipe's losses: 63f2b55 against 51427ac", [recipe_table()]),
         ("## A held-out split that measures: the old one let a model recall 30% of val; GPT-2 124M on the new one",
          [CLEAN_WHERE, clean_tables(), CLEAN_FINDINGS]),
-        ("## GPT-2 124M in 200 steps: AdamW against Muon (the old split: val partly recallable)",
+        ("## GPT-2 124M in 200 steps: AdamW against Muon (the old split: about 30% of val recallable)",
          [GPT2_WHERE, gpt2_table()]),
-        ("## What each switch of the Muon recipe buys (GPT-2 124M)",
+        ("## What each switch of the Muon recipe buys (GPT-2 124M; the old split: about 30% of val recallable)",
          [ABLATION_WHERE, ablation_table(), ABLATION_FINDINGS]),
         ("## The Muon recipe's tokens/s against the baseline's (GPT-2 124M)",
          [recipe_speed_table(), RECIPE_SPEED_FINDINGS]),
-        ("## GPT-2 medium (350M) in 100 steps: AdamW against Muon", [MEDIUM_WHERE, medium_table(), MEDIUM_FINDINGS]),
+        ("## GPT-2 medium (350M) in 100 steps: AdamW against Muon (the old split: about 30% of val recallable)",
+         [MEDIUM_WHERE, medium_table(), MEDIUM_FINDINGS]),
         ("## Shakespeare characters: the classic recipe against Muon variants",
          [SHAKESPEARE_MUON_WHERE, shakespeare_muon_table(), SHAKESPEARE_MUON_FINDINGS]),
         ("## micro_batch=auto: the largest micro-batch that fits, the tokens per step kept",
@@ -532,6 +533,20 @@ def tables() -> str:
     return "\n\n".join(part for heading, paragraphs in sections() for part in (heading, *paragraphs))
 
 
+def anchor(heading: str) -> str:
+    """GitHub's link target for a heading: lower case, punctuation other than '-' and '_' dropped, spaces '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def with_contents(doc: str) -> str:
+    """doc with its '## Contents' list made anew from its headings (## and ###, those after the list)."""
+    head, rest = doc.split("## Contents\n", 1)
+    rest = rest.split("\n## ", 1)[1]
+    lines = ["  " * (len(hashes) - 2) + f"- [{title}](#{anchor(title)})"
+             for hashes, title in re.findall(r"^(###?) (.+)$", "## " + rest, re.M)]
+    return f"{head}## Contents\n\n" + "\n".join(lines) + "\n\n## " + rest
+
+
 def main(argv: list[str]) -> None:
     text = tables()
     if "--write" not in argv:
@@ -540,7 +555,7 @@ def main(argv: list[str]) -> None:
     doc = RESULTS.read_text(encoding="utf-8")
     head, rest = doc.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    RESULTS.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+    RESULTS.write_text(with_contents(f"{head}{BEGIN}\n{text}\n{END}{tail}"), encoding="utf-8")
     plot(DOCS / "gpt2_curves.png")
     metrics_plot(DOCS / "gpt2_metrics.png")
 
