@@ -101,6 +101,8 @@ class BenchConfig(ModelSettings):
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 elsewhere) | ...
     seed: int = 1337  # the model's initial weights and the random data
     json: str = ""  # also write the rows to this path as JSON
+    profile: str = ""  # train: a folder; each row's timed steps run under torch.profiler, which writes a Chrome
+    # trace per row there (open it in chrome://tracing or Perfetto) and prints the operations that took longest
 
 
 def parse_ints(name: str, text: str) -> list[int]:
@@ -122,6 +124,25 @@ class RandomBatch:
 
     def get(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return self.batch
+
+
+@contextlib.contextmanager
+def profiled(folder: str, name: str, device: torch.device) -> Any:
+    """Run the body under torch.profiler (folder given): a Chrome trace folder/NAME.json, and the operations that
+    took the most time on the device (the CPU's time on a CPU) printed as torch.profiler's table. The timing it
+    brackets includes the profiler's own overhead."""
+    if not folder:
+        yield
+        return
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as profiler:
+        yield
+    os.makedirs(folder, exist_ok=True)
+    profiler.export_chrome_trace(os.path.join(folder, f"{name}.json"))
+    print(f"profile of {name} (trace: {os.path.join(folder, name + '.json')}):")
+    print(profiler.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                        row_limit=30, max_name_column_width=70))
 
 
 def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | None, layout: Layout,
@@ -146,15 +167,19 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
 
     t0 = time.perf_counter()
     eval_model, step = parts.stepper(data, batch, plan.micro_steps, stride=1, grad_clip=cfg.grad_clip)
-    for it in range(cfg.warmup + cfg.iters):
-        if it == cfg.warmup:
-            synchronize(device)
-            t1 = time.perf_counter()
+    for _ in range(cfg.warmup):
         loss, _, batch = step(index, batch)
         index += plan.micro_steps
-    final_loss = loss.item()  # waits for the device too
     synchronize(device)
-    dt = (time.perf_counter() - t1) / cfg.iters  # seconds per iteration
+    t1 = time.perf_counter()
+    row_name = f"{'compiled' if compiled else 'eager'}_batch{batch_size}"
+    with profiled(cfg.profile, row_name, device):
+        for _ in range(cfg.iters):
+            loss, _, batch = step(index, batch)
+            index += plan.micro_steps
+        final_loss = loss.item()  # waits for the device too
+        synchronize(device)
+        dt = (time.perf_counter() - t1) / cfg.iters  # seconds per iteration
     tokens = plan.tokens_per_iter  # over every process
     failed = compiled and (eval_model is model if not parts.regions else parts.regions[0]._compiled_call_impl is None)
     return {"status": "compile failed: eager" if failed else "ok",

@@ -107,7 +107,8 @@ def maybe_compile(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx:
     try:
         compiled = torch.compile(model) if regions is None else model
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), ctx:
-            compiled(x, y)[1].backward()
+            compiled(x, y, return_logits=False)[1].backward()  # as the step and the evaluations call it: one
+            # graph for all (another call, e.g. with the logits, would compile a second graph before the first step)
     except torch.OutOfMemoryError:
         raise  # the batch does not fit: not a compiler problem, and eager would not fit either
     except Exception as e:  # noqa: BLE001 (any compiler failure: no C compiler, unsupported op, ...)

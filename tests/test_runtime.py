@@ -4,11 +4,14 @@ planted), and the device facts behind MFU. A GPU is stood in for by patching tor
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 
 import pytest
 import torch
 
+import evaluate
 import runtime
 from configurator import UserError
 from conftest import tiny_gpt
@@ -138,9 +141,9 @@ def test_a_compile_that_works_is_returned_and_its_trial_changes_no_state(monkeyp
     calls = []
 
     def fake_compile(module: torch.nn.Module) -> object:  # stands in for torch.compile: a callable over the model
-        def compiled(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def compiled(*args: torch.Tensor, **kwargs: bool) -> tuple[torch.Tensor, torch.Tensor]:
             calls.append(torch.rand(1))  # draws from the RNG, as dropout would
-            return module(*args)
+            return module(*args, **kwargs)
         return compiled
 
     monkeypatch.setattr(runtime.torch, "compile", fake_compile)
@@ -151,11 +154,38 @@ def test_a_compile_that_works_is_returned_and_its_trial_changes_no_state(monkeyp
     assert all(p.grad is None for p in model.parameters())
 
 
+class FixedBatches:
+    """One evaluation batch, as EvalBatches hands them out."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.batch, self.n_batches = (x, y), 1
+
+    def get(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch
+
+
+def test_the_trial_compiles_the_one_graph_that_training_and_evaluation_run(monkeypatch: pytest.MonkeyPatch):
+    # dynamo without inductor (backend="eager") counts the graphs it captures, cheaply on the CPU
+    from torch._dynamo.utils import counters
+    monkeypatch.setattr(runtime.torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_gpt().train()  # as train.py builds it
+    x, y = tiny_batch()
+    compiled = runtime.maybe_compile(model, x, y, runtime.autocast(torch.device("cpu"), torch.float32))
+    assert counters["stats"]["unique_graphs"] == 1
+    compiled(x, y, return_logits=False)[1].backward()  # step.Step's call
+    evaluate.estimate_loss(compiled, {"val": FixedBatches(x, y)}, torch.device("cpu"), contextlib.nullcontext(),
+                           train_graph=True)  # train.py's evaluations of a compiled model without dropout
+    assert counters["stats"]["unique_graphs"] == 1  # no second compilation before or after the first step
+    torch._dynamo.reset()
+
+
 def test_a_compile_that_fails_warns_once_and_runs_eager(monkeypatch: pytest.MonkeyPatch):
     model = tiny_gpt()
     x, y = tiny_batch()
 
-    def no_compiler(*args: torch.Tensor) -> None:
+    def no_compiler(*args: torch.Tensor, **kwargs: bool) -> None:
         raise RuntimeError("no C compiler found\nsecond line of the reason")
 
     monkeypatch.setattr(runtime.torch, "compile", lambda module: no_compiler)
@@ -188,7 +218,7 @@ def test_compiled_regions_that_fail_are_made_eager_again():
 
 
 def test_out_of_memory_in_the_trial_is_not_taken_for_a_compiler_failure(monkeypatch: pytest.MonkeyPatch):
-    def out_of_memory(*args: torch.Tensor) -> None:
+    def out_of_memory(*args: torch.Tensor, **kwargs: bool) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(runtime.torch, "compile", lambda module: out_of_memory)
