@@ -425,6 +425,39 @@ HOUSE3_WHERE = ("Measured for issue 29 on 2026-12-06 in one device call, the two
                 "per byte) in both codes.")
 
 
+STARTUP = DATA / "startup"
+STARTUP_WHERE = """\
+Measured for issue 31 on 2026-12-06 in one device call, one NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, bf16, each
+row under a cold compiler cache (its own TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR): `python bench.py
+--batch_size=32 --gradient_accumulation_steps=16 --compile=on --warmup=2 --iters=4 [RECIPE]` (524,288 tokens a
+step), the recipe being the blocks and optimizer of config/train_gpt2_muon.py (`--norm=rmsnorm --pos_emb=rope
+--bias=False --tie_embeddings=False --mlp=relu2 --qk_norm=True --logit_softcap=15 --zero_init_proj=True
+--optimizer=muon`), at 760ca51 (from `git archive`) and 270b09c. Warm-up is the compilation and two steps; the rows
+as bench.py printed them are docs/data/startup/rows.txt."""
+STARTUP_FINDINGS = """\
+Before 270b09c the compile trial called the model with its logits, the step without: two graphs compiled before
+the first step, the first of which also held the logits' memory. One graph saves 19 s of the baseline's start and
+37 s of the recipe's, and 4.6 and 7.6 GiB of peak memory; a step takes as long as before. The recipe's step is still
+0.89x the baseline's tokens/s. Where the difference goes, from torch.profiler over 2 steps of 4 micro-batches of 32
+(`python bench.py --batch_size=32 --gradient_accumulation_steps=4 --compile=on --warmup=2 --iters=2 [RECIPE]
+--profile=DIR`, docs/data/startup/profile_*.txt, device time): the matrix multiplies (261 ms recipe, 264 ms
+baseline) and attention (71 and 74 ms) are the same; the recipe's extra 74 ms are the RMS-norm of q and k fused with
+the rotation (3 kernels, 40 ms, against 9 ms of the baseline's q/k/v reshaping), Muon's step (25 ms: 12 ms a
+step, which the recipe's 16 micro-batches share), the soft-cap inside the cross-entropy kernels (45 ms
+against 38 ms), and the rest in the norms and the MLP's activation."""
+
+
+def startup_table() -> str:
+    lines = ["| code | model | warm-up (s) | ms/iter | tokens/s | peak memory (GiB) |", "|---|---|---:|---:|---:|---:|"]
+    for line in (STARTUP / "rows.txt").read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        code, model, rest = line.split(" ", 2)
+        cells = [c.strip() for c in rest.strip("| ").split("|")]
+        lines.append(f"| {code} | {model} | {cells[6]} | {cells[2]} | {cells[3]} | {cells[5]} |")
+    return "\n".join(lines)
+
+
 CLEAN = DATA / "clean"
 RECIPES = ("adamw", "muon", "reference")  # docs/data/clean/RECIPE_sN; the reference: modded-nanogpt's simple baseline
 SPLITS = {"old": ("the old split's kind (today's code): each file on its own, no dedup, no decontamination",
@@ -512,6 +545,8 @@ def sections() -> list[tuple[str, list[str]]]:
         ("### The Shakespeare recipe's losses: 63f2b55 against 51427ac", [recipe_table()]),
         ("## A held-out split that measures: the old one let a model recall 30% of val; GPT-2 124M on the new one",
          [CLEAN_WHERE, clean_tables(), CLEAN_FINDINGS]),
+        ("## One compile before the first step: the start and the memory (270b09c against 760ca51)",
+         [STARTUP_WHERE, startup_table(), STARTUP_FINDINGS]),
         ("## GPT-2 124M in 200 steps: AdamW against Muon (the old split: about 30% of val recallable)",
          [GPT2_WHERE, gpt2_table()]),
         ("## What each switch of the Muon recipe buys (GPT-2 124M; the old split: about 30% of val recallable)",
