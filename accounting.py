@@ -27,11 +27,12 @@ OPTIMIZER_STATES = {"adamw": "AdamW", "muon": "Muon+AdamW"}  # train.py's optimi
 
 
 def non_embedding_params(model: GPT) -> int:
-    """Every parameter but the token and position embeddings (each shared tensor once); an untied head is a matrix
-    of its own and stays counted. Not GPT.get_num_params, the N of the FLOPs' 6N, which keeps a tied token
+    """Every parameter but the token, position and value embeddings (each shared tensor once); an untied head is a
+    matrix of its own and stays counted. Not GPT.get_num_params, the N of the FLOPs' 6N, which keeps a tied token
     embedding because it does the head's matmul."""
     t = model.transformer
     embeddings = sum(t[part].weight.numel() for part in ("wte", "wpe") if part in t)
+    embeddings += sum(p.numel() for p in t.ve.parameters()) if "ve" in t else 0
     return model.get_num_params(non_embedding=False) - embeddings
 
 
@@ -63,9 +64,13 @@ def table(model: GPT, dtype: torch.dtype | None = None, optimizer: str = "adamw"
     counts = {}
     for label, part in (("token embedding", "wte"), ("position embedding", "wpe")):
         counts[label] = t[part].weight.numel() if part in t else 0
+    if "ve" in t:
+        counts["value embeddings"] = sum(p.numel() for p in t.ve.parameters())
     counts["attention"] = sum(p.numel() for b in t.h for p in b.attn.parameters())
     counts["MLP"] = sum(p.numel() for b in t.h for p in b.mlp.parameters())
-    counts["norms"] = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-2].startswith("ln_"))
+    counts["norms"] = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-2:][0].startswith("ln_"))
+    if model.skip_weights is not None:
+        counts["U-net skip weights"] = model.skip_weights.numel()
     tied = model.lm_head.weight is t.wte.weight
     counts["head (tied to the token embedding)" if tied else "head"] = 0 if tied else model.lm_head.weight.numel()
     total = model.get_num_params(non_embedding=False)

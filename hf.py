@@ -34,7 +34,8 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 # are the biases: a bias our model lacks is exported as zeros, which both targets hold exactly.
 GPT2_REQUIRES: dict[str, Any] = {
     "norm": "layernorm", "post_norm": False, "mlp": "gelu", "pos_emb": "learned", "parallel_block": False,
-    "tie_embeddings": True, "attn_pattern": "dense", "qk_norm": False, "logit_softcap": None,
+    "tie_embeddings": True, "attn_pattern": "dense", "qk_norm": False, "logit_softcap": None, "embed_norm": False,
+    "attn_scale": None, "unet_skips": False, "value_embeds": 0,
     "n_kv_head": (lambda c: c.kv_heads == c.n_head, "n_head"),
     "head_size": (lambda c: c.head_dim * c.n_head == c.n_embd, "n_embd // n_head"),
     "mlp_hidden": (lambda c: c.hidden == 4 * c.n_embd, "4 * n_embd"),
@@ -43,7 +44,8 @@ GPT2_REQUIRES: dict[str, Any] = {
 # heads, MLP width, rope base and tying are settings of LlamaConfig, so any value fits
 LLAMA_REQUIRES: dict[str, Any] = {
     "norm": "rmsnorm", "post_norm": False, "mlp": "swiglu", "pos_emb": "rope", "parallel_block": False,
-    "attn_pattern": "dense", "qk_norm": False, "logit_softcap": None,
+    "attn_pattern": "dense", "qk_norm": False, "logit_softcap": None, "embed_norm": False, "attn_scale": None,
+    "unet_skips": False, "value_embeds": 0,
 }
 EXPORT_TARGETS = {"GPT-2": GPT2_REQUIRES, "Llama": LLAMA_REQUIRES}  # the first that fits is the one written
 # Llama's name of each of our per-layer modules; a fused one (c_attn: q, k, v; SwiGLU's c_fc: gate, up) has a name

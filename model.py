@@ -1,8 +1,9 @@
 """A GPT language model: GPT-2 by default, with parameter names that map one to one onto HF's GPT-2, and the
 switches of its family: GPT-1's post-norm, RMSNorm, SwiGLU, rotary positions, grouped-query attention, a head
 size of its own, GPT-3's alternating dense and locally banded attention, PaLM's parallel block, untied embeddings;
-and four tricks of recent small-model training: query-key normalisation, a squared-ReLU MLP, soft-capped logits and
-zero-initialised residual projections.
+and the tricks of recent small-model training: query-key normalisation, a squared-ReLU MLP, soft-capped logits,
+zero-initialised residual projections, a normalised embedding, an attention scale of one's own, U-net skips and
+value embeddings.
 
 Read top to bottom in GPT-2's order: the config and its presets, norms and positions, attention, MLP, Block, head, GPT.
 Decoding with a KV cache lives in generate.py, the optimizers in optim.py; this file holds the network only and
@@ -14,7 +15,8 @@ Shazeer 2019 / Ainslie et al. 2023 (multi-/grouped-query attention), Brown et al
 (GPT-3's banded layers, from the Sparse Transformer), Chowdhery et al. 2022 (PaLM: parallel
 blocks, no biases), Kaplan et al. 2020 / PaLM appendix B (FLOPs per token for MFU), Henry et al. 2020 and
 Dehghani et al. 2023 (query-key normalisation), So et al. 2021 (Primer: squared ReLU), Gemma Team 2024 (Gemma 2:
-soft-capped logits), Jordan et al. 2024 (modded-nanogpt: zero-initialised projections, soft caps, ReLU^2).
+soft-capped logits), Jordan et al. 2024 (modded-nanogpt: zero-initialised projections, soft caps, ReLU^2, the
+embedding's norm, U-net skips, value embeddings).
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class GPTConfig:
     qk_norm: bool = False  # RMS-normalise each head's queries and keys (a learned gain per head dimension)
     logit_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma 2); None: as they are
     zero_init_proj: bool = False  # the residual projections (c_proj) start at zero, not GPT-2's scaled normal
+    embed_norm: bool = False  # normalise the token embeddings (the model's norm) before the first block
+    attn_scale: float | None = None  # the attention scores' scale; None: 1 / sqrt(head size)
+    unet_skips: bool = False  # U-net skips: the last n_layer // 2 blocks each add the output of its mirror among the
+    # first n_layer // 2 (block i's output goes into block n_layer - 1 - i), times a learned weight that starts at 1
+    value_embeds: int = 0  # k > 0: k embedding tables, each adding a vector per token to the attention values of
+    # block i and of its mirror n_layer - 1 - i, for i < k (at most n_layer // 2)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -81,6 +89,11 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.logit_softcap is not None and not 0.0 < self.logit_softcap < math.inf:
             raise ValueError(f"logit_softcap must be a positive number (or None), got {self.logit_softcap}")
+        if self.attn_scale is not None and not 0.0 < self.attn_scale < math.inf:
+            raise ValueError(f"attn_scale must be a positive number (or None), got {self.attn_scale}")
+        if not 0 <= self.value_embeds <= self.n_layer // 2:
+            raise ValueError(f"value_embeds must be in [0, n_layer // 2 = {self.n_layer // 2}], "
+                             f"got {self.value_embeds}")
 
     def _set_window(self) -> None:
         """The band of attn_pattern='alternating': block_size // 4 unless given; refused for a dense pattern."""
@@ -99,6 +112,11 @@ class GPTConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
+
+    def value_table(self, layer: int) -> int | None:
+        """The value-embedding table a layer adds to its values (value_embeds), or None."""
+        mirror = min(layer, self.n_layer - 1 - layer)
+        return mirror if mirror < self.value_embeds else None
 
     def band(self, layer: int) -> int | None:
         """The band of a layer's attention: window_size for GPT-3's banded layers, None for dense ones."""
@@ -187,6 +205,10 @@ class ModelSettings:
     qk_norm: bool | None = None  # RMS-normalise each head's queries and keys before attention
     logit_softcap: float | None = None  # cap the logits softly: cap * tanh(logits / cap) (Gemma 2 uses 30)
     zero_init_proj: bool | None = None  # the residual projections start at zero: each block starts as the identity
+    embed_norm: bool | None = None  # normalise the token embeddings before the first block
+    attn_scale: float | None = None  # the attention scores' scale; None: 1 / sqrt(head size)
+    unet_skips: bool | None = None  # U-net skips: the last n_layer // 2 blocks add their mirror's output, weighted
+    value_embeds: int | None = None  # k embedding tables added to the values of the first k blocks and their mirrors
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (faster matmuls); 1: no padding
 
     def model_fields(self) -> dict[str, Any]:
@@ -277,13 +299,18 @@ class CausalSelfAttention(nn.Module):
         # so that the attention logits cannot grow with the weights
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if config.qk_norm else None
+        self.scale = config.attn_scale  # None: SDPA's own, 1 / sqrt(head_dim)
         self.kv_cache: KVCache | None = None  # generation only (generate.setup_cache)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                value_embed: torch.Tensor | None = None) -> torch.Tensor:
+        """value_embed (B, T, nkv * hd): added to the values (value_embeds), before the cache stores them."""
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([nh * hd, nkv * hd, nkv * hd], dim=2)
+        if value_embed is not None:  # in the values' dtype (bfloat16 under autocast), as SDPA wants q, k, v alike
+            v = v + value_embed.to(v.dtype)
         q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)
@@ -298,9 +325,10 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if input_pos is None and self.band is None:  # flash / memory-efficient kernels where the device has
             # them, the math fallback on the CPU
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=nkv != nh)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scale,
+                                               enable_gqa=nkv != nh)
         elif input_pos is None:
-            y = banded_attention(q, k, v, self.band, dropout)
+            y = banded_attention(q, k, v, self.band, dropout, scale=self.scale)
         else:
             y = self.cached_attention(q, k, v, input_pos, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hd)  # (B, T, nh * hd): the heads side by side
@@ -326,27 +354,28 @@ class CausalSelfAttention(nn.Module):
         # rows of one matrix: (B * nkv, group * T, hd).
         qg = q.reshape(B * nkv, group * T, hd)
         att = torch.baddbmm(mask.repeat(group, 1) if group > 1 else mask, qg, k.transpose(1, 2),
-                            alpha=1.0 / math.sqrt(hd))  # (B * nkv, group * T, span)
+                            alpha=self.scale or 1.0 / math.sqrt(hd))  # (B * nkv, group * T, span)
         return (att.softmax(dim=-1) @ v).view(B, nh, T, hd)
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, band: int, dropout_p: float = 0.0,
-                     flex: bool | None = None) -> torch.Tensor:
+                     flex: bool | None = None, scale: float | None = None) -> torch.Tensor:
     """Causal attention in which query i sees keys i - band + 1 .. i; q (B, nh, T, hd), k, v (B, nkv, T, hd).
     With flex, FlexAttention skips the key blocks outside the band, so the cost grows with T * band rather than
     T^2. By default flex trains on CUDA; inference (evaluation and generation's no-cache reference path, where
     every length would be a recompile of the kernel) and dropout (flex has none) take SDPA with the explicit
-    (T, T) mask instead."""
+    (T, T) mask instead. scale: the scores' scale, None for 1 / sqrt(head size)."""
     T = q.size(-2)
     gqa = k.size(1) != q.size(1)
     if flex is None:
         flex = q.is_cuda and torch.is_grad_enabled()
     if flex and not dropout_p:
         attend = flex_attention if torch.compiler.is_compiling() else compiled_flex_attention()
-        return attend(q, k, v, block_mask=band_block_mask(T, band, q.device), enable_gqa=gqa)
+        return attend(q, k, v, block_mask=band_block_mask(T, band, q.device), scale=scale, enable_gqa=gqa)
     i = torch.arange(T, device=q.device)
     visible = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < band)  # (T, T): key j visible to query i
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout_p, scale=scale,
+                                          enable_gqa=gqa)
 
 
 @functools.cache
@@ -403,14 +432,15 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                value_embed: torch.Tensor | None = None) -> torch.Tensor:
         if self.parallel:  # PaLM
             h = self.ln_1(x)
-            return x + self.attn(h, rope, input_pos, mask) + self.mlp(h)
+            return x + self.attn(h, rope, input_pos, mask, value_embed) + self.mlp(h)
         if self.post_norm:  # GPT-1
-            x = self.ln_1(x + self.attn(x, rope, input_pos, mask))
+            x = self.ln_1(x + self.attn(x, rope, input_pos, mask, value_embed))
             return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x), rope, input_pos, mask)  # GPT-2: pre-norm
+        x = x + self.attn(self.ln_1(x), rope, input_pos, mask, value_embed)  # GPT-2: pre-norm
         return x + self.mlp(self.ln_2(x))
 
 
@@ -435,13 +465,20 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         modules = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
+        if config.embed_norm:
+            modules["ln_e"] = make_norm(config)
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        if config.value_embeds:  # each as wide as the values: n_kv_head heads
+            modules["ve"] = nn.ModuleList(nn.Embedding(config.vocab_size, config.kv_heads * config.head_dim)
+                                          for _ in range(config.value_embeds))
         modules["drop"] = nn.Dropout(config.dropout)
         modules["h"] = nn.ModuleList([Block(config, config.band(i)) for i in range(config.n_layer)])
         if not config.post_norm:  # post-norm blocks end normalised already
             modules["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
+        # U-net skips (modded-nanogpt): the weight of each mirror's output, all 1 at first
+        self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2)) if config.unet_skips else None
         self.lm_head = LMHead(config.n_embd, config.vocab_size, config.logit_softcap)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2 does
@@ -493,6 +530,9 @@ class GPT(nn.Module):
         if T > cfg.block_size:
             raise ValueError(f"sequence of length {T} exceeds block_size {cfg.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
+        if "ln_e" in self.transformer:
+            x = self.transformer.ln_e(x)
+        tables = [table(idx) for table in self.transformer.ve] if "ve" in self.transformer else []
         mask = None
         if input_pos is None:
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
@@ -508,22 +548,33 @@ class GPT(nn.Module):
             rope = (self.rope_cos[:T], self.rope_sin[:T]) if input_pos is None else (self.rope_cos[pos],
                                                                                      self.rope_sin[pos])
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
+        skips = []  # U-net: the first half's outputs, for their mirrors in the second half
+        for i, block in enumerate(self.transformer.h):
+            mirror = cfg.n_layer - 1 - i
+            if self.skip_weights is not None and mirror < len(skips):
+                x = x + self.skip_weights[mirror] * skips[mirror]
+            table = cfg.value_table(i)
+            value_embed = None if table is None else tables[table]
             if self.activation_checkpointing and self.training:  # keep block inputs only, recompute the rest
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, input_pos, mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, input_pos, mask, value_embed,
+                                                      use_reentrant=False)
             else:
-                x = block(x, rope, input_pos, mask)
+                x = block(x, rope, input_pos, mask, value_embed)
+            if self.skip_weights is not None and i < len(self.skip_weights):
+                skips.append(x)
         if "ln_f" in self.transformer:
             x = self.transformer.ln_f(x)
         return x
 
     def get_num_params(self, non_embedding: bool = True) -> int:
-        """Parameters, each shared tensor counted once. non_embedding drops the position embedding, and the
-        token embedding unless it is tied to lm_head (then it does the output matmul's work)."""
+        """Parameters, each shared tensor counted once. non_embedding drops the position and value embeddings, and
+        the token embedding unless it is tied to lm_head (then it does the output matmul's work)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             if "wpe" in self.transformer:
                 n -= self.transformer.wpe.weight.numel()
+            if "ve" in self.transformer:  # looked up, not multiplied
+                n -= sum(p.numel() for p in self.transformer.ve.parameters())
             if self.lm_head.weight is not self.transformer.wte.weight:
                 n -= self.transformer.wte.weight.numel()
         return n
@@ -545,6 +596,8 @@ class GPT(nn.Module):
         self.config.vocab_size = vocab_size
         self.lm_head.weight = nn.Parameter(self.lm_head.weight[:vocab_size])
         wte.weight = self.lm_head.weight if tied else nn.Parameter(wte.weight[:vocab_size])
+        for table in self.transformer.ve if "ve" in self.transformer else []:
+            table.weight = nn.Parameter(table.weight[:vocab_size])
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's 12*(nh*hd)*T per

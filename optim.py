@@ -166,16 +166,28 @@ def assign(target: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None)
     target.copy_(value if keep is None else torch.where(keep, value, target))
 
 
-def muon_groups(model: GPT, weight_decay: float, muon_lr: float, adam_lr: float) -> list[dict[str, Any]]:
-    """The blocks' 2-D weight matrices for Muon (not decayed); AdamW for the embeddings and the head (decayed, as
-    nanoGPT decays them) and for every 1-D parameter (not decayed). Each parameter in exactly one group."""
+def muon_groups(model: GPT, weight_decay: float, muon_lr: float, adam_lr: float, embed_lr: float | None = None,
+                head_lr: float | None = None, muon_weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """The blocks' 2-D weight matrices for Muon (decayed by muon_weight_decay); AdamW for the embeddings and the
+    head (decayed, as nanoGPT decays them) and for every 1-D parameter (not decayed). Each parameter in exactly one
+    group. With embed_lr or head_lr, the embeddings (token, position, value; a tied head with them) and an untied
+    head are groups of their own at those rates (None: adam_lr); without, one group, as checkpoints before these
+    settings hold it."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight once
     hidden = [p for n, p in named if p.dim() == 2 and n.startswith("transformer.h.")]
     chosen = {id(p) for p in hidden}
-    return [{"params": hidden, "muon": True, "lr": muon_lr, "weight_decay": 0.0},
-            {"params": [p for _, p in named if p.dim() >= 2 and id(p) not in chosen], "lr": adam_lr,
-             "weight_decay": weight_decay},
-            {"params": [p for _, p in named if p.dim() < 2], "lr": adam_lr, "weight_decay": 0.0}]
+    matrices = [(n, p) for n, p in named if p.dim() >= 2 and id(p) not in chosen]
+    groups = [{"params": hidden, "muon": True, "lr": muon_lr, "weight_decay": muon_weight_decay}]
+    if embed_lr is None and head_lr is None:
+        groups.append({"params": [p for _, p in matrices], "lr": adam_lr, "weight_decay": weight_decay})
+    else:
+        head = [p for n, p in matrices if n == "lm_head.weight"]  # named once: a tied head is named as wte
+        groups.append({"params": [p for n, p in matrices if n != "lm_head.weight"],
+                       "lr": adam_lr if embed_lr is None else embed_lr, "weight_decay": weight_decay})
+        if head:
+            groups.append({"params": head, "lr": adam_lr if head_lr is None else head_lr,
+                           "weight_decay": weight_decay})
+    return [*groups, {"params": [p for _, p in named if p.dim() < 2], "lr": adam_lr, "weight_decay": 0.0}]
 
 
 def adamw(model: GPT, weight_decay: float, learning_rate: float, betas: tuple[float, float],
@@ -192,14 +204,16 @@ def adamw(model: GPT, weight_decay: float, learning_rate: float, betas: tuple[fl
 
 
 def build(model: GPT, name: str, learning_rate: float, weight_decay: float, betas: tuple[float, float],
-          device_type: str, muon_lr: float = 0.02, muon_momentum: float = 0.95) -> torch.optim.Optimizer:
-    """The optimizer `name` (adamw | muon) for the model. Every group records lr_scale, its learning rate over
+          device_type: str, muon_lr: float = 0.02, muon_momentum: float = 0.95, embed_lr: float | None = None,
+          head_lr: float | None = None, muon_weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimizer `name` (adamw | muon) for the model; the rates of the embeddings and the head, and the
+    matrices' decay, are Muon's settings (muon_groups). Every group records lr_scale, its learning rate over
     learning_rate: the schedule (set_lr) sets each group's rate to the scheduled rate times it."""
     if name == "adamw":
         optimizer = adamw(model, weight_decay, learning_rate, betas, device_type)
     else:
-        optimizer = Muon(muon_groups(model, weight_decay, muon_lr, learning_rate), learning_rate, muon_momentum,
-                         betas)
+        groups = muon_groups(model, weight_decay, muon_lr, learning_rate, embed_lr, head_lr, muon_weight_decay)
+        optimizer = Muon(groups, learning_rate, muon_momentum, betas)
     for group in optimizer.param_groups:
         group["lr_scale"] = group["lr"] / learning_rate if learning_rate else 0.0
     return optimizer

@@ -118,6 +118,9 @@ class TrainConfig(ModelSettings):
     beta2: float = 0.95  # AdamW beta2
     muon_lr: float = 0.02  # muon: the peak learning rate of the blocks' matrices (the schedule scales it alike)
     muon_momentum: float = 0.95  # muon: the momentum of the blocks' matrices
+    muon_weight_decay: float = 0.0  # muon: the blocks' matrices' decoupled weight decay (lr x this, each step)
+    embed_lr: float | None = None  # muon: the peak rate of the embeddings (token, position, value); None: learning_rate
+    head_lr: float | None = None  # muon: the peak rate of an untied head; None: learning_rate
     grad_clip: float = 1.0  # 0 disables clipping
     max_skipped_steps: int = 10  # updates skipped in a row (NaN/inf loss or gradients) that stop the run; 0: never
 
@@ -462,7 +465,8 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
                         f"{model.config.vocab_size}")
     parts = Parts.assemble(model, layout, dtype, lambda m: optim.build(
         m, cfg.optimizer, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type, cfg.muon_lr,
-        cfg.muon_momentum), cfg.fsdp, cfg.activation_checkpointing, cfg.compile, cfg.fp8)
+        cfg.muon_momentum, cfg.embed_lr, cfg.head_lr, cfg.muon_weight_decay), cfg.fsdp, cfg.activation_checkpointing,
+        cfg.compile, cfg.fp8)
     plan = microbatch.plan(cfg.micro_batch, cfg.batch_size, cfg.gradient_accumulation_steps, layout, model,
                            parts.optimizer, parts.ctx, meta["vocab_size"])
     if layout.master and (warning := cpu_warning(model.flops_per_token() * plan.tokens_per_iter, device)):
@@ -532,9 +536,14 @@ def check_rates(cfg: TrainConfig) -> None:
     if not 0 <= cfg.decay_fraction <= 1 or cfg.muon_lr < 0:
         raise UserError(f"decay_fraction must be in [0, 1] and muon_lr at least 0, got {cfg.decay_fraction} and "
                         f"{cfg.muon_lr}")
-    for name in ("learning_rate", "min_lr", "muon_lr"):  # a rate above 1 moves a weight by more than 1 a step
-        if getattr(cfg, name) > 1:
-            raise UserError(f"{name} must be at most 1, got {getattr(cfg, name)}")
+    for name in ("learning_rate", "min_lr", "muon_lr", "embed_lr", "head_lr"):  # a rate above 1 moves a weight by
+        rate = getattr(cfg, name)  # more than 1 a step
+        if rate is not None and not 0 <= rate <= 1:
+            raise UserError(f"{name} must be in [0, 1], got {rate}")
+    if cfg.muon_weight_decay < 0 or (cfg.optimizer != "muon" and (cfg.embed_lr, cfg.head_lr, cfg.muon_weight_decay)
+                                     != (None, None, 0.0)):
+        raise UserError("embed_lr, head_lr and muon_weight_decay (at least 0) are settings of optimizer=muon: the "
+                        "AdamW recipe keeps nanoGPT's one rate")
     if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
         raise UserError(f"min_lr ({cfg.min_lr}) is above learning_rate ({cfg.learning_rate}): the schedule would "
                         "rise after warmup")

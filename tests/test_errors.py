@@ -87,7 +87,7 @@ def bad_setting_cases(root: Path, trained: Trained) -> dict[str, Case]:
         "nan_min_lr_in_a_config_file": ("train.py", [str(nan_config), *tiny_flags(data, root / "o14")],
                                         "setting 'min_lr' must be a finite number, got nan"),
         "absurd_learning_rate": ("train.py", tiny_flags(data, root / "o15", learning_rate=1e30),
-                                 "learning_rate must be at most 1, got 1e+30"),
+                                 "learning_rate must be in [0, 1], got 1e+30"),
         "min_lr_above_learning_rate": ("train.py", tiny_flags(data, root / "o16", min_lr=0.1, decay_lr=True),
                                        "min_lr (0.1) is above learning_rate (0.01): the schedule would rise"),
         "negative_max_skipped_steps": ("train.py", tiny_flags(data, root / "o17", max_skipped_steps=-1),

@@ -31,6 +31,7 @@ import accounting
 import checkpoint
 import configurator
 import model as model_module
+import parallel
 import sample
 import train
 from conftest import REPO_ROOT, TINY_MODEL, CharData, run_main, tiny_flags, tiny_gpt
@@ -83,6 +84,11 @@ ARCHS: dict[str, dict[str, Any]] = {
     "qk_norm_rope_gqa_banded": {"qk_norm": True, "pos_emb": "rope", "n_kv_head": 2, "attn_pattern": "alternating",
                                 "window_size": 8},  # query-key norm on every path: SDPA, the band, the cache
     "relu2_softcap": {"mlp": "relu2", "logit_softcap": 0.1},  # a cap that the logits at init (~0.1) reach
+    # modded-nanogpt's: the embedding's norm, a scale of its own, U-net skips and value embeddings on every path
+    "modded": {"embed_norm": True, "attn_scale": 0.12, "unet_skips": True, "value_embeds": 1, "qk_norm": True,
+               "pos_emb": "rope", "norm": "rmsnorm", "n_kv_head": 2},
+    "modded_banded_parallel": {"attn_pattern": "alternating", "window_size": 8, "attn_scale": 0.3,
+                               "value_embeds": 1, "unet_skips": True, "parallel_block": True, "embed_norm": True},
 }
 # the four block and init switches together, over LLaMA-like attention with a banded layer (zero_init_proj makes
 # every block the identity at init, so the tests that need blocks to mix tokens move the weights first)
@@ -533,16 +539,20 @@ def random_block(arch: str) -> Block:
 
 
 def attention_by_hand(x: torch.Tensor, w: dict[str, torch.Tensor], n_head: int, n_kv_head: int,
-                      rope_base: float | None = None, band: int | None = None) -> torch.Tensor:
+                      rope_base: float | None = None, band: int | None = None, scale: float | None = None,
+                      value_add: torch.Tensor | None = None) -> torch.Tensor:
     """Causal multi-head attention written out (Vaswani et al. 2017) on the weights w: q, k, v from one projection,
     a key/value head shared by n_head // n_kv_head query heads, softmax(q k^T / sqrt(hd)) over the past, then the
     output projection. Where w holds query-key norm gains, each head's q and k are first divided by their root
     mean square and multiplied by the gains (Henry et al. 2020); with rope_base, then rotated by position (Su et
-    al. 2021); with band, query i sees keys i - band + 1 .. i only."""
+    al. 2021); with band, query i sees keys i - band + 1 .. i only; scale replaces 1 / sqrt(hd); value_add
+    (B, T, n_kv_head * hd) is added to the values."""
     B, T, _ = x.shape
     qkv = F.linear(x, w["attn.c_attn.weight"], w.get("attn.c_attn.bias"))
     hd = qkv.size(-1) // (n_head + 2 * n_kv_head)
     q, k, v = qkv.split([n_head * hd, n_kv_head * hd, n_kv_head * hd], dim=-1)
+    if value_add is not None:
+        v = v + value_add
     q = q.view(B, T, n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
     k = k.view(B, T, n_kv_head, hd).transpose(1, 2).repeat_interleave(n_head // n_kv_head, dim=1)
     v = v.view(B, T, n_kv_head, hd).transpose(1, 2).repeat_interleave(n_head // n_kv_head, dim=1)
@@ -555,7 +565,7 @@ def attention_by_hand(x: torch.Tensor, w: dict[str, torch.Tensor], n_head: int, 
     future = i[None, :] > i[:, None]  # key j > query i
     if band is not None:
         future |= i[:, None] - i[None, :] >= band
-    scores = (q @ k.transpose(-2, -1) / math.sqrt(hd)).masked_fill(future, float("-inf"))
+    scores = (q @ k.transpose(-2, -1) * (scale or 1 / math.sqrt(hd))).masked_fill(future, float("-inf"))
     y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, n_head * hd)
     return F.linear(y, w["attn.c_proj.weight"], w.get("attn.c_proj.bias"))
 
@@ -791,6 +801,107 @@ def test_the_four_switches_compose_with_rope_gqa_rmsnorm_and_bands():
                 torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
     finally:
         clear_cache(model)
+
+
+# --- modded-nanogpt's switches: the embedding's norm, the attention scale, U-net skips, value embeddings -------------
+
+
+@pytest.mark.parametrize("band", [None, 3], ids=["dense", "banded"])
+def test_attn_scale_multiplies_the_scores_in_place_of_one_over_root_head_size(band: int | None):
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(config("gpt2", attn_scale=0.7, n_kv_head=2), band).eval()
+    w = {f"attn.{k}": v for k, v in layer.state_dict().items()}
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        y = layer(x)
+        torch.testing.assert_close(y, attention_by_hand(x, w, 4, 2, band=band, scale=0.7), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(y, attention_by_hand(x, w, 4, 2, band=band), atol=1e-3)  # 0.7 is not 1/sqrt(8)
+
+
+def test_embed_norm_normalises_the_token_embeddings_before_positions_and_blocks():
+    model = build("gpt2", embed_norm=True, n_layer=1)
+    with torch.no_grad():
+        model.transformer.ln_e.weight.normal_()  # gains (and bias) away from their init
+        model.transformer.ln_e.bias.normal_()
+    seen = []
+    model.transformer.h[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    idx = random_ids(2, 7)
+    with torch.no_grad():
+        model(idx)
+    e = model.transformer.wte.weight[idx]
+    normed = (e - e.mean(-1, keepdim=True)) / torch.sqrt(e.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    expected = normed * model.transformer.ln_e.weight + model.transformer.ln_e.bias + model.transformer.wpe.weight[:7]
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_unet_skips_add_each_mirror_s_output_times_its_weight():
+    model = build("gpt2", unet_skips=True, n_layer=5)  # an odd middle block (2) gets no skip
+    assert model.skip_weights.tolist() == [1.0, 1.0]
+    with torch.no_grad():
+        model.skip_weights.copy_(torch.tensor([0.3, -1.7]))
+    b = model.transformer.h
+    idx = random_ids(2, 9)
+    with torch.no_grad():
+        x = model.transformer.wte(idx) + model.transformer.wpe.weight[:9]
+        h0 = b[0](x)
+        h1 = b[1](h0)
+        h2 = b[2](h1)
+        h3 = b[3](h2 - 1.7 * h1)
+        h4 = b[4](h3 + 0.3 * h0)
+        torch.testing.assert_close(model(idx)[0], model.lm_head(model.transformer.ln_f(h4)))
+    model(idx, random_ids(2, 9, seed=1))[1].backward()
+    assert model.skip_weights.grad.abs().min() > 0  # both weights learn
+
+
+def test_value_embeds_add_a_vector_per_token_to_the_values_of_a_block_and_its_mirror():
+    model = build("gpt2", value_embeds=1, n_layer=3, n_kv_head=2)
+    assert [model.config.value_table(i) for i in range(3)] == [0, None, 0]
+    table = model.transformer.ve[0].weight
+    assert table.shape == (VOCAB, 2 * 8)  # as wide as the values: 2 key/value heads of 8
+    idx = random_ids(2, 9)
+    seen = {}
+    for i, block in enumerate(model.transformer.h):
+        block.attn.register_forward_hook(lambda m, args, out, i=i: seen.update({i: (args[0], out)}))
+    with torch.no_grad():
+        model(idx)
+        for i, block in enumerate(model.transformer.h):
+            w = {f"attn.{k}": v for k, v in block.attn.state_dict().items()}
+            added = table[idx] if i != 1 else None
+            torch.testing.assert_close(seen[i][1], attention_by_hand(seen[i][0], w, 4, 2, value_add=added),
+                                       rtol=1e-5, atol=1e-5)
+    # and a table whose rows are all one vector c adds W_proj c to the attention's output (softmax rows sum to 1)
+    c = torch.randn(16)
+    plain = build("gpt2", n_layer=3, n_kv_head=2)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("transformer.ve.")})
+    with torch.no_grad():
+        table.copy_(c.expand(VOCAB, 16))
+        for i in (0, 2):
+            proj = plain.transformer.h[i].attn.c_proj
+            proj.bias += proj.weight @ c.view(2, 8).repeat_interleave(2, dim=0).reshape(-1)
+        torch.testing.assert_close(model(idx)[0], plain(idx)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_value_embeds_are_embeddings_in_the_counts_and_refused_past_half_the_layers():
+    base = {"vocab_size": 1000, "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 64, "n_kv_head": 2}
+    plain, valued = meta_model(**base), meta_model(**base, value_embeds=2, unet_skips=True)
+    assert valued.get_num_params(non_embedding=False) - plain.get_num_params(non_embedding=False) == \
+        2 * 1000 * 2 * 16 + 2  # two tables of 1000 rows of 32 (2 heads of 16), and two skip weights
+    assert valued.get_num_params() - plain.get_num_params() == 2  # looked up: not in the FLOPs' N
+    assert accounting.non_embedding_params(valued) - accounting.non_embedding_params(plain) == 2
+    rows = {line.rsplit(None, 1)[0].strip(): line.split()[-1] for line in accounting.table(valued).splitlines()
+            if line.strip()}
+    assert (rows["value embeddings"], rows["U-net skip weights"]) == ("64,000", "2")
+    with pytest.raises(ValueError, match=re.escape("value_embeds must be in [0, n_layer // 2 = 2], got 3")):
+        GPTConfig(**base, value_embeds=3)
+    with pytest.raises(ValueError, match="attn_scale must be a positive number"):
+        GPTConfig(**base, attn_scale=0.0)
+
+
+def test_tensor_parallelism_refuses_skips_and_value_embeds_in_one_line():
+    for switch, name in (({"unet_skips": True}, "unet_skips=True"), ({"value_embeds": 1}, "value_embeds=1")):
+        with pytest.raises(UserError, match=f"^{re.escape(name)} with tensor_parallel=2 is not supported"):
+            parallel.check_sizes(config("gpt2", vocab_size=64, **switch), 2)
+        parallel.check_sizes(config("gpt2", vocab_size=64, **switch), 1)  # one process: nothing split
 
 
 # --- parameter accounting (meta device: no memory, no init cost) ----------------------------------------------------

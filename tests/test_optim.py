@@ -118,6 +118,37 @@ def test_each_parameter_is_in_exactly_one_group_muon_taking_the_blocks_matrices(
     assert all(p.dim() == 1 for p in groups[2]["params"]) and groups[2]["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_embed_lr_and_head_lr_give_the_embeddings_and_an_untied_head_groups_of_their_own(tie: bool):
+    model = tiny_gpt(tie_embeddings=tie, value_embeds=1)
+    groups = optim.muon_groups(model, weight_decay=0.1, muon_lr=0.02, adam_lr=1e-3, embed_lr=0.3, head_lr=4e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    by_group = [({names[id(p)] for p in g["params"]}, g["lr"], g["weight_decay"]) for g in groups[1:]]
+    embeddings = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ve.0.weight"}
+    assert by_group[0] == (embeddings, 0.3, 0.1)  # a tied head is the token embedding: embed_lr
+    assert by_group[1:-1] == ([] if tie else [({"lm_head.weight"}, 4e-3, 0.1)])
+    assert by_group[-1][1:] == (1e-3, 0.0) and all(p.dim() == 1 for p in groups[-1]["params"])
+
+
+def test_muon_weight_decay_shrinks_the_matrices_by_lr_times_it_each_step():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 16))
+    opt = optim.Muon([{"params": [w], "muon": True, "weight_decay": 0.05}], lr=0.1)
+    before = w.detach().clone()
+    g = torch.randn(6, 16)
+    w.grad = g.clone()
+    opt.step()
+    expected = before.double() * (1 - 0.1 * 0.05) - 0.1 * reference_orthogonalise(g.double() * (1 + 0.95))
+    torch.testing.assert_close(w.detach().double(), expected, atol=0.01, rtol=0)
+    w.grad = torch.zeros(6, 16)  # no gradient, a momentum that has decayed to nothing: the decay alone remains
+    opt.state[w]["momentum_buffer"].zero_()
+    kept = w.detach().clone()
+    opt.step()
+    torch.testing.assert_close(w.detach(), kept * (1 - 0.1 * 0.05))
+
+
 def test_a_skipped_step_changes_no_weight_and_no_state():
     model = tiny_gpt(seed=4)
     opt = optim.build(model, "muon", 1e-3, 0.1, (0.9, 0.95), "cpu")
@@ -167,6 +198,24 @@ def test_a_muon_run_resumes_exactly(char_data: CharData, tmp_path: Path):
     resumed = train.main(tiny_flags(char_data, tmp_path / "resumed", max_iters=6, init_from="resume", **flags))
     assert resumed["train_loss"] == whole["train_loss"][3:]
     assert resumed["eval"] == whole["eval"]  # the resumed run evaluates at iter 3 too, where it starts
+
+
+def test_a_muon_run_with_its_own_rates_and_modded_switches_resumes_exactly(char_data: CharData, tmp_path: Path):
+    flags = {"optimizer": "muon", "eval_interval": 3, "learning_rate": 3e-3, "embed_lr": 0.05, "head_lr": 4e-3,
+             "muon_weight_decay": 0.05, "tie_embeddings": False, "embed_norm": True, "attn_scale": 0.3,
+             "unet_skips": True, "value_embeds": 1, "norm": "rmsnorm", "pos_emb": "rope", "qk_norm": True}
+    whole = train.main(tiny_flags(char_data, tmp_path / "whole", max_iters=6, **flags))
+    train.main(tiny_flags(char_data, tmp_path / "half", max_iters=3, **flags))
+    shutil.copytree(tmp_path / "half", tmp_path / "resumed")
+    resumed = train.main(tiny_flags(char_data, tmp_path / "resumed", max_iters=6, init_from="resume", **flags))
+    assert resumed["train_loss"] == whole["train_loss"][3:]
+    assert resumed["eval"] == whole["eval"]
+
+
+def test_the_adamw_recipe_refuses_muon_s_rates_in_one_line(char_data: CharData, tmp_path: Path):
+    with pytest.raises(train.UserError, match=r"^embed_lr, head_lr and muon_weight_decay \(at least 0\) are "
+                                                r"settings of optimizer=muon"):
+        train.main(tiny_flags(char_data, tmp_path, max_iters=2, embed_lr=0.1))
 
 
 def test_resuming_with_another_optimizer_is_one_line(char_data: CharData, tmp_path: Path):
