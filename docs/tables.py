@@ -458,6 +458,23 @@ def startup_table() -> str:
     return "\n".join(lines)
 
 
+SWITCHES_WHERE = """\
+Measured for issue 31 on 2026-12-06 in one device call, one NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, bf16, at
+commit feb0cd3: `python bench.py --batch_size=16 --gradient_accumulation_steps=8 --compile=on --warmup=2 --iters=5
+[RECIPE] [SWITCHES]` (131,072 tokens a step, random tokens), the recipe's flags as above, the switches
+`--embed_norm=True --unet_skips=True --value_embeds=3`; the rows are docs/data/switches/*.json."""
+
+
+def switches_table() -> str:
+    lines = ["| model | ms/iter | tokens/s | against the recipe | peak memory (GiB) |", "|---|---:|---:|---:|---:|"]
+    rows = {name: json.loads((DATA / "switches" / f"{name}.json").read_text())[0] for name in ("recipe", "modded")}
+    for name, label in (("recipe", "the recipe"), ("modded", "with the three switches")):
+        r = rows[name]
+        lines.append(f"| {label} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['tokens_per_s'] / rows['recipe']['tokens_per_s']:.3f}x | {r['peak_mem_gib']:.2f} |")
+    return "\n".join(lines)
+
+
 CLEAN = DATA / "clean"
 RECIPES = ("adamw", "muon", "reference")  # docs/data/clean/RECIPE_sN; the reference: modded-nanogpt's simple baseline
 SPLITS = {"old": ("the old split's kind (today's code): each file on its own, no dedup, no decontamination",
@@ -575,6 +592,8 @@ def sections() -> list[tuple[str, list[str]]]:
          [B524_WHERE, b524_table(), B524_FINDINGS]),
         ("## One compile before the first step: the start and the memory (270b09c against 760ca51)",
          [STARTUP_WHERE, startup_table(), STARTUP_FINDINGS]),
+        ("### What the embedding's norm, U-net skips and value embeddings cost a step",
+         [SWITCHES_WHERE, switches_table()]),
         ("## GPT-2 124M in 200 steps: AdamW against Muon (the old split: about 30% of val recallable)",
          [GPT2_WHERE, gpt2_table()]),
         ("## What each switch of the Muon recipe buys (GPT-2 124M; the old split: about 30% of val recallable)",
