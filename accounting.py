@@ -9,6 +9,7 @@ built on the meta device, so gpt3-175b costs no memory.
 
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 from dataclasses import replace
 
 import torch

@@ -21,6 +21,7 @@ Timings run between device synchronizations. Prints a markdown table; --json wri
 """
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 import contextlib
 import gc
 import json

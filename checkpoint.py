@@ -21,6 +21,7 @@ sharded checkpoint is keyed by parameter name, that of ckpt.pt by position; `opt
 
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 import contextlib
 import errno
 import os

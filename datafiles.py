@@ -15,6 +15,7 @@ there): prepare scripts print it, and any prepared folder can be checked:
 
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 import contextlib
 import json
 import os

@@ -17,6 +17,7 @@ batch_size sequences unless given, the same sequences its evaluations read: the 
 
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 import json
 import math
 import os

@@ -14,6 +14,7 @@ with --replace=True.
 
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 import os
 import shutil
 import tempfile

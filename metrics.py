@@ -21,6 +21,7 @@ evaluation, the samples, the target reached), the rows of metrics.jsonl and of w
 
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 import contextlib
 import functools
 import importlib

@@ -5,11 +5,12 @@ processes it forks, a stdout whose reader went away, and the temporary files of 
         process.run(main)
 
 Every script ends through `run`: a UserError is one line and exit status 2, Ctrl-C is "interrupted" and 130, a
-reader that went away (`| head`) is 141, as a shell reports SIGPIPE. The rest makes a stop safe wherever it comes:
-training stops at a step boundary when asked (StopRequest), a checkpoint write or a dataset's renames finish before
-a Ctrl-C is taken (uninterrupted), forked workers end with the process that forked them, a print to a closed pipe
-does not end a run (StdoutOrStderr), a folder is held by one run at a time (hold), and what a killed writer left
-behind is removed by the next one.
+reader that went away (`| head`) is 141, as a shell reports SIGPIPE. A Ctrl-C that comes before run, while the
+script still imports, ends it the same way (starting.py, every script's first import). The rest makes a stop safe
+wherever it comes: training stops at a step boundary when asked (StopRequest), a checkpoint write or a dataset's
+renames finish before a Ctrl-C is taken (uninterrupted), forked workers end with the process that forked them, a
+print to a closed pipe does not end a run (StdoutOrStderr), a folder is held by one run at a time (hold), and what a
+killed writer left behind is removed by the next one.
 
 Its own module because it is one idea apart from the settings (configurator.py): signals and processes, not flags,
 shared by every script and by the modules that write files (checkpoint.py, datafiles.py). It needs no torch: the
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import starting
 from configurator import UserError
 
 PR_SET_PDEATHSIG = 1  # prctl's option (linux/prctl.h): the signal a process gets when its parent ends
@@ -43,6 +45,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
     """Entry point of every script: call main(argv) and turn a UserError into one line and exit 2."""
     INTERRUPTS.clear()  # a Ctrl-C noted by an earlier run in this process is not this one's
     try:
+        starting.finished()  # a Ctrl-C from here on is a KeyboardInterrupt, turned into the same end below
         with interrupts_noted():
             main(sys.argv[1:])
     except UserError as e:

@@ -10,6 +10,7 @@ a checkpoint that does not say which tokenizer made it is refused rather than de
 
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 import codecs
 import math
 import os

@@ -21,6 +21,7 @@ checkpoint.py, parallel.py, process.py.
 
 from __future__ import annotations
 
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
 import contextlib
 import math
 import os

@@ -1,8 +1,10 @@
-"""process.py: how a script's process ends (a user error's one line and exit 2, Ctrl-C's 130, a gone reader's 141),
-the stop that SIGTERM or Ctrl-C asks of training, and the worker processes it forks."""
+"""process.py: how a script's process ends (a user error's one line and exit 2, Ctrl-C's 130, a gone reader's 141,
+a Ctrl-C while it still imports: starting.py), the stop that SIGTERM or Ctrl-C asks of training, and the worker
+processes it forks."""
 
 from __future__ import annotations
 
+import ast
 import signal
 import subprocess
 import sys
@@ -133,6 +135,65 @@ def test_a_second_ctrl_c_stops_at_once_and_says_so(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit, match="130"):
         process.run(interrupted)
     assert capsys.readouterr().err == "interrupted\n"
+
+
+# a config file (plain Python, run by main) that says main has begun, then waits for the Ctrl-C
+WAITING_CONFIG = ('import sys, time\nprint("configuring", file=sys.stderr, flush=True)\ntime.sleep(60)\n'
+                  'raise SystemExit("no Ctrl-C came")\n')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "moment"), [
+    ("train.py", "starting"),  # its first import done: the earliest a script can answer for
+    ("train.py", "numpy"),  # within torch's import: its C++ extension imports numpy as it starts
+    ("train.py", "step"),  # late: torch and the repository's modules imported, its own definitions running
+    ("data/shakespeare_char/prepare.py", "starting"),
+    ("data/shakespeare_char/prepare.py", "numpy"),
+    ("data/shakespeare_char/prepare.py", "configuring"),  # in main, under process.run
+])
+def test_a_ctrl_c_while_a_script_starts_ends_it_as_interrupted(tmp_path: Path, script: str, moment: str):
+    config = tmp_path / "waiting.py"
+    config.write_text(WAITING_CONFIG, encoding="utf-8")
+    status, stderr = interrupted_at(script, moment, config)
+    assert (status, stderr.splitlines()[-1], "Traceback" in stderr) == (130, "interrupted", False), stderr[-3000:]
+
+
+def interrupted_at(script: str, moment: str, config: Path) -> tuple[int, str]:
+    """Run `python -X importtime script config` and send it SIGINT once its stderr shows `moment`: the end of a
+    module's import (each import's line), or a line of its own. Returns its exit status and stderr."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
+    try:
+        child = subprocess.Popen([sys.executable, "-X", "importtime", str(REPO_ROOT / script), str(config)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=script_env())
+    finally:
+        signal.signal(signal.SIGINT, before)
+    with child:
+        stderr = ""
+        for line in child.stderr:  # the child's progress, rather than a guess at how long its imports take
+            stderr += line
+            if line.rsplit("|", 1)[-1].strip() == moment:
+                child.send_signal(signal.SIGINT)
+                break
+            if line == "configuring\n":  # main has begun, and the moment has not come
+                child.kill()
+                pytest.fail(f"{script} never reached {moment}:\n{stderr[-3000:]}")
+        stderr += child.stderr.read()
+    return child.returncode, stderr
+
+
+def test_every_script_imports_starting_before_anything_outside_the_standard_library():
+    # what a Ctrl-C meets before `starting` is imported is a traceback: the imports of torch, numpy and the rest
+    # of the repository must come after it
+    scripts = [path for path in [*REPO_ROOT.glob("*.py"), *REPO_ROOT.glob("data/*/prepare.py")]
+               if '\nif __name__ == "__main__":\n    process.run(main)' in path.read_text(encoding="utf-8")]
+    assert {"train.py", "prepare.py"} <= {path.name for path in scripts}
+    for path in scripts:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imports = sorted((node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)),
+                         key=lambda node: node.lineno)
+        names = [node.names[0].name if isinstance(node, ast.Import) else node.module or "" for node in imports]
+        first = next(name for name in names if name.partition(".")[0] not in sys.stdlib_module_names)
+        assert first == "starting", f"{path.relative_to(REPO_ROOT)} imports {first} before starting"
 
 
 def ended(pid: int) -> bool:

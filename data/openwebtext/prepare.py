@@ -14,6 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
+
 import numpy as np
 from tqdm import tqdm
 
@@ -23,7 +26,6 @@ try:  # requirements-extra.txt; main() says so when they are missing
 except ModuleNotFoundError:
     datasets = pc = None
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
 import datafiles
 import process

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the script as one in main does)
+
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 import configurator
 import datafiles
 import process
