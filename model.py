@@ -252,8 +252,9 @@ def rope_tables(pos: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Te
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, nh, T, hd) pairwise: dimension i with i + hd/2 (the "rotate half" layout of GPT-NeoX/LLaMA),
-    by the angles of its position: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin); cos, sin from rope_tables."""
+    """Rotate x (..., hd) pairwise: dimension i with i + hd/2 (the "rotate half" layout of GPT-NeoX/LLaMA), by the
+    angles of its position: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin); cos, sin from rope_tables, shaped to
+    broadcast over x: (T, hd) for x (B, nh, T, hd), (T, 1, hd) for x (B, T, nh, hd)."""
     xf = x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     return (xf * cos + torch.cat((x2, x1), dim=-1) * sin).type_as(x)  # fewer eager kernels than a rotate_half
@@ -311,17 +312,20 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split([nh * hd, nkv * hd, nkv * hd], dim=2)
         if value_embed is not None:  # in the values' dtype (bfloat16 under autocast), as SDPA wants q, k, v alike
             v = v + value_embed.to(v.dtype)
-        q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, nkv, hd).transpose(1, 2)
+        # q and k are normalised and rotated as the projection wrote them, (B, T, heads, hd), each head's vector
+        # contiguous, and only then seen as (B, heads, T, hd): the compiled kernels read and write whole rows
+        q = q.view(B, T, nh, hd)
+        k = k.view(B, T, nkv, hd)
         if self.q_norm is not None:  # before the rotation, and before the cache: every path sees normalised keys
             # in float32, as the gains are: under autocast q and k are bfloat16, and RMSNorm on mixed dtypes
             # takes torch's unfused path (with a warning) and returns float32
             q = self.q_norm(q.float()).type_as(q)
             k = self.k_norm(k.float()).type_as(k)
         if rope is not None:  # rotary positions turn q.k into a function of the distance between tokens
-            q = apply_rope(q, *rope)
-            k = apply_rope(k, *rope)
+            cos, sin = (t.unsqueeze(-2) for t in rope)  # (T, 1, hd): every head of a position turns alike
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, nkv, hd).transpose(1, 2)  # (B, heads, T, hd)
         dropout = self.dropout if self.training else 0.0
         if input_pos is None and self.band is None:  # flash / memory-efficient kernels where the device has
             # them, the math fallback on the CPU
