@@ -25,6 +25,7 @@ import starting  # noqa: F401 (first: a Ctrl-C during the imports below ends the
 import contextlib
 import errno
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -222,7 +223,7 @@ def write_file(ckpt: dict[str, Any], path: str) -> None:
         try:
             torch.save(ckpt, f)
         except RuntimeError as e:  # torch's zip writer reports a short write (a full disk) as a RuntimeError
-            raise OSError(errno.EIO, f"the write stopped short; is the disk full? ({str(e).splitlines()[0]})") from None
+            raise OSError(errno.EIO, short_write(e)) from None
         f.flush()
         os.fsync(f.fileno())
 
@@ -239,7 +240,15 @@ def reason(e: BaseException) -> str:
         e = next(iter(failures.values()))[0]
     if getattr(e, "strerror", None):
         return e.strerror
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    first = str(e).splitlines()[0] if str(e) else ""
+    if isinstance(e, RuntimeError) and "inline_container" in first:  # a sharded save's writer, short of room
+        return short_write(e)
+    return f"{type(e).__name__}: {first}"
+
+
+def short_write(e: RuntimeError) -> str:
+    """torch's zip writer's error for a write that did not complete (its C++ check's words), as what it means."""
+    return f"the write stopped short; is the disk full? ({str(e).splitlines()[0]})"
 
 
 def dcp_errors() -> tuple[type[BaseException], ...]:
@@ -536,6 +545,10 @@ def corrupt(path: str, e: BaseException) -> str:
     if held is not None:
         return (f"out_dir {out_dir} is in use by another run ({held}), which was writing its checkpoints as they "
                 "were read: wait for it to end, or choose another out_dir")
+    named = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(e), re.I)  # torch.load(weights_only)'s
+    if isinstance(e, pickle.UnpicklingError) and named:  # refusal of a name, not damage
+        return (f"refusing to load {path}: it names {named[1]}, which a checkpoint never holds (a file from "
+                "elsewhere, or a crafted one); nothing in it was run")
     return f"checkpoint {path} is corrupt or truncated ({reason(e)})"
 
 

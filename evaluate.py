@@ -164,9 +164,10 @@ def read_hellaswag(path: str) -> list[HellaSwagExample]:
             ctx, endings, label = row["ctx"], row["endings"], row["label"]
         except (json.JSONDecodeError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
             raise UserError(f"{path} line {n}: not a HellaSwag example (JSON with ctx, endings, label)") from None
-        if not (isinstance(ctx, str) and isinstance(endings, list) and len(endings) == 4 and
-                all(isinstance(e, str) for e in endings) and label in range(4) and isinstance(label, int)):
-            raise UserError(f"{path} line {n}: ctx must be text, endings four texts and label 0 to 3")
+        # type(label) is int: JSON's true would pass as 1; an empty context or ending has no token to score
+        if not (isinstance(ctx, str) and ctx and isinstance(endings, list) and len(endings) == 4 and
+                all(isinstance(e, str) and e for e in endings) and type(label) is int and label in range(4)):
+            raise UserError(f"{path} line {n}: ctx must be text, endings four texts (none empty) and label 0 to 3")
         examples.append(HellaSwagExample(ctx, tuple(endings), label))
     if not examples:
         raise UserError(f"{path} holds no HellaSwag examples")

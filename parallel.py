@@ -114,6 +114,17 @@ def setup(device: str, backend: str, tensor_parallel: int, fsdp: bool, accum: in
     return Layout(rank, local_rank, world, resolved, distributed=True, tp=tp, mesh=mesh)
 
 
+@contextlib.contextmanager
+def alike_everywhere() -> Any:
+    """Checks that every process makes alike before the process group exists (the settings, the layout, the
+    data's meta file): if they refuse, rank 0 says why and the others stop silently, rather than every process
+    printing the same line."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(str(e) if os.environ.get("RANK", "0") == "0" else "") from None
+
+
 def refuse_together(layout: Layout, check: Callable[..., None], *args: Any) -> None:
     """Run a check that every process makes alike; if it refuses, every process stops, and rank 0 says why."""
     try:

@@ -254,9 +254,11 @@ def main(argv: list[str]) -> dict[str, list]:
     """Train as the settings say; returns the history of training and evaluation losses."""
     launched = time.perf_counter()
     process.end_with_launcher()  # a torchrun worker never outlives its launcher
-    cfg, changes = load_settings(argv)
-    check_settings(cfg)
-    layout = parallel.setup(cfg.device, cfg.backend, cfg.tensor_parallel, cfg.fsdp, cfg.gradient_accumulation_steps)
+    with parallel.alike_everywhere():
+        cfg, changes = load_settings(argv)
+        check_settings(cfg)
+        layout = parallel.setup(cfg.device, cfg.backend, cfg.tensor_parallel, cfg.fsdp,
+                                cfg.gradient_accumulation_steps)
     if changes and layout.master:
         print(changes)
     parallel.refuse_together(layout, microbatch.check, cfg.micro_batch, cfg.batch_size,
@@ -266,7 +268,8 @@ def main(argv: list[str]) -> dict[str, list]:
         parallel.refuse_together(layout, parallel.check_run, layout, dtype, cfg.fsdp, cfg.tensor_parallel, cfg.fp8)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     runtime.enable_tf32(layout.device)
-    meta = source.data_meta(cfg.data_dir, cfg.preset, cfg.dry_run)
+    with parallel.alike_everywhere():
+        meta = source.data_meta(cfg.data_dir, cfg.preset, cfg.dry_run)
     model, ckpt = model_to_train(cfg, layout, meta, dtype)
     if cfg.dry_run:  # the batch arithmetic and memory estimate; what the run itself needs refused as it would be
         print(accounting.dry_run(model.config, cfg.batch_size, cfg.gradient_accumulation_steps, layout.dp_world,
@@ -516,6 +519,8 @@ def check_settings(cfg: TrainConfig) -> None:
     for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be at least 0, got {getattr(cfg, name)}")
+    if cfg.target_val_loss is not None and not cfg.target_val_loss > 0:  # a cross-entropy is never below 0
+        raise UserError(f"target_val_loss must be above 0 (a loss a run can reach), got {cfg.target_val_loss}")
     for name in ("max_skipped_steps", "sample_interval", "hellaswag_interval"):  # 0: never
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be at least 0 (0: never), got {getattr(cfg, name)}")

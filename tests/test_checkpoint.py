@@ -167,6 +167,15 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatc
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_sharded_save_short_of_room_says_so():
+    # DCP gathers each process's failure into a CheckpointException; its writer's short write is torch's zip error
+    from torch.distributed.checkpoint.api import CheckpointException
+    error, says = FULL_DISK["torch"]
+    failed = CheckpointException("save failed", {1: (error, None)})
+    assert re.fullmatch(rf"could not write a checkpoint to out/ckpt\.dcp \({says}\); there is none yet",
+                        checkpoint.save_failed("out/ckpt.dcp", failed))
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ({"weights": torch.ones(2)}, "is not one of ours: missing model_args, iter_num"),
     ([1, 2, 3], "is not one of ours: missing model_args, iter_num"),

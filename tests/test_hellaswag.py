@@ -42,12 +42,16 @@ def test_the_reader_takes_the_datasets_own_lines():
     assert (examples[0].ctx, list(examples[0].endings)) == (first["ctx"], first["endings"])
 
 
+BAD_FIELDS = "line 2: ctx must be text, endings four texts (none empty) and label 0 to 3"
+
+
 @pytest.mark.parametrize(("line", "message"), [
     ("not json", "line 2: not a HellaSwag example (JSON with ctx, endings, label)"),
-    ('{"ctx": "a", "endings": ["b", "c", "d"], "label": 0}', "line 2: ctx must be text, endings four texts and "
-                                                             "label 0 to 3"),
-    ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 4}', "line 2: ctx must be text, endings four texts "
-                                                                  "and label 0 to 3"),
+    ('{"ctx": "a", "endings": ["b", "c", "d"], "label": 0}', BAD_FIELDS),
+    ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 4}', BAD_FIELDS),
+    ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": true}', BAD_FIELDS),  # JSON's true is not 1
+    ('{"ctx": "", "endings": ["", "", "", ""], "label": 0}', BAD_FIELDS),  # nothing to score: no free point
+    ('{"ctx": "a", "endings": ["b", "", "d", "e"], "label": 0}', BAD_FIELDS),
     ("[" * 100_000 + "]" * 100_000, "line 2: not a HellaSwag example (JSON with ctx, endings, label)"),  # too deep
 ])
 def test_a_line_that_is_not_an_example_is_one_line(tmp_path: Path, line: str, message: str):

@@ -112,6 +112,20 @@ def test_accumulation_that_processes_cannot_share_is_said_once_by_rank_0(char_da
     assert run_main(train, flags) == (2, "", expected)
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+@pytest.mark.parametrize(("flag", "message"), [({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+                                                ({"target_val_loss": 0}, "target_val_loss must be above 0")])
+def test_a_setting_every_process_refuses_is_said_once_by_rank_0(char_data: CharData, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, rank: str,
+                                                                flag: dict, message: str):
+    for key, value in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(parallel.dist, "init_process_group", lambda **kwargs: pytest.fail("a process group was made"))
+    code, out, err = run_main(train, tiny_flags(char_data, tmp_path / "out", backend="gloo", **flag))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: {message}") if rank == "0" else err == ""  # rank 1 silent: rank 0 says it
+
+
 def test_a_check_every_process_makes_is_refused_together_rank_0_saying_why():
     def refuse(what: str) -> None:
         raise UserError(f"{what} is wrong")
