@@ -72,6 +72,8 @@ def table(model: GPT, dtype: torch.dtype | None = None, optimizer: str = "adamw"
     counts["norms"] = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[-2:][0].startswith("ln_"))
     if model.skip_weights is not None:
         counts["U-net skip weights"] = model.skip_weights.numel()
+    if model.x0_lambdas is not None:
+        counts["x0 mixing weights"] = model.resid_lambdas.numel() + model.x0_lambdas.numel()
     tied = model.lm_head.weight is t.wte.weight
     counts["head (tied to the token embedding)" if tied else "head"] = 0 if tied else model.lm_head.weight.numel()
     total = model.get_num_params(non_embedding=False)

@@ -35,7 +35,7 @@ HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", 
 GPT2_REQUIRES: dict[str, Any] = {
     "norm": "layernorm", "post_norm": False, "mlp": "gelu", "pos_emb": "learned", "parallel_block": False,
     "tie_embeddings": True, "attn_pattern": "dense", "qk_norm": False, "logit_softcap": None, "embed_norm": False,
-    "attn_scale": None, "unet_skips": False, "value_embeds": 0,
+    "attn_scale": None, "unet_skips": False, "value_embeds": 0, "x0_mix": False,
     "n_kv_head": (lambda c: c.kv_heads == c.n_head, "n_head"),
     "head_size": (lambda c: c.head_dim * c.n_head == c.n_embd, "n_embd // n_head"),
     "mlp_hidden": (lambda c: c.hidden == 4 * c.n_embd, "4 * n_embd"),
@@ -45,7 +45,7 @@ GPT2_REQUIRES: dict[str, Any] = {
 LLAMA_REQUIRES: dict[str, Any] = {
     "norm": "rmsnorm", "post_norm": False, "mlp": "swiglu", "pos_emb": "rope", "parallel_block": False,
     "attn_pattern": "dense", "qk_norm": False, "logit_softcap": None, "embed_norm": False, "attn_scale": None,
-    "unet_skips": False, "value_embeds": 0,
+    "unet_skips": False, "value_embeds": 0, "x0_mix": False,
 }
 EXPORT_TARGETS = {"GPT-2": GPT2_REQUIRES, "Llama": LLAMA_REQUIRES}  # the first that fits is the one written
 # Llama's name of each of our per-layer modules; a fused one (c_attn: q, k, v; SwiGLU's c_fc: gate, up) has a name

@@ -2,8 +2,8 @@
 switches of its family: GPT-1's post-norm, RMSNorm, SwiGLU, rotary positions, grouped-query attention, a head
 size of its own, GPT-3's alternating dense and locally banded attention, PaLM's parallel block, untied embeddings;
 and the tricks of recent small-model training: query-key normalisation, a squared-ReLU MLP, soft-capped logits,
-zero-initialised residual projections, a normalised embedding, an attention scale of one's own, U-net skips and
-value embeddings.
+zero-initialised residual projections, a normalised embedding, an attention scale of one's own, U-net skips,
+value embeddings and x0 mixing.
 
 Read top to bottom in GPT-2's order: the config and its presets, norms and positions, attention, MLP, Block, head, GPT.
 Decoding with a KV cache lives in generate.py, the optimizers in optim.py; this file holds the network only and
@@ -16,7 +16,7 @@ Shazeer 2019 / Ainslie et al. 2023 (multi-/grouped-query attention), Brown et al
 blocks, no biases), Kaplan et al. 2020 / PaLM appendix B (FLOPs per token for MFU), Henry et al. 2020 and
 Dehghani et al. 2023 (query-key normalisation), So et al. 2021 (Primer: squared ReLU), Gemma Team 2024 (Gemma 2:
 soft-capped logits), Jordan et al. 2024 (modded-nanogpt: zero-initialised projections, soft caps, ReLU^2, the
-embedding's norm, U-net skips, value embeddings).
+embedding's norm, U-net skips, value embeddings, x0 mixing).
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ class GPTConfig:
     # first n_layer // 2 (block i's output goes into block n_layer - 1 - i), times a learned weight that starts at 1
     value_embeds: int = 0  # k > 0: k embedding tables, each adding a vector per token to the attention values of
     # block i and of its mirror n_layer - 1 - i, for i < k (at most n_layer // 2)
+    x0_mix: bool = False  # each block's input is a * x + b * x0, x0 the first block's input, a and b learned per
+    # block (starting at 1 and 0: the model as without it)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -209,6 +211,7 @@ class ModelSettings:
     attn_scale: float | None = None  # the attention scores' scale; None: 1 / sqrt(head size)
     unet_skips: bool | None = None  # U-net skips: the last n_layer // 2 blocks add their mirror's output, weighted
     value_embeds: int | None = None  # k embedding tables added to the values of the first k blocks and their mirrors
+    x0_mix: bool | None = None  # each block's input a * x + b * x0 (x0: the first block's input), a and b learned
     vocab_multiple: int = 64  # pad the vocabulary to a multiple of this (faster matmuls); 1: no padding
 
     def model_fields(self) -> dict[str, Any]:
@@ -483,6 +486,9 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(modules)
         # U-net skips (modded-nanogpt): the weight of each mirror's output, all 1 at first
         self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2)) if config.unet_skips else None
+        # x0 mixing (modded-nanogpt): per block, the weight of the residual stream and of the first block's input
+        self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer)) if config.x0_mix else None
+        self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer)) if config.x0_mix else None
         self.lm_head = LMHead(config.n_embd, config.vocab_size, config.logit_softcap)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf 2017), as GPT-2 does
@@ -529,14 +535,25 @@ class GPT(nn.Module):
         """idx (B, T) -> the final hidden states (B, T, C), the input of lm_head. With input_pos (T,), the
         positions of idx in the window, attention extends the KV cache (generate.setup_cache) and reads its
         first `span` positions (None: all of them; span must lie past every input_pos)."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
+        x, rope, mask = self.embed(idx, input_pos, span)
+        x = self.run_blocks(x, idx, rope, input_pos, mask)
+        if "ln_f" in self.transformer:
+            x = self.transformer.ln_f(x)
+        return x
+
+    def embed(self, idx: torch.Tensor, input_pos: torch.Tensor | None, span: int | None
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        """The first block's input (B, T, C): the token embeddings (normalised with embed_norm), plus learned
+        positions; and what attention needs of the positions: the rotary tables, and through the cache the mask
+        (T, span) added to its scores, 0 where a key is visible and -inf where it is not."""
         cfg = self.config
         T = idx.size(1)
-        if T > cfg.block_size:
-            raise ValueError(f"sequence of length {T} exceeds block_size {cfg.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         if "ln_e" in self.transformer:
             x = self.transformer.ln_e(x)
-        tables = [table(idx) for table in self.transformer.ve] if "ve" in self.transformer else []
         mask = None
         if input_pos is None:
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
@@ -551,12 +568,22 @@ class GPT(nn.Module):
         elif cfg.pos_emb == "rope":
             rope = (self.rope_cos[:T], self.rope_sin[:T]) if input_pos is None else (self.rope_cos[pos],
                                                                                      self.rope_sin[pos])
-        x = self.transformer.drop(x)
+        return self.transformer.drop(x), rope, mask
+
+    def run_blocks(self, x: torch.Tensor, idx: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                   input_pos: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """The blocks in turn from their input x (B, T, C), joined as the switches say: U-net skips, x0 mixing,
+        and the value embeddings of the tokens idx."""
+        cfg = self.config
+        tables = [table(idx) for table in self.transformer.ve] if "ve" in self.transformer else []
+        x0 = x
         skips = []  # U-net: the first half's outputs, for their mirrors in the second half
         for i, block in enumerate(self.transformer.h):
             mirror = cfg.n_layer - 1 - i
             if self.skip_weights is not None and mirror < len(skips):
                 x = x + self.skip_weights[mirror] * skips[mirror]
+            if self.x0_lambdas is not None:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             table = cfg.value_table(i)
             value_embed = None if table is None else tables[table]
             if self.activation_checkpointing and self.training:  # keep block inputs only, recompute the rest
@@ -566,8 +593,6 @@ class GPT(nn.Module):
                 x = block(x, rope, input_pos, mask, value_embed)
             if self.skip_weights is not None and i < len(self.skip_weights):
                 skips.append(x)
-        if "ln_f" in self.transformer:
-            x = self.transformer.ln_f(x)
         return x
 
     def get_num_params(self, non_embedding: bool = True) -> int:

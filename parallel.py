@@ -199,10 +199,10 @@ def check_sizes(config: GPTConfig, tp: int) -> None:
             raise UserError(f"tensor_parallel={tp} must divide {name} ({size})")
     if config.qk_norm and tp > 1:  # its gains see only this process's heads: their gradient would be a part
         raise UserError(f"qk_norm=True with tensor_parallel={tp} is not supported: train it with FSDP or DDP")
-    # the skip weights would be replicated tensors mixed with the blocks' local outputs, the value tables would need
-    # the values' split by heads: neither is built
-    for name, on in (("unet_skips=True", config.unet_skips), (f"value_embeds={config.value_embeds}",
-                                                            config.value_embeds)):
+    # the skip and mixing weights would be replicated tensors mixed with the blocks' local outputs, the value tables
+    # would need the values' split by heads: none of them is built
+    for name, on in (("unet_skips=True", config.unet_skips), ("x0_mix=True", config.x0_mix),
+                     (f"value_embeds={config.value_embeds}", config.value_embeds)):
         if on and tp > 1:
             raise UserError(f"{name} with tensor_parallel={tp} is not supported: train it with FSDP or DDP")
 

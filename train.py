@@ -298,7 +298,8 @@ def main(argv: list[str]) -> dict[str, list]:
         run = start_run(cfg, layout, meta, model, ckpt, dtype, launched, held)
         del ckpt  # free its memory before training
         train(run)
-    if layout.distributed:
+    if layout.distributed:  # every process past its last collective before any closes the group: one that closed
+        dist.barrier()  # while another still sent could abort its exit
         dist.destroy_process_group()
     return run.history
 

@@ -115,10 +115,11 @@ def test_incompatibilities_name_the_setting():
     assert hf.incompatibilities(switches) == [  # zero_init_proj is an init only: GPT-2 takes its weights
         "mlp='relu2' (GPT-2 needs 'gelu')", "qk_norm=True (GPT-2 needs False)",
         "logit_softcap=30.0 (GPT-2 needs None)"]
-    modded = dataclasses.replace(config, embed_norm=True, attn_scale=0.12, unet_skips=True, value_embeds=1)
+    modded = dataclasses.replace(config, embed_norm=True, attn_scale=0.12, unet_skips=True, value_embeds=1,
+                                 x0_mix=True)
     assert hf.incompatibilities(modded) == [
         "embed_norm=True (GPT-2 needs False)", "attn_scale=0.12 (GPT-2 needs None)",
-        "unet_skips=True (GPT-2 needs False)", "value_embeds=1 (GPT-2 needs 0)"]
+        "unet_skips=True (GPT-2 needs False)", "value_embeds=1 (GPT-2 needs 0)", "x0_mix=True (GPT-2 needs False)"]
 
 
 def test_to_hf_computes_what_a_model_without_a_qkv_bias_computes():

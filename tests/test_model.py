@@ -86,7 +86,7 @@ ARCHS: dict[str, dict[str, Any]] = {
     "relu2_softcap": {"mlp": "relu2", "logit_softcap": 0.1},  # a cap that the logits at init (~0.1) reach
     # modded-nanogpt's: the embedding's norm, a scale of its own, U-net skips and value embeddings on every path
     "modded": {"embed_norm": True, "attn_scale": 0.12, "unet_skips": True, "value_embeds": 1, "qk_norm": True,
-               "pos_emb": "rope", "norm": "rmsnorm", "n_kv_head": 2},
+               "pos_emb": "rope", "norm": "rmsnorm", "n_kv_head": 2, "x0_mix": True},
     "modded_banded_parallel": {"attn_pattern": "alternating", "window_size": 8, "attn_scale": 0.3,
                                "value_embeds": 1, "unet_skips": True, "parallel_block": True, "embed_norm": True},
 }
@@ -853,6 +853,24 @@ def test_unet_skips_add_each_mirror_s_output_times_its_weight():
     assert model.skip_weights.grad.abs().min() > 0  # both weights learn
 
 
+def test_x0_mix_gives_each_block_a_weighted_sum_of_the_stream_and_the_first_input():
+    model = build("gpt2", x0_mix=True, n_layer=3)
+    plain = build("gpt2", n_layer=3)
+    idx = random_ids(2, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], plain(idx)[0])  # a = 1, b = 0 at first: the model without it
+        model.resid_lambdas.copy_(torch.tensor([0.5, 1.5, -1.0]))
+        model.x0_lambdas.copy_(torch.tensor([2.0, -0.3, 0.7]))
+        b = model.transformer.h
+        x0 = model.transformer.wte(idx) + model.transformer.wpe.weight[:9]
+        h0 = b[0](0.5 * x0 + 2.0 * x0)
+        h1 = b[1](1.5 * h0 - 0.3 * x0)
+        h2 = b[2](-1.0 * h1 + 0.7 * x0)
+        torch.testing.assert_close(model(idx)[0], model.lm_head(model.transformer.ln_f(h2)))
+    model(idx, random_ids(2, 9, seed=1))[1].backward()
+    assert model.x0_lambdas.grad.abs().min() > 0 and model.resid_lambdas.grad.abs().min() > 0
+
+
 def test_value_embeds_add_a_vector_per_token_to_the_values_of_a_block_and_its_mirror():
     model = build("gpt2", value_embeds=1, n_layer=3, n_kv_head=2)
     assert [model.config.value_table(i) for i in range(3)] == [0, None, 0]
@@ -883,22 +901,23 @@ def test_value_embeds_add_a_vector_per_token_to_the_values_of_a_block_and_its_mi
 
 def test_value_embeds_are_embeddings_in_the_counts_and_refused_past_half_the_layers():
     base = {"vocab_size": 1000, "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 64, "n_kv_head": 2}
-    plain, valued = meta_model(**base), meta_model(**base, value_embeds=2, unet_skips=True)
+    plain, valued = meta_model(**base), meta_model(**base, value_embeds=2, unet_skips=True, x0_mix=True)
     assert valued.get_num_params(non_embedding=False) - plain.get_num_params(non_embedding=False) == \
-        2 * 1000 * 2 * 16 + 2  # two tables of 1000 rows of 32 (2 heads of 16), and two skip weights
-    assert valued.get_num_params() - plain.get_num_params() == 2  # looked up: not in the FLOPs' N
-    assert accounting.non_embedding_params(valued) - accounting.non_embedding_params(plain) == 2
+        2 * 1000 * 2 * 16 + 2 + 8  # two tables of 1000 rows of 32 (2 heads of 16), 2 skip weights, 2 x 4 mixing
+    assert valued.get_num_params() - plain.get_num_params() == 10  # the tables are looked up: not in the FLOPs' N
+    assert accounting.non_embedding_params(valued) - accounting.non_embedding_params(plain) == 10
     rows = {line.rsplit(None, 1)[0].strip(): line.split()[-1] for line in accounting.table(valued).splitlines()
             if line.strip()}
-    assert (rows["value embeddings"], rows["U-net skip weights"]) == ("64,000", "2")
+    assert (rows["value embeddings"], rows["U-net skip weights"], rows["x0 mixing weights"]) == ("64,000", "2", "8")
     with pytest.raises(ValueError, match=re.escape("value_embeds must be in [0, n_layer // 2 = 2], got 3")):
         GPTConfig(**base, value_embeds=3)
     with pytest.raises(ValueError, match="attn_scale must be a positive number"):
         GPTConfig(**base, attn_scale=0.0)
 
 
-def test_tensor_parallelism_refuses_skips_and_value_embeds_in_one_line():
-    for switch, name in (({"unet_skips": True}, "unet_skips=True"), ({"value_embeds": 1}, "value_embeds=1")):
+def test_tensor_parallelism_refuses_skips_mixing_and_value_embeds_in_one_line():
+    for switch, name in (({"unet_skips": True}, "unet_skips=True"), ({"value_embeds": 1}, "value_embeds=1"),
+                         ({"x0_mix": True}, "x0_mix=True")):
         with pytest.raises(UserError, match=f"^{re.escape(name)} with tensor_parallel=2 is not supported"):
             parallel.check_sizes(config("gpt2", vocab_size=64, **switch), 2)
         parallel.check_sizes(config("gpt2", vocab_size=64, **switch), 1)  # one process: nothing split

@@ -203,7 +203,8 @@ def test_a_muon_run_resumes_exactly(char_data: CharData, tmp_path: Path):
 def test_a_muon_run_with_its_own_rates_and_modded_switches_resumes_exactly(char_data: CharData, tmp_path: Path):
     flags = {"optimizer": "muon", "eval_interval": 3, "learning_rate": 3e-3, "embed_lr": 0.05, "head_lr": 4e-3,
              "muon_weight_decay": 0.05, "tie_embeddings": False, "embed_norm": True, "attn_scale": 0.3,
-             "unet_skips": True, "value_embeds": 1, "norm": "rmsnorm", "pos_emb": "rope", "qk_norm": True}
+             "unet_skips": True, "value_embeds": 1, "x0_mix": True, "norm": "rmsnorm", "pos_emb": "rope",
+             "qk_norm": True}
     whole = train.main(tiny_flags(char_data, tmp_path / "whole", max_iters=6, **flags))
     train.main(tiny_flags(char_data, tmp_path / "half", max_iters=3, **flags))
     shutil.copytree(tmp_path / "half", tmp_path / "resumed")
