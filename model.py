@@ -60,6 +60,7 @@ class GPTConfig:
     qk_norm: bool = False  # RMS-normalise each head's queries and keys (a learned gain per head dimension)
     logit_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma 2); None: as they are
     zero_init_proj: bool = False  # the residual projections (c_proj) start at zero, not GPT-2's scaled normal
+    zero_init_head: bool = False  # an untied output head starts at zero: every first prediction uniform
     embed_norm: bool = False  # normalise the token embeddings (the model's norm) before the first block
     attn_scale: float | None = None  # the attention scores' scale; None: 1 / sqrt(head size)
     unet_skips: bool = False  # U-net skips: the last n_layer // 2 blocks each add the output of its mirror among the
@@ -89,10 +90,17 @@ class GPTConfig:
             raise ValueError("post_norm with parallel_block is not supported: parallel blocks are pre-norm")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self._check_tricks()
+
+    def _check_tricks(self) -> None:
+        """The switches of recent small-model training (soft cap, attention scale, head init, value embeddings)."""
         if self.logit_softcap is not None and not 0.0 < self.logit_softcap < math.inf:
             raise ValueError(f"logit_softcap must be a positive number (or None), got {self.logit_softcap}")
         if self.attn_scale is not None and not 0.0 < self.attn_scale < math.inf:
             raise ValueError(f"attn_scale must be a positive number (or None), got {self.attn_scale}")
+        if self.zero_init_head and self.tie_embeddings:
+            raise ValueError("zero_init_head needs tie_embeddings=False: a tied head is the token embedding, which "
+                             "cannot start at zero")
         if not 0 <= self.value_embeds <= self.n_layer // 2:
             raise ValueError(f"value_embeds must be in [0, n_layer // 2 = {self.n_layer // 2}], "
                              f"got {self.value_embeds}")
@@ -207,6 +215,7 @@ class ModelSettings:
     qk_norm: bool | None = None  # RMS-normalise each head's queries and keys before attention
     logit_softcap: float | None = None  # cap the logits softly: cap * tanh(logits / cap) (Gemma 2 uses 30)
     zero_init_proj: bool | None = None  # the residual projections start at zero: each block starts as the identity
+    zero_init_head: bool | None = None  # an untied output head starts at zero: every first prediction uniform
     embed_norm: bool | None = None  # normalise the token embeddings before the first block
     attn_scale: float | None = None  # the attention scores' scale; None: 1 / sqrt(head size)
     unet_skips: bool | None = None  # U-net skips: the last n_layer // 2 blocks add their mirror's output, weighted
@@ -228,14 +237,14 @@ class ModelSettings:
     def conflicts(self, model_args: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         """(field, the model's value, these settings' value) for each setting that would build another model than
         the one model_args describe: every field a preset resolves to, and every field given. The vocabulary,
-        dropout (which changes no weight) and zero_init_proj (an init, which a loaded model has left behind) may
-        differ; a field model_args lack (saved before it existed) has its default. Raises ValueError as
-        resolve_config does."""
+        dropout (which changes no weight), zero_init_proj and zero_init_head (inits, which a loaded model has left
+        behind) may differ; a field model_args lack (saved before it existed) has its default. Raises ValueError
+        as resolve_config does."""
         asked = asdict(self.resolve()) if self.preset else self.model_fields()
         fields = GPTConfig.__dataclass_fields__
         have = {k: model_args.get(k, fields[k].default) for k in asked}
         return [(k, have[k], v) for k, v in asked.items()
-                if k not in ("vocab_size", "dropout", "zero_init_proj") and have[k] != v]
+                if k not in ("vocab_size", "dropout", "zero_init_proj", "zero_init_head") and have[k] != v]
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -504,6 +513,8 @@ class GPT(nn.Module):
                 torch.nn.init.zeros_(p)  # starts at zero, so a (pre-norm) block starts as the identity
             elif name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init_head:  # modded-nanogpt: the logits start at zero, the loss at log(vocab)
+            torch.nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):

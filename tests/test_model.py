@@ -313,6 +313,7 @@ def test_conflicts_read_a_setting_missing_from_an_older_checkpoint_as_its_defaul
                                                                               ("logit_softcap", None, 30.0)]
     # zero_init_proj is an init: a resumed model keeps the weights it has, whichever init they started from
     assert ModelSettings(zero_init_proj=True).conflicts(TINY_ARGS) == []
+    assert ModelSettings(zero_init_head=True).conflicts(TINY_ARGS) == []
 
 
 # --- the forward pass -----------------------------------------------------------------------------------------------
@@ -851,6 +852,20 @@ def test_unet_skips_add_each_mirror_s_output_times_its_weight():
         torch.testing.assert_close(model(idx)[0], model.lm_head(model.transformer.ln_f(h4)))
     model(idx, random_ids(2, 9, seed=1))[1].backward()
     assert model.skip_weights.grad.abs().min() > 0  # both weights learn
+
+
+def test_zero_init_head_starts_every_prediction_uniform_and_moves_no_other_draw():
+    model, default = build("untied", zero_init_head=True), build("untied")
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, default.state_dict()[k])]
+    assert moved == ["lm_head.weight"] and not model.lm_head.weight.any()
+    idx, targets = random_ids(2, 9), random_ids(2, 9, seed=1)
+    logits, loss = model(idx, targets)
+    assert not logits.any()
+    torch.testing.assert_close(loss, torch.tensor(math.log(VOCAB)))
+    loss.backward()
+    assert model.lm_head.weight.grad.any()  # it learns from the first step
+    with pytest.raises(ValueError, match="zero_init_head needs tie_embeddings=False"):
+        config("gpt2", zero_init_head=True)
 
 
 def test_x0_mix_gives_each_block_a_weighted_sum_of_the_stream_and_the_first_input():
