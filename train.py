@@ -543,14 +543,16 @@ def check_rates(cfg: TrainConfig) -> None:
     if not 0 <= cfg.decay_fraction <= 1 or cfg.muon_lr < 0:
         raise UserError(f"decay_fraction must be in [0, 1] and muon_lr at least 0, got {cfg.decay_fraction} and "
                         f"{cfg.muon_lr}")
-    for name in ("learning_rate", "min_lr", "muon_lr", "embed_lr", "head_lr"):  # a rate above 1 moves a weight by
-        rate = getattr(cfg, name)  # more than 1 a step
+    # a rate above 1 moves a weight by more than 1 a step
+    for name in ("learning_rate", "min_lr", "muon_lr", "embed_lr", "head_lr"):
+        rate = getattr(cfg, name)
         if rate is not None and not 0 <= rate <= 1:
             raise UserError(f"{name} must be in [0, 1], got {rate}")
-    if cfg.muon_weight_decay < 0 or (cfg.optimizer != "muon" and (cfg.embed_lr, cfg.head_lr, cfg.muon_weight_decay)
-                                     != (None, None, 0.0)):
-        raise UserError("embed_lr, head_lr and muon_weight_decay (at least 0) are settings of optimizer=muon: the "
-                        "AdamW recipe keeps nanoGPT's one rate")
+    if cfg.muon_weight_decay < 0:
+        raise UserError(f"muon_weight_decay must be at least 0, got {cfg.muon_weight_decay}")
+    if cfg.optimizer != "muon" and (cfg.embed_lr, cfg.head_lr, cfg.muon_weight_decay) != (None, None, 0.0):
+        raise UserError("embed_lr, head_lr and muon_weight_decay are settings of optimizer=muon: the AdamW recipe "
+                        "keeps nanoGPT's one rate")
     if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
         raise UserError(f"min_lr ({cfg.min_lr}) is above learning_rate ({cfg.learning_rate}): the schedule would "
                         "rise after warmup")

@@ -214,9 +214,11 @@ def test_a_muon_run_with_its_own_rates_and_modded_switches_resumes_exactly(char_
 
 
 def test_the_adamw_recipe_refuses_muon_s_rates_in_one_line(char_data: CharData, tmp_path: Path):
-    with pytest.raises(train.UserError, match=r"^embed_lr, head_lr and muon_weight_decay \(at least 0\) are "
-                                                r"settings of optimizer=muon"):
+    with pytest.raises(train.UserError, match=r"^embed_lr, head_lr and muon_weight_decay are settings of "
+                                                r"optimizer=muon"):
         train.main(tiny_flags(char_data, tmp_path, max_iters=2, embed_lr=0.1))
+    with pytest.raises(train.UserError, match=r"^muon_weight_decay must be at least 0, got -0\.1$"):
+        train.main(tiny_flags(char_data, tmp_path, max_iters=2, optimizer="muon", muon_weight_decay=-0.1))
 
 
 def test_resuming_with_another_optimizer_is_one_line(char_data: CharData, tmp_path: Path):
