@@ -174,7 +174,7 @@ def bench_row(cfg: BenchConfig, model_cfg: GPTConfig, meta: dict[str, Any] | Non
     synchronize(device)
     t1 = time.perf_counter()
     row_name = f"{'compiled' if compiled else 'eager'}_batch{batch_size}"
-    with profiled(cfg.profile, row_name, device):
+    with profiled(cfg.profile if layout.master else "", row_name, device):  # one trace, rank 0's
         for _ in range(cfg.iters):
             loss, _, batch = step(index, batch)
             index += plan.micro_steps

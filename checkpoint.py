@@ -392,9 +392,11 @@ def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
 def restore_run(ckpt: Checkpoint, layout: Layout, model: GPT, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler) -> None:
     """Optimizer (and for a sharded model, the weights), gradient scaler and random state as the checkpoint left
-    them. How the optimizer steps (fused, foreach, capturable) stays this machine's choice: the checkpoint may come
-    from another."""
+    them. The optimizer's state (its moments, its step counts) is the checkpoint's; its groups' settings (rates,
+    decay, betas, and how it steps: fused, foreach, capturable) are this run's, as its settings and this machine
+    give them."""
     how = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
+    settings = [{k: v for k, v in group.items() if k != "params"} | how for group in optimizer.param_groups]
     names = optimizer_names(model, optimizer)
     if layout.sharded:
         restore_shards(ckpt, layout, model, optimizer, names)
@@ -402,10 +404,9 @@ def restore_run(ckpt: Checkpoint, layout: Layout, model: GPT, optimizer: torch.o
         try:
             optimizer.load_state_dict(optimizer_by_position(ckpt.optimizer or {}, names))
         except (ValueError, KeyError, TypeError) as e:  # another tool's optimizer, in another order
-            raise UserError(f"the optimizer state in {ckpt.path} does not fit this run's optimizer ({e}): its weights "
-                            "still sample and export, but cannot be resumed here") from None
-    for group in optimizer.param_groups:
-        group.update(how)  # optim.set_capturable then puts the step counts where these kernels want them
+            raise UserError(not_resumable(ckpt, optimizer, e)) from None
+    for group, mine in zip(optimizer.param_groups, settings, strict=True):
+        group.update(mine)  # optim.set_capturable then puts the step counts where these kernels want them
     header = ckpt.header
     if header.scaler is not None:
         scaler.load_state_dict(header.scaler)
@@ -615,6 +616,20 @@ def load_into(path: str, state: dict[str, Any]) -> None:
         dcp.load(state, storage_reader=reader)
     except dcp_errors() as e:
         raise UserError(unreadable(path, e)) from None
+
+
+def not_resumable(ckpt: Checkpoint, optimizer: torch.optim.Optimizer, e: Exception) -> str:
+    """Why a checkpoint's optimizer state does not load into this run's optimizer: Muon's groups set otherwise
+    (embed_lr and head_lr give the embeddings and an untied head groups of their own), or another optimizer."""
+    saved = (ckpt.optimizer or {}).get("param_groups")
+    if isinstance(saved, list) and len(saved) != len(optimizer.param_groups):
+        config = ckpt.header.config or {}
+        was = ", ".join(f"{k}={config.get(k)}" for k in ("embed_lr", "head_lr"))
+        return (f"the optimizer state in {ckpt.path} has {len(saved)} parameter groups and this run's optimizer "
+                f"{len(optimizer.param_groups)}: embed_lr and head_lr, set or not, decide Muon's groups; resume "
+                f"with them as the run that saved it had them ({was})")
+    return (f"the optimizer state in {ckpt.path} does not fit this run's optimizer ({e}): its weights still sample "
+            "and export, but cannot be resumed here")
 
 
 def optimizer_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

@@ -101,6 +101,8 @@ class GPTConfig:
         if self.zero_init_head and self.tie_embeddings:
             raise ValueError("zero_init_head needs tie_embeddings=False: a tied head is the token embedding, which "
                              "cannot start at zero")
+        if self.unet_skips and self.n_layer < 2:
+            raise ValueError("unet_skips needs at least 2 layers: a block's mirror is another block")
         if not 0 <= self.value_embeds <= self.n_layer // 2:
             raise ValueError(f"value_embeds must be in [0, n_layer // 2 = {self.n_layer // 2}], "
                              f"got {self.value_embeds}")

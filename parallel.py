@@ -121,8 +121,8 @@ def alike_everywhere() -> Any:
     printing the same line."""
     try:
         yield
-    except UserError as e:
-        raise UserError(str(e) if os.environ.get("RANK", "0") == "0" else "") from None
+    except UserError as e:  # together: the others leave after rank 0 has said it (process.leave)
+        raise UserError(str(e) if os.environ.get("RANK", "0") == "0" else "", together=True) from None
 
 
 def refuse_together(layout: Layout, check: Callable[..., None], *args: Any) -> None:

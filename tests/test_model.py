@@ -928,6 +928,8 @@ def test_value_embeds_are_embeddings_in_the_counts_and_refused_past_half_the_lay
         GPTConfig(**base, value_embeds=3)
     with pytest.raises(ValueError, match="attn_scale must be a positive number"):
         GPTConfig(**base, attn_scale=0.0)
+    with pytest.raises(ValueError, match="unet_skips needs at least 2 layers"):
+        GPTConfig(**base | {"n_layer": 1}, unet_skips=True)
 
 
 def test_tensor_parallelism_refuses_skips_mixing_and_value_embeds_in_one_line():

@@ -213,6 +213,36 @@ def test_a_muon_run_with_its_own_rates_and_modded_switches_resumes_exactly(char_
     assert resumed["eval"] == whole["eval"]
 
 
+def test_a_resume_takes_the_rates_and_decay_its_settings_give(char_data: CharData, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    flags = {"optimizer": "muon", "eval_interval": 2, "learning_rate": 1e-2, "tie_embeddings": False,
+             "embed_lr": 0.05, "head_lr": 2e-3}
+    train.main(tiny_flags(char_data, tmp_path, max_iters=2, **flags))
+    built = []
+    real_build = optim.build
+    monkeypatch.setattr(optim, "build", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    changed = flags | {"learning_rate": 1e-3, "muon_lr": 0.05, "embed_lr": 0.2, "head_lr": 4e-3,
+                       "muon_weight_decay": 0.1}
+    train.main(tiny_flags(char_data, tmp_path, max_iters=3, init_from="resume", **changed))
+    groups = built[-1].param_groups  # as the resumed run stepped with them: the schedule's rate times lr_scale
+    assert [g["lr_scale"] for g in groups] == pytest.approx([50.0, 200.0, 4.0, 1.0])  # over learning_rate 1e-3
+    assert groups[0]["weight_decay"] == 0.1 and built[-1].state  # the rates are the run's, the moments the checkpoint's
+
+
+def test_a_resume_with_muon_s_groups_set_otherwise_names_the_settings(char_data: CharData, tmp_path: Path):
+    flags = {"optimizer": "muon", "eval_interval": 2, "learning_rate": 1e-2, "tie_embeddings": False}
+    train.main(tiny_flags(char_data, tmp_path, max_iters=2, **flags, head_lr=2e-3))
+    with pytest.raises(train.UserError, match=r"has 4 parameter groups and this run's optimizer 3: embed_lr and "
+                                                r"head_lr, set or not, decide Muon's groups; resume with them as the "
+                                                r"run that saved it had them \(embed_lr=None, head_lr=0\.002\)$"):
+        train.main(tiny_flags(char_data, tmp_path, max_iters=4, init_from="resume", **flags, head_lr=None))
+
+
+def test_head_lr_with_a_tied_head_is_refused(char_data: CharData, tmp_path: Path):
+    with pytest.raises(train.UserError, match=r"^head_lr needs an untied head \(tie_embeddings=False\)"):
+        train.main(tiny_flags(char_data, tmp_path, max_iters=2, optimizer="muon", head_lr=1e-3))
+
+
 def test_the_adamw_recipe_refuses_muon_s_rates_in_one_line(char_data: CharData, tmp_path: Path):
     with pytest.raises(train.UserError, match=r"^embed_lr, head_lr and muon_weight_decay are settings of "
                                                 r"optimizer=muon"):
