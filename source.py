@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -100,6 +100,13 @@ def for_training(settings: ModelSettings, init_from: str, out_dir: str, optimize
         return ckpt.build_model(dropout=settings.dropout), ckpt
     if meta["tokenizer"] != "gpt2":
         raise UserError(f"{init_from} needs GPT-2 BPE data, {data_dir} has {meta['tokenizer']} tokens")
+    # OpenAI's weights come as they are: a setting that would build another model is refused, not dropped (a
+    # shorter block_size crops the positions)
+    asked = [c for c in settings.conflicts(asdict(resolve_config(init_from))) if c[0] != "block_size"]
+    if asked:
+        k, have, want = asked[0]
+        raise UserError(f"init_from={init_from} is OpenAI's model as it is ({k}={have!r}), the settings ask for "
+                        f"{k}={want!r}: drop it, or train from scratch")
     if dry_run:  # the same shapes as OpenAI's weights, without downloading them
         with torch.device("meta"):
             model = GPT(resolve_config(init_from, dropout=settings.dropout))

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import checkpoint
+import source
 from configurator import UserError
 from conftest import Trained
+from model import ModelSettings
 from source import Source, check_tokens
+from tokenizer import GPT2_META
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:
@@ -78,3 +81,18 @@ def test_data_of_other_tokens_is_refused(kind: str, chars: str | None, meta: dic
                                                      ("gpt2", None, {"tokenizer": "gpt2"})])
 def test_data_of_the_same_tokens_passes(kind: str, chars: str | None, meta: dict):
     check_tokens(kind, chars, meta, "D", "resume on")  # raises nothing
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"value_embeds": 2}, "value_embeds=0), the settings ask for value_embeds=2"),
+    ({"tie_embeddings": False}, "tie_embeddings=True), the settings ask for tie_embeddings=False"),
+    ({"n_layer": 6}, "n_layer=12), the settings ask for n_layer=6")])
+def test_gpt2_s_weights_refuse_settings_that_would_build_another_model(flags: dict, message: str):
+    settings = ModelSettings(**flags)
+    with pytest.raises(UserError, match=rf"^init_from=gpt2 is OpenAI's model as it is \({re.escape(message)}: drop "
+                                        r"it, or train from scratch$"):
+        source.for_training(settings, "gpt2", "out", "adamw", dict(GPT2_META), "data/x", torch.device("cpu"),
+                            lambda config: None, dry_run=True)
+    shorter = source.for_training(ModelSettings(block_size=256, dropout=0.1), "gpt2", "out", "adamw",
+                                  dict(GPT2_META), "data/x", torch.device("cpu"), lambda config: None, dry_run=True)
+    assert (shorter[0].config.block_size, shorter[0].config.dropout) == (256, 0.1)  # cropped: still GPT-2's weights
