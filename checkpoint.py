@@ -622,7 +622,7 @@ def not_resumable(ckpt: Checkpoint, optimizer: torch.optim.Optimizer, e: Excepti
     """Why a checkpoint's optimizer state does not load into this run's optimizer: Muon's groups set otherwise
     (embed_lr and head_lr give the embeddings and an untied head groups of their own), or another optimizer."""
     saved = (ckpt.optimizer or {}).get("param_groups")
-    if isinstance(saved, list) and len(saved) != len(optimizer.param_groups):
+    if ckpt.header.optimizer == "muon" and isinstance(saved, list) and len(saved) != len(optimizer.param_groups):
         config = ckpt.header.config or {}
         was = ", ".join(f"{k}={config.get(k)}" for k in ("embed_lr", "head_lr"))
         return (f"the optimizer state in {ckpt.path} has {len(saved)} parameter groups and this run's optimizer "
