@@ -23,20 +23,27 @@ class BatchSource(Protocol):
     def get(self, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+ORDERS = ("random", "shuffled")
+
+
 class Batches:
     """Random sequences (x, y = x shifted by one) of a token file. Batch k is a pure function of (seed, k), so the
     sampler's whole state is the index of the next batch: resuming, or splitting batches across data-parallel ranks,
     gives exactly the batches an unbroken single process would see.
 
-    The sequences form one stream, drawn `group` at a time (group g is a function of (seed, g)); batch k is its
-    sequences k * batch_size onwards. The group is the recipe's batch_size: a run that splits its steps into other
-    micro-batches (train.py's micro_batch) reads the same sequences, in the same order, as one that does not.
+    The sequences form one stream; batch k is its sequences k * batch_size onwards. order="random" (nanoGPT's)
+    starts each at a random token, drawn `group` at a time (group g is a function of (seed, g)); the group is the
+    recipe's batch_size, so a run that splits its steps into other micro-batches (train.py's micro_batch) reads the
+    same sequences, in the same order, as one that does not. order="shuffled" cuts the file into windows of
+    block_size + 1 tokens (overlapping by one, each epoch from a random offset of its own) and reads them in a
+    random order, each once an epoch: no sequence comes twice before every other has come (a short run on a small
+    corpus sees more of it), sequence j a function of (seed, j).
 
     Rows are read with seek + fromfile from one open file handle: an np.memmap held for the whole run makes
     resident memory grow with every page touched, and reopening one per batch costs a mapping each time."""
 
     def __init__(self, path: str, dtype: str, block_size: int, batch_size: int, vocab_size: int, seed: int,
-                 group: int | None = None) -> None:
+                 group: int | None = None, order: str = "random") -> None:
         if not os.path.isfile(path):
             raise UserError(f"{path} not found: run python {os.path.join(os.path.dirname(path), 'prepare.py')}")
         self.dtype = np.dtype(dtype)
@@ -54,6 +61,8 @@ class Batches:
         self.group = group or batch_size
         self.vocab_size = vocab_size
         self.seed = seed
+        self.order = order
+        self.epochs: dict[int, tuple[np.ndarray, int]] = {}  # order="shuffled": the window order and offset of each
         if self.dtype == np.uint16 and wider_ids(path):
             raise UserError(f"{path} looks like uint32 token ids (every other uint16 is 0), but its meta.json says "
                             "uint16: prepare the data again, or set its dtype to uint32")
@@ -64,11 +73,29 @@ class Batches:
 
     def read(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch k on the CPU: x, y of shape (batch_size, block_size), int64."""
+        if self.order == "shuffled":
+            return self.rows(self.shuffled_starts(np.arange(k * self.batch_size, (k + 1) * self.batch_size)))
         first, G = k * self.batch_size, self.group
         groups = range(first // G, (first + self.batch_size - 1) // G + 1)
         starts = np.concatenate([np.random.default_rng((self.seed, g)).integers(0, self.n_tokens - self.block_size,
                                                                                 size=G) for g in groups])
         return self.rows(starts[first - groups[0] * G:][:self.batch_size])
+
+    def shuffled_starts(self, sequences: np.ndarray) -> np.ndarray:
+        """The first token of each of these sequences of the stream (order="shuffled"): sequence j is window
+        perm_e[j mod W] of epoch e = j // W, W windows of block_size tokens after the epoch's offset."""
+        T = self.block_size
+        windows = (self.n_tokens - 1) // T
+        starts = np.empty(len(sequences), dtype=np.int64)
+        for epoch in np.unique(sequences // windows):
+            if epoch not in self.epochs:
+                rng = np.random.default_rng((self.seed, int(epoch)))
+                slack = self.n_tokens - 1 - windows * T  # tokens left over: the offset moves the cuts each epoch
+                self.epochs = {int(epoch): (rng.permutation(windows), int(rng.integers(0, slack + 1)))}
+            perm, offset = self.epochs[int(epoch)]
+            chosen = sequences // windows == epoch
+            starts[chosen] = perm[sequences[chosen] % windows] * T + offset
+        return starts
 
     def rows(self, starts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y for the sequences that begin at these token offsets, one row each."""

@@ -46,7 +46,7 @@ import source
 from checkpoint import Progress
 from configurator import UserError
 from datafiles import bin_path, read_meta
-from dataloader import Batches, EvalBatches
+from dataloader import ORDERS, Batches, EvalBatches
 from evaluate import HellaSwagExample, bytes_per_token, estimate_loss, hellaswag, hellaswag_for_run
 from generate import data_tokenizer, sample_prompts, training_samples
 from metrics import Record, cpu_warning
@@ -95,6 +95,8 @@ class TrainConfig(ModelSettings):
     # data
     dataset: str = "openwebtext"  # the folder under data_root with train.bin, val.bin, meta.json
     data_root: str = "data"  # where the dataset folders are
+    data_order: str = "random"  # random: sequences from random tokens (nanoGPT's); shuffled: the file's windows in
+    # a random order, none twice before every one has come (dataloader.Batches)
     gradient_accumulation_steps: int = 5 * 8  # in total, divided among the data-parallel processes
     batch_size: int = 12  # sequences per micro-batch and process (a step takes batch_size x
     # gradient_accumulation_steps sequences in all, however micro_batch splits them)
@@ -165,7 +167,7 @@ NOT_RESUMED = ("init_from", "out_dir", "overwrite", "eval_only", "dry_run", "tar
                *(name for name in ModelSettings.__dataclass_fields__ if name != "dropout"))
 # settings whose change on a resume makes another run of it (beside the dataset and the sequences per step)
 SCHEDULE = ("learning_rate", "min_lr", "muon_lr", "embed_lr", "head_lr", "muon_weight_decay", "decay_lr",
-            "lr_schedule", "warmup_iters", "lr_decay_iters", "decay_fraction", "max_iters")
+            "lr_schedule", "warmup_iters", "lr_decay_iters", "decay_fraction", "max_iters", "data_order")
 
 
 def load_settings(argv: list[str]) -> tuple[TrainConfig, str | None]:
@@ -491,7 +493,7 @@ def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT
     # micro-batch); ids past the data's vocabulary (the model's padding rows, which mean nothing) refused
     T, vocab, micro = model.config.block_size, meta["vocab_size"], plan.micro
     train_data = Batches(bin_path(cfg.data_dir, "train"), meta["dtype"], T, micro, vocab, cfg.seed,
-                         group=cfg.batch_size)
+                         group=cfg.batch_size, order=cfg.data_order)
     evals = {split: EvalBatches(bin_path(cfg.data_dir, split), meta["dtype"], T, micro, vocab, cfg.eval_iters,
                                 group=cfg.batch_size) for split in ("train", "val")}
     parallel.refuse_together(layout, plan.check_start, progress.batch_pos)
@@ -544,7 +546,8 @@ def check_rates(cfg: TrainConfig) -> None:
     for name in ("beta1", "beta2", "muon_momentum"):
         if not 0 <= getattr(cfg, name) < 1:
             raise UserError(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
-    for name, allowed in (("optimizer", ("adamw", "muon")), ("lr_schedule", ("cosine", "wsd"))):
+    for name, allowed in (("optimizer", ("adamw", "muon")), ("lr_schedule", ("cosine", "wsd")),
+                          ("data_order", ORDERS)):
         if getattr(cfg, name) not in allowed:
             raise UserError(f"{name} must be {' or '.join(allowed)}, got '{getattr(cfg, name)}'")
     if not 0 <= cfg.decay_fraction <= 1 or cfg.muon_lr < 0:

@@ -56,6 +56,33 @@ def test_batches_are_a_function_of_seed_and_index(tmp_path: Path):
     assert not torch.equal(batch(1, 5), batch(2, 5))
 
 
+def test_shuffled_order_reads_every_window_once_an_epoch_in_a_random_order(tmp_path: Path):
+    # 1000 tokens in windows of 16 (+1): 62 windows an epoch, 999 - 62 * 16 = 7 tokens of slack for the offset
+    path = str(counting_file(tmp_path))
+    batches = Batches(path, "uint16", 16, 8, 1000, seed=3, order="shuffled")
+    starts = [int(s) for k in range(31) for s in batches.read(k)[0][:, 0]]  # 248 sequences: 4 epochs
+    for epoch in range(4):
+        mine = starts[62 * epoch:62 * (epoch + 1)]
+        offset = min(mine)
+        assert 0 <= offset <= 7 and sorted(mine) == [offset + 16 * w for w in range(62)]  # each window once
+        assert mine != sorted(mine)  # in a random order
+    assert starts[:62] != starts[62:124]  # each epoch an order of its own
+    x, y = batches.read(0)
+    assert torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) + 1 <= 999  # whole windows, inside the file
+
+
+def test_shuffled_order_is_a_function_of_seed_and_sequence_whatever_the_batch_size(tmp_path: Path):
+    path = str(counting_file(tmp_path))
+    eights = Batches(path, "uint16", 16, 8, 1000, seed=3, order="shuffled")
+    fours = Batches(path, "uint16", 16, 4, 1000, seed=3, order="shuffled")
+    whole = torch.cat([eights.read(k)[0] for k in range(10)])
+    assert torch.equal(torch.cat([fours.read(k)[0] for k in range(20)]), whole)  # micro-batches: the same stream
+    late = Batches(path, "uint16", 16, 8, 1000, seed=3, order="shuffled")
+    assert torch.equal(late.read(9)[0], whole[72:])  # a resume reads what an unbroken run would
+    other = Batches(path, "uint16", 16, 8, 1000, seed=4, order="shuffled")
+    assert not torch.equal(other.read(0)[0], whole[:8])
+
+
 def test_rows_are_the_sequences_at_the_given_offsets(tmp_path: Path):
     x, y = Batches(str(counting_file(tmp_path)), "uint16", 4, 2, 1000, seed=0).rows([7, 0, 990])
     assert x.tolist() == [[7, 8, 9, 10], [0, 1, 2, 3], [990, 991, 992, 993]]

@@ -319,6 +319,18 @@ def test_resume_is_exact(char_data: CharData, tmp_path: Path):
     assert checkpoint.read(str(out_dir)).header.iter_num == 8
 
 
+def test_a_shuffled_data_order_trains_and_resumes_exactly(char_data: CharData, tmp_path: Path):
+    common = {"eval_interval": 3, "data_order": "shuffled", "gradient_accumulation_steps": 2}
+    straight = train.main(tiny_flags(char_data, tmp_path / "straight", max_iters=6, **common))
+    train.main(tiny_flags(char_data, tmp_path / "resumed", max_iters=3, **common))
+    second = train.main(tiny_flags(char_data, tmp_path / "resumed", max_iters=6, init_from="resume", **common))
+    assert second["train_loss"] == straight["train_loss"][3:]
+    randomly = train.main(tiny_flags(char_data, tmp_path / "random", max_iters=6, **common | {"data_order": "random"}))
+    assert randomly["train_loss"][0] != straight["train_loss"][0]  # other sequences
+    with pytest.raises(train.UserError, match=r"^data_order must be random or shuffled, got 'sorted'$"):
+        train.main(tiny_flags(char_data, tmp_path / "bad", max_iters=2, data_order="sorted"))
+
+
 def test_a_checkpoint_resumes_with_this_machines_way_of_stepping(char_data: CharData, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch):
     # saved by the plain AdamW (a CPU), resumed where the fused one steps (a GPU; fused AdamW runs on CPUs too)
