@@ -62,7 +62,8 @@ class Batches:
         self.vocab_size = vocab_size
         self.seed = seed
         self.order = order
-        self.epochs: dict[int, tuple[np.ndarray, int]] = {}  # order="shuffled": the window order and offset of each
+        self.epoch: tuple[int, np.ndarray, int] = (-1, np.empty(0, dtype=np.int64), 0)  # order="shuffled": the
+        # last epoch read, its window order and its offset
         if self.dtype == np.uint16 and wider_ids(path):
             raise UserError(f"{path} looks like uint32 token ids (every other uint16 is 0), but its meta.json says "
                             "uint16: prepare the data again, or set its dtype to uint32")
@@ -88,11 +89,11 @@ class Batches:
         windows = (self.n_tokens - 1) // T
         starts = np.empty(len(sequences), dtype=np.int64)
         for epoch in np.unique(sequences // windows):
-            if epoch not in self.epochs:
+            if self.epoch[0] != epoch:
                 rng = np.random.default_rng((self.seed, int(epoch)))
                 slack = self.n_tokens - 1 - windows * T  # tokens left over: the offset moves the cuts each epoch
-                self.epochs = {int(epoch): (rng.permutation(windows), int(rng.integers(0, slack + 1)))}
-            perm, offset = self.epochs[int(epoch)]
+                self.epoch = (int(epoch), rng.permutation(windows), int(rng.integers(0, slack + 1)))
+            _, perm, offset = self.epoch
             chosen = sequences // windows == epoch
             starts[chosen] = perm[sequences[chosen] % windows] * T + offset
         return starts

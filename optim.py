@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 import parallel
-from model import GPT
+from configurator import UserError
+from model import GPT, GPTConfig
 
 # the quintic Newton-Schulz coefficients of Jordan et al. 2024: they push singular values in (0, 1] into
 # roughly [0.7, 1.2] in five steps, which trains as well as exact orthogonalisation at a fraction of its cost
@@ -188,6 +189,13 @@ def muon_groups(model: GPT, weight_decay: float, muon_lr: float, adam_lr: float,
             groups.append({"params": head, "lr": adam_lr if head_lr is None else head_lr,
                            "weight_decay": weight_decay})
     return [*groups, {"params": [p for _, p in named if p.dim() < 2], "lr": adam_lr, "weight_decay": 0.0}]
+
+
+def check_head_lr(head_lr: float | None, config: GPTConfig) -> None:
+    """Refuse a head rate where there is no head of its own (muon_groups would have nothing to give it)."""
+    if head_lr is not None and config.tie_embeddings:
+        raise UserError("head_lr needs an untied head (tie_embeddings=False): a tied head is the token embedding, "
+                        "which takes embed_lr")
 
 
 def adamw(model: GPT, weight_decay: float, learning_rate: float, betas: tuple[float, float],

@@ -453,18 +453,12 @@ def model_to_train(cfg: TrainConfig, layout: Layout, meta: dict[str, Any],
                                       sharded=layout.sharded and not cfg.dry_run)
     if layout.tp > 1:  # the sizes the split must divide, known now (from the checkpoint, when resuming)
         parallel.refuse_together(layout, parallel.check_sizes, model.config, layout.tp)
-    parallel.refuse_together(layout, check_head_lr, cfg, model.config)
+    parallel.refuse_together(layout, optim.check_head_lr, cfg.head_lr, model.config)
     if layout.dp_rank:  # each data-parallel share its own dropout masks; a tensor-parallel group the same ones
         torch.manual_seed(cfg.seed + layout.dp_rank)
     if layout.master:
         print(accounting.table(model, dtype, cfg.optimizer))
     return model, ckpt
-
-
-def check_head_lr(cfg: TrainConfig, config: Any) -> None:
-    if cfg.head_lr is not None and config.tie_embeddings:
-        raise UserError("head_lr needs an untied head (tie_embeddings=False): a tied head is the token embedding, "
-                        "which takes embed_lr")
 
 
 def start_run(cfg: TrainConfig, layout: Layout, meta: dict[str, Any], model: GPT, ckpt: checkpoint.Checkpoint | None,
