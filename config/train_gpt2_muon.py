@@ -1,7 +1,8 @@
 # GPT-2 124M with a modern recipe: Muon for the blocks' matrices (AdamW for the embeddings, head and gains),
-# LLaMA-style blocks (RMSNorm, rotary positions, no biases, an untied head) with QK-norm, a ReLU^2 MLP, a logit
-# soft-cap and zero-initialised output projections, and a warmup-stable-decay schedule. The model's size and the
-# tokens per step are config/train_gpt2.py's, the baseline it is compared with (docs/results.md).
+# LLaMA-style blocks (RMSNorm, rotary positions, no biases, an untied head) with QK-norm, heads of 128, a ReLU^2
+# MLP, a logit soft-cap, zero-initialised output projections and an RMS-normed token embedding, and a stable rate
+# that decays linearly to zero. The model's width and depth and the tokens per step are config/train_gpt2.py's,
+# the baseline it is compared with; docs/results.md has the ladder of what each part buys.
 # python data/openwebtext/prepare.py
 # torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_muon.py
 
@@ -22,6 +23,8 @@ bias = False
 tie_embeddings = False
 mlp = "relu2"
 qk_norm = True
+n_head = 6  # heads of 128 (768 / 6), as in the ladder of docs/results.md
+embed_norm = True  # the token embedding RMS-normed before the first block
 logit_softcap = 15.0
 zero_init_proj = True
 
@@ -29,15 +32,17 @@ zero_init_proj = True
 optimizer = "muon"
 muon_lr = 0.02
 muon_momentum = 0.95
-learning_rate = 3e-3  # the AdamW part: embeddings, head, gains
+learning_rate = 3e-3  # the AdamW part: head, gains
+embed_lr = 0.02  # the normed embedding's scale does not reach the blocks, so it can take larger steps
 weight_decay = 0.0
 beta1 = 0.9
 beta2 = 0.95
 
-# warmup, a stable rate, then a linear decay to zero over the last 40% of the run
+# no warmup (Muon's orthogonalised steps are bounded from the first), a stable rate, then a linear decay to zero
+# over the last 70% of the run
 lr_schedule = "wsd"
-decay_fraction = 0.4
-warmup_iters = 10
+decay_fraction = 0.7
+warmup_iters = 0
 max_iters = 5000
 min_lr = 0.0
 
