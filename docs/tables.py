@@ -587,7 +587,7 @@ bf16, at commit 82e71da, on the runs' split above (prepared in the first call: d
 same counts). A reduced cost, to fit a ladder in the session's GPU time: 131,072 tokens a step (`--batch_size=8
 --gradient_accumulation_steps=16`) and 100 steps, `python train.py CONFIG --dataset=files --max_iters=100
 --eval_interval=25 --eval_iters=120 --log_interval=25 --always_save_checkpoint=False [FLAGS]` (an evaluation reads
-all of val), one seed (the default), each rung from a1 on adding its flags to those of the rung before it. w0, a0-a3
+all of val), seed 1337 (the default), each rung from a1 on adding its flags to those of the rung before it. w0, a0-a3
 and the reference ran at the same time on the one GPU, then a4-a9, so only the steps compare. The reference is
 modded-nanogpt's simple baseline as above at the same 131,072 tokens a step (2 x 64 x 1024, micro-batches of 8, 100
 steps: docs/data/ladder/reference/patches.txt)."""
@@ -635,7 +635,7 @@ Measured for issue 31 on 2026-12-06 in one device call, one NVIDIA H200, torch 2
 adds), beside modded-nanogpt's simple baseline at 524,288 tokens a step as above (docs/data/v2/reference_s2/
 patches.txt), both at once on the one GPU. The reference's first run and the recipe before v2 are the previous
 section's (one H100): steps compare across the two calls, seconds do not. `python metrics.py
---runs=v2=DIR,reference=DIR+DIR,before=DIR --steps=25,50,75,100,125,150,175,200 --target=T --out=none`, the
+--runs=v2=DIR,reference=DIR+DIR,before_v2=DIR --steps=25,50,75,100,125,150,175,200 --target=T --out=none`, the
 target the mean of the reference's two 200-step losses; the plot (docs/v2_curves.png) is the same command with
 `--out`."""
 V2_FINDINGS = """\
@@ -650,7 +650,7 @@ separate-runs measure."""
 def v2_runs() -> dict[str, list[str]]:
     return {"v2": [str(V2 / "muon_s1")],
             "reference": [str(B524 / "reference_s1"), str(V2 / "reference_s2")],
-            "before v2": [str(B524 / "muon_s1")]}
+            "before_v2": [str(B524 / "muon_s1")]}
 
 
 def v2_target(logs: dict[str, list[list[dict]]]) -> float:
