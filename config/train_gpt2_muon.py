@@ -1,8 +1,8 @@
 # GPT-2 124M with a modern recipe: Muon for the blocks' matrices (AdamW for the embeddings, head and gains),
 # LLaMA-style blocks (RMSNorm, rotary positions, no biases, an untied head) with QK-norm, heads of 128, a ReLU^2
 # MLP, a logit soft-cap, zero-initialised output projections and an RMS-normed token embedding, and a stable rate
-# that decays linearly to zero. The model's width and depth and the tokens per step are config/train_gpt2.py's,
-# the baseline it is compared with; docs/results.md has the ladder of what each part buys.
+# that decays linearly to zero. The model's width and depth are config/train_gpt2.py's, the baseline it is compared
+# with; its 524,288 tokens a step are modded-nanogpt's. docs/results.md has the ladder of what each part buys.
 # python data/openwebtext/prepare.py
 # torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_muon.py
 
@@ -38,8 +38,7 @@ weight_decay = 0.0
 beta1 = 0.9
 beta2 = 0.95
 
-# no warmup (Muon's orthogonalised steps are bounded from the first), a stable rate, then a linear decay to zero
-# over the last 70% of the run
+# modded-nanogpt's schedule: no warmup, a stable rate, then a linear decay to zero over the last 70% of the run
 lr_schedule = "wsd"
 decay_fraction = 0.7
 warmup_iters = 0

@@ -3,7 +3,8 @@ into other micro-batches; SIGTERM to torchrun stops them at a step boundary with
 process, with its own micro-batch); a setting they cannot share is one line.
 
 The run is real: `python -m torch.distributed.run --nproc_per_node=2 train.py ...`, stopped as a scheduler
-stops it, by SIGTERM to torchrun (which passes it on to its workers)."""
+stops it, by SIGTERM to torchrun (which passes it on to its workers); and a run whose torchrun is killed outright
+stops in the same way, its workers told by Linux that their launcher died."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Runs:
     refused: tuple[int, str]  # gradient_accumulation_steps=3 over 2 processes: exit status, stderr
     no_out_dir: tuple[int, str]  # an out_dir under a file, which only rank 0 writes to: exit status, stderr
     save_fails: tuple[int, str]  # rank 0's first checkpoint write fails (ckpt.pt is a folder): exit status, stderr
+    orphaned: tuple[int, str, Path]  # a run whose torchrun was killed with SIGKILL: its status, all output, out_dir
 
 
 def torchrun(flags: list[str], stderr: int | IO[str] = subprocess.PIPE) -> subprocess.Popen:
@@ -59,6 +61,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     no_out_dir = torchrun(tiny_flags(data, root / "a_file" / "out", **COMMON))
     (root / "blocked" / "ckpt.pt").mkdir(parents=True)  # rank 0's save cannot rename its file over a folder
     save_fails = torchrun(tiny_flags(data, root / "blocked", **COMMON, max_iters=6, overwrite=True))
+    # its workers outlive it unless they stop by themselves; max_iters bounds a run that never hears of the kill
+    orphaned = torchrun(tiny_flags(data, root / "orphaned", gradient_accumulation_steps=2, max_iters=3000),
+                        stderr=subprocess.STDOUT)
+    orphaned_out: list[str] = []
+    killer = threading.Thread(target=kill_at_iter_3, args=(orphaned, orphaned_out))  # at once, not after the rest
+    killer.start()
     single = train.main(tiny_flags(data, root / "single", **COMMON, max_iters=ITERS))
     hung = threading.Timer(300, ddp.kill)  # a run that never stops fails the tests instead of hanging them
     hung.start()
@@ -76,9 +84,23 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     _, refused_err = refused.communicate(timeout=120)
     _, no_out_dir_err = no_out_dir.communicate(timeout=120)
     _, save_fails_err = save_fails.communicate(timeout=120)  # a hang would end here, failing the test
+    killer.join()
     return Runs(data, single, out, ddp_err.read_text(encoding="utf-8"), root / "ddp",
                 (refused.returncode, refused_err), (no_out_dir.returncode, no_out_dir_err),
-                (save_fails.returncode, save_fails_err))
+                (save_fails.returncode, save_fails_err),
+                (orphaned.returncode, "".join(orphaned_out), root / "orphaned"))
+
+
+def kill_at_iter_3(run: subprocess.Popen, out: list[str]) -> None:
+    """SIGKILL torchrun once iteration 3 is logged, then read the output to its end: the workers inherited the
+    pipe, so its end is the last of them gone."""
+    for line in run.stdout:
+        out.append(line)
+        if line.startswith("iter 3:"):
+            break
+    run.kill()  # torchrun cannot pass a signal on
+    run.wait()
+    out.append(run.stdout.read())
 
 
 def stopped_at(out: str) -> int:
@@ -94,6 +116,15 @@ def test_ddp_run_stops_on_sigterm_at_a_step_boundary(runs: Runs):
     n = stopped_at(runs.ddp_out)
     assert n > ITERS
     assert parse_log(runs.ddp_out)[0][-1][0] == n  # the last step logged is the one saved
+
+
+@pytest.mark.slow
+def test_workers_stop_and_save_when_torchrun_is_killed(runs: Runs):
+    status, out, out_dir = runs.orphaned
+    assert status == -signal.SIGKILL
+    n = stopped_at(out)  # each worker was asked to stop, as by a SIGTERM, and rank 0 saved where they stopped
+    assert 3 <= n < 3000, out[-3000:]
+    assert torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=True)["iter_num"] == n
 
 
 @pytest.mark.slow
