@@ -108,7 +108,8 @@ def end_with_launcher() -> None:
         return
     launcher = os.getppid()
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if launcher == 1:  # adopted by init: the launcher died before the signal was asked for
+    # adopted by init, or by another reaper since the first look: the launcher died before the signal was asked for
+    if launcher == 1 or os.getppid() != launcher:
         raise UserError("this worker's torchrun launcher has ended: the run is over")
 
 
