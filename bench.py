@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 import configurator
 import optim
@@ -392,8 +391,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         with open(cfg.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
         print(f"wrote {len(rows)} rows to {cfg.json}")
-    if layout.distributed:
-        dist.destroy_process_group()
+    process.close_group()
     return rows
 
 

@@ -191,6 +191,16 @@ def muon_groups(model: GPT, weight_decay: float, muon_lr: float, adam_lr: float,
     return [*groups, {"params": [p for _, p in named if p.dim() < 2], "lr": adam_lr, "weight_decay": 0.0}]
 
 
+def check_muon_settings(optimizer: str, embed_lr: float | None, head_lr: float | None,
+                        muon_weight_decay: float) -> None:
+    """Refuse Muon's own settings out of range, or given to another optimizer."""
+    if muon_weight_decay < 0:
+        raise UserError(f"muon_weight_decay must be at least 0, got {muon_weight_decay}")
+    if optimizer != "muon" and (embed_lr, head_lr, muon_weight_decay) != (None, None, 0.0):
+        raise UserError("embed_lr, head_lr and muon_weight_decay are settings of optimizer=muon: the AdamW recipe "
+                        "keeps nanoGPT's one rate")
+
+
 def check_head_lr(head_lr: float | None, config: GPTConfig) -> None:
     """Refuse a head rate where there is no head of its own (muon_groups would have nothing to give it)."""
     if head_lr is not None and config.tie_embeddings:

@@ -127,13 +127,20 @@ def stop_children() -> None:
 def leave() -> None:
     """Before the processes of a torchrun launch exit 2 together: torchrun stops every worker once one has
     failed, so the others first wait until rank 0 has printed why (a barrier, or a moment before the process
-    group exists); and the process group is closed, as a communication thread left running aborts the exit."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    elif os.environ.get("RANK", "0") != "0":
+    group exists)."""
+    if not close_group() and os.environ.get("RANK", "0") != "0":
         time.sleep(1.0)
+
+
+def close_group() -> bool:
+    """Close the process group, if there is one, once every process has reached this point: one that closed while
+    another still sent could abort its exit, as can a communication thread left running. Whether there was one."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
 
 
 @contextlib.contextmanager

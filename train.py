@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 import accounting
 import checkpoint
@@ -300,9 +299,7 @@ def main(argv: list[str]) -> dict[str, list]:
         run = start_run(cfg, layout, meta, model, ckpt, dtype, launched, held)
         del ckpt  # free its memory before training
         train(run)
-    if layout.distributed:  # every process past its last collective before any closes the group: one that closed
-        dist.barrier()  # while another still sent could abort its exit
-        dist.destroy_process_group()
+    process.close_group()
     return run.history
 
 
@@ -552,11 +549,7 @@ def check_rates(cfg: TrainConfig) -> None:
         rate = getattr(cfg, name)
         if rate is not None and not 0 <= rate <= 1:
             raise UserError(f"{name} must be in [0, 1], got {rate}")
-    if cfg.muon_weight_decay < 0:
-        raise UserError(f"muon_weight_decay must be at least 0, got {cfg.muon_weight_decay}")
-    if cfg.optimizer != "muon" and (cfg.embed_lr, cfg.head_lr, cfg.muon_weight_decay) != (None, None, 0.0):
-        raise UserError("embed_lr, head_lr and muon_weight_decay are settings of optimizer=muon: the AdamW recipe "
-                        "keeps nanoGPT's one rate")
+    optim.check_muon_settings(cfg.optimizer, cfg.embed_lr, cfg.head_lr, cfg.muon_weight_decay)
     if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
         raise UserError(f"min_lr ({cfg.min_lr}) is above learning_rate ({cfg.learning_rate}): the schedule would "
                         "rise after warmup")
