@@ -704,7 +704,7 @@ def wall_table() -> str:
     import metrics
 
     target = v2_target({"reference": [metrics.read(run) for run in v2_runs()["reference"]]})
-    runs = {"recipe v2 (seed 1)": [(s, t, v) for s, t, v in stamped_evaluations(WALL / "v2_s1" / "stamped.log")],
+    runs = {"recipe v2 (seed 1)": stamped_evaluations(WALL / "v2_s1" / "stamped.log"),
             "modded-nanogpt's simple baseline": [(r["iter"], r["seconds"], r["val_loss"])
                                                  for r in metrics.read(str(V2 / "reference_s3"))
                                                  if r["kind"] == "eval" and r["iter"] > 0]}
@@ -761,8 +761,9 @@ def shk31_table() -> str:
              "| Muon variant | best val loss | at step | s from launch | reaches the classic best | ms/iter |",
              "|---|---:|---:|---:|---|---:|"]
     for name, flags in SHK31_RUNS.items():
-        step, t, v = min(stamped_evaluations(SHK31 / f"{name}.log"), key=lambda e: e[2])
-        hit = next(((s, st) for s, st, sv in stamped_evaluations(SHK31 / f"{name}.log") if sv <= best), None)
+        evals = stamped_evaluations(SHK31 / f"{name}.log")
+        step, t, v = min(evals, key=lambda e: e[2])
+        hit = next(((s, st) for s, st, sv in evals if sv <= best), None)
         reach = f"yes, at step {hit[0]}: {hit[1] / best_t:.2f}x its time" if hit else f"no ({v - best:+.4f})"
         lines.append(f"| {flags} | {v:.4f} | {step} | {t:.1f} | {reach} | {median_ms(SHK31 / f'{name}.log'):.1f} |")
     return "\n".join(lines)
