@@ -824,6 +824,7 @@ way), so seed 1338's ratios are the fairer ones: 0.57x for 600 steps and 0.63x f
 Issue 31's 0.6x for Shakespeare is not met: the variant ends 0.01-0.02 too high at the lengths that fit, and no
 setting tried closes that."""
 
+
 SHK39 = DATA / "shk39"
 SHK39_RUNS = {name: f"`{flags}`" for name, flags in (
     ("base", "--max_iters=650 --lr_decay_iters=650 --eval_interval=325 --dropout=0.1"),
@@ -845,7 +846,6 @@ above the classic best, and the larger batch is slower too (0.69x). The classic 
 seeds lies at 1.567-1.580; at 9.3 against 7.6 ms a step, 0.6x leaves Muon about 650 steps, where every setting tried
 ends 0.01-0.03 above it. 0.6x needs a different Muon variant, not a tuned one: Shakespeare's goal of issue 31 is not
 met."""
-
 
 
 def seeded_shakespeare_table(folder: Path, runs: dict[str, str], seeds: tuple[int, ...]) -> str:
@@ -934,7 +934,7 @@ def speed_v2_table() -> str:
     return "\n".join(lines)
 
 
-SPEED31 = {"old": "5fbc2c3", "new": "7af4851"}  # before issue 31's switches, and after them
+SPEED31 = {"old": "5fbc2c3", "new": "7af4851"}  # before issues 30 and 31, and after them
 SPEED31_WHERE = """\
 Measured for issue 31 on 2026-12-06 in two device calls on one warm NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, bf16:
 bench.py's default rows at 7af4851 and at 5fbc2c3 (from `git archive 5fbc2c3`), whose span to 7af4851 holds every
